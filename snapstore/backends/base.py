@@ -1,0 +1,156 @@
+"""The storage interface every backend implements.
+
+A backend stores three things and knows nothing of trees:
+
+- objects: immutable ``(id, kind, size, data)`` records keyed by id, where
+  ``data`` is the compressed body and ``size`` the uncompressed length;
+- refs: names pointing at object ids, changed only by compare-and-swap, each
+  change recorded in a reflog;
+- meta: a small string key/value table (format version, dictionaries, the
+  active conversation).
+
+:meth:`Backend.write` applies objects, ref updates and meta updates as one
+atomic, durable transaction: either everything becomes visible or nothing
+does, and when it returns the data survives ``kill -9`` and power loss. If any
+ref update's expected old value does not match, nothing is applied and
+:class:`~snapstore.errors.RefConflict` is raised.
+
+Backends turn their engine's errors into :mod:`snapstore.errors` at their edge.
+"""
+
+from __future__ import annotations
+
+import enum
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+
+from ..objects import ObjectId
+
+
+class Capability(enum.Enum):
+    """What a backend guarantees beyond the base contract."""
+
+    DURABLE = "durable"  # survives process exit, kill -9 and power loss
+    MULTI_PROCESS = "multi-process"  # several processes may open it at once
+    SHARED = "shared"  # several machines may use it at once
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    """One object as a backend stores it."""
+
+    id: ObjectId
+    kind: str
+    size: int
+    data: bytes
+
+
+@dataclass(frozen=True)
+class RefUpdate:
+    """Set ``name`` from ``old`` to ``new`` (None means absent), recording ``reason``.
+
+    ``log_sequence`` / ``log_hash`` link the change to an audit-log entry.
+    """
+
+    name: str
+    old: ObjectId | None
+    new: ObjectId | None
+    reason: str
+    log_sequence: int | None = None
+    log_hash: str | None = None
+
+
+@dataclass(frozen=True)
+class ReflogEntry:
+    """One recorded change of a ref."""
+
+    name: str
+    old: ObjectId | None
+    new: ObjectId | None
+    time: str
+    reason: str
+    log_sequence: int | None = None
+    log_hash: str | None = None
+
+
+class Backend(ABC):
+    """Abstract storage engine. Subclasses declare :attr:`capabilities`."""
+
+    capabilities: frozenset[Capability] = frozenset()
+    #: A short human name for messages (never contains credentials).
+    description: str = "backend"
+
+    # -- objects -----------------------------------------------------------
+
+    @abstractmethod
+    def get_objects(self, ids: Iterable[ObjectId]) -> dict[ObjectId, StoredObject]:
+        """The stored objects among ``ids``; missing ones are left out."""
+
+    @abstractmethod
+    def has_objects(self, ids: Iterable[ObjectId]) -> set[ObjectId]:
+        """Which of ``ids`` are stored."""
+
+    @abstractmethod
+    def iter_objects(self, kind: str | None = None) -> Iterator[StoredObject]:
+        """Every stored object (of one kind if given), in no particular order."""
+
+    @abstractmethod
+    def count_objects(self) -> tuple[int, int, int]:
+        """``(objects, stored bytes, uncompressed bytes)``."""
+
+    @abstractmethod
+    def find_ids(self, prefix: str, limit: int = 2) -> list[ObjectId]:
+        """Up to ``limit`` stored ids that start with the lowercase hex ``prefix``."""
+
+    @abstractmethod
+    def delete_objects(self, ids: Iterable[ObjectId]) -> int:
+        """Remove objects (for garbage collection); returns how many were removed."""
+
+    # -- refs and meta -----------------------------------------------------
+
+    @abstractmethod
+    def get_ref(self, name: str) -> ObjectId | None:
+        """The id a ref points at, or None."""
+
+    @abstractmethod
+    def list_refs(self, prefix: str = "") -> dict[str, ObjectId]:
+        """All refs whose name starts with ``prefix``."""
+
+    @abstractmethod
+    def reflog(self, name: str) -> list[ReflogEntry]:
+        """Changes of one ref, oldest first."""
+
+    @abstractmethod
+    def get_meta(self, key: str) -> str | None:
+        """One meta value, or None."""
+
+    @abstractmethod
+    def list_meta(self, prefix: str = "") -> dict[str, str]:
+        """All meta values whose key starts with ``prefix``."""
+
+    # -- the one write path ------------------------------------------------
+
+    @abstractmethod
+    def write(
+        self,
+        objects: Sequence[StoredObject] = (),
+        ref_updates: Sequence[RefUpdate] = (),
+        meta: Mapping[str, str | None] | None = None,
+    ) -> None:
+        """Atomically and durably store objects, apply ref CAS updates and meta.
+
+        Objects already stored are skipped. A meta value of None deletes the key.
+        Raises :class:`RefConflict` (and applies nothing) when a ref does not
+        hold its update's ``old`` value.
+        """
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release connections and locks."""
+
+    def __enter__(self) -> Backend:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,110 @@
+"""An in-memory backend: fast, for tests and throwaway work; gone at exit."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+
+from ..errors import RefConflict
+from ..objects import ObjectId
+from .base import Backend, RefUpdate, ReflogEntry, StoredObject
+from ..timeutil import utc_now
+
+
+class MemoryBackend(Backend):
+    """Holds everything in dicts behind one lock."""
+
+    capabilities = frozenset()
+    description = "memory"
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._objects: dict[ObjectId, StoredObject] = {}
+        self._refs: dict[str, ObjectId] = {}
+        self._reflog: list[ReflogEntry] = []
+        self._meta: dict[str, str] = {}
+
+    def get_objects(self, ids: Iterable[ObjectId]) -> dict[ObjectId, StoredObject]:
+        with self._lock:
+            return {i: self._objects[i] for i in ids if i in self._objects}
+
+    def has_objects(self, ids: Iterable[ObjectId]) -> set[ObjectId]:
+        with self._lock:
+            return {i for i in ids if i in self._objects}
+
+    def iter_objects(self, kind: str | None = None) -> Iterator[StoredObject]:
+        with self._lock:
+            objects = list(self._objects.values())
+        return iter([o for o in objects if kind is None or o.kind == kind])
+
+    def count_objects(self) -> tuple[int, int, int]:
+        with self._lock:
+            objects = list(self._objects.values())
+        return len(objects), sum(len(o.data) for o in objects), sum(o.size for o in objects)
+
+    def find_ids(self, prefix: str, limit: int = 2) -> list[ObjectId]:
+        with self._lock:
+            found = sorted(i for i in self._objects if i.startswith(prefix))
+        return found[:limit]
+
+    def delete_objects(self, ids: Iterable[ObjectId]) -> int:
+        removed = 0
+        with self._lock:
+            for i in ids:
+                if self._objects.pop(i, None) is not None:
+                    removed += 1
+        return removed
+
+    def get_ref(self, name: str) -> ObjectId | None:
+        with self._lock:
+            return self._refs.get(name)
+
+    def list_refs(self, prefix: str = "") -> dict[str, ObjectId]:
+        with self._lock:
+            return {n: t for n, t in sorted(self._refs.items()) if n.startswith(prefix)}
+
+    def reflog(self, name: str) -> list[ReflogEntry]:
+        with self._lock:
+            return [e for e in self._reflog if e.name == name]
+
+    def get_meta(self, key: str) -> str | None:
+        with self._lock:
+            return self._meta.get(key)
+
+    def list_meta(self, prefix: str = "") -> dict[str, str]:
+        with self._lock:
+            return {k: v for k, v in sorted(self._meta.items()) if k.startswith(prefix)}
+
+    def write(
+        self,
+        objects: Sequence[StoredObject] = (),
+        ref_updates: Sequence[RefUpdate] = (),
+        meta: Mapping[str, str | None] | None = None,
+    ) -> None:
+        with self._lock:
+            for update in ref_updates:
+                actual = self._refs.get(update.name)
+                if actual != update.old:
+                    raise RefConflict(update.name, update.old, actual)
+            for obj in objects:
+                self._objects.setdefault(obj.id, obj)
+            now = utc_now()
+            for update in ref_updates:
+                if update.new is None:
+                    self._refs.pop(update.name, None)
+                else:
+                    self._refs[update.name] = update.new
+                self._reflog.append(
+                    ReflogEntry(
+                        update.name, update.old, update.new, now, update.reason,
+                        update.log_sequence, update.log_hash,
+                    )
+                )
+            for key, value in (meta or {}).items():
+                if value is None:
+                    self._meta.pop(key, None)
+                else:
+                    self._meta[key] = value
+
+    def close(self) -> None:
+        pass

@@ -1,0 +1,274 @@
+"""The embedded default backend: one SQLite database in WAL mode.
+
+Why SQLite (measured in docs/benchmarks.md): a commit is one transaction,
+and in WAL mode with ``synchronous=FULL`` a transaction costs one fsync of
+the WAL file however many objects it holds, where one file per object costs a
+file fsync plus a directory fsync per object. SQLite also gives several
+processes safe concurrent access (one writer at a time, readers never
+blocked) and readers see only committed transactions, never half of one.
+
+Ids are stored as 32 raw bytes; the table is ``WITHOUT ROWID`` so an object
+costs one b-tree entry.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+import threading
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
+
+from ..errors import BackendError, RefConflict, StoreNotFound
+from ..objects import ObjectId
+from ..timeutil import utc_now
+from .base import Backend, Capability, RefUpdate, ReflogEntry, StoredObject
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS objects (
+    id BLOB PRIMARY KEY,
+    kind TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    data BLOB NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS refs (
+    name TEXT PRIMARY KEY,
+    target BLOB NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS reflog (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    name TEXT NOT NULL,
+    old BLOB,
+    new BLOB,
+    time TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    log_sequence INTEGER,
+    log_hash TEXT
+);
+CREATE INDEX IF NOT EXISTS reflog_name ON reflog (name, seq);
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+) WITHOUT ROWID;
+"""
+
+_BATCH = 500
+DB_NAME = "store.sqlite"
+
+
+def _raw(oid: str | None) -> bytes | None:
+    return None if oid is None else bytes.fromhex(oid)
+
+
+def _hex(raw: bytes | None) -> ObjectId | None:
+    return None if raw is None else ObjectId(raw.hex())
+
+
+class SqliteBackend(Backend):
+    """Objects, refs, reflog and meta in one SQLite file."""
+
+    capabilities = frozenset({Capability.DURABLE, Capability.MULTI_PROCESS})
+
+    def __init__(self, path: str | Path, create: bool = False) -> None:
+        self.path = Path(path)
+        self.description = str(self.path)
+        if not create and not self.path.is_file():
+            raise StoreNotFound(f"{self.path} does not exist")
+        self._lock = threading.RLock()
+        with self._errors():
+            self._db = sqlite3.connect(
+                self.path, isolation_level=None, check_same_thread=False, timeout=30.0
+            )
+            try:
+                self._db.execute("PRAGMA busy_timeout = 30000")
+                mode = self._db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+                if mode.lower() != "wal":
+                    raise BackendError(f"{self.path}: cannot enable WAL mode (got {mode})")
+                self._db.execute("PRAGMA synchronous = FULL")
+                if create:
+                    self._db.executescript(_SCHEMA)
+                else:
+                    self._db.execute("SELECT 1 FROM objects LIMIT 1")
+            except BaseException:
+                self._db.close()
+                raise
+
+    @contextlib.contextmanager
+    def _errors(self) -> Iterator[None]:
+        try:
+            yield
+        except sqlite3.DatabaseError as exc:
+            text = str(exc)
+            if "file is not a database" in text or "no such table" in text:
+                raise StoreNotFound(f"{self.path} is not a snapstore database ({text})") from None
+            raise BackendError(f"{self.path}: {text}") from None
+
+    def _query(self, sql: str, params: Sequence[object] = ()) -> list[tuple]:
+        with self._lock, self._errors():
+            return self._db.execute(sql, params).fetchall()
+
+    # -- objects -----------------------------------------------------------
+
+    def get_objects(self, ids: Iterable[ObjectId]) -> dict[ObjectId, StoredObject]:
+        wanted = list(dict.fromkeys(ids))
+        found: dict[ObjectId, StoredObject] = {}
+        for start in range(0, len(wanted), _BATCH):
+            batch = wanted[start : start + _BATCH]
+            marks = ",".join("?" * len(batch))
+            rows = self._query(
+                f"SELECT id, kind, size, data FROM objects WHERE id IN ({marks})",
+                [bytes.fromhex(i) for i in batch],
+            )
+            for raw, kind, size, data in rows:
+                oid = ObjectId(raw.hex())
+                found[oid] = StoredObject(oid, kind, size, data)
+        return found
+
+    def has_objects(self, ids: Iterable[ObjectId]) -> set[ObjectId]:
+        wanted = list(dict.fromkeys(ids))
+        found: set[ObjectId] = set()
+        for start in range(0, len(wanted), _BATCH):
+            batch = wanted[start : start + _BATCH]
+            marks = ",".join("?" * len(batch))
+            rows = self._query(
+                f"SELECT id FROM objects WHERE id IN ({marks})", [bytes.fromhex(i) for i in batch]
+            )
+            found.update(ObjectId(r[0].hex()) for r in rows)
+        return found
+
+    def iter_objects(self, kind: str | None = None) -> Iterator[StoredObject]:
+        last = b""
+        while True:
+            if kind is None:
+                rows = self._query(
+                    "SELECT id, kind, size, data FROM objects WHERE id > ? ORDER BY id LIMIT ?",
+                    (last, _BATCH),
+                )
+            else:
+                rows = self._query(
+                    "SELECT id, kind, size, data FROM objects WHERE id > ? AND kind = ? "
+                    "ORDER BY id LIMIT ?",
+                    (last, kind, _BATCH),
+                )
+            if not rows:
+                return
+            for raw, k, size, data in rows:
+                yield StoredObject(ObjectId(raw.hex()), k, size, data)
+            last = rows[-1][0]
+
+    def count_objects(self) -> tuple[int, int, int]:
+        count, stored, logical = self._query(
+            "SELECT count(*), coalesce(sum(length(data)), 0), coalesce(sum(size), 0) FROM objects"
+        )[0]
+        return count, stored, logical
+
+    def find_ids(self, prefix: str, limit: int = 2) -> list[ObjectId]:
+        low = bytes.fromhex((prefix + "0" * 64)[:64])
+        high = bytes.fromhex((prefix + "f" * 64)[:64])
+        rows = self._query(
+            "SELECT id FROM objects WHERE id BETWEEN ? AND ? ORDER BY id LIMIT ?",
+            (low, high, limit),
+        )
+        return [ObjectId(r[0].hex()) for r in rows]
+
+    def delete_objects(self, ids: Iterable[ObjectId]) -> int:
+        wanted = [bytes.fromhex(i) for i in dict.fromkeys(ids)]
+        removed = 0
+        with self._lock, self._errors():
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                for start in range(0, len(wanted), _BATCH):
+                    batch = wanted[start : start + _BATCH]
+                    marks = ",".join("?" * len(batch))
+                    cur = self._db.execute(f"DELETE FROM objects WHERE id IN ({marks})", batch)
+                    removed += cur.rowcount
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        return removed
+
+    # -- refs and meta -----------------------------------------------------
+
+    def get_ref(self, name: str) -> ObjectId | None:
+        rows = self._query("SELECT target FROM refs WHERE name = ?", (name,))
+        return _hex(rows[0][0]) if rows else None
+
+    def list_refs(self, prefix: str = "") -> dict[str, ObjectId]:
+        rows = self._query("SELECT name, target FROM refs ORDER BY name")
+        return {n: ObjectId(t.hex()) for n, t in rows if n.startswith(prefix)}
+
+    def reflog(self, name: str) -> list[ReflogEntry]:
+        rows = self._query(
+            "SELECT name, old, new, time, reason, log_sequence, log_hash FROM reflog "
+            "WHERE name = ? ORDER BY seq",
+            (name,),
+        )
+        return [ReflogEntry(n, _hex(o), _hex(w), t, r, ls, lh) for n, o, w, t, r, ls, lh in rows]
+
+    def get_meta(self, key: str) -> str | None:
+        rows = self._query("SELECT value FROM meta WHERE key = ?", (key,))
+        return rows[0][0] if rows else None
+
+    def list_meta(self, prefix: str = "") -> dict[str, str]:
+        rows = self._query("SELECT key, value FROM meta ORDER BY key")
+        return {k: v for k, v in rows if k.startswith(prefix)}
+
+    def write(
+        self,
+        objects: Sequence[StoredObject] = (),
+        ref_updates: Sequence[RefUpdate] = (),
+        meta: Mapping[str, str | None] | None = None,
+    ) -> None:
+        with self._lock, self._errors():
+            db = self._db
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                for update in ref_updates:
+                    row = db.execute(
+                        "SELECT target FROM refs WHERE name = ?", (update.name,)
+                    ).fetchone()
+                    actual = _hex(row[0]) if row else None
+                    if actual != update.old:
+                        raise RefConflict(update.name, update.old, actual)
+                if objects:
+                    db.executemany(
+                        "INSERT OR IGNORE INTO objects (id, kind, size, data) VALUES (?, ?, ?, ?)",
+                        [(bytes.fromhex(o.id), o.kind, o.size, o.data) for o in objects],
+                    )
+                now = utc_now()
+                for update in ref_updates:
+                    if update.new is None:
+                        db.execute("DELETE FROM refs WHERE name = ?", (update.name,))
+                    else:
+                        db.execute(
+                            "INSERT INTO refs (name, target) VALUES (?, ?) "
+                            "ON CONFLICT (name) DO UPDATE SET target = excluded.target",
+                            (update.name, _raw(update.new)),
+                        )
+                    db.execute(
+                        "INSERT INTO reflog (name, old, new, time, reason, log_sequence, log_hash)"
+                        " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        (
+                            update.name, _raw(update.old), _raw(update.new), now,
+                            update.reason, update.log_sequence, update.log_hash,
+                        ),
+                    )
+                for key, value in (meta or {}).items():
+                    if value is None:
+                        db.execute("DELETE FROM meta WHERE key = ?", (key,))
+                    else:
+                        db.execute(
+                            "INSERT INTO meta (key, value) VALUES (?, ?) "
+                            "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                            (key, value),
+                        )
+                db.execute("COMMIT")
+            except BaseException:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()

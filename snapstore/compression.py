@@ -1,0 +1,97 @@
+"""zstd compression of object bodies, with an optional trained dictionary per store.
+
+Objects are small JSON documents (a few hundred bytes) that repeat the same
+keys and shapes; plain zstd barely compresses them, a dictionary trained on a
+store's own objects does (see docs/benchmarks.md). A frame records the id of
+the dictionary it was made with (0 for none), so a store can hold frames made
+with and without dictionaries and every reader picks the right one. Stored
+dictionaries are never changed or deleted.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Mapping
+
+import zstandard
+
+from .errors import CorruptObject
+
+LEVEL = 3
+DICTIONARY_SIZE = 16 * 1024
+# Training needs a fair sample of objects to beat plain zstd; below this, skip.
+MIN_TRAINING_SAMPLES = 256
+
+
+class Codec:
+    """Compresses with the newest dictionary, decompresses with whichever a frame names.
+
+    Safe to share between threads: zstd contexts are kept per thread.
+    """
+
+    def __init__(self, dictionaries: Mapping[int, bytes] = (), current: int | None = None) -> None:
+        self._dicts: dict[int, zstandard.ZstdCompressionDict] = {}
+        for dict_id, data in dict(dictionaries).items():
+            self._dicts[dict_id] = zstandard.ZstdCompressionDict(data)
+        self.current = current
+        self._local = threading.local()
+
+    def add_dictionary(self, dict_id: int, data: bytes, make_current: bool = True) -> None:
+        self._dicts[dict_id] = zstandard.ZstdCompressionDict(data)
+        if make_current:
+            self.current = dict_id
+        self._local = threading.local()
+
+    @property
+    def dictionary_ids(self) -> list[int]:
+        return sorted(self._dicts)
+
+    def _compressor(self) -> zstandard.ZstdCompressor:
+        key = self.current
+        cache = self._local.__dict__.setdefault("compressors", {})
+        comp = cache.get(key)
+        if comp is None:
+            if key is None:
+                comp = zstandard.ZstdCompressor(level=LEVEL)
+            else:
+                comp = zstandard.ZstdCompressor(level=LEVEL, dict_data=self._dicts[key])
+            cache[key] = comp
+        return comp
+
+    def _decompressor(self, dict_id: int) -> zstandard.ZstdDecompressor:
+        cache = self._local.__dict__.setdefault("decompressors", {})
+        dec = cache.get(dict_id)
+        if dec is None:
+            if dict_id == 0:
+                dec = zstandard.ZstdDecompressor()
+            else:
+                dec = zstandard.ZstdDecompressor(dict_data=self._dicts[dict_id])
+            cache[dict_id] = dec
+        return dec
+
+    def compress(self, body: bytes) -> bytes:
+        return self._compressor().compress(body)
+
+    def decompress(self, data: bytes, object_id: str = "?") -> bytes:
+        try:
+            dict_id = zstandard.get_frame_parameters(data).dict_id
+        except zstandard.ZstdError as exc:
+            raise CorruptObject(object_id, f"not a zstd frame: {exc}") from None
+        if dict_id and dict_id not in self._dicts:
+            raise CorruptObject(object_id, f"compressed with unknown dictionary {dict_id}")
+        try:
+            return self._decompressor(dict_id).decompress(data)
+        except zstandard.ZstdError as exc:
+            raise CorruptObject(object_id, f"cannot decompress: {exc}") from None
+
+
+def train_dictionary(samples: Iterable[bytes]) -> tuple[int, bytes] | None:
+    """Train a dictionary on object bodies; None if there are too few to be worth it."""
+    sample_list = [s for s in samples if s]
+    if len(sample_list) < MIN_TRAINING_SAMPLES:
+        return None
+    try:
+        trained = zstandard.train_dictionary(DICTIONARY_SIZE, sample_list, level=LEVEL)
+    except zstandard.ZstdError:
+        return None
+    return trained.dict_id(), trained.as_bytes()

@@ -1,0 +1,96 @@
+"""Where a store lives: a folder for the embedded store, a URL for shared ones.
+
+``snap --store LOCATION``, else ``$SNAPSTORE``, else ``./.snapstore``.
+A location is either a path to a folder holding ``store.sqlite`` (the
+embedded default), ``memory:`` (a throwaway in-memory store) or a URL
+naming a shared backend (``postgresql://...``, ``s3+postgresql://...``).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+from .backends.base import Backend
+from .errors import InvalidInput, StoreExists, StoreNotFound
+
+DEFAULT_LOCATION = ".snapstore"
+ENV_VAR = "SNAPSTORE"
+
+# URL scheme -> factory(location, create) -> Backend. Shared backends register here.
+_URL_BACKENDS: dict[str, Callable[[str, bool], Backend]] = {}
+
+
+def register_url_backend(scheme: str, factory: Callable[[str, bool], Backend]) -> None:
+    """Make ``scheme://...`` locations open with ``factory``."""
+    _URL_BACKENDS[scheme] = factory
+
+
+def default_location() -> str:
+    """``$SNAPSTORE`` if set, else ``./.snapstore``."""
+    return os.environ.get(ENV_VAR) or DEFAULT_LOCATION
+
+
+def redact(location: str) -> str:
+    """A location fit to print: any password in a URL is replaced by ``***``."""
+    if "://" not in location:
+        return location
+    scheme, rest = location.split("://", 1)
+    netloc, sep, tail = rest.partition("/")
+    if "@" in netloc:
+        userinfo, host = netloc.rsplit("@", 1)
+        user = userinfo.split(":", 1)[0]
+        netloc = f"{user}:***@{host}" if ":" in userinfo else f"{user}@{host}"
+    return f"{scheme}://{netloc}{sep}{tail}"
+
+
+def is_url(location: str) -> bool:
+    return "://" in location
+
+
+def _load_plugins() -> None:
+    # Shared backends import optional drivers; import them only when a URL is used.
+    from . import backends  # noqa: F401
+
+    for module in ("snapstore.backends.postgres", "snapstore.backends.s3"):
+        try:
+            __import__(module)
+        except ImportError:
+            pass
+
+
+def open_backend(location: str, create: bool = False) -> Backend:
+    """The backend at ``location``; with ``create``, a new empty one there."""
+    if location == "memory:":
+        from .backends.memory import MemoryBackend
+
+        return MemoryBackend()
+    if is_url(location):
+        scheme = location.split("://", 1)[0]
+        if scheme not in _URL_BACKENDS:
+            _load_plugins()
+        factory = _URL_BACKENDS.get(scheme)
+        if factory is None:
+            raise InvalidInput(f"unknown store URL scheme {scheme!r} in {redact(location)}")
+        return factory(location, create)
+
+    from .backends.sqlite import DB_NAME, SqliteBackend
+
+    folder = Path(location)
+    db = folder / DB_NAME
+    if create:
+        if db.exists():
+            raise StoreExists(f"a store already exists at {folder}")
+        if folder.exists() and not folder.is_dir():
+            raise InvalidInput(f"{folder} exists and is not a folder")
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise InvalidInput(f"cannot create {folder}: {exc.strerror}") from None
+        return SqliteBackend(db, create=True)
+    if not folder.exists():
+        raise StoreNotFound(f"no store at {folder} (create one with `snap init {folder}`)")
+    if not folder.is_dir() or not db.is_file():
+        raise StoreNotFound(f"{folder} is not a snapstore store (no {DB_NAME}; see `snap init`)")
+    return SqliteBackend(db)

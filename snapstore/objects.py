@@ -1,0 +1,289 @@
+"""Typed immutable objects, their canonical encoding and their ids.
+
+Four kinds of object make up a conversation's history (format version 1):
+
+``chunk``
+    One exchange of an exchange list and the id of the chunk before it. An
+    exchange list is a chain of chunks, newest last, so appending one exchange
+    writes one chunk of constant size whatever the history length.
+``node``
+    One context: its fields, its children as ``(context id, node id)`` pairs
+    in order, and for each exchange list the id of its newest chunk and its
+    length. Children are named by hash, so a node is the root of a Merkle tree.
+``state``
+    A conversation's whole tree: its root contexts, the focus
+    (``active_context_id``) and top-level keys snapstore does not interpret.
+``snapshot``
+    Like a commit: a state id, parent snapshot(s), the time, the event that
+    caused it and, when there is one, the audit-log entry it answers to.
+
+The body of an object is its canonical JSON: keys sorted, no whitespace,
+ASCII with ``\\uXXXX`` escapes (Python's ``json.dumps(value, sort_keys=True,
+separators=(",", ":"))``, NaN and infinities refused). Its id is the BLAKE3
+hash of ``b"<kind> <length of body>\\0" + body`` in lowercase hex, so objects
+of different kinds never share an id. ``tests/test_vectors.py`` pins exact
+bytes and ids: an id never changes across releases or platforms.
+
+This module knows nothing of storage or compression.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any, NewType, Union
+
+from blake3 import blake3
+
+from .errors import CorruptObject, InvalidInput
+
+ObjectId = NewType("ObjectId", str)
+ContextId = NewType("ContextId", str)
+
+FORMAT_VERSION = 1
+KINDS = ("chunk", "node", "state", "snapshot")
+ID_HEX_LENGTH = 64
+
+_encoder = json.JSONEncoder(
+    sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False
+)
+
+
+def canonical_json(value: Any) -> bytes:
+    """The canonical bytes of a JSON value; :class:`InvalidInput` if it is not plain JSON."""
+    try:
+        return _encoder.encode(value).encode("ascii")
+    except (TypeError, ValueError) as exc:
+        raise InvalidInput(f"value is not plain JSON: {exc}") from None
+
+
+def hash_object(kind: str, body: bytes) -> ObjectId:
+    """The id of an object of ``kind`` whose canonical body is ``body``."""
+    hasher = blake3(b"%s %d\0" % (kind.encode("ascii"), len(body)))
+    hasher.update(body)
+    return ObjectId(hasher.hexdigest())
+
+
+def is_object_id(text: str) -> bool:
+    """Whether ``text`` has the shape of a full object id."""
+    return len(text) == ID_HEX_LENGTH and all(c in "0123456789abcdef" for c in text)
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """One exchange and the chunk before it (``prev`` is None for the first)."""
+
+    prev: ObjectId | None
+    index: int
+    item: Any
+
+
+@dataclass(frozen=True)
+class MemoryRef:
+    """An exchange list as a node names it: newest chunk and length."""
+
+    head: ObjectId | None
+    count: int
+
+
+@dataclass(frozen=True)
+class Node:
+    """One context. ``fields`` holds every field but the id and the exchange lists."""
+
+    id: ContextId
+    fields: dict[str, Any]
+    children: tuple[tuple[ContextId, ObjectId], ...] = ()
+    memory: dict[str, MemoryRef] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class State:
+    """A conversation's tree: roots in order, focus and extra top-level keys."""
+
+    roots: tuple[tuple[ContextId, ObjectId], ...]
+    active_context_id: str | None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Event:
+    """What caused a snapshot."""
+
+    type: str
+    context_id: str | None = None
+    message: str = ""
+
+
+@dataclass(frozen=True)
+class LogLink:
+    """The audit-log (OZOLITH) entry a snapshot answers to."""
+
+    sequence: int
+    entry_hash: str
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """A point in a conversation's history, like a git commit."""
+
+    conversation: str
+    root: ObjectId
+    parents: tuple[ObjectId, ...]
+    time: str
+    event: Event
+    log: LogLink | None = None
+
+
+AnyObject = Union[Chunk, Node, State, Snapshot]
+
+
+def kind_of(obj: AnyObject) -> str:
+    """The kind tag of a typed object."""
+    return _KIND_OF_TYPE[type(obj)]
+
+
+def to_json(obj: AnyObject) -> dict[str, Any]:
+    """The JSON value (before canonical encoding) of a typed object."""
+    if isinstance(obj, Chunk):
+        return {"v": FORMAT_VERSION, "prev": obj.prev, "index": obj.index, "item": obj.item}
+    if isinstance(obj, Node):
+        return {
+            "v": FORMAT_VERSION,
+            "id": obj.id,
+            "fields": obj.fields,
+            "children": [[cid, nid] for cid, nid in obj.children],
+            "memory": {
+                name: {"head": ref.head, "count": ref.count} for name, ref in obj.memory.items()
+            },
+        }
+    if isinstance(obj, State):
+        return {
+            "v": FORMAT_VERSION,
+            "roots": [[cid, nid] for cid, nid in obj.roots],
+            "active_context_id": obj.active_context_id,
+            "extra": obj.extra,
+        }
+    if isinstance(obj, Snapshot):
+        return {
+            "v": FORMAT_VERSION,
+            "conversation": obj.conversation,
+            "root": obj.root,
+            "parents": list(obj.parents),
+            "time": obj.time,
+            "event": {
+                "type": obj.event.type,
+                "context_id": obj.event.context_id,
+                "message": obj.event.message,
+            },
+            "log": None
+            if obj.log is None
+            else {"sequence": obj.log.sequence, "entry_hash": obj.log.entry_hash},
+        }
+    raise TypeError(f"not a snapstore object: {type(obj).__name__}")
+
+
+def encode(obj: AnyObject) -> tuple[str, bytes, ObjectId]:
+    """``(kind, canonical body, id)`` of a typed object."""
+    kind = kind_of(obj)
+    body = canonical_json(to_json(obj))
+    return kind, body, hash_object(kind, body)
+
+
+def decode(kind: str, body: bytes, object_id: str = "?") -> AnyObject:
+    """The typed object of a canonical body; :class:`CorruptObject` if malformed."""
+    try:
+        value = json.loads(body)
+        if value.get("v") != FORMAT_VERSION:
+            raise ValueError(f"unknown object format version {value.get('v')!r}")
+        return _DECODERS[kind](value)
+    except CorruptObject:
+        raise
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise CorruptObject(object_id, f"cannot decode {kind}: {exc}") from None
+
+
+def _oid(value: Any) -> ObjectId:
+    if not isinstance(value, str) or not is_object_id(value):
+        raise ValueError(f"bad object id {value!r}")
+    return ObjectId(value)
+
+
+def _opt_oid(value: Any) -> ObjectId | None:
+    return None if value is None else _oid(value)
+
+
+def _pairs(value: Any) -> tuple[tuple[ContextId, ObjectId], ...]:
+    return tuple((ContextId(_str(cid)), _oid(nid)) for cid, nid in value)
+
+
+def _str(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"expected a string, got {value!r}")
+    return value
+
+
+def _int(value: Any) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ValueError(f"expected a count, got {value!r}")
+    return value
+
+
+def _dict(value: Any) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ValueError(f"expected an object, got {value!r}")
+    return value
+
+
+def _decode_chunk(v: dict[str, Any]) -> Chunk:
+    return Chunk(prev=_opt_oid(v["prev"]), index=_int(v["index"]), item=v["item"])
+
+
+def _decode_node(v: dict[str, Any]) -> Node:
+    memory = {
+        _str(name): MemoryRef(head=_opt_oid(ref["head"]), count=_int(ref["count"]))
+        for name, ref in _dict(v["memory"]).items()
+    }
+    return Node(
+        id=ContextId(_str(v["id"])),
+        fields=_dict(v["fields"]),
+        children=_pairs(v["children"]),
+        memory=memory,
+    )
+
+
+def _decode_state(v: dict[str, Any]) -> State:
+    active = v["active_context_id"]
+    return State(
+        roots=_pairs(v["roots"]),
+        active_context_id=None if active is None else _str(active),
+        extra=_dict(v["extra"]),
+    )
+
+
+def _decode_snapshot(v: dict[str, Any]) -> Snapshot:
+    event = _dict(v["event"])
+    log = v["log"]
+    context_id = event["context_id"]
+    return Snapshot(
+        conversation=_str(v["conversation"]),
+        root=_oid(v["root"]),
+        parents=tuple(_oid(p) for p in v["parents"]),
+        time=_str(v["time"]),
+        event=Event(
+            type=_str(event["type"]),
+            context_id=None if context_id is None else _str(context_id),
+            message=_str(event["message"]),
+        ),
+        log=None
+        if log is None
+        else LogLink(sequence=_int(log["sequence"]), entry_hash=_str(log["entry_hash"])),
+    )
+
+
+_KIND_OF_TYPE = {Chunk: "chunk", Node: "node", State: "state", Snapshot: "snapshot"}
+_DECODERS = {
+    "chunk": _decode_chunk,
+    "node": _decode_node,
+    "state": _decode_state,
+    "snapshot": _decode_snapshot,
+}

@@ -1,0 +1,670 @@
+"""The repository facade: what the CLI and the orchestrator hooks call.
+
+A :class:`Repository` wraps one backend. It compresses and verifies objects,
+commits conversation states as snapshots (objects and the ref swap in one
+durable transaction), loads them back, walks history, resolves revisions and
+diffs states. Every object read is re-hashed; a mismatch raises
+:class:`~snapstore.errors.CorruptObject` naming the object.
+"""
+
+from __future__ import annotations
+
+import base64
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from .backends.base import Backend, RefUpdate, ReflogEntry, StoredObject
+from .compression import Codec, train_dictionary
+from .diff import TreeDiff, diff_states
+from .errors import (
+    AmbiguousRevision,
+    CorruptObject,
+    FormatError,
+    InvalidInput,
+    ObjectNotFound,
+    SnapstoreError,
+    StoreNotFound,
+    UnknownRevision,
+)
+from .location import default_location, open_backend, redact
+from .objects import (
+    AnyObject,
+    Event,
+    LogLink,
+    ObjectId,
+    Snapshot,
+    State,
+    decode,
+    encode,
+    hash_object,
+    is_object_id,
+    to_json,
+)
+from .refs import (
+    ACTIVE_KEY,
+    ConversationId,
+    conversation_of,
+    ref_name,
+    validate_conversation_id,
+)
+from .revisions import parse_revision
+from .state import ConversationState
+from .timeutil import parse_time, utc_now
+from .tree import NewObjects, Tree, Workspace, load_tree, tree_from_contexts
+
+STORE_FORMAT = 1
+FORMAT_KEY = "format"
+DICT_PREFIX = "zstd_dict/"
+DICT_CURRENT_KEY = "zstd_dict_current"
+# Train a compression dictionary once a store holds this many objects.
+DICT_TRAIN_AFTER = 2000
+DICT_SAMPLE = 4000
+_CACHE_SIZE = 8192
+
+
+@dataclass(frozen=True)
+class CommitResult:
+    """The outcome of a commit: the head snapshot, and whether it is new."""
+
+    snapshot: ObjectId
+    created: bool
+    root: ObjectId | None = None
+    objects_written: int = 0
+    bytes_written: int = 0
+
+
+@dataclass(frozen=True)
+class SnapshotInfo:
+    """One snapshot as ``snap log`` shows it."""
+
+    id: ObjectId
+    snapshot: Snapshot
+
+    def to_json(self) -> dict[str, Any]:
+        snap = self.snapshot
+        out: dict[str, Any] = {
+            "snapshot": self.id,
+            "conversation": snap.conversation,
+            "root": snap.root,
+            "parents": list(snap.parents),
+            "time": snap.time,
+            "event": {
+                "type": snap.event.type,
+                "context_id": snap.event.context_id,
+                "message": snap.event.message,
+            },
+        }
+        if snap.log is not None:
+            out["log"] = {"sequence": snap.log.sequence, "entry_hash": snap.log.entry_hash}
+        return out
+
+
+@dataclass(frozen=True)
+class ConversationInfo:
+    """One conversation as ``snap conversations`` lists it."""
+
+    conversation: ConversationId
+    head: ObjectId
+    contexts: int
+    exchanges: int
+    updated: str
+    active: bool
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "conversation": self.conversation,
+            "head": self.head,
+            "contexts": self.contexts,
+            "exchanges": self.exchanges,
+            "updated": self.updated,
+            "active": self.active,
+        }
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One finding of :meth:`Repository.fsck`."""
+
+    kind: str
+    message: str
+    object: str | None = None
+    ref: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"kind": self.kind, "message": self.message}
+        if self.object is not None:
+            out["object"] = self.object
+        if self.ref is not None:
+            out["ref"] = self.ref
+        return out
+
+
+@dataclass(frozen=True)
+class FsckReport:
+    """What :meth:`Repository.fsck` found."""
+
+    objects: int
+    reachable: int
+    problems: tuple[Problem, ...]
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def __bool__(self) -> bool:
+        return self.ok
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "objects": self.objects,
+            "reachable": self.reachable,
+            "problems": [p.to_json() for p in self.problems],
+        }
+
+
+class Staging:
+    """Changes to one conversation staged on top of its head (see :meth:`Repository.stage`)."""
+
+    def __init__(self, conversation: ConversationId, head: ObjectId | None, base: Tree) -> None:
+        self.conversation = conversation
+        self.head = head
+        self.workspace = Workspace(base)
+
+
+class Repository:
+    """A snapstore store: open with :meth:`open`, create with :meth:`init`."""
+
+    def __init__(self, backend: Backend, location: str = "") -> None:
+        self.backend = backend
+        self.location = location
+        self._check_format()
+        dicts = {
+            int(k[len(DICT_PREFIX):]): base64.b64decode(v)
+            for k, v in backend.list_meta(DICT_PREFIX).items()
+        }
+        current = backend.get_meta(DICT_CURRENT_KEY)
+        self.codec = Codec(dicts, int(current) if current else None)
+        self._cache: OrderedDict[ObjectId, AnyObject] = OrderedDict()
+        self._trees: dict[ConversationId, tuple[ObjectId, Tree]] = {}
+        self._lock = threading.RLock()
+        self._commits_since_check = 0
+
+    # -- opening -------------------------------------------------------------
+
+    @classmethod
+    def init(cls, location: str | None = None) -> Repository:
+        """Create a new empty store at ``location`` (default: ``$SNAPSTORE`` or ``./.snapstore``)."""
+        location = location or default_location()
+        backend = open_backend(location, create=True)
+        try:
+            if backend.get_meta(FORMAT_KEY) is None:
+                backend.write(meta={FORMAT_KEY: str(STORE_FORMAT), "created": utc_now()})
+        except BaseException:
+            backend.close()
+            raise
+        return cls(backend, location)
+
+    @classmethod
+    def open(cls, location: str | None = None) -> Repository:
+        """Open an existing store."""
+        location = location or default_location()
+        backend = open_backend(location)
+        try:
+            return cls(backend, location)
+        except BaseException:
+            backend.close()
+            raise
+
+    def _check_format(self) -> None:
+        raw = self.backend.get_meta(FORMAT_KEY)
+        if raw is None:
+            raise StoreNotFound(f"{redact(self.location) or 'store'} is not a snapstore store (no format version)")
+        try:
+            version = int(raw)
+        except ValueError:
+            raise FormatError(f"store format version {raw!r} is not a number") from None
+        if version > STORE_FORMAT:
+            raise FormatError(
+                f"store format {version} is newer than this snapstore supports ({STORE_FORMAT}); "
+                "upgrade snapstore"
+            )
+        if version < STORE_FORMAT:
+            raise FormatError(f"store format {version} is old; run `snap upgrade`")
+
+    def close(self) -> None:
+        self.backend.close()
+
+    def __enter__(self) -> Repository:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- objects ---------------------------------------------------------------
+
+    def _verify(self, stored: StoredObject) -> tuple[bytes, AnyObject]:
+        body = self.codec.decompress(stored.data, stored.id)
+        actual = hash_object(stored.kind, body)
+        if actual != stored.id:
+            raise CorruptObject(stored.id, f"content hashes to {actual}", actual)
+        if len(body) != stored.size:
+            raise CorruptObject(stored.id, f"size is {len(body)}, recorded {stored.size}")
+        return body, decode(stored.kind, body, stored.id)
+
+    def read_many(self, ids: Iterable[ObjectId], kind: str | None = None) -> dict[ObjectId, AnyObject]:
+        """Verified typed objects by id; :class:`ObjectNotFound` names the first missing."""
+        wanted = list(dict.fromkeys(ids))
+        out: dict[ObjectId, AnyObject] = {}
+        missing = []
+        with self._lock:
+            for oid in wanted:
+                obj = self._cache.get(oid)
+                if obj is None:
+                    missing.append(oid)
+                else:
+                    out[oid] = obj
+        if missing:
+            found = self.backend.get_objects(missing)
+            for oid in missing:
+                stored = found.get(oid)
+                if stored is None:
+                    raise ObjectNotFound(oid, f"expected a {kind}" if kind else "")
+                _, obj = self._verify(stored)
+                out[oid] = obj
+                if stored.kind != "chunk":
+                    with self._lock:
+                        self._cache[oid] = obj
+                        if len(self._cache) > _CACHE_SIZE:
+                            self._cache.popitem(last=False)
+        if kind is not None:
+            for oid in wanted:
+                actual_kind = _kind_name(out[oid])
+                if actual_kind != kind:
+                    raise CorruptObject(oid, f"is a {actual_kind}, expected a {kind}")
+        return out
+
+    def read(self, oid: ObjectId, kind: str | None = None) -> AnyObject:
+        """One verified typed object."""
+        return self.read_many([oid], kind)[oid]
+
+    def _store(self, objects: NewObjects) -> list[StoredObject]:
+        """Compress the objects the backend does not have yet."""
+        present = self.backend.has_objects(objects.keys())
+        return [
+            StoredObject(oid, kind, len(body), self.codec.compress(body))
+            for oid, (kind, body) in objects.items()
+            if oid not in present
+        ]
+
+    # -- refs ------------------------------------------------------------------
+
+    def head(self, conversation: str) -> ObjectId | None:
+        """The newest snapshot of a conversation, or None if it has none."""
+        return self.backend.get_ref(ref_name(validate_conversation_id(conversation)))
+
+    def conversation_ids(self) -> list[ConversationId]:
+        return [c for r in self.backend.list_refs() if (c := conversation_of(r)) is not None]
+
+    @property
+    def active_conversation(self) -> ConversationId | None:
+        """The conversation startup resumes."""
+        value = self.backend.get_meta(ACTIVE_KEY)
+        return ConversationId(value) if value else None
+
+    def set_active(self, conversation: str) -> None:
+        conv = validate_conversation_id(conversation)
+        if self.head(conv) is None:
+            raise UnknownRevision(f"unknown conversation {conv!r}")
+        self.backend.write(meta={ACTIVE_KEY: conv})
+
+    def reflog(self, conversation: str) -> list[ReflogEntry]:
+        return self.backend.reflog(ref_name(validate_conversation_id(conversation)))
+
+    # -- committing ------------------------------------------------------------
+
+    def tree(self, snapshot_id: ObjectId | None) -> Tree:
+        """The whole tree of a snapshot (None gives the empty tree)."""
+        if snapshot_id is None:
+            return Tree.empty()
+        with self._lock:
+            for cached_snapshot, tree in self._trees.values():
+                if cached_snapshot == snapshot_id:
+                    return tree
+        snap = self.snapshot(snapshot_id)
+        return self.tree_of_state(snap.root)
+
+    def tree_of_state(self, state_id: ObjectId) -> Tree:
+        state = self.read(state_id, "state")
+        assert isinstance(state, State)
+        return load_tree(self.read_many, state_id, state)
+
+    def snapshot(self, snapshot_id: ObjectId) -> Snapshot:
+        snap = self.read(snapshot_id, "snapshot")
+        assert isinstance(snap, Snapshot)
+        return snap
+
+    def stage(self, conversation: str) -> Staging:
+        """Start staging changes to a conversation on top of its current head."""
+        conv = validate_conversation_id(conversation)
+        head = self.head(conv)
+        return Staging(conv, head, self.tree(head))
+
+    def commit(
+        self,
+        conversation: str,
+        state: ConversationState | Mapping[str, Any],
+        *,
+        event: Event | None = None,
+        log: LogLink | None = None,
+        activate: bool = False,
+    ) -> CommitResult:
+        """Commit a whole conversation state as a new snapshot on top of the head.
+
+        Unchanged contexts and exchanges are not written again; a state equal
+        to the head creates nothing (``created`` is False).
+        """
+        if not isinstance(state, ConversationState):
+            state = ConversationState.from_json(state)
+        staging = self.stage(conversation)
+        workspace = staging.workspace
+        tree, objects = tree_from_contexts(
+            state.contexts, state.active_context_id, state.extra, workspace.base
+        )
+        workspace.objects.update(objects)
+        return self._commit_tree(staging, tree, workspace.objects, event, log, activate)
+
+    def commit_staged(
+        self,
+        staging: Staging,
+        *,
+        event: Event | None = None,
+        log: LogLink | None = None,
+        activate: bool = False,
+        allow_empty: bool = False,
+    ) -> CommitResult:
+        """Commit what was staged; :class:`RefConflict` if the head moved meanwhile."""
+        tree = staging.workspace.build()
+        return self._commit_tree(staging, tree, staging.workspace.objects, event, log, activate, allow_empty)
+
+    def _commit_tree(
+        self,
+        staging: Staging,
+        tree: Tree,
+        objects: NewObjects,
+        event: Event | None,
+        log: LogLink | None,
+        activate: bool,
+        allow_empty: bool = False,
+    ) -> CommitResult:
+        conv, head = staging.conversation, staging.head
+        if head is not None and tree.state_id == staging.workspace.base.state_id and not allow_empty:
+            if activate and self.active_conversation != conv:
+                self.backend.write(meta={ACTIVE_KEY: conv})
+            return CommitResult(head, created=False, root=tree.state_id)
+        assert tree.state_id is not None
+        event = event or Event("commit")
+        snap = Snapshot(
+            conversation=conv,
+            root=tree.state_id,
+            parents=(head,) if head is not None else (),
+            time=utc_now(),
+            event=event,
+            log=log,
+        )
+        kind, body, snap_id = encode(snap)
+        objects = dict(objects)
+        objects[snap_id] = (kind, body)
+        stored = self._store(objects)
+        update = RefUpdate(
+            ref_name(conv), head, snap_id, f"{event.type}: {event.message}".rstrip(": "),
+            log.sequence if log else None, log.entry_hash if log else None,
+        )
+        self.backend.write(stored, [update], {ACTIVE_KEY: conv} if activate else None)
+        with self._lock:
+            self._trees[conv] = (snap_id, tree)
+            self._cache[snap_id] = snap
+        self._after_commit(len(stored))
+        return CommitResult(
+            snap_id, True, tree.state_id, len(stored), sum(len(o.data) for o in stored)
+        )
+
+    # -- compression dictionary -------------------------------------------------
+
+    def _after_commit(self, written: int) -> None:
+        if self.codec.current is not None:
+            return
+        self._commits_since_check += written
+        if self._commits_since_check >= DICT_TRAIN_AFTER // 4:
+            self._commits_since_check = 0
+            if self.backend.count_objects()[0] >= DICT_TRAIN_AFTER:
+                self.train_dictionary()
+
+    def train_dictionary(self) -> int | None:
+        """Train a zstd dictionary on this store's objects and use it from now on."""
+        samples = []
+        for stored in self.backend.iter_objects():
+            samples.append(self.codec.decompress(stored.data, stored.id))
+            if len(samples) >= DICT_SAMPLE:
+                break
+        trained = train_dictionary(samples)
+        if trained is None:
+            return None
+        dict_id, data = trained
+        self.backend.write(
+            meta={DICT_PREFIX + str(dict_id): base64.b64encode(data).decode("ascii"),
+                  DICT_CURRENT_KEY: str(dict_id)}
+        )
+        self.codec.add_dictionary(dict_id, data)
+        return dict_id
+
+    # -- reading -----------------------------------------------------------------
+
+    def resolve(self, revision: str) -> ObjectId:
+        """The snapshot id a revision names; :class:`UnknownRevision` / :class:`AmbiguousRevision`."""
+        rev = parse_revision(revision)
+        snapshot_id: ObjectId | None = None
+        if rev.at is not None:
+            snapshot_id = self._ref_at(rev.base, rev.at)
+        else:
+            conv = _as_conversation(rev.base)
+            if conv is not None:
+                snapshot_id = self.backend.get_ref(ref_name(conv))
+            if snapshot_id is None and rev.may_be_id:
+                snapshot_id = self._snapshot_by_prefix(rev.base)
+            if snapshot_id is None:
+                raise UnknownRevision(f"unknown revision {rev.base!r}: no such conversation or snapshot")
+        for step in range(rev.ancestors):
+            snap = self.snapshot(snapshot_id)
+            if not snap.parents:
+                raise UnknownRevision(
+                    f"revision {revision!r} goes back {rev.ancestors} snapshots; "
+                    f"{rev.base} has only {step + 1}"
+                )
+            snapshot_id = snap.parents[0]
+        return snapshot_id
+
+    def _snapshot_by_prefix(self, prefix: str) -> ObjectId | None:
+        if is_object_id(prefix):
+            found = self.backend.has_objects([ObjectId(prefix)])
+            if not found:
+                raise UnknownRevision(f"no snapshot {prefix}")
+            self.snapshot(ObjectId(prefix))
+            return ObjectId(prefix)
+        matches = [
+            oid for oid in self.backend.find_ids(prefix, limit=64)
+            if self.backend.get_objects([oid])[oid].kind == "snapshot"
+        ]
+        if len(matches) > 1:
+            raise AmbiguousRevision(
+                f"snapshot prefix {prefix!r} is ambiguous: {', '.join(m[:12] for m in matches[:5])}"
+            )
+        return matches[0] if matches else None
+
+    def _ref_at(self, base: str, moment: datetime) -> ObjectId:
+        conv = _as_conversation(base)
+        if conv is None or self.backend.get_ref(ref_name(conv)) is None:
+            raise UnknownRevision(f"unknown conversation {base!r}")
+        value: ObjectId | None = None
+        for entry in self.backend.reflog(ref_name(conv)):
+            if parse_time(entry.time) > moment:
+                break
+            value = entry.new
+        if value is None:
+            raise UnknownRevision(f"conversation {conv!r} did not exist at {moment.isoformat()}")
+        return value
+
+    def load(self, revision: str) -> ConversationState:
+        """The materialized state of a revision (a fresh copy)."""
+        snapshot_id = self.resolve(revision)
+        snap = self.snapshot(snapshot_id)
+        tree = self.tree(snapshot_id)
+        return ConversationState(snap.conversation, tree.active_context_id, tree.materialize(), dict(tree.extra))
+
+    def log(self, revision: str, limit: int | None = None) -> list[SnapshotInfo]:
+        """Snapshots from a revision back along first parents, newest first."""
+        out: list[SnapshotInfo] = []
+        current: ObjectId | None = self.resolve(revision)
+        while current is not None and (limit is None or len(out) < limit):
+            snap = self.snapshot(current)
+            out.append(SnapshotInfo(current, snap))
+            current = snap.parents[0] if snap.parents else None
+        return out
+
+    def diff(self, old: str, new: str) -> TreeDiff:
+        """The difference between the states of two revisions."""
+        old_root = self.snapshot(self.resolve(old)).root
+        new_root = self.snapshot(self.resolve(new)).root
+        return diff_states(self.read_many, old_root, new_root)
+
+    def conversations(self) -> list[ConversationInfo]:
+        """Every conversation with its size and last activity, newest first."""
+        active = self.active_conversation
+        out = []
+        for ref, head in self.backend.list_refs().items():
+            conv = conversation_of(ref)
+            if conv is None:
+                continue
+            snap = self.snapshot(head)
+            tree = self.tree(head)
+            out.append(
+                ConversationInfo(conv, head, len(tree.records), tree.exchange_count(), snap.time, conv == active)
+            )
+        out.sort(key=lambda c: c.updated, reverse=True)
+        return out
+
+    def checkout(self, conversation: str, at: str | None = None) -> CommitResult:
+        """Make a conversation active; with ``at``, restore that revision's state on top."""
+        conv = validate_conversation_id(conversation)
+        head = self.head(conv)
+        if head is None:
+            raise UnknownRevision(f"unknown conversation {conv!r}")
+        if at is None:
+            if self.active_conversation != conv:
+                self.backend.write(meta={ACTIVE_KEY: conv})
+            return CommitResult(head, created=False)
+        target = self.resolve(at)
+        root = self.snapshot(target).root
+        staging = self.stage(conv)
+        tree = self.tree_of_state(root)
+        event = Event("checkout", None, f"restore {at} ({target[:12]})")
+        return self._commit_tree(staging, tree, {}, event, None, activate=True)
+
+    def show(self, name: str) -> tuple[str, ObjectId, dict[str, Any]]:
+        """``(kind, id, decoded JSON)`` of an object id, unique prefix or revision."""
+        oid: ObjectId | None = None
+        text = name.strip().lower()
+        if len(text) >= 4 and all(c in "0123456789abcdef" for c in text):
+            matches = self.backend.find_ids(text, limit=2)
+            if len(matches) > 1:
+                raise AmbiguousRevision(f"object prefix {name!r} is ambiguous")
+            if matches:
+                oid = matches[0]
+        if oid is None:
+            oid = self.resolve(name)
+        obj = self.read(oid)
+        return _kind_name(obj), oid, to_json(obj)
+
+    # -- checking ------------------------------------------------------------------
+
+    def fsck(self, progress: Callable[[int], None] | None = None) -> FsckReport:
+        """Re-hash every object and check that everything refs and reflogs reach exists."""
+        problems: list[Problem] = []
+        named: dict[ObjectId, tuple[str, list[tuple[ObjectId, str]]]] = {}
+        count = 0
+        for stored in self.backend.iter_objects():
+            count += 1
+            try:
+                _, obj = self._verify(stored)
+            except SnapstoreError as exc:
+                problems.append(Problem("corrupt", str(exc), object=stored.id))
+                named[stored.id] = (stored.kind, [])
+            else:
+                named[stored.id] = (stored.kind, list(_references(obj)))
+            if progress is not None:
+                progress(1)
+        starts: list[tuple[ObjectId, str, str]] = []
+        for ref, target in self.backend.list_refs().items():
+            starts.append((target, "snapshot", ref))
+            for entry in self.backend.reflog(ref):
+                for oid in (entry.old, entry.new):
+                    if oid is not None:
+                        starts.append((oid, "snapshot", f"reflog of {ref}"))
+        reachable: set[ObjectId] = set()
+        stack = list(reversed(starts))
+        while stack:
+            oid, want, where = stack.pop()
+            if oid in reachable:
+                continue
+            reachable.add(oid)
+            if oid not in named:
+                problems.append(Problem("missing", f"{want} {oid} is missing (named by {where})", object=oid))
+                continue
+            have, children = named[oid]
+            if have != want:
+                problems.append(
+                    Problem("wrong-kind", f"{oid} is a {have}, {where} names it as a {want}", object=oid)
+                )
+                continue
+            label = f"{want} {oid[:12]}"
+            stack.extend((child, kind, label) for child, kind in children)
+        return FsckReport(count, len(reachable), tuple(problems))
+
+
+def _references(obj: AnyObject) -> Iterator[tuple[ObjectId, str]]:
+    """The objects an object names, with the kind each must be."""
+    from .objects import Chunk, Node
+
+    if isinstance(obj, Snapshot):
+        yield obj.root, "state"
+        for parent in obj.parents:
+            yield parent, "snapshot"
+    elif isinstance(obj, State):
+        for _, nid in obj.roots:
+            yield nid, "node"
+    elif isinstance(obj, Node):
+        for _, nid in obj.children:
+            yield nid, "node"
+        for ref in obj.memory.values():
+            if ref.head is not None:
+                yield ref.head, "chunk"
+    elif isinstance(obj, Chunk):
+        if obj.prev is not None:
+            yield obj.prev, "chunk"
+
+
+def _kind_name(obj: AnyObject) -> str:
+    from .objects import kind_of
+
+    return kind_of(obj)
+
+
+def _as_conversation(text: str) -> ConversationId | None:
+    try:
+        return validate_conversation_id(text)
+    except InvalidInput:
+        return None
