@@ -1,0 +1,1 @@
+"""The ``snap`` command-line interface (installed as ``snapstore.cli``)."""

@@ -1,0 +1,247 @@
+"""The store commands: init, commit, checkout, log, conversations, tree, diff, show, fsck."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import click
+
+from snapstore.errors import InvalidInput, UnknownRevision
+from snapstore.objects import Event
+from snapstore.refs import validate_conversation_id
+from snapstore.repository import Repository
+from snapstore.state import MAX_STATE_BYTES, ConversationState
+
+from .main import Settings, cli, describe_location
+from .render import dump_json, render_diff, render_log, render_tree, safe, tree_json
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON (schema in docs/cli.md).")
+# Show a progress bar on stderr only for stores at least this large.
+PROGRESS_MIN_OBJECTS = 20000
+
+
+def _settings() -> Settings:
+    return click.get_current_context().find_object(Settings)
+
+
+def _repo() -> Repository:
+    return _settings().repo()
+
+
+def _conversation_or_active(repo: Repository, conversation: str | None) -> str:
+    if conversation:
+        return conversation
+    active = repo.active_conversation
+    if active is None:
+        raise UnknownRevision("no conversation given and no active conversation (see `snap conversations`)")
+    return active
+
+
+def read_state_file(path: str) -> ConversationState:
+    """Read and validate a STATE.json file ('-' for stdin)."""
+    if path == "-":
+        data = sys.stdin.buffer.read(MAX_STATE_BYTES + 1)
+        return ConversationState.from_bytes(data, "standard input")
+    file = Path(path)
+    if not file.exists():
+        raise InvalidInput(f"{path}: no such file")
+    if not file.is_file():
+        raise InvalidInput(f"{path}: not a file")
+    if file.stat().st_size > MAX_STATE_BYTES:
+        raise InvalidInput(f"{path} is larger than {MAX_STATE_BYTES} bytes")
+    return ConversationState.from_bytes(file.read_bytes(), path)
+
+
+def write_file_atomically(path: str, text: str) -> None:
+    """Write text to a temporary file beside ``path``, fsync it, then rename over ``path``."""
+    target = Path(path)
+    folder = target.parent if str(target.parent) else Path(".")
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@cli.command()
+@click.argument("path", required=False)
+@click.pass_obj
+def init(settings: Settings, path: str | None) -> None:
+    """Create an empty store at PATH (default: --store, $SNAPSTORE or ./.snapstore)."""
+    location = path or settings.location
+    Repository.init(location).close()
+    click.echo(f"Initialized empty snapstore store in {describe_location(location)}")
+
+
+@cli.command()
+@click.argument("conversation")
+@click.option("--from", "state_file", required=True, metavar="STATE.json",
+              help="The materialized state to commit ('-' reads standard input).")
+@click.option("--event", "event_type", default="commit", show_default=True, help="Event type recorded in the snapshot.")
+@click.option("--context", "context_id", default=None, help="Context the event concerns.")
+@click.option("-m", "--message", default="", help="Message recorded in the snapshot.")
+def commit(conversation: str, state_file: str, event_type: str, context_id: str | None, message: str) -> None:
+    """Commit a whole conversation state as a new snapshot and print its id.
+
+    STATE.json is {"conversation_id", "active_context_id", "contexts": [...]}
+    with the client's context fields. A state identical to the head creates
+    nothing and says so.
+    """
+    conv = validate_conversation_id(conversation)
+    state = read_state_file(state_file)
+    if state.conversation_id is not None and state.conversation_id != conv:
+        raise InvalidInput(
+            f"{state_file} holds conversation {state.conversation_id!r}, not {conv!r}"
+        )
+    if not event_type or not event_type.isprintable():
+        raise InvalidInput("--event must be a printable, non-empty word")
+    result = _repo().commit(conv, state, event=Event(event_type, context_id, message))
+    if result.created:
+        click.echo(result.snapshot)
+    else:
+        click.echo(f"nothing to commit: state equals the head {result.snapshot}", err=True)
+        click.echo(result.snapshot)
+
+
+@cli.command()
+@click.argument("conversation")
+@click.option("--at", "at", metavar="REV", help="Restore REV's state as a new snapshot on top of the head.")
+@click.option("-o", "--output", metavar="FILE", help="Write the materialized state (STATE.json) to FILE.")
+@json_option
+def checkout(conversation: str, at: str | None, output: str | None, as_json: bool) -> None:
+    """Make CONVERSATION the active one and show its tree.
+
+    History is never rewritten: --at REV commits REV's state on top.
+    `checkout -o FILE` then `commit --from FILE` gives the identical root hash.
+    """
+    repo = _repo()
+    conv = validate_conversation_id(conversation)
+    result = repo.checkout(conv, at)
+    if output:
+        state = repo.load(conv)
+        write_file_atomically(output, json.dumps(state.to_json(), indent=1) + "\n")
+    tree = repo.tree(result.snapshot)
+    if as_json:
+        click.echo(dump_json({"conversation": conv, "head": result.snapshot, "restored": result.created,
+                              "tree": tree_json(tree)}))
+        return
+    if result.created:
+        click.echo(f"restored {at} as snapshot {result.snapshot[:12]}", err=True)
+    click.echo(f"conversation {conv} at {result.snapshot[:12]}")
+    for line in render_tree(tree):
+        click.echo(line)
+    if output:
+        click.echo(f"wrote {output}", err=True)
+
+
+@cli.command()
+@click.argument("conversation", required=False)
+@click.option("-n", "limit", type=click.IntRange(min=1), help="Show at most N snapshots.")
+@json_option
+def log(conversation: str | None, limit: int | None, as_json: bool) -> None:
+    """Show the snapshots of a conversation (or revision), newest first."""
+    repo = _repo()
+    entries = repo.log(_conversation_or_active(repo, conversation), limit)
+    if as_json:
+        click.echo(dump_json([e.to_json() for e in entries]))
+        return
+    for line in render_log(entries):
+        click.echo(line)
+
+
+@cli.command()
+@json_option
+def conversations(as_json: bool) -> None:
+    """List conversations with their size and last activity, newest first."""
+    infos = _repo().conversations()
+    if as_json:
+        click.echo(dump_json([i.to_json() for i in infos]))
+        return
+    if not infos:
+        click.echo("no conversations yet")
+    for info in infos:
+        mark = click.style("* ", fg="green", bold=True) if info.active else "  "
+        click.echo(
+            f"{mark}{click.style(safe(info.conversation), bold=True)}  {info.head[:12]}  "
+            f"{info.contexts} contexts  {info.exchanges} exchanges  updated {info.updated}"
+        )
+
+
+@cli.command()
+@click.argument("revision", required=False)
+@json_option
+def tree(revision: str | None, as_json: bool) -> None:
+    """Show the context tree of a revision (default: the active conversation)."""
+    repo = _repo()
+    snapshot_id = repo.resolve(_conversation_or_active(repo, revision))
+    state_tree = repo.tree(snapshot_id)
+    if as_json:
+        click.echo(dump_json(tree_json(state_tree)))
+        return
+    for line in render_tree(state_tree):
+        click.echo(line)
+
+
+@cli.command()
+@click.argument("rev_a")
+@click.argument("rev_b")
+@json_option
+def diff(rev_a: str, rev_b: str, as_json: bool) -> None:
+    """Show what changed from REV_A to REV_B: contexts added, removed, moved, changed."""
+    result = _repo().diff(rev_a, rev_b)
+    if as_json:
+        click.echo(dump_json(result.to_json()))
+        return
+    for line in render_diff(result):
+        click.echo(line)
+
+
+@cli.command()
+@click.argument("name", metavar="REV_OR_OBJECT_ID")
+@json_option
+def show(name: str, as_json: bool) -> None:
+    """Show one snapshot or object, decoded."""
+    kind, oid, value = _repo().show(name)
+    if as_json:
+        click.echo(dump_json({"kind": kind, "id": oid, "object": value}))
+        return
+    click.echo(click.style(f"{kind} {oid}", fg="yellow"))
+    click.echo(safe_multiline(dump_json(value)))
+
+
+def safe_multiline(text: str) -> str:
+    return "\n".join(safe(line) for line in text.splitlines())
+
+
+@cli.command()
+@json_option
+def fsck(as_json: bool) -> None:
+    """Re-hash every object and check that refs and reflogs reach only sound objects.
+
+    Exits non-zero if any object is corrupt, missing or of the wrong kind.
+    """
+    repo = _repo()
+    total = repo.backend.count_objects()[0]
+    if total >= PROGRESS_MIN_OBJECTS:
+        with click.progressbar(length=total, label="checking objects", file=sys.stderr) as bar:
+            report = repo.fsck(progress=bar.update)
+    else:
+        report = repo.fsck()
+    if as_json:
+        click.echo(dump_json(report.to_json()))
+    else:
+        for problem in report.problems:
+            click.echo(click.style(f"{problem.kind}: {safe(problem.message)}", fg="red"))
+        verdict = "ok" if report.ok else f"{len(report.problems)} problems"
+        click.echo(f"{report.objects} objects, {report.reachable} reachable: {verdict}")
+    if not report.ok:
+        click.get_current_context().exit(1)

@@ -1,0 +1,115 @@
+"""The ``snap`` command: a thin skin over :class:`snapstore.repository.Repository`.
+
+Every error becomes one line on stderr and a non-zero exit, never a
+traceback (exit 1 for errors, 2 for bad usage).
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import click
+
+from snapstore.errors import SnapstoreError
+from snapstore.location import default_location, redact
+from snapstore.repository import Repository
+
+CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+def one_line(text: str) -> str:
+    """Collapse a message to one line."""
+    return "; ".join(part.strip() for part in str(text).splitlines() if part.strip()) or "error"
+
+
+class SnapGroup(click.Group):
+    """A click group that reports every failure as one line."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except SnapstoreError as exc:
+            raise click.ClickException(one_line(str(exc))) from None
+        except OSError as exc:
+            name = f" {exc.filename}" if getattr(exc, "filename", None) else ""
+            raise click.ClickException(one_line(f"{exc.strerror or exc}{':' if name else ''}{name}")) from None
+        except MemoryError:
+            raise click.ClickException("out of memory (input too large?)") from None
+        except RecursionError:
+            raise click.ClickException("input nested too deeply") from None
+
+    def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None,
+             standalone_mode: bool = True, **extra: Any) -> Any:
+        try:
+            rv = super().main(args, prog_name or "snap", complete_var, standalone_mode=False, **extra)
+        except click.UsageError as exc:
+            hint = f" (see 'snap {exc.ctx.info_name} --help')" if exc.ctx and exc.ctx.parent else " (see 'snap --help')"
+            click.echo(f"snap: error: {one_line(exc.format_message())}{hint}", err=True)
+            sys.exit(exc.exit_code)
+        except click.ClickException as exc:
+            click.echo(f"snap: error: {one_line(exc.format_message())}", err=True)
+            sys.exit(exc.exit_code)
+        except click.Abort:
+            click.echo("snap: aborted", err=True)
+            sys.exit(1)
+        except KeyboardInterrupt:
+            click.echo("snap: interrupted", err=True)
+            sys.exit(130)
+        if standalone_mode:
+            sys.exit(rv if isinstance(rv, int) else 0)
+        return rv
+
+
+class Settings:
+    """What the group options set, and the repository opened on demand."""
+
+    def __init__(self, store: str | None) -> None:
+        self.store = store
+        self._repo: Repository | None = None
+
+    @property
+    def location(self) -> str:
+        return self.store or default_location()
+
+    def repo(self) -> Repository:
+        if self._repo is None:
+            self._repo = Repository.open(self.location)
+        return self._repo
+
+    def close(self) -> None:
+        if self._repo is not None:
+            self._repo.close()
+            self._repo = None
+
+
+@click.group(cls=SnapGroup, context_settings=CONTEXT_SETTINGS)
+@click.option(
+    "--store",
+    metavar="PATH|URL",
+    help="Store location (default: $SNAPSTORE, else ./.snapstore).",
+)
+@click.version_option(package_name="snapstore", prog_name="snap")
+@click.pass_context
+def cli(ctx: click.Context, store: str | None) -> None:
+    """snapstore: a Git-style snapshot store for LLM conversation trees.
+
+    Each conversation is a tree of contexts (a root and nested sidebars),
+    stored as content-addressed, compressed objects; every change is a
+    snapshot, and a per-conversation ref points at the newest one.
+    """
+    settings = Settings(store)
+    ctx.obj = settings
+    ctx.call_on_close(settings.close)
+
+
+def describe_location(location: str) -> str:
+    return redact(location)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    cli.main(prog_name="snap")
+
+
+from . import commands as _commands  # noqa: E402,F401  (registers the commands)
