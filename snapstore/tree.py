@@ -11,8 +11,9 @@ never modified, so a failed commit leaves it exactly as it was.
 The shape of the tree comes from the contexts themselves: a context's parent
 is its ``parent_context_id`` when that context is in the state, otherwise it
 is a root; a parent's children are ordered as its ``child_sidebar_ids`` lists
-them, any others after in the order they were added. Both fields are kept
-verbatim, so a state round-trips exactly even where they disagree.
+them, any others after by id, and roots by id. Both fields are kept
+verbatim, so a state round-trips exactly even where they disagree, and the
+same state gives the same ids whatever history led to it.
 """
 
 from __future__ import annotations
@@ -299,8 +300,11 @@ class Workspace:
         """
         base = self.base
         touched = set(self._fields) | self._removed
-        if not touched and self.active_context_id == base.active_context_id and (
-            self.extra == base.extra
+        if (
+            base.state_id is not None
+            and not touched
+            and self.active_context_id == base.active_context_id
+            and self.extra == base.extra
         ):
             return base
         records = dict(base.records)
@@ -355,30 +359,17 @@ class Workspace:
                 seen.add(p)
                 p = parent(p)
 
-        # Order of contexts that joined a parent (or the roots): base order, then new.
-        arrivals = [c for c in parent_of if c not in base.records or parent_of[c] != base.records[c].parent]
-        if arrivals:
-            position = {c: i for i, c in enumerate(base.records)}
-            position.update({c: len(position) + i for i, c in enumerate(new_ids)})
-            arrivals.sort(key=position.__getitem__)
-
+        # Children lists of parents whose members or declared order changed:
+        # declared children first, in declared order, then the others by id,
+        # so the same state always gives the same tree whatever its history.
         children_of: dict[ContextId, tuple[ContextId, ...]] = {}
         for pid in children_changed:
             old_kids = records[pid].children if pid in records else ()
-            members = [c for c in old_kids if c in alive and parent(c) == pid]
-            member_set = set(members)
-            for c in arrivals:
-                if parent_of[c] == pid and c not in member_set:
-                    members.append(c)
-                    member_set.add(c)
+            members = {c for c in old_kids if c in alive and parent(c) == pid}
+            members.update(c for c, p in parent_of.items() if p == pid)
             listed = fields_of(pid).get(CHILDREN_FIELD)
-            ordered: list[ContextId] = []
-            if isinstance(listed, list):
-                for c in dict.fromkeys(listed):
-                    if c in member_set:
-                        ordered.append(ContextId(c))
-            listed_set = set(ordered)
-            ordered.extend(c for c in members if c not in listed_set)
+            ordered = [ContextId(c) for c in dict.fromkeys(listed or ()) if c in members]
+            ordered.extend(sorted(members.difference(ordered)))
             children_of[pid] = tuple(ordered)
 
         # Nodes to encode: touched, reshaped and moved contexts and all their ancestors.
@@ -419,8 +410,9 @@ class Workspace:
             self.objects[node_id] = (kind, body)
             records[cid] = ContextRecord(cid, fields, memory, node_id, parent(cid), kids)
 
-        roots = [r for r in base.roots if r in records and records[r].parent is None]
-        roots.extend(c for c in arrivals if parent_of[c] is None and c not in base.roots)
+        roots = {r for r in base.roots if r in records and records[r].parent is None}
+        roots.update(c for c, p in parent_of.items() if p is None)
+        roots = sorted(roots)
         state = State(
             roots=tuple((r, records[r].node_id) for r in roots),
             active_context_id=self.active_context_id,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -33,6 +34,8 @@ class StoreFactory:
     location: str | None
     _open: Callable[[bool], Backend]
     _shared: Backend | None = None
+    # Overwrites one stored object's bytes behind the store's back, if the backend allows.
+    corrupt: Callable[[Backend, str], None] | None = None
 
     def backend(self, create: bool = False) -> Backend:
         if self._shared is not None:
@@ -51,9 +54,20 @@ class StoreFactory:
         return Repository(self.backend(), self.location or "memory:")
 
 
+def flip_byte(data: bytes, position: int | None = None) -> bytes:
+    """``data`` with one byte changed (by default the middle one)."""
+    i = len(data) // 2 if position is None else position
+    return data[:i] + bytes([data[i] ^ 0x01]) + data[i + 1 :]
+
+
 def _memory(tmp_path) -> Iterator[StoreFactory]:
     shared = MemoryBackend()
-    yield StoreFactory("memory", None, lambda create: shared, shared)
+
+    def corrupt(backend: Backend, oid: str) -> None:
+        stored = backend._objects[oid]  # type: ignore[attr-defined]
+        backend._objects[oid] = dataclasses.replace(stored, data=flip_byte(stored.data))  # type: ignore[attr-defined]
+
+    yield StoreFactory("memory", None, lambda create: shared, shared, corrupt)
 
 
 def _sqlite(tmp_path) -> Iterator[StoreFactory]:
@@ -65,7 +79,16 @@ def _sqlite(tmp_path) -> Iterator[StoreFactory]:
         exists = (tmp_path / "store" / "store.sqlite").exists()
         return open_backend(location, create=create and not exists)
 
-    yield StoreFactory("sqlite", location, open_sqlite)
+    def corrupt(backend: Backend, oid: str) -> None:
+        import sqlite3
+
+        db = sqlite3.connect(tmp_path / "store" / "store.sqlite")
+        (data,) = db.execute("SELECT data FROM objects WHERE id = ?", (bytes.fromhex(oid),)).fetchone()
+        db.execute("UPDATE objects SET data = ? WHERE id = ?", (flip_byte(data), bytes.fromhex(oid)))
+        db.commit()
+        db.close()
+
+    yield StoreFactory("sqlite", location, open_sqlite, None, corrupt)
 
 
 # Backend name -> generator of factories (setup, yield, teardown). Shared

@@ -1,0 +1,168 @@
+"""Property tests: round trips, history-independent ids, and the diff against a naive oracle."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hypothesis import assume, given
+from hypothesis import strategies as st
+
+from snapstore.backends.memory import MemoryBackend
+from snapstore.diff import diff_states
+from snapstore.errors import InvalidInput
+from snapstore.repository import FORMAT_KEY, STORE_FORMAT, Repository
+from snapstore.tree import tree_from_contexts
+
+from .factories import mutated, states
+
+
+def fresh_repo() -> Repository:
+    backend = MemoryBackend()
+    backend.write(meta={FORMAT_KEY: str(STORE_FORMAT)})
+    return Repository(backend, "memory:")
+
+
+def effective_parents(state: dict[str, Any]) -> dict[str, str | None]:
+    ids = {c["sidebar_id"] for c in state["contexts"]}
+    out = {}
+    for c in state["contexts"]:
+        p = c.get("parent_context_id")
+        out[c["sidebar_id"]] = p if p in ids and p != c["sidebar_id"] else None
+    return out
+
+
+def has_cycle(state: dict[str, Any]) -> bool:
+    parents = effective_parents(state)
+    for start in parents:
+        seen, p = {start}, parents[start]
+        while p is not None:
+            if p in seen:
+                return True
+            seen.add(p)
+            p = parents[p]
+    return False
+
+
+def naive_diff(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """The diff computed the slow way, from whole materialized states."""
+    a = {c["sidebar_id"]: c for c in old["contexts"]}
+    b = {c["sidebar_id"]: c for c in new["contexts"]}
+    pa, pb = effective_parents(old), effective_parents(new)
+
+    return {
+        "added": sorted(b.keys() - a.keys()),
+        "removed": sorted(a.keys() - b.keys()),
+        "moved": sorted(k for k in a.keys() & b.keys() if pa[k] != pb[k]),
+        "changed": sorted(k for k in a.keys() & b.keys() if a[k] != b[k]),
+    }
+
+
+@given(state=states())
+def test_commit_then_load_is_identity(state):
+    assume(not has_cycle(state))
+    repo = fresh_repo()
+    repo.commit("conv", state)
+    loaded = repo.load("conv").to_json()
+    # Contexts come back in tree order (each parent before its children).
+    by_id = {c["sidebar_id"]: c for c in loaded["contexts"]}
+    assert len(by_id) == len(loaded["contexts"])
+    assert by_id == {c["sidebar_id"]: c for c in state["contexts"]}
+    assert {k: v for k, v in loaded.items() if k != "contexts"} == {k: v for k, v in state.items() if k != "contexts"}
+
+
+@given(data=st.data())
+def test_incremental_build_equals_fresh_build(data):
+    old = data.draw(states())
+    assume(not has_cycle(old))
+    new = data.draw(mutated(old))
+    if has_cycle(new):
+        try:
+            tree_from_contexts(new["contexts"], new["active_context_id"])
+        except InvalidInput as exc:
+            assert "cycle" in str(exc)
+            return
+        raise AssertionError("a cycle was accepted")
+    base, _ = tree_from_contexts(old["contexts"], old["active_context_id"])
+    incremental, _ = tree_from_contexts(new["contexts"], new["active_context_id"], base=base)
+    fresh, _ = tree_from_contexts(new["contexts"], new["active_context_id"])
+    assert incremental.state_id == fresh.state_id
+    assert incremental.materialize() == fresh.materialize()
+
+
+@given(data=st.data())
+def test_diff_agrees_with_the_naive_diff(data):
+    old = data.draw(states())
+    assume(not has_cycle(old))
+    new = data.draw(mutated(old))
+    assume(not has_cycle(new))
+    repo = fresh_repo()
+    repo.commit("conv", old)
+    repo.commit("conv", new)
+    snapshots = repo.log("conv")
+    old_rev = snapshots[-1].id
+    result = repo.diff(old_rev, "conv")
+    expected = naive_diff(old, new)
+    assert sorted(c.id for c in result.added) == expected["added"]
+    assert sorted(c.id for c in result.removed) == expected["removed"]
+    assert sorted(m.id for m in result.moved) == expected["moved"]
+    assert sorted(c.id for c in result.changed) == expected["changed"]
+    # A diff is empty exactly when nothing changed; and it is symmetric.
+    focus_moved = old["active_context_id"] != new["active_context_id"]
+    assert bool(result) == (any(expected.values()) or focus_moved)
+    back = repo.diff("conv", old_rev)
+    assert sorted(c.id for c in back.added) == expected["removed"]
+    assert sorted(c.id for c in back.removed) == expected["added"]
+    assert sorted(m.id for m in back.moved) == expected["moved"]
+    assert not repo.diff("conv", "conv")
+
+
+@given(data=st.data())
+def test_diff_field_changes_rebuild_the_new_fields(data):
+    """apply(diff(a, b), a) == b for the fields of every changed context."""
+    old = data.draw(states())
+    assume(not has_cycle(old))
+    new = data.draw(mutated(old))
+    assume(not has_cycle(new))
+    repo = fresh_repo()
+    repo.commit("conv", old)
+    repo.commit("conv", new)
+    result = repo.diff(repo.log("conv")[-1].id, "conv")
+    a = {c["sidebar_id"]: c for c in old["contexts"]}
+    b = {c["sidebar_id"]: c for c in new["contexts"]}
+    for change in result.changed:
+        fields = {k: v for k, v in a[change.id].items() if k not in ("sidebar_id", "local_memory", "inherited_memory") or not isinstance(v, list)}
+        for name, delta in change.fields.items():
+            if "new" in delta:
+                fields[name] = delta["new"]
+            else:
+                fields.pop(name)
+        want = {k: v for k, v in b[change.id].items() if k not in ("sidebar_id", "local_memory", "inherited_memory") or not isinstance(v, list)}
+        assert fields == want
+        local = change.memory.get("local_memory")
+        old_len = len(a[change.id].get("local_memory") or [])
+        new_len = len(b[change.id].get("local_memory") or [])
+        if local is not None:
+            assert new_len - old_len == len(local.added) - len(local.removed)
+
+
+def test_diff_cost_is_proportional_to_the_change():
+    """A one-context change costs the same number of reads in a small and a large tree."""
+    from .factories import context
+
+    reads = {}
+    for n in (30, 3000):
+        contexts = [context("SB-1")]
+        for i in range(2, n + 1):
+            parent = f"SB-{(i - 2) // 10 + 1}"  # a tree of fanout 10
+            contexts.append(context(f"SB-{i}", parent=parent))
+        for c in contexts:
+            c["child_sidebar_ids"] = []
+        state = {"conversation_id": "c", "active_context_id": "SB-1", "contexts": contexts}
+        repo = fresh_repo()
+        repo.commit("c", state)
+        contexts[3]["status"] = "paused"  # SB-4: depth 1 in both trees
+        repo.commit("c", state)
+        result = repo.diff("c~1", "c")
+        assert [c.id for c in result.changed] == ["SB-4"]
+        reads[n] = result.reads
+    assert reads[3000] == reads[30]

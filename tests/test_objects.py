@@ -1,0 +1,61 @@
+"""Encoding laws: decode(encode(x)) == x, ids are stable, malformed bodies are named errors."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from snapstore.errors import CorruptObject, InvalidInput
+from snapstore.objects import Chunk, MemoryRef, Node, canonical_json, decode, encode
+
+from .factories import json_values
+
+oids = st.text(alphabet="0123456789abcdef", min_size=64, max_size=64)
+
+
+@given(item=json_values, prev=st.one_of(st.none(), oids), index=st.integers(0, 10**9))
+def test_chunk_round_trip(item, prev, index):
+    chunk = Chunk(prev=prev, index=index, item=item)
+    kind, body, oid = encode(chunk)
+    assert decode(kind, body) == chunk
+    assert encode(decode(kind, body))[2] == oid
+    assert body.isascii()
+
+
+@given(fields=st.dictionaries(st.text(max_size=10), json_values, max_size=6),
+       children=st.lists(st.tuples(st.text(min_size=1, max_size=8), oids), max_size=4),
+       count=st.integers(0, 10**6), head=oids)
+def test_node_round_trip(fields, children, count, head):
+    node = Node(id="SB-1", fields=fields, children=tuple(children),
+                memory={"local_memory": MemoryRef(head if count else None, count)})
+    kind, body, _ = encode(node)
+    assert decode(kind, body) == node
+
+
+@given(value=json_values)
+def test_canonical_json_is_deterministic(value):
+    assert canonical_json(value) == canonical_json(value)
+    import json
+
+    assert json.loads(canonical_json(value)) == value
+
+
+def test_nul_and_surrogates_survive():
+    item = {"text": "a\u0000b\ud800c", "emoji": "\U0001f600"}
+    kind, body, _ = encode(Chunk(None, 0, item))
+    assert decode(kind, body).item == item
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), object(), b"bytes", {"k": {1, 2}}])
+def test_non_json_values_are_refused(value):
+    with pytest.raises(InvalidInput):
+        canonical_json({"x": value} if not isinstance(value, dict) else value)
+
+
+@pytest.mark.parametrize("body", [b"not json", b'{"v":2,"prev":null,"index":0,"item":1}',
+                                  b'{"v":1,"prev":"zz","index":0,"item":1}', b'{"v":1}', b"[]"])
+def test_malformed_bodies_raise_corrupt_object(body):
+    with pytest.raises(CorruptObject) as info:
+        decode("chunk", body, "abc")
+    assert info.value.object_id == "abc"
