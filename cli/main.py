@@ -6,6 +6,7 @@ traceback (exit 1 for errors, 2 for bad usage).
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Any
 
@@ -38,6 +39,14 @@ class SnapGroup(click.Group):
             raise click.ClickException("out of memory (input too large?)") from None
         except RecursionError:
             raise click.ClickException("input nested too deeply") from None
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise
+        except Exception as exc:
+            if os.environ.get("SNAPSTORE_DEBUG"):
+                raise
+            raise click.ClickException(
+                one_line(f"internal error: {type(exc).__name__}: {exc} (set SNAPSTORE_DEBUG=1 for a traceback)")
+            ) from None
 
     def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None,
              standalone_mode: bool = True, **extra: Any) -> Any:
@@ -113,3 +122,4 @@ def main() -> None:
 
 
 from . import commands as _commands  # noqa: E402,F401  (registers the commands)
+from . import demo as _demo  # noqa: E402,F401

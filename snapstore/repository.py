@@ -26,6 +26,7 @@ from .errors import (
     FormatError,
     InvalidInput,
     ObjectNotFound,
+    RefConflict,
     SnapstoreError,
     StoreNotFound,
     UnknownRevision,
@@ -75,6 +76,22 @@ class CommitResult:
     root: ObjectId | None = None
     objects_written: int = 0
     bytes_written: int = 0
+
+
+@dataclass(frozen=True)
+class PreparedCommit:
+    """A snapshot whose objects are durable but which no ref names yet."""
+
+    conversation: ConversationId
+    snapshot: ObjectId
+    parent: ObjectId | None
+    root: ObjectId
+    changed_nodes: Mapping[str, ObjectId]
+
+
+# Called between the durable write of a snapshot's objects and the ref swap;
+# returns the audit-log entry the snapshot answers to, if any.
+BeforeRef = Callable[[PreparedCommit], LogLink | None]
 
 
 @dataclass(frozen=True)
@@ -386,10 +403,20 @@ class Repository:
         log: LogLink | None = None,
         activate: bool = False,
         allow_empty: bool = False,
+        before_ref: BeforeRef | None = None,
     ) -> CommitResult:
-        """Commit what was staged; :class:`RefConflict` if the head moved meanwhile."""
+        """Commit what was staged; :class:`RefConflict` if the head moved meanwhile.
+
+        With ``before_ref``, the objects are made durable first, then
+        ``before_ref`` runs (an orchestrator appends its audit-log entry
+        there), then the ref moves in a second transaction, recording the
+        entry it returns. A crash in between leaves objects no ref names:
+        recovery can roll the ref forward to them.
+        """
         tree = staging.workspace.build()
-        return self._commit_tree(staging, tree, staging.workspace.objects, event, log, activate, allow_empty)
+        return self._commit_tree(
+            staging, tree, staging.workspace.objects, event, log, activate, allow_empty, before_ref
+        )
 
     def _commit_tree(
         self,
@@ -400,6 +427,7 @@ class Repository:
         log: LogLink | None,
         activate: bool,
         allow_empty: bool = False,
+        before_ref: BeforeRef | None = None,
     ) -> CommitResult:
         conv, head = staging.conversation, staging.head
         if head is not None and tree.state_id == staging.workspace.base.state_id and not allow_empty:
@@ -420,11 +448,22 @@ class Repository:
         objects = dict(objects)
         objects[snap_id] = (kind, body)
         stored = self._store(objects)
+        reason = f"{event.type}: {event.message}" if event.message else event.type
+        if before_ref is not None:
+            if head != self.head(conv):
+                raise RefConflict(ref_name(conv), head, self.head(conv))
+            self.backend.write(stored)
+            log = before_ref(
+                PreparedCommit(conv, snap_id, head, tree.state_id, dict(staging.workspace.changed_nodes))
+            ) or log
+            to_write: list[StoredObject] = []
+        else:
+            to_write = stored
         update = RefUpdate(
-            ref_name(conv), head, snap_id, f"{event.type}: {event.message}".rstrip(": "),
+            ref_name(conv), head, snap_id, reason,
             log.sequence if log else None, log.entry_hash if log else None,
         )
-        self.backend.write(stored, [update], {ACTIVE_KEY: conv} if activate else None)
+        self.backend.write(to_write, [update], {ACTIVE_KEY: conv} if activate else None)
         with self._lock:
             self._trees[conv] = (snap_id, tree)
             self._cache[snap_id] = snap

@@ -57,9 +57,13 @@ class ConversationState:
         except UnicodeDecodeError as exc:
             raise InvalidInput(f"{source} is not UTF-8 text: {exc.reason}") from None
         except json.JSONDecodeError as exc:
-            raise InvalidInput(f"{source} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+            raise InvalidInput(
+                f"{source} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
+            ) from None
         except RecursionError:
             raise InvalidInput(f"{source} is nested too deeply") from None
+        except ValueError as exc:  # e.g. an integer with more digits than Python allows
+            raise InvalidInput(f"{source} is not valid JSON: {exc}") from None
         return cls.from_json(value)
 
     def to_json(self) -> dict[str, Any]:

@@ -212,6 +212,8 @@ class Workspace:
         self.active_context_id = self.base.active_context_id
         self.extra = self.base.extra
         self.objects: NewObjects = {}
+        # Node ids encoded by the last build, by context: what the change touched.
+        self.changed_nodes: dict[ContextId, ObjectId] = {}
 
     def __contains__(self, context_id: str) -> bool:
         return self._current(ContextId(context_id)) is not None
@@ -256,6 +258,56 @@ class Workspace:
             self._memory[cid] = memory
             self._removed.discard(cid)
         return changed
+
+    def context(self, context_id: str) -> dict[str, Any] | None:
+        """A staged or committed context as a fresh plain dict (copies its exchanges)."""
+        current = self._current(ContextId(context_id))
+        if current is None:
+            return None
+        fields, chains = current
+        out: dict[str, Any] = {ID_FIELD: context_id}
+        out.update(json_copy(fields))
+        for name, chain in chains.items():
+            out[name] = json_copy(chain.items)
+        return out
+
+    def fields(self, context_id: str) -> dict[str, Any] | None:
+        """A context's fields without its exchange lists (a fresh copy), or None."""
+        current = self._current(ContextId(context_id))
+        return None if current is None else json_copy(current[0])
+
+    def exchange_count(self, context_id: str, memory: str = "local_memory") -> int:
+        current = self._current(ContextId(context_id))
+        if current is None:
+            raise InvalidInput(f"no context {context_id!r}")
+        chain = current[1].get(memory)
+        return chain.n if chain is not None else 0
+
+    def last_exchanges(self, context_id: str, n: int, memory: str = "local_memory") -> list[Any]:
+        """Copies of the newest ``n`` items of an exchange list, oldest first."""
+        current = self._current(ContextId(context_id))
+        if current is None:
+            raise InvalidInput(f"no context {context_id!r}")
+        chain = current[1].get(memory)
+        if chain is None or n <= 0:
+            return []
+        return json_copy(chain.items[-n:])
+
+    def update_fields(self, context_id: str, changes: Mapping[str, Any]) -> None:
+        """Stage new values for some fields of a context, leaving its exchanges alone."""
+        cid = ContextId(context_id)
+        current = self._current(cid)
+        if current is None:
+            raise InvalidInput(f"no context {context_id!r}")
+        fields, chains = current
+        if ID_FIELD in changes or any(k in chains for k in changes):
+            raise InvalidInput("update_fields cannot change the id or an exchange list")
+        merged = dict(fields)
+        merged.update(json.loads(canonical_json(dict(changes))))
+        if merged != fields:
+            split_context({ID_FIELD: cid, **merged})
+            self._fields[cid] = merged
+            self._memory[cid] = chains
 
     def append_exchange(self, context_id: str, item: Any, memory: str = "local_memory") -> None:
         """Stage one exchange appended to a context's list, in constant time."""
@@ -408,6 +460,7 @@ class Workspace:
             )
             kind, body, node_id = encode(node)
             self.objects[node_id] = (kind, body)
+            self.changed_nodes[cid] = node_id
             records[cid] = ContextRecord(cid, fields, memory, node_id, parent(cid), kids)
 
         roots = {r for r in base.roots if r in records and records[r].parent is None}

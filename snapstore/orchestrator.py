@@ -1,0 +1,378 @@
+"""A reference conversation orchestrator that persists every operation.
+
+It offers the client's life-cycle methods (reference §1) for users who start
+fresh. Each user operation becomes exactly one snapshot holding every context
+it touched (a spawn: the child, the paused parent and the focus together) and,
+when an audit log is attached, exactly one OZOLITH entry linked both ways: the
+entry's payload names the snapshot, root and changed node ids, and the ref
+change records the entry's sequence and hash.
+
+An operation is durable when its method returns. If persisting fails (full
+disk, I/O error, a lost race) the method raises and the in-memory tree stays
+at the previous state; the next operation works on that state.
+
+Known defects of the client's orchestrator avoided here: inherited memory is
+a deep copy (never shares dicts with the parent), and one process never has
+two writers on one log (the log is locked while an entry is appended).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+import time
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+from .errors import InvalidInput
+from .objects import Event, LogLink
+from .repository import CommitResult, PreparedCommit, Repository
+from .tree import Tree, Workspace
+
+ROOT_EVENT = "context_created"
+STATUS_ACTIVE = "active"
+STATUS_PAUSED = "paused"
+STATUS_MERGED = "merged"
+STATUS_ARCHIVED = "archived"
+
+# (event_type, context_id, actor, payload) -> (sequence, entry_hash)
+AuditAppend = Callable[[str, str, str, dict[str, Any]], tuple[int, str]]
+
+
+def uuid7() -> str:
+    """A UUIDv7 string: 48-bit millisecond time, version 7, random bits."""
+    ms = time.time_ns() // 1_000_000
+    rand = int.from_bytes(os.urandom(10), "big")
+    value = (ms & ((1 << 48) - 1)) << 80 | 0x7 << 76 | (rand >> 68 & 0xFFF) << 64
+    value |= 0b10 << 62 | (rand & ((1 << 62) - 1))
+    text = f"{value:032x}"
+    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
+
+
+def now_text() -> str:
+    """The client's timestamps: naive local time, ISO-8601."""
+    return datetime.now().isoformat()
+
+
+def text_hash(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def new_context(sidebar_id: str, parent: str | None, *, task: str | None = None,
+                criteria: str | None = None, creator: str = "AGENT-operator") -> dict[str, Any]:
+    """A context with every field of the client's ``SidebarContext``, as JSON."""
+    stamp = now_text()
+    return {
+        "sidebar_id": sidebar_id,
+        "uuid": uuid7(),
+        "parent_context_id": parent,
+        "child_sidebar_ids": [],
+        "forked_from": None,
+        "participants": [creator],
+        "coordinator_agent": "AGENT-operator",
+        "inherited_memory": [],
+        "local_memory": [],
+        "data_refs": {},
+        "cross_sidebar_refs": {},
+        "scratchpad": None,
+        "yarn_board_layout": {},
+        "relevance_scores": {},
+        "active_focus": [],
+        "status": STATUS_ACTIVE,
+        "priority": "normal",
+        "created_at": stamp,
+        "last_activity": stamp,
+        "task_description": task,
+        "success_criteria": criteria,
+        "failure_reason": None,
+        "tags": [],
+        "display_names": {},
+    }
+
+
+class ConversationOrchestrator:
+    """One conversation's tree in memory, persisted to a snapstore repository."""
+
+    def __init__(self, repo: Repository, conversation: str, *,
+                 audit: AuditAppend | None = None, actor: str = "system") -> None:
+        self.repo = repo
+        self.conversation = conversation
+        self.actor = actor
+        self._audit = audit
+        self._lock = threading.RLock()
+        staging = repo.stage(conversation)
+        self._head = staging.head
+        self._tree: Tree = staging.workspace.base
+        self._next_exchange = self._highest_exchange_number() + 1
+
+    # -- state -----------------------------------------------------------------
+
+    @property
+    def head(self) -> str | None:
+        return self._head
+
+    @property
+    def tree(self) -> Tree:
+        """The committed tree (read-only)."""
+        return self._tree
+
+    @property
+    def active_context_id(self) -> str | None:
+        return self._tree.active_context_id
+
+    def _highest_exchange_number(self) -> int:
+        highest = 0
+        for record in self._tree.records.values():
+            for chain in record.memory.values():
+                for item in chain.items[-1:]:
+                    highest = max(highest, _exchange_number(item))
+        return highest
+
+    def _next_sidebar_id(self) -> str:
+        numbers = [int(c[3:]) for c in self._tree.records if c.startswith("SB-") and c[3:].isdigit()]
+        return f"SB-{max(numbers, default=0) + 1}"
+
+    def _require(self, workspace: Workspace, context_id: str) -> dict[str, Any]:
+        fields = workspace.fields(context_id)
+        if fields is None:
+            raise InvalidInput(f"no context {context_id!r} in conversation {self.conversation!r}")
+        return fields
+
+    # -- the one write path --------------------------------------------------
+
+    def _operate(self, event_type: str, context_id: str, message: str,
+                 change: Callable[[Workspace], dict[str, Any]], actor: str | None = None) -> CommitResult:
+        """Apply ``change`` to a workspace, then persist it as one snapshot (+ one log entry).
+
+        ``change`` returns the audit payload. Nothing in memory changes unless
+        the commit succeeds.
+        """
+        with self._lock:
+            staging = self.repo.stage(self.conversation)
+            if staging.head != self._head:
+                # Another writer moved the ref; start from what is committed.
+                self._tree = staging.workspace.base
+                self._head = staging.head
+            payload = change(staging.workspace)
+            before_ref = None
+            if self._audit is not None:
+                audit = self._audit
+
+                def before_ref(prepared: PreparedCommit) -> LogLink:
+                    linked = dict(payload)
+                    linked["snapstore"] = {
+                        "conversation": prepared.conversation,
+                        "snapshot": prepared.snapshot,
+                        "parent": prepared.parent,
+                        "root": prepared.root,
+                        "nodes": dict(prepared.changed_nodes),
+                    }
+                    sequence, entry_hash = audit(event_type, context_id, actor or self.actor, linked)
+                    return LogLink(sequence, entry_hash)
+
+            result = self.repo.commit_staged(
+                staging, event=Event(event_type, context_id, message), activate=True,
+                allow_empty=True, before_ref=before_ref,
+            )
+            self._tree = self.repo.tree(result.snapshot)
+            self._head = result.snapshot
+            return result
+
+    # -- life cycle ------------------------------------------------------------
+
+    def create_root_context(self, task_description: str | None = None, *, creator: str = "AGENT-operator") -> str:
+        """A new root context; focus moves to it."""
+        cid = self._next_sidebar_id()
+
+        def change(ws: Workspace) -> dict[str, Any]:
+            ws.put_context(new_context(cid, None, task=task_description, creator=creator))
+            ws.set_active(cid)
+            return {"task_description": task_description, "root": True}
+
+        self._operate(ROOT_EVENT, cid, task_description or "root context", change)
+        return cid
+
+    def spawn_sidebar(self, parent_id: str, reason: str, inherit_last_n: int = 5, *,
+                      task_description: str | None = None, success_criteria: str | None = None,
+                      creator: str = "AGENT-operator") -> str:
+        """A child of ``parent_id`` with a copy of its last N exchanges; parent pauses; focus moves."""
+        cid = self._next_sidebar_id()
+
+        def change(ws: Workspace) -> dict[str, Any]:
+            parent = self._require(ws, parent_id)
+            child = new_context(cid, parent_id, task=task_description or reason,
+                                criteria=success_criteria, creator=creator)
+            inherited = ws.last_exchanges(parent_id, inherit_last_n)
+            for item in inherited:
+                if isinstance(item, dict):
+                    item["_inherited"] = True
+                    item["_inherited_from"] = parent_id
+            child["inherited_memory"] = inherited
+            ws.put_context(child)
+            ws.update_fields(parent_id, {
+                "child_sidebar_ids": [*parent.get("child_sidebar_ids", []), cid],
+                "status": STATUS_PAUSED,
+                "last_activity": now_text(),
+            })
+            ws.set_active(cid)
+            return {"spawn_reason": reason, "parent_context": parent_id, "child_id": cid,
+                    "inherited_count": len(inherited), "task_description": child["task_description"],
+                    "success_criteria": success_criteria}
+
+        self._operate("sidebar_spawn", cid, reason, change)
+        return cid
+
+    def add_exchange(self, context_id: str, user: str, assistant: str, **metadata: Any) -> str:
+        """Append one exchange to a context's own memory; returns its exchange id."""
+        exchange_id = f"EXCH-{self._next_exchange}"
+        stamp = now_text()
+
+        def change(ws: Workspace) -> dict[str, Any]:
+            self._require(ws, context_id)
+            item = {"exchange_id": exchange_id, "user": user, "assistant": assistant,
+                    "timestamp": stamp, "context_id": context_id, **metadata}
+            ws.append_exchange(context_id, item)
+            ws.update_fields(context_id, {"last_activity": stamp})
+            return {"exchange_id": exchange_id, "user_hash": text_hash(user),
+                    "assistant_hash": text_hash(assistant), "user_chars": len(user),
+                    "assistant_chars": len(assistant)}
+
+        self._operate("exchange", context_id, exchange_id, change)
+        self._next_exchange += 1
+        return exchange_id
+
+    def _set_status(self, event_type: str, context_id: str, status: str, reason: str) -> None:
+        def change(ws: Workspace) -> dict[str, Any]:
+            old = self._require(ws, context_id).get("status")
+            ws.update_fields(context_id, {"status": status, "last_activity": now_text()})
+            return {"reason": reason, "old_status": old, "new_status": status}
+
+        self._operate(event_type, context_id, reason, change)
+
+    def pause_context(self, context_id: str, reason: str = "paused") -> None:
+        self._set_status("context_pause", context_id, STATUS_PAUSED, reason)
+
+    def resume_context(self, context_id: str, reason: str = "resumed") -> None:
+        self._set_status("context_resume", context_id, STATUS_ACTIVE, reason)
+
+    def archive_context(self, context_id: str, reason: str = "archived") -> None:
+        self._set_status("context_archive", context_id, STATUS_ARCHIVED, reason)
+
+    def merge_sidebar(self, context_id: str, summary: str, merge_type: str = "summary") -> str:
+        """Mark a sidebar merged and append a summary exchange to its parent, which resumes."""
+        exchange_id = f"EXCH-{self._next_exchange}"
+        stamp = now_text()
+
+        def change(ws: Workspace) -> dict[str, Any]:
+            child = self._require(ws, context_id)
+            parent_id = child.get("parent_context_id")
+            if parent_id is None or parent_id not in ws:
+                raise InvalidInput(f"context {context_id!r} has no parent to merge into")
+            merged_count = ws.exchange_count(context_id)
+            ws.update_fields(context_id, {"status": STATUS_MERGED, "last_activity": stamp})
+            ws.append_exchange(parent_id, {
+                "exchange_id": exchange_id, "user": f"[merge from {context_id}]", "assistant": summary,
+                "timestamp": stamp, "context_id": parent_id, "_merge_from": context_id,
+                "_merge_type": merge_type, "_exchanges_merged": merged_count,
+            })
+            ws.update_fields(parent_id, {"status": STATUS_ACTIVE, "last_activity": stamp})
+            ws.set_active(parent_id)
+            return {"merge_summary": summary, "parent_context": parent_id, "exchange_count": merged_count,
+                    "summary_hash": text_hash(summary), "summary_exchange_id": exchange_id}
+
+        self._operate("sidebar_merge", context_id, f"merged into parent: {summary[:60]}", change)
+        self._next_exchange += 1
+        return exchange_id
+
+    def reparent_context(self, context_id: str, new_parent_id: str | None) -> None:
+        """Move a context (and its subtree) under another parent, or to the top level."""
+
+        def change(ws: Workspace) -> dict[str, Any]:
+            moving = self._require(ws, context_id)
+            old_parent = moving.get("parent_context_id")
+            if new_parent_id is not None:
+                self._require(ws, new_parent_id)
+                ancestor: str | None = new_parent_id
+                while ancestor is not None:
+                    if ancestor == context_id:
+                        raise InvalidInput(f"cannot move {context_id!r} under its own descendant")
+                    ancestor = (ws.fields(ancestor) or {}).get("parent_context_id")
+            if old_parent is not None and old_parent in ws:
+                kids = self._require(ws, old_parent).get("child_sidebar_ids", [])
+                ws.update_fields(old_parent, {"child_sidebar_ids": [k for k in kids if k != context_id]})
+            if new_parent_id is not None:
+                kids = self._require(ws, new_parent_id).get("child_sidebar_ids", [])
+                ws.update_fields(new_parent_id, {"child_sidebar_ids": [*kids, context_id]})
+            ws.update_fields(context_id, {"parent_context_id": new_parent_id, "last_activity": now_text()})
+            return {"old_parent": old_parent, "new_parent": new_parent_id}
+
+        self._operate("context_reparent", context_id, f"moved under {new_parent_id or 'top level'}", change)
+
+    def switch_focus(self, context_id: str) -> None:
+        def change(ws: Workspace) -> dict[str, Any]:
+            self._require(ws, context_id)
+            old = ws.active_context_id
+            ws.set_active(context_id)
+            return {"from": old, "to": context_id}
+
+        self._operate("focus_switch", context_id, f"focus on {context_id}", change)
+
+    # -- reading -----------------------------------------------------------------
+
+    def list_contexts(self, include_archived: bool = True) -> list[dict[str, Any]]:
+        """Summaries of every context: id, parent, status, exchange count, task."""
+        out = []
+        for record in self._tree.preorder():
+            status = record.fields.get("status")
+            if not include_archived and status == STATUS_ARCHIVED:
+                continue
+            out.append({
+                "sidebar_id": record.id, "parent_context_id": record.fields.get("parent_context_id"),
+                "status": status, "exchanges": record.exchange_count(),
+                "task_description": record.fields.get("task_description"),
+            })
+        return out
+
+    def get_context(self, context_id: str) -> dict[str, Any] | None:
+        record = self._tree.records.get(context_id)  # type: ignore[call-overload]
+        return None if record is None else record.materialize()
+
+    def get_tree(self) -> list[dict[str, Any]]:
+        """The forest as nested dicts: id, status, exchanges, focus, children."""
+
+        def node(cid: str) -> dict[str, Any]:
+            record = self._tree.records[cid]  # type: ignore[index]
+            return {"id": cid, "status": record.fields.get("status"), "exchanges": record.exchange_count(),
+                    "focus": cid == self._tree.active_context_id,
+                    "children": [node(c) for c in record.children]}
+
+        return [node(r) for r in self._tree.roots]
+
+    def get_context_for_llm(self, context_id: str) -> list[dict[str, Any]]:
+        """What the model sees: inherited exchanges, then the context's own."""
+        record = self._tree.records.get(context_id)  # type: ignore[call-overload]
+        if record is None:
+            raise InvalidInput(f"no context {context_id!r}")
+        out: list[dict[str, Any]] = []
+        for name in ("inherited_memory", "local_memory"):
+            chain = record.memory.get(name)
+            if chain is not None:
+                out.extend(chain.items)
+        from .tree import json_copy
+
+        return json_copy(out)
+
+    def state(self) -> dict[str, Any]:
+        """The whole materialized state (as ``snap checkout -o`` writes it)."""
+        return {"conversation_id": self.conversation, "active_context_id": self._tree.active_context_id,
+                "contexts": self._tree.materialize(), **self._tree.extra}
+
+
+def _exchange_number(item: Any) -> int:
+    if isinstance(item, dict):
+        ex = item.get("exchange_id")
+        if isinstance(ex, str) and ex.startswith("EXCH-") and ex[5:].isdigit():
+            return int(ex[5:])
+    return 0
