@@ -339,6 +339,22 @@ class Repository:
             raise UnknownRevision(f"unknown conversation {conv!r}")
         self.backend.write(meta={ACTIVE_KEY: conv})
 
+    def rename_conversation(self, old: str, new: str) -> None:
+        """Give a conversation a new name, with its history, in one atomic ref change."""
+        old_conv, new_conv = validate_conversation_id(old), validate_conversation_id(new)
+        head = self.head(old_conv)
+        if head is None:
+            raise UnknownRevision(f"unknown conversation {old_conv!r}")
+        meta = {ACTIVE_KEY: new_conv} if self.active_conversation == old_conv else None
+        self.backend.write(ref_updates=[
+            RefUpdate(ref_name(new_conv), None, head, f"rename from {old_conv}"),
+            RefUpdate(ref_name(old_conv), head, None, f"rename to {new_conv}"),
+        ], meta=meta)
+        with self._lock:
+            cached = self._trees.pop(old_conv, None)
+            if cached is not None:
+                self._trees[new_conv] = cached
+
     def reflog(self, conversation: str) -> list[ReflogEntry]:
         return self.backend.reflog(ref_name(validate_conversation_id(conversation)))
 
@@ -404,8 +420,12 @@ class Repository:
         activate: bool = False,
         allow_empty: bool = False,
         before_ref: BeforeRef | None = None,
+        amend: bool = False,
     ) -> CommitResult:
         """Commit what was staged; :class:`RefConflict` if the head moved meanwhile.
+
+        With ``amend``, the new snapshot replaces the head: it takes the head's
+        parents instead of the head (the replaced one stays in the reflog).
 
         With ``before_ref``, the objects are made durable first, then
         ``before_ref`` runs (an orchestrator appends its audit-log entry
@@ -415,7 +435,7 @@ class Repository:
         """
         tree = staging.workspace.build()
         return self._commit_tree(
-            staging, tree, staging.workspace.objects, event, log, activate, allow_empty, before_ref
+            staging, tree, staging.workspace.objects, event, log, activate, allow_empty, before_ref, amend
         )
 
     def _commit_tree(
@@ -428,6 +448,7 @@ class Repository:
         activate: bool,
         allow_empty: bool = False,
         before_ref: BeforeRef | None = None,
+        amend: bool = False,
     ) -> CommitResult:
         conv, head = staging.conversation, staging.head
         if head is not None and tree.state_id == staging.workspace.base.state_id and not allow_empty:
@@ -436,10 +457,14 @@ class Repository:
             return CommitResult(head, created=False, root=tree.state_id)
         assert tree.state_id is not None
         event = event or Event("commit")
+        if amend and head is not None:
+            parents = self.snapshot(head).parents
+        else:
+            parents = (head,) if head is not None else ()
         snap = Snapshot(
             conversation=conv,
             root=tree.state_id,
-            parents=(head,) if head is not None else (),
+            parents=parents,
             time=utc_now(),
             event=event,
             log=log,

@@ -1,0 +1,376 @@
+"""Drop-in replacement for the client's ``sidebar_persistence`` module, backed by snapstore.
+
+A client switches by making its ``sidebar_persistence`` module this one
+(``sys.modules["sidebar_persistence"] = snapstore.adapters.sidebar_persistence``
+or an import alias). It offers the same class, methods, module functions and
+module global (reference §2), plus :func:`configure`.
+
+Where contexts go. Each root context and its descendants form one snapstore
+conversation: the client's conversation id once ``register_conversation_root``
+names it, before that ``tree-<root id>``. A context stays in its conversation
+when it is promoted to a root.
+
+Durability and history. Every ``save_context``, ``delete_context`` and
+focus change is one durable commit before it returns. Several saves make one
+user operation (a spawn saves the child, then the parent, then the focus);
+to give ``snap log`` one entry per operation, saves of one operation
+*amend* the snapshot the operation started (it takes the same parent; the
+replaced snapshots stay in the reflog). Saves belong to one operation when
+
+- they run inside ``with persistence.operation("sidebar_spawn", "SB-3"):``, or
+- an OZOLITH log is configured (``configure(ozolith=path)``) and no new
+  entry was appended between them: the operation is the newest log entry,
+  and its snapshot records that entry's sequence and hash.
+
+Otherwise each save is its own snapshot.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import itertools
+import json
+import os
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import InvalidInput, SnapstoreError, StoreNotFound
+from ..objects import Event, LogLink
+from ..refs import ConversationId, validate_conversation_id
+from ..repository import Repository
+from ..tree import ID_FIELD, PARENT_FIELD
+from . import typed
+
+__all__ = [
+    "SidebarPersistence", "configure", "get_persistence", "reset_persistence", "default_store_location",
+]
+
+_persistence_instance: SidebarPersistence | None = None
+_config: dict[str, Any] = {"store": None, "context_class": None, "ozolith": None, "ozolith_key": None}
+
+SESSION_PREFIX = "session/"
+ROOT_OF_CONVERSATION = "conversation_root/"
+CONVERSATION_OF_ROOT = "root_conversation/"
+HISTORICAL = "historical/"
+CLEAN_SHUTDOWN_KEY = "clean_shutdown"
+
+
+def default_store_location() -> str:
+    """``$SNAPSTORE``, else ``$XDG_DATA_HOME/snapstore``, else ``~/.local/share/snapstore``."""
+    if os.environ.get("SNAPSTORE"):
+        return os.environ["SNAPSTORE"]
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return str(Path(base) / "snapstore")
+
+
+def configure(store: str | None = None, context_class: type | None = None,
+              ozolith: str | os.PathLike[str] | None = None, ozolith_key: str | None = None) -> None:
+    """Set the store location, the caller's context class and the client's audit log.
+
+    Takes effect for instances created afterwards (call :func:`reset_persistence`
+    to drop the shared one).
+    """
+    _config.update(store=store, context_class=context_class,
+                   ozolith=None if ozolith is None else str(ozolith), ozolith_key=ozolith_key)
+
+
+def get_persistence(db_path: str | None = None) -> SidebarPersistence:
+    """The shared instance, created on first call (kept in ``_persistence_instance``)."""
+    global _persistence_instance
+    if _persistence_instance is None:
+        _persistence_instance = SidebarPersistence(db_path)
+    return _persistence_instance
+
+
+def reset_persistence() -> None:
+    """Close and forget the shared instance."""
+    global _persistence_instance
+    if _persistence_instance is not None:
+        _persistence_instance.close(clean=False)
+    _persistence_instance = None
+
+
+def _as_conversation_id(client_id: str) -> ConversationId:
+    """The client's conversation id as a snapstore one (hashed if it is not a valid name)."""
+    try:
+        return validate_conversation_id(client_id)
+    except InvalidInput:
+        digest = hashlib.sha256(str(client_id).encode("utf-8", "surrogatepass")).hexdigest()[:20]
+        return ConversationId(f"c-{digest}")
+
+
+@dataclass
+class _Operation:
+    key: object
+    event_type: str
+    context_id: str | None
+    message: str
+    log: LogLink | None = None
+    touched: list[str] = field(default_factory=list)
+
+
+class SidebarPersistence:
+    """The client's persistence interface over a snapstore repository."""
+
+    def __init__(self, db_path: str | None = None, *, context_class: type | None = None,
+                 ozolith: str | os.PathLike[str] | None = None) -> None:
+        location = str(db_path) if db_path else (_config["store"] or default_store_location())
+        try:
+            self.repo = Repository.open(location)
+        except StoreNotFound:
+            self.repo = Repository.init(location)
+        self.location = location
+        self.context_class = context_class or _config["context_class"]
+        log_path = ozolith or _config["ozolith"]
+        self._log = None
+        if log_path is not None:
+            from ..ozolith import OzolithLog
+
+            self._log = OzolithLog(log_path, key=_config["ozolith_key"])
+        self._lock = threading.RLock()
+        self._ops = itertools.count()
+        self._explicit: _Operation | None = None
+        # conversation -> (operation key, snapshot it made): where an amend may follow.
+        self._last: dict[ConversationId, tuple[object, str]] = {}
+        self._where: dict[str, ConversationId] = {}
+        for conv in self.repo.conversation_ids():
+            for cid in self.repo.tree(self.repo.head(conv)).records:
+                self._where[cid] = conv
+        self.repo.backend.write(meta={CLEAN_SHUTDOWN_KEY: None})
+
+    # -- operations ------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def operation(self, event_type: str, context_id: str | None = None, message: str = "") -> Iterator[None]:
+        """Group the saves inside into one snapshot (each save is still durable at once)."""
+        with self._lock:
+            outer = self._explicit
+            self._explicit = _Operation(("op", next(self._ops)), event_type, context_id, message)
+            try:
+                yield
+            finally:
+                self._explicit = outer
+
+    def _operation(self, fallback_type: str, context_id: str) -> _Operation:
+        if self._explicit is not None:
+            return self._explicit
+        if self._log is not None:
+            last = self._log.last()
+            if last is not None:
+                return _Operation(("log", last.sequence, last.entry_hash), last.event_type, last.context_id,
+                                  "", LogLink(last.sequence, last.entry_hash))
+        return _Operation(("save", next(self._ops)), fallback_type, context_id, "")
+
+    def _commit(self, conv: ConversationId, change, fallback_type: str, context_id: str) -> None:
+        op = self._operation(fallback_type, context_id)
+        staging = self.repo.stage(conv)
+        change(staging.workspace)
+        amend = staging.head is not None and self._last.get(conv) == (op.key, staging.head)
+        if context_id not in op.touched:
+            op.touched.append(context_id)
+        message = op.message or f"{fallback_type} {', '.join(op.touched)}"
+        result = self.repo.commit_staged(
+            staging, event=Event(op.event_type, op.context_id, message), log=op.log,
+            activate=True, amend=amend,
+        )
+        if self._explicit is None and op.key[0] == "save":
+            self._last.pop(conv, None)
+        else:
+            self._last[conv] = (op.key, result.snapshot)
+
+    # -- where contexts live ---------------------------------------------------
+
+    def _conversation_of_root(self, root_id: str) -> ConversationId:
+        registered = self.repo.backend.get_meta(CONVERSATION_OF_ROOT + root_id)
+        if registered:
+            return ConversationId(registered)
+        return _as_conversation_id(f"tree-{root_id}")
+
+    def _target(self, data: dict[str, Any]) -> ConversationId:
+        cid = data[ID_FIELD]
+        parent = data.get(PARENT_FIELD)
+        if isinstance(parent, str) and parent in self._where:
+            return self._where[parent]
+        if cid in self._where:
+            return self._where[cid]
+        return self._conversation_of_root(cid)
+
+    def _subtree(self, conv: ConversationId, cid: str) -> list[str]:
+        tree = self.repo.tree(self.repo.head(conv))
+        out, stack = [], [cid]
+        while stack:
+            c = stack.pop()
+            if c in tree.records:
+                out.append(c)
+                stack.extend(tree.records[c].children)  # type: ignore[index]
+        return out
+
+    def _move(self, cid: str, source: ConversationId, target: ConversationId) -> None:
+        """Move a context and its subtree to another conversation (two commits)."""
+        moving = self._subtree(source, cid)
+        tree = self.repo.tree(self.repo.head(source))
+        contexts = [tree.records[c].materialize() for c in moving]  # type: ignore[index]
+
+        def add(ws):
+            for context in contexts:
+                ws.put_context(context)
+
+        def remove(ws):
+            for c in moving:
+                ws.remove_context(c)
+
+        self._commit(target, add, "context_moved", cid)
+        self._commit(source, remove, "context_moved", cid)
+        for c in moving:
+            self._where[c] = target
+
+    # -- the client's interface ------------------------------------------------
+
+    def save_context(self, context: Any) -> bool:
+        """Upsert one whole context; durable when it returns."""
+        data = typed.to_json(context)
+        if ID_FIELD not in data:
+            raise InvalidInput(f"context has no {ID_FIELD}")
+        cid = data[ID_FIELD]
+        with self._lock:
+            target = self._target(data)
+            current = self._where.get(cid)
+            if current is not None and current != target:
+                self._move(cid, current, target)
+            self._commit(target, lambda ws: ws.put_context(data), "save_context", cid)
+            self._where[cid] = target
+        return True
+
+    def load_context(self, sidebar_id: str) -> Any:
+        """The context as an instance of the caller's class (a dict if none was configured), or None."""
+        with self._lock:
+            conv = self._where.get(sidebar_id)
+            if conv is None:
+                return None
+            record = self.repo.tree(self.repo.head(conv)).records.get(sidebar_id)  # type: ignore[call-overload]
+        if record is None:
+            return None
+        return typed.from_json(self.context_class, record.materialize())
+
+    def load_all_contexts(self, include_archived: bool = False) -> list[Any]:
+        """Every context, newest ``last_activity`` first; archived ones only when asked."""
+        found = []
+        with self._lock:
+            for conv in sorted(set(self._where.values())):
+                head = self.repo.head(conv)
+                if head is None:
+                    continue
+                for record in self.repo.tree(head).records.values():
+                    if not include_archived and record.fields.get("status") == "archived":
+                        continue
+                    found.append(record.materialize())
+        found.sort(key=lambda c: str(c.get("last_activity") or ""), reverse=True)
+        return [typed.from_json(self.context_class, c) for c in found]
+
+    def delete_context(self, sidebar_id: str, reason: str = "manual", deleted_by: str = "system") -> bool:
+        """Remove a context from the current state; history keeps it."""
+        with self._lock:
+            conv = self._where.get(sidebar_id)
+            if conv is None:
+                return False
+            self._commit(conv, lambda ws: ws.remove_context(sidebar_id), "context_deleted", sidebar_id)
+            del self._where[sidebar_id]
+        return True
+
+    def context_exists(self, sidebar_id: str) -> bool:
+        return sidebar_id in self._where
+
+    def get_session_state(self, key: str, default: Any = None) -> Any:
+        raw = self.repo.backend.get_meta(SESSION_PREFIX + key)
+        return default if raw is None else typed.decode_value(json.loads(raw))
+
+    def set_session_state(self, key: str, value: Any) -> bool:
+        """Store a small value durably; ``active_context_id`` also moves the conversation's focus."""
+        encoded = json.dumps(typed.encode_value(value))
+        with self._lock:
+            self.repo.backend.write(meta={SESSION_PREFIX + key: encoded})
+            if key == "active_context_id" and isinstance(value, str) and value in self._where:
+                conv = self._where[value]
+                self._commit(conv, lambda ws: ws.set_active(value), "focus_switch", value)
+        return True
+
+    def register_conversation_root(self, conversation_id: str, root_context_id: str) -> bool:
+        """Map a client conversation to its root context (its snapstore conversation is renamed)."""
+        conv = _as_conversation_id(conversation_id)
+        with self._lock:
+            self.repo.backend.write(meta={
+                ROOT_OF_CONVERSATION + conversation_id: root_context_id,
+                CONVERSATION_OF_ROOT + root_context_id: conv,
+            })
+            current = self._where.get(root_context_id)
+            if current is not None and current != conv:
+                tree = self.repo.tree(self.repo.head(current))
+                if self.repo.head(conv) is None and tree.roots == (root_context_id,):
+                    self.repo.rename_conversation(current, conv)
+                    for cid, where in self._where.items():
+                        if where == current:
+                            self._where[cid] = conv
+                    self._last.pop(current, None)
+                else:
+                    self._move(root_context_id, current, conv)
+        return True
+
+    def get_conversation_root(self, conversation_id: str) -> str | None:
+        return self.repo.backend.get_meta(ROOT_OF_CONVERSATION + conversation_id)
+
+    def mark_conversation_historical(self, conversation_id: str) -> bool:
+        from ..timeutil import utc_now
+
+        self.repo.backend.write(meta={HISTORICAL + conversation_id: utc_now()})
+        return True
+
+    def get_statistics(self) -> dict[str, Any]:
+        """Counts by status, depth, sizes."""
+        by_status: dict[str, int] = {}
+        max_depth = 0
+        exchanges = 0
+        with self._lock:
+            convs = sorted(set(self._where.values()))
+            for conv in convs:
+                tree = self.repo.tree(self.repo.head(conv))
+                depth = {}
+                for record in tree.preorder():
+                    d = depth[record.parent] + 1 if record.parent is not None else 0
+                    depth[record.id] = d
+                    max_depth = max(max_depth, d)
+                    status = str(record.fields.get("status"))
+                    by_status[status] = by_status.get(status, 0) + 1
+                    exchanges += record.exchange_count()
+        objects, stored, logical = self.repo.backend.count_objects()
+        return {
+            "total_contexts": sum(by_status.values()),
+            "by_status": by_status,
+            "max_depth": max_depth,
+            "total_exchanges": exchanges,
+            "conversations": len(convs),
+            "objects": objects,
+            "stored_bytes": stored,
+            "logical_bytes": logical,
+            "store": self.location,
+        }
+
+    # -- life of the instance ------------------------------------------------------
+
+    def mark_clean_shutdown(self) -> None:
+        """Record a clean shutdown: the next start is CLEAN instead of AUDIT_RECOMMENDED."""
+        from ..timeutil import utc_now
+
+        self.repo.backend.write(meta={CLEAN_SHUTDOWN_KEY: utc_now()})
+
+    def close(self, clean: bool = True) -> None:
+        """Release the store; with ``clean`` (the default), mark a clean shutdown first."""
+        try:
+            if clean:
+                self.mark_clean_shutdown()
+        except SnapstoreError:
+            pass
+        self.repo.close()
