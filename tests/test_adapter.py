@@ -1,0 +1,205 @@
+"""The drop-in ``sidebar_persistence`` module: the client's interface, exactly."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from datetime import datetime, timezone
+
+import pytest
+
+from snapstore.adapters import sidebar_persistence as sp
+from snapstore.repository import Repository
+
+from .client.model import SidebarContext, SidebarPriority, SidebarStatus
+
+
+@pytest.fixture
+def persistence(tmp_path):
+    sp.reset_persistence()
+    sp.configure(store=str(tmp_path / "store"), context_class=SidebarContext)
+    instance = sp.get_persistence()
+    yield instance
+    sp.reset_persistence()
+    sp.configure()
+
+
+def rich_context(sid: str = "SB-1", parent: str | None = None) -> SidebarContext:
+    return SidebarContext(
+        sidebar_id=sid,
+        uuid="0190a0b0-0000-7000-8000-000000000001",
+        parent_context_id=parent,
+        participants=["AGENT-operator", "AGENT-x"],
+        inherited_memory=[{"exchange_id": "EXCH-1", "user": "u", "assistant": "a", "_inherited": True,
+                           "_inherited_from": parent}],
+        local_memory=[{"exchange_id": f"EXCH-{i}", "user": f"q{i} \u0000 ü 🙂 \"\\", "assistant": "x" * i,
+                       "timestamp": "2026-01-05T10:00:00", "context_id": sid, "meta": {}} for i in range(5)],
+        data_refs={},
+        cross_sidebar_refs={"SB-9": {"ref_type": "cites", "strength": 0.75, "confidence": None,
+                                     "created_at": datetime(2026, 1, 5, 9, 30, 1, 5),
+                                     "validation_history": [], "aware": datetime(2026, 1, 1, tzinfo=timezone.utc)}},
+        scratchpad=None,
+        yarn_board_layout={"nodes": {}},
+        relevance_scores={"EXCH-1": 0.5, "EXCH-2": 1.0},
+        active_focus=["EXCH-2"],
+        status=SidebarStatus.TESTING,
+        priority=SidebarPriority.BACKGROUND,
+        created_at=datetime(2026, 1, 5, 10, 0, 0, 123456),
+        last_activity=datetime(2026, 1, 5, 11, 0, 0),
+        task_description="Ünïcode task",
+        success_criteria=None,
+        failure_reason="",
+        tags=["a", "b"],
+        display_names={"AGENT-x": "Xavier"},
+    )
+
+
+def test_every_field_round_trips_exactly(persistence):
+    original = rich_context()
+    assert persistence.save_context(original) is True
+    loaded = persistence.load_context("SB-1")
+    assert isinstance(loaded, SidebarContext)
+    assert loaded == original
+    assert loaded.status is SidebarStatus.TESTING and loaded.priority is SidebarPriority.BACKGROUND
+    assert loaded.created_at == datetime(2026, 1, 5, 10, 0, 0, 123456) and loaded.created_at.tzinfo is None
+    assert loaded.data_refs == {} and loaded.scratchpad is None and loaded.success_criteria is None
+    assert loaded.cross_sidebar_refs["SB-9"]["created_at"] == datetime(2026, 1, 5, 9, 30, 1, 5)
+    assert loaded.local_memory[0]["meta"] == {}
+    assert loaded is not original and loaded.local_memory is not original.local_memory
+
+
+def test_loads_survive_a_new_process(persistence, tmp_path):
+    persistence.save_context(rich_context())
+    code = (
+        "import sys; sys.path.insert(0, %r)\n"
+        "from tests.client.model import SidebarContext\n"
+        "from tests.test_adapter import rich_context\n"
+        "from snapstore.adapters import sidebar_persistence as sp\n"
+        "p = sp.SidebarPersistence(%r, context_class=SidebarContext)\n"
+        "print(p.load_context('SB-1') == rich_context())\n"
+    ) % (str(__import__("pathlib").Path(__file__).resolve().parent.parent), str(tmp_path / "store"))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "True"
+
+
+def test_load_all_newest_first_and_archived_only_when_asked(persistence):
+    a, b, c = rich_context("SB-1"), rich_context("SB-2", "SB-1"), rich_context("SB-3", "SB-1")
+    a.last_activity, b.last_activity, c.last_activity = (datetime(2026, 1, d) for d in (1, 3, 2))
+    c.status = SidebarStatus.ARCHIVED
+    a.child_sidebar_ids = ["SB-2", "SB-3"]
+    for ctx in (a, b, c):
+        persistence.save_context(ctx)
+    assert [x.sidebar_id for x in persistence.load_all_contexts()] == ["SB-2", "SB-1"]
+    assert [x.sidebar_id for x in persistence.load_all_contexts(include_archived=True)] == ["SB-2", "SB-3", "SB-1"]
+
+
+def test_delete_keeps_history(persistence):
+    persistence.save_context(rich_context("SB-1"))
+    persistence.save_context(rich_context("SB-2", "SB-1"))
+    assert persistence.delete_context("SB-2", reason="cleanup") is True
+    assert persistence.load_context("SB-2") is None and not persistence.context_exists("SB-2")
+    assert persistence.delete_context("SB-2") is False
+    repo = persistence.repo
+    conv = repo.conversation_ids()[0]
+    ids_before = {c["sidebar_id"] for c in repo.load(f"{conv}~1").contexts}
+    assert "SB-2" in ids_before
+    assert repo.log(conv)[0].snapshot.event.type == "context_deleted"
+
+
+def test_session_state_and_focus(persistence):
+    persistence.save_context(rich_context("SB-1"))
+    persistence.save_context(rich_context("SB-2", "SB-1"))
+    assert persistence.get_session_state("missing", "dflt") == "dflt"
+    assert persistence.set_session_state("active_context_id", "SB-2") is True
+    assert persistence.set_session_state("blob", {"when": datetime(2026, 1, 1), "n": [1, 2]})
+    assert persistence.get_session_state("active_context_id") == "SB-2"
+    assert persistence.get_session_state("blob") == {"when": datetime(2026, 1, 1), "n": [1, 2]}
+    conv = persistence.repo.conversation_ids()[0]
+    assert persistence.repo.load(conv).active_context_id == "SB-2"
+
+
+def test_conversation_roots(persistence):
+    persistence.save_context(rich_context("SB-1"))
+    assert persistence.register_conversation_root("conv-42", "SB-1") is True
+    assert persistence.get_conversation_root("conv-42") == "SB-1"
+    assert persistence.get_conversation_root("nope") is None
+    assert persistence.repo.conversation_ids() == ["conv-42"]
+    persistence.save_context(rich_context("SB-2", "SB-1"))
+    assert {c["sidebar_id"] for c in persistence.repo.load("conv-42").contexts} == {"SB-1", "SB-2"}
+    assert persistence.mark_conversation_historical("conv-42") is True
+    # A client id that is not a valid snapstore name still works.
+    persistence.save_context(rich_context("SB-7"))
+    assert persistence.register_conversation_root("weird id/with:chars", "SB-7")
+    assert persistence.get_conversation_root("weird id/with:chars") == "SB-7"
+
+
+def test_statistics(persistence):
+    a = rich_context("SB-1")
+    a.child_sidebar_ids = ["SB-2"]
+    persistence.save_context(a)
+    b = rich_context("SB-2", "SB-1")
+    b.status = SidebarStatus.PAUSED
+    persistence.save_context(b)
+    stats = persistence.get_statistics()
+    assert stats["total_contexts"] == 2
+    assert stats["by_status"] == {"testing": 1, "paused": 1}
+    assert stats["max_depth"] == 1 and stats["total_exchanges"] == 10
+
+
+def test_one_log_entry_per_operation_yet_every_save_durable(persistence, tmp_path):
+    persistence.save_context(rich_context("SB-1"))
+    with persistence.operation("sidebar_spawn", "SB-2", "spawned SB-2"):
+        child = rich_context("SB-2", "SB-1")
+        persistence.save_context(child)
+        # Durable already: another reader sees the child before the operation ends.
+        other = Repository.open(str(tmp_path / "store"))
+        conv = other.conversation_ids()[0]
+        assert "SB-2" in {c["sidebar_id"] for c in other.load(conv).contexts}
+        other.close()
+        parent = rich_context("SB-1")
+        parent.child_sidebar_ids = ["SB-2"]
+        parent.status = SidebarStatus.PAUSED
+        persistence.save_context(parent)
+        persistence.set_session_state("active_context_id", "SB-2")
+    log = persistence.repo.log(conv)
+    assert [e.snapshot.event.type for e in log] == ["sidebar_spawn", "save_context"]
+    assert log[0].snapshot.event.message == "spawned SB-2"
+    state = persistence.repo.load(conv)
+    assert state.active_context_id == "SB-2"
+    assert {c["sidebar_id"]: c["status"] for c in state.contexts} == {"SB-1": "paused", "SB-2": "testing"}
+    # The replaced intermediate snapshots are still in the reflog.
+    assert len(persistence.repo.reflog(conv)) == 4
+
+
+def test_module_global_can_be_replaced(tmp_path):
+    sp.reset_persistence()
+    mine = sp.SidebarPersistence(str(tmp_path / "own"))
+    sp._persistence_instance = mine
+    assert sp.get_persistence() is mine
+    sp.reset_persistence()
+    assert sp._persistence_instance is None
+
+
+def test_default_location_follows_snapstore_env(tmp_path, monkeypatch):
+    monkeypatch.setenv("SNAPSTORE", str(tmp_path / "env-store"))
+    assert sp.default_store_location() == str(tmp_path / "env-store")
+    monkeypatch.delenv("SNAPSTORE")
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    assert sp.default_store_location() == str(tmp_path / "xdg" / "snapstore")
+
+
+def test_without_a_class_loads_are_dicts(tmp_path):
+    instance = sp.SidebarPersistence(str(tmp_path / "store"))
+    instance.save_context({"sidebar_id": "SB-1", "parent_context_id": None, "status": "active", "local_memory": []})
+    assert instance.load_context("SB-1") == {"sidebar_id": "SB-1", "parent_context_id": None,
+                                              "status": "active", "local_memory": []}
+    instance.close()
+
+
+def test_state_is_plain_json_in_the_store(persistence):
+    persistence.save_context(rich_context())
+    conv = persistence.repo.conversation_ids()[0]
+    stored = persistence.repo.load(conv).contexts[0]
+    assert stored["status"] == "testing" and stored["created_at"] == "2026-01-05T10:00:00.123456"
+    json.dumps(stored)
