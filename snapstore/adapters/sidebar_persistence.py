@@ -56,7 +56,7 @@ SESSION_PREFIX = "session/"
 ROOT_OF_CONVERSATION = "conversation_root/"
 CONVERSATION_OF_ROOT = "root_conversation/"
 HISTORICAL = "historical/"
-CLEAN_SHUTDOWN_KEY = "clean_shutdown"
+from ..startup import CLEAN_SHUTDOWN_KEY  # noqa: E402  (one marker for every way of starting)
 
 
 def default_store_location() -> str:

@@ -1,0 +1,137 @@
+"""The link between the store and the OZOLITH audit log.
+
+Writing: :class:`LinkedLog` appends one entry per orchestrator operation, its
+payload naming the snapshot (``payload["snapstore"]``: conversation,
+snapshot, parent, root, changed node ids). The orchestrator appends the entry
+after the snapshot's objects are durable and before its ref moves; the ref
+change records the entry's sequence and hash.
+
+Recovering: a crash between the entry and the ref change leaves an entry
+whose snapshot exists but is not the head; :func:`roll_forward` moves the ref
+to it. An entry whose snapshot's objects are missing cannot be rolled
+forward: it is reported, and the caller chooses replay, discard or export.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+from .backends.base import RefUpdate
+from .errors import RefConflict, SnapstoreError
+from .objects import ObjectId, Snapshot
+from .ozolith import LogEntry, OzolithLog
+from .refs import ref_name, validate_conversation_id
+from .repository import Repository
+
+LINK_KEY = "snapstore"
+
+
+class LinkedLog:
+    """An orchestrator's audit hook: one writer per log in this process."""
+
+    _locks: dict[str, threading.Lock] = {}
+    _locks_guard = threading.Lock()
+
+    def __init__(self, log: OzolithLog) -> None:
+        self.log = log
+        with self._locks_guard:
+            self._lock = self._locks.setdefault(str(log.path.resolve()), threading.Lock())
+
+    def __call__(self, event_type: str, context_id: str, actor: str, payload: dict[str, Any]) -> tuple[int, str]:
+        with self._lock:
+            entry = self.log.append(event_type, context_id, actor, payload)
+        return entry.sequence, entry.entry_hash
+
+
+def link_of(entry: LogEntry) -> dict[str, Any] | None:
+    """The snapstore link an entry's payload carries, if any."""
+    link = entry.payload.get(LINK_KEY) if isinstance(entry.payload, dict) else None
+    if isinstance(link, dict) and isinstance(link.get("snapshot"), str):
+        return link
+    return None
+
+
+@dataclass(frozen=True)
+class Recovery:
+    """What :func:`roll_forward` did or could not do for one log entry."""
+
+    sequence: int
+    conversation: str
+    snapshot: str
+    action: str  # "rolled-forward", "missing-objects", "diverged"
+    message: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"sequence": self.sequence, "conversation": self.conversation, "snapshot": self.snapshot,
+                "action": self.action, "message": self.message}
+
+
+def linked_sequences(repo: Repository) -> dict[str, int]:
+    """The newest log sequence each conversation's reflog records."""
+    out: dict[str, int] = {}
+    for conv in repo.conversation_ids():
+        seqs = [e.log_sequence for e in repo.reflog(conv) if e.log_sequence is not None]
+        out[conv] = max(seqs, default=0)
+    return out
+
+
+def pending_entries(repo: Repository, log: OzolithLog) -> list[tuple[LogEntry, dict[str, Any]]]:
+    """Linked entries newer than what the store's reflogs record, oldest first."""
+    newest = linked_sequences(repo)
+    floor = min(newest.values(), default=0)
+    out = []
+    for entry in log.entries():
+        if entry.sequence <= floor:
+            continue
+        link = link_of(entry)
+        if link is None:
+            continue
+        conv = str(link.get("conversation"))
+        if entry.sequence > newest.get(conv, 0):
+            out.append((entry, link))
+    return out
+
+
+def roll_forward(repo: Repository, log: OzolithLog) -> list[Recovery]:
+    """Move refs forward to snapshots that logged entries name but no ref reached."""
+    results: list[Recovery] = []
+    for entry, link in pending_entries(repo, log):
+        snapshot = ObjectId(link["snapshot"])
+        try:
+            conv = validate_conversation_id(link.get("conversation"))
+        except SnapstoreError:
+            results.append(Recovery(entry.sequence, str(link.get("conversation")), snapshot, "diverged",
+                                    "entry names an invalid conversation"))
+            continue
+        head = repo.head(conv)
+        if head == snapshot:
+            continue
+        if not repo.backend.has_objects([snapshot]):
+            results.append(Recovery(entry.sequence, conv, snapshot, "missing-objects",
+                                    f"log entry {entry.sequence} names snapshot {snapshot[:12]}, which is not stored"))
+            continue
+        try:
+            snap: Snapshot = repo.snapshot(snapshot)
+            repo.tree_of_state(snap.root)  # every object must be there and sound
+        except SnapstoreError as exc:
+            results.append(Recovery(entry.sequence, conv, snapshot, "missing-objects", str(exc)))
+            continue
+        expected_parent = link.get("parent")
+        if head != expected_parent:
+            results.append(Recovery(entry.sequence, conv, snapshot, "diverged",
+                                    f"log entry {entry.sequence} continues {str(expected_parent)[:12]}, "
+                                    f"but the head is {str(head)[:12]}"))
+            continue
+        try:
+            repo.backend.write(ref_updates=[RefUpdate(
+                ref_name(conv), head, snapshot, f"roll forward to log entry {entry.sequence}",
+                entry.sequence, entry.entry_hash,
+            )])
+        except RefConflict as exc:
+            results.append(Recovery(entry.sequence, conv, snapshot, "diverged", str(exc)))
+            continue
+        results.append(Recovery(entry.sequence, conv, snapshot, "rolled-forward",
+                                f"head moved to {snapshot[:12]} named by log entry {entry.sequence}"))
+    return results

@@ -1,0 +1,236 @@
+"""Startup and shutdown of an API process: what to resume, and whether it is sound.
+
+A :class:`Session` opens a store (and optionally its OZOLITH log), decides a
+recovery status and hands out orchestrators:
+
+``CLEAN``
+    the previous process marked a clean shutdown.
+``AUDIT_RECOMMENDED``
+    no clean-shutdown marker (a crash, a kill): a sampled check runs at once
+    (the conversation to resume is loaded and re-hashed in full, the log chain
+    is spot-checked) and its findings are reported.
+``RECOVERY_NEEDED``
+    the store and the log disagree. A log entry newer than the last snapshot
+    is rolled forward where its objects exist; otherwise the report says
+    exactly what is missing and the caller chooses: :meth:`Session.replay`
+    (rebuild the structure from the log), :meth:`Session.discard` (accept the
+    store as it is) or :meth:`Session.export` (write the unmatched entries to
+    a file).
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .audit import LinkedLog, Recovery, pending_entries, roll_forward
+from .errors import InvalidInput, SnapstoreError, StoreNotFound
+from .orchestrator import ConversationOrchestrator
+from .ozolith import OzolithLog
+from .repository import ConversationInfo, Repository
+from .timeutil import utc_now
+
+CLEAN_SHUTDOWN_KEY = "clean_shutdown"
+SESSION_STARTED_KEY = "session_started"
+DEFAULT_SAMPLE = 32
+
+
+class RecoveryStatus(str, enum.Enum):
+    CLEAN = "CLEAN"
+    AUDIT_RECOMMENDED = "AUDIT_RECOMMENDED"
+    RECOVERY_NEEDED = "RECOVERY_NEEDED"
+
+
+@dataclass(frozen=True)
+class StartupReport:
+    """What a start found: status, what to resume, and every finding."""
+
+    status: RecoveryStatus
+    conversation: str | None
+    focus: str | None
+    conversations: tuple[ConversationInfo, ...]
+    recoveries: tuple[Recovery, ...] = ()
+    problems: tuple[str, ...] = ()
+    checks: tuple[str, ...] = field(default=())
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "status": self.status.value,
+            "conversation": self.conversation,
+            "focus": self.focus,
+            "conversations": [c.to_json() for c in self.conversations],
+            "recoveries": [r.to_json() for r in self.recoveries],
+            "problems": list(self.problems),
+            "checks": list(self.checks),
+        }
+
+
+def inspect(repo: Repository, log: OzolithLog | None = None, *, conversation: str | None = None,
+            sample: int = DEFAULT_SAMPLE, repair: bool = False) -> StartupReport:
+    """Decide the recovery status; with ``repair``, roll the store forward first."""
+    clean = repo.backend.get_meta(CLEAN_SHUTDOWN_KEY) is not None
+    recoveries: list[Recovery] = []
+    problems: list[str] = []
+    checks: list[str] = []
+    if log is not None:
+        if repair:
+            recoveries = roll_forward(repo, log)
+        else:
+            recoveries = [
+                Recovery(e.sequence, str(link.get("conversation")), str(link.get("snapshot")), "pending",
+                         f"log entry {e.sequence} names snapshot {str(link.get('snapshot'))[:12]}, "
+                         "which no ref reaches yet")
+                for e, link in pending_entries(repo, log)
+            ]
+    unresolved = [r for r in recoveries if r.action != "rolled-forward"]
+    infos = tuple(repo.conversations())
+    target = _choose(repo, infos, conversation)
+    focus = None
+    if not clean or unresolved:
+        # The sampled audit: load the conversation to resume in full (every
+        # object re-hashed) and spot-check the log chain.
+        if target is not None:
+            try:
+                tree = repo.tree(repo.head(target))
+                checks.append(f"loaded {target}: {len(tree.records)} contexts, every object re-hashed")
+            except SnapstoreError as exc:
+                problems.append(f"cannot load {target}: {exc}")
+        if log is not None and log.path.exists():
+            try:
+                report = log.verify(sample=sample)
+                checks.append(f"log chain: {report.summary()}")
+                problems.extend(str(f) for f in report.findings)
+            except SnapstoreError as exc:
+                problems.append(f"cannot verify log {log.path}: {exc}")
+    if target is not None and not problems:
+        focus = repo.tree(repo.head(target)).active_context_id
+    if unresolved or problems:
+        status = RecoveryStatus.RECOVERY_NEEDED
+        problems = [r.message for r in unresolved] + problems
+    elif clean and not recoveries:
+        status = RecoveryStatus.CLEAN
+    else:
+        status = RecoveryStatus.AUDIT_RECOMMENDED
+    return StartupReport(status, target, focus, infos, tuple(recoveries), tuple(problems), tuple(checks))
+
+
+def _choose(repo: Repository, infos: tuple[ConversationInfo, ...], wanted: str | None) -> str | None:
+    if wanted is not None:
+        if repo.head(wanted) is None:
+            raise InvalidInput(f"unknown conversation {wanted!r}")
+        return wanted
+    active = repo.active_conversation
+    if active is not None and repo.head(active) is not None:
+        return active
+    return infos[0].conversation if infos else None
+
+
+class Session:
+    """One API process's use of a store: start, resume conversations, shut down cleanly."""
+
+    def __init__(self, location: str | None = None, *, ozolith: str | os.PathLike[str] | None = None,
+                 key: str | None = None, conversation: str | None = None, sample: int = DEFAULT_SAMPLE,
+                 create: bool = True) -> None:
+        try:
+            self.repo = Repository.open(location)
+        except StoreNotFound:
+            if not create:
+                raise
+            self.repo = Repository.init(location)
+        self.log = OzolithLog(ozolith, key=key) if ozolith is not None else None
+        self._audit = LinkedLog(self.log) if self.log is not None else None
+        self.report = inspect(self.repo, self.log, conversation=conversation, sample=sample, repair=True)
+        self.repo.backend.write(meta={CLEAN_SHUTDOWN_KEY: None, SESSION_STARTED_KEY: utc_now()})
+
+    # -- choosing a conversation ---------------------------------------------------
+
+    def conversations(self) -> list[ConversationInfo]:
+        """Every conversation with its last activity, newest first."""
+        return self.repo.conversations()
+
+    def resume(self, conversation: str) -> ConversationOrchestrator:
+        """An orchestrator on an existing conversation, which becomes the active one."""
+        if self.repo.head(conversation) is None:
+            raise InvalidInput(f"unknown conversation {conversation!r}")
+        self.repo.set_active(conversation)
+        return ConversationOrchestrator(self.repo, conversation, audit=self._audit)
+
+    def continue_last(self) -> ConversationOrchestrator | None:
+        """The conversation startup chose (the active one, else the newest); None if there is none."""
+        if self.report.conversation is None:
+            return None
+        return self.resume(self.report.conversation)
+
+    def start_new(self, conversation: str | None = None, task_description: str | None = None) -> ConversationOrchestrator:
+        """A new conversation with a root context; it becomes the active one."""
+        name = conversation or f"conv-{utc_now().replace(':', '').replace('-', '').replace('.', '')[:15]}"
+        if self.repo.head(name) is not None:
+            raise InvalidInput(f"conversation {name!r} already exists")
+        orchestrator = ConversationOrchestrator(self.repo, name, audit=self._audit)
+        orchestrator.create_root_context(task_description)
+        return orchestrator
+
+    # -- choices when recovery is needed ---------------------------------------------
+
+    def discard(self) -> None:
+        """Accept the store as it is: unmatched log entries stay in the log, unreferenced."""
+        self.report = StartupReport(RecoveryStatus.AUDIT_RECOMMENDED, self.report.conversation,
+                                    self.report.focus, self.report.conversations, self.report.recoveries,
+                                    (), self.report.checks + ("recovery discarded by the caller",))
+
+    def export(self, path: str | os.PathLike[str]) -> int:
+        """Write the log entries no snapshot matches to a JSON Lines file; returns how many."""
+        if self.log is None:
+            raise InvalidInput("no audit log configured")
+        wanted = {r.sequence for r in self.report.recoveries if r.action != "rolled-forward"}
+        lines = [e.to_line() for e in self.log.entries() if e.sequence in wanted]
+        Path(path).write_text("".join(line if line.endswith("\n") else line + "\n" for line in lines))
+        return len(lines)
+
+    def replay(self, conversation: str, as_conversation: str | None = None):
+        """Rebuild a conversation's structure from the log and commit it (see :mod:`snapstore.replay`)."""
+        if self.log is None:
+            raise InvalidInput("no audit log configured")
+        from .replay import commit_replay
+
+        return commit_replay(self.repo, self.log, conversation, as_conversation)
+
+    # -- shutting down -----------------------------------------------------------------
+
+    def close(self, clean: bool = True) -> None:
+        """Mark a clean shutdown (unless ``clean`` is False) and release the store."""
+        if clean:
+            self.repo.backend.write(meta={CLEAN_SHUTDOWN_KEY: utc_now()})
+        self.repo.close()
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, exc_type, *exc: object) -> None:
+        self.close(clean=exc_type is None)
+
+
+def report_text(report: StartupReport) -> list[str]:
+    """A startup report as lines for a terminal."""
+    lines = [f"status: {report.status.value}"]
+    lines.append(f"resume: {report.conversation or '(no conversation)'}"
+                 + (f", focus {report.focus}" if report.focus else ""))
+    for r in report.recoveries:
+        lines.append(f"log #{r.sequence}: {r.action}: {r.message}")
+    for p in report.problems:
+        lines.append(f"problem: {p}")
+    for c in report.checks:
+        lines.append(f"checked: {c}")
+    for info in report.conversations:
+        mark = "*" if info.active else " "
+        lines.append(f"{mark} {info.conversation}  {info.contexts} contexts  {info.exchanges} exchanges  "
+                     f"updated {info.updated}")
+    return lines
+
+
+def dumps(report: StartupReport) -> str:
+    return json.dumps(report.to_json(), indent=2)

@@ -1,0 +1,327 @@
+"""``snap verify``: the audit log, the store, and the proof that the two agree.
+
+One report of four checks:
+
+1. chain integrity of the OZOLITH log (first bad sequence and kind of fault);
+2. store integrity (every object re-hashes; everything refs reach exists);
+3. the cross-check, both ways: an entry that names objects (its
+   ``snapstore`` link) -> they exist, re-hash and hold what it says; a
+   snapshot or ref change that names an entry -> the entry exists with that
+   hash; a structural event -> the snapshot after it shows the change;
+4. replay (Option C): the structure rebuilt from the log alone equals the
+   stored head's.
+
+Every finding names what it concerns: sequence, snapshot, object, context.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from .audit import link_of
+from .errors import SnapstoreError
+from .objects import Chunk, Node, ObjectId, Snapshot, State
+from .ozolith import LogEntry, OzolithLog
+from .replay import STRUCTURAL_EVENTS, replay_entries, structure
+from .repository import Repository
+
+STATUS_AFTER = {"context_pause": "paused", "context_resume": "active", "context_archive": "archived"}
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One disagreement, naming what it concerns."""
+
+    kind: str
+    message: str
+    sequence: int | None = None
+    snapshot: str | None = None
+    object: str | None = None
+    context: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"kind": self.kind, "message": self.message}
+        for key in ("sequence", "snapshot", "object", "context"):
+            value = getattr(self, key)
+            if value is not None:
+                out[key] = value
+        return out
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    problems: tuple[Finding, ...]
+    entries: int
+    objects: int
+    snapshots: int
+    sampled: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def __bool__(self) -> bool:
+        return self.ok
+
+    def to_json(self) -> dict[str, Any]:
+        return {"ok": self.ok, "problems": [p.to_json() for p in self.problems],
+                "entries_checked": self.entries, "objects_checked": self.objects,
+                "snapshots_checked": self.snapshots, "sampled": self.sampled}
+
+
+class _Checker:
+    def __init__(self, repo: Repository) -> None:
+        self.repo = repo
+        self.problems: list[Finding] = []
+
+    def add(self, kind: str, message: str, **where: Any) -> None:
+        self.problems.append(Finding(kind, message, **where))
+
+    def read(self, oid: str, kind: str, **where: Any) -> Any:
+        try:
+            return self.repo.read(ObjectId(oid), kind)
+        except SnapstoreError as exc:
+            self.add("missing-object" if "not found" in str(exc) else "bad-object", str(exc), object=oid, **where)
+            return None
+
+    # -- entry -> objects ------------------------------------------------------
+
+    def check_linked_entry(self, entry: LogEntry, link: dict[str, Any]) -> None:
+        seq = entry.sequence
+        snap_id = str(link.get("snapshot"))
+        snap: Snapshot | None = self.read(snap_id, "snapshot", sequence=seq, snapshot=snap_id)
+        if snap is None:
+            return
+        if snap.root != link.get("root"):
+            self.add("link-mismatch", f"entry {seq} says root {str(link.get('root'))[:12]}, snapshot "
+                     f"{snap_id[:12]} has {snap.root[:12]}", sequence=seq, snapshot=snap_id)
+        if (snap.parents[0] if snap.parents else None) != link.get("parent"):
+            self.add("link-mismatch", f"entry {seq} says parent {str(link.get('parent'))[:12]}, snapshot "
+                     f"{snap_id[:12]} differs", sequence=seq, snapshot=snap_id)
+        if snap.conversation != link.get("conversation"):
+            self.add("link-mismatch", f"entry {seq} names conversation {link.get('conversation')!r}, snapshot "
+                     f"belongs to {snap.conversation!r}", sequence=seq, snapshot=snap_id)
+        if snap.event.type != entry.event_type or (snap.event.context_id or "") != entry.context_id:
+            self.add("link-mismatch", f"entry {seq} is {entry.event_type} {entry.context_id}, snapshot "
+                     f"{snap_id[:12]} records {snap.event.type} {snap.event.context_id}",
+                     sequence=seq, snapshot=snap_id, context=entry.context_id)
+        state: State | None = self.read(snap.root, "state", sequence=seq, snapshot=snap_id)
+        nodes: dict[str, Node] = {}
+        for cid, nid in dict(link.get("nodes") or {}).items():
+            node = self.read(str(nid), "node", sequence=seq, snapshot=snap_id, context=cid)
+            if node is None:
+                continue
+            if node.id != cid:
+                self.add("link-mismatch", f"entry {seq} names node {str(nid)[:12]} for {cid}, it holds {node.id}",
+                         sequence=seq, snapshot=snap_id, object=str(nid), context=cid)
+            nodes[cid] = node
+        if state is not None and entry.event_type in STRUCTURAL_EVENTS:
+            self.check_structure(entry, snap_id, state, nodes)
+
+    def check_structure(self, entry: LogEntry, snap_id: str, state: State, nodes: dict[str, Node]) -> None:
+        """The snapshot after a structural event shows that change."""
+        seq, cid, p = entry.sequence, entry.context_id, entry.payload
+        where = {"sequence": seq, "snapshot": snap_id, "context": cid}
+
+        def node(c: str | None) -> Node | None:
+            if c is None:
+                return None
+            found = nodes.get(c)
+            if found is None:
+                self.add("structure", f"entry {seq} ({entry.event_type}) changed {c}, but names no node for it",
+                         **where)
+            return found
+
+        def status(n: Node | None, want: str, who: str) -> None:
+            if n is not None and n.fields.get("status") != want:
+                self.add("structure", f"after entry {seq} ({entry.event_type}) {who} {n.id} is "
+                         f"{n.fields.get('status')!r}, expected {want!r}", **where)
+
+        def listed(parent: Node | None, child: str, expected: bool = True) -> None:
+            if parent is None:
+                return
+            names = [c for c, _ in parent.children]
+            if (child in names) != expected:
+                self.add("structure", f"after entry {seq} ({entry.event_type}) {child} is "
+                         f"{'not ' if expected else ''}under {parent.id}", **where)
+
+        kind = entry.event_type
+        if kind == "context_created":
+            if cid not in [r for r, _ in state.roots]:
+                self.add("structure", f"after entry {seq} root {cid} is not a root of the state", **where)
+        elif kind == "sidebar_spawn":
+            child, parent_id = p.get("child_id") or cid, p.get("parent_context")
+            parent = node(parent_id)
+            listed(parent, child)
+            if parent is not None and [c for c, _ in parent.children][-1:] != [child] and \
+                    (parent.fields.get("child_sidebar_ids") or [])[-1:] != [child]:
+                self.add("structure", f"after entry {seq} {child} is not the newest child of {parent_id}", **where)
+            status(parent, "paused", "parent")
+            status(node(child), "active", "child")
+            if state.active_context_id != child:
+                self.add("structure", f"after entry {seq} the focus is {state.active_context_id}, not {child}", **where)
+        elif kind == "sidebar_merge":
+            status(node(cid), "merged", "sidebar")
+            parent_id = p.get("parent_context")
+            parent = node(parent_id)
+            status(parent, "active", "parent")
+            if parent is not None:
+                head = parent.memory.get("local_memory")
+                last = self.read(head.head, "chunk", **where) if head is not None and head.head else None
+                if not (isinstance(last, Chunk) and isinstance(last.item, dict) and last.item.get("_merge_from") == cid):
+                    self.add("structure", f"after entry {seq} the newest exchange of {parent_id} is not the "
+                             f"merge summary from {cid}", **where)
+        elif kind in STATUS_AFTER:
+            status(node(cid), STATUS_AFTER[kind], "context")
+        elif kind == "context_reparent":
+            new_parent = p.get("new_parent")
+            if new_parent is None:
+                if cid not in [r for r, _ in state.roots]:
+                    self.add("structure", f"after entry {seq} {cid} is not at the top level", **where)
+            else:
+                listed(node(new_parent), cid)
+            old_parent = p.get("old_parent")
+            if old_parent is not None and old_parent != new_parent and old_parent in nodes:
+                listed(nodes[old_parent], cid, expected=False)
+        elif kind == "focus_switch":
+            if state.active_context_id != cid:
+                self.add("structure", f"after entry {seq} the focus is {state.active_context_id}, not {cid}", **where)
+        elif kind == "context_deleted":
+            if cid in [r for r, _ in state.roots] or any(cid in [c for c, _ in n.children] for n in nodes.values()):
+                self.add("structure", f"after entry {seq} deleted context {cid} is still in the tree", **where)
+
+    # -- snapshots -> entries -----------------------------------------------------
+
+    def check_named_entry(self, sequence: int, entry_hash: str, entries: dict[int, LogEntry], **where: Any) -> None:
+        entry = entries.get(sequence)
+        if entry is None:
+            self.add("entry-missing", f"{_describe(where)} names log entry {sequence}, which the log does not hold",
+                     sequence=sequence, **where)
+        elif entry.entry_hash != entry_hash:
+            self.add("entry-mismatch", f"{_describe(where)} names log entry {sequence} with hash {entry_hash[:12]}, "
+                     f"the log has {entry.entry_hash[:12]}", sequence=sequence, **where)
+
+
+def _describe(where: dict[str, Any]) -> str:
+    if where.get("snapshot"):
+        return f"snapshot {str(where['snapshot'])[:12]}"
+    return "a ref change"
+
+
+def _history(repo: Repository, conversations: Iterable[str], checker: _Checker) -> dict[str, Snapshot]:
+    """Every snapshot reachable from the conversations' heads and reflogs."""
+    seen: dict[str, Snapshot] = {}
+    stack = []
+    for conv in conversations:
+        head = repo.head(conv)
+        if head is not None:
+            stack.append(head)
+        stack.extend(e.new for e in repo.reflog(conv) if e.new is not None)
+    while stack:
+        sid = stack.pop()
+        if sid in seen:
+            continue
+        snap = checker.read(sid, "snapshot", snapshot=sid)
+        if snap is None:
+            continue
+        seen[sid] = snap
+        stack.extend(snap.parents)
+    return seen
+
+
+def verify(repo: Repository, log: OzolithLog | None = None, conversation: str | None = None,
+           *, sample: int | None = None, seed: int | None = None) -> VerifyReport:
+    """Check the log, the store and their agreement; ``sample`` spot-checks N entries."""
+    checker = _Checker(repo)
+    rng = random.Random(seed)
+    conversations = [conversation] if conversation else repo.conversation_ids()
+    if conversation and repo.head(conversation) is None:
+        checker.add("unknown-conversation", f"no conversation {conversation!r} in the store")
+
+    # 1. chain integrity
+    entries: dict[int, LogEntry] = {}
+    if log is not None:
+        chain = log.verify(sample=sample, seed=seed)
+        for f in chain.findings:
+            checker.add(str(f.kind), f.message, sequence=f.sequence)
+        try:
+            for entry in log.entries():
+                entries[entry.sequence] = entry
+        except SnapstoreError as exc:
+            checker.add("log-unreadable", str(exc), sequence=getattr(exc, "sequence", None))
+
+    # 2. store integrity
+    objects = 0
+    if sample is None:
+        fsck = repo.fsck()
+        objects = fsck.objects
+        for p in fsck.problems:
+            checker.add(p.kind, p.message, object=p.object)
+    snapshots = _history(repo, conversations, checker)
+
+    # 3a. entries -> objects
+    linked = [(e, link) for e in entries.values() if (link := link_of(e)) is not None
+              and (conversation is None or link.get("conversation") == conversation)]
+    if sample is not None and len(linked) > sample:
+        linked = rng.sample(linked, sample)
+    for entry, link in sorted(linked, key=lambda pair: pair[0].sequence):
+        checker.check_linked_entry(entry, link)
+        if sample is not None:
+            objects += 1 + len(link.get("nodes") or {})
+
+    # 3b. snapshots and ref changes -> entries
+    if log is not None:
+        for sid, snap in snapshots.items():
+            if snap.log is not None:
+                checker.check_named_entry(snap.log.sequence, snap.log.entry_hash, entries, snapshot=sid)
+        for conv in conversations:
+            for change in repo.reflog(conv):
+                if change.log_sequence is not None and change.log_hash is not None:
+                    checker.check_named_entry(change.log_sequence, change.log_hash, entries, snapshot=change.new)
+        # Every linked entry must be part of its conversation's history.
+        for entry, link in linked:
+            if link.get("snapshot") not in snapshots and link.get("conversation") in conversations:
+                checker.add("unreachable", f"log entry {entry.sequence} names snapshot "
+                            f"{str(link.get('snapshot'))[:12]}, which no history of "
+                            f"{link.get('conversation')} reaches", sequence=entry.sequence,
+                            snapshot=str(link.get("snapshot")))
+
+    # 4. replay (Option C): the structure from the log equals the stored head's.
+    if log is not None and sample is None:
+        by_conv: dict[str, list[LogEntry]] = {}
+        for entry in entries.values():
+            link = link_of(entry)
+            if link is not None:
+                by_conv.setdefault(str(link.get("conversation")), []).append(entry)
+        for conv in conversations:
+            if conv not in by_conv or repo.head(conv) is None:
+                continue
+            try:
+                stored = structure(repo.load(conv).to_json())
+            except SnapstoreError:
+                continue  # already reported by the store check
+            replayed = structure(replay_entries(by_conv[conv]).state(conv))
+            _compare_structure(checker, conv, replayed, stored)
+
+    return VerifyReport(tuple(checker.problems), len(entries), objects, len(snapshots), sample is not None)
+
+
+def _compare_structure(checker: _Checker, conv: str, replayed: dict[str, Any], stored: dict[str, Any]) -> None:
+    if replayed["focus"] != stored["focus"]:
+        checker.add("replay-mismatch", f"{conv}: the log replays to focus {replayed['focus']}, "
+                    f"the store has {stored['focus']}", context=stored["focus"])
+    a, b = replayed["contexts"], stored["contexts"]
+    for cid in sorted(a.keys() | b.keys()):
+        if cid not in b:
+            checker.add("replay-mismatch", f"{conv}: the log replays context {cid}, the store has none", context=cid)
+        elif cid not in a:
+            checker.add("replay-mismatch", f"{conv}: the store has context {cid}, the log never made it",
+                        context=cid)
+        else:
+            for name in ("parent", "children", "status", "exchanges"):
+                if a[cid][name] != b[cid][name]:
+                    checker.add("replay-mismatch", f"{conv}: {cid} {name}: the log replays {a[cid][name]!r}, "
+                                f"the store has {b[cid][name]!r}", context=cid)

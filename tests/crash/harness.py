@@ -1,0 +1,128 @@
+"""Kill a working orchestrator with SIGKILL at random moments; check nothing acknowledged is lost.
+
+Used by tests/test_crash.py (CI: 100 kills) and benchmarks/soak.py (1,000+).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from snapstore.ozolith import OzolithLog
+from snapstore.repository import Repository
+from snapstore.startup import Session
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class KillStats:
+    kills: int = 0
+    acknowledged: int = 0
+    in_flight_landed: int = 0
+    rolled_forward: int = 0
+    failures: list[str] = field(default_factory=list)
+
+
+def _read_acks(proc: subprocess.Popen, deadline: float) -> list[tuple[int, str, str]]:
+    """Read ACK lines until the deadline; returns (n, snapshot, root) tuples."""
+    acks = []
+    os.set_blocking(proc.stdout.fileno(), False)
+    buffer = b""
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            chunk = proc.stdout.read()
+        except BlockingIOError:
+            chunk = None
+        if chunk:
+            buffer += chunk
+            *lines, buffer = buffer.split(b"\n")
+            for line in lines:
+                parts = line.decode().split()
+                if parts and parts[0] == "ACK":
+                    acks.append((int(parts[1]), parts[2], parts[3]))
+        else:
+            time.sleep(0.001)
+    return acks
+
+
+def check_store(store: Path, log: Path, last: tuple[int, str, str] | None,
+                stats: KillStats) -> tuple[int, str, str] | None:
+    """Restart as the API would (rolling forward) and compare with the last acknowledged state.
+
+    Returns the state now committed: the baseline for the next round.
+    """
+    session = Session(str(store), ozolith=str(log))
+    stats.rolled_forward += sum(1 for r in session.report.recoveries if r.action == "rolled-forward")
+    repo = session.repo
+    try:
+        if session.report.status.value == "RECOVERY_NEEDED":
+            stats.failures.append(f"kill {stats.kills}: recovery needed: {session.report.problems}")
+        head = repo.head("crash")
+        if head is None:
+            return last
+        if last is None:
+            return (0, head, repo.snapshot(head).root)
+        _, acked_snapshot, acked_root = last
+        if head == acked_snapshot:
+            if repo.snapshot(head).root != acked_root:
+                stats.failures.append(f"kill {stats.kills}: head root differs from the acknowledged root")
+        elif head is not None and repo.snapshot(head).parents[:1] == (acked_snapshot,):
+            stats.in_flight_landed += 1
+        else:
+            stats.failures.append(f"kill {stats.kills}: head {head} is neither the acknowledged "
+                                  f"{acked_snapshot} nor one operation after it")
+        repo.load("crash")  # every object of the tree re-hashed
+        report = repo.fsck()
+        if not report.ok:
+            stats.failures.append(f"kill {stats.kills}: fsck: {[p.message for p in report.problems]}")
+        chain = OzolithLog(log).verify()
+        if not chain.ok:
+            stats.failures.append(f"kill {stats.kills}: log chain: {chain.summary()}")
+        from snapstore.verify import verify
+
+        cross = verify(repo, OzolithLog(log))
+        if not cross.ok:
+            stats.failures.append(f"kill {stats.kills}: verify: {[p.message for p in cross.problems][:3]}")
+        return (last[0], head, repo.snapshot(head).root)
+    finally:
+        session.close(clean=False)
+
+
+def run_kills(workdir: Path, kills: int, seed: int = 0, max_run: float = 0.25) -> KillStats:
+    """Start, let run for a random moment, SIGKILL, check; ``kills`` times."""
+    rng = random.Random(seed)
+    store, log = workdir / "store", workdir / "ozolith.jsonl"
+    stats = KillStats()
+    last: tuple[int, str, str] | None = None
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    for i in range(kills):
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "tests.crash.worker", str(store), str(log), str(seed * 100003 + i)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT, env=env,
+        )
+        # Wait for the worker to be up, then kill it at a random moment of its work.
+        acks = _read_acks(proc, time.monotonic() + 0.05 + rng.uniform(0, max_run) + 0.6)
+        proc.send_signal(signal.SIGKILL)
+        rest, err = proc.communicate()
+        for line in rest.decode().splitlines():
+            parts = line.split()
+            if parts and parts[0] == "ACK":
+                acks.append((int(parts[1]), parts[2], parts[3]))
+        if proc.returncode != -signal.SIGKILL:
+            stats.failures.append(f"kill {i}: worker exited {proc.returncode} before the kill: {err.decode()[-500:]}")
+            break
+        stats.kills += 1
+        stats.acknowledged += len(acks)
+        if acks:
+            last = acks[-1]
+        last = check_store(store, log, last, stats)
+        if stats.failures:
+            break
+    return stats
