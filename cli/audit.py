@@ -1,0 +1,152 @@
+"""Commands that involve the OZOLITH audit log: verify, replay, status."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import click
+
+from snapstore.errors import InvalidInput, StoreNotFound
+from snapstore.ozolith import OzolithLog
+from snapstore.repository import Repository
+
+from .main import Settings, cli
+from .render import dump_json, safe
+
+LOG_ENV = "SNAPSTORE_OZOLITH"
+DEFAULT_LOG_NAME = "ozolith.jsonl"
+
+ozolith_option = click.option(
+    "--ozolith", "log_path", metavar="LOG",
+    help=f"The OZOLITH log (default: ${LOG_ENV}, else {DEFAULT_LOG_NAME} inside an embedded store if present).",
+)
+key_option = click.option("--key-file", "key_file", metavar="F", help="The log's key file (default: .ozolith_key beside the log).")
+
+
+def find_log(settings: Settings, log_path: str | None, key_file: str | None, required: bool) -> OzolithLog | None:
+    path = log_path or os.environ.get(LOG_ENV)
+    if path is None and "://" not in settings.location:
+        candidate = Path(settings.location) / DEFAULT_LOG_NAME
+        if candidate.exists():
+            path = str(candidate)
+    if path is None:
+        if required:
+            raise InvalidInput("no audit log: give --ozolith LOG")
+        return None
+    if not Path(path).is_file():
+        raise InvalidInput(f"{path}: no such log file")
+    if key_file is not None and not Path(key_file).is_file():
+        raise InvalidInput(f"{key_file}: no such key file")
+    return OzolithLog(path, key_file=key_file)
+
+
+@cli.command()
+@click.argument("conversation", required=False)
+@ozolith_option
+@key_option
+@click.option("--sample", type=click.IntRange(min=1), metavar="N", help="Spot-check N random entries instead of all.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (schema in docs/cli.md).")
+@click.pass_obj
+def verify(settings: Settings, conversation: str | None, log_path: str | None, key_file: str | None,
+           sample: int | None, as_json: bool) -> None:
+    """Check the audit log, the store, and that the two agree.
+
+    Chain integrity (first bad sequence and the kind of fault), store
+    integrity (every object re-hashes), the cross-check both ways, structural
+    events against the snapshots after them, and the structure replayed from
+    the log against the stored head. Exits 0 only when everything agrees.
+    """
+    from snapstore.verify import VerifyReport, verify as run_verify
+
+    log = find_log(settings, log_path, key_file, required=False)
+    try:
+        repo = settings.repo()
+    except StoreNotFound:
+        if log is None:
+            raise
+        repo = None  # a log with no store: the chain alone
+    if repo is None:
+        chain = log.verify(sample=sample)
+        from snapstore.verify import Finding
+
+        report = VerifyReport(tuple(Finding(str(f.kind), f.message, sequence=f.sequence) for f in chain.findings),
+                              chain.entries_checked, 0, 0, sample is not None)
+    else:
+        if log is None and not repo.conversation_ids():
+            raise InvalidInput("nothing to verify: no audit log given and no snapshots in the store")
+        report = run_verify(repo, log, conversation, sample=sample)
+    if as_json:
+        click.echo(dump_json(report.to_json()))
+    else:
+        for p in report.problems:
+            where = " ".join(f"{k}={v}" for k, v in p.to_json().items() if k not in ("kind", "message"))
+            click.echo(click.style(f"{p.kind}: {safe(p.message)}", fg="red") + (f"  [{where}]" if where else ""))
+        verdict = click.style("ok", fg="green", bold=True) if report.ok else click.style(
+            f"{len(report.problems)} problems", fg="red", bold=True)
+        scope = "sampled " if report.sampled else ""
+        click.echo(f"{scope}{report.entries} log entries, {report.objects} objects, "
+                   f"{report.snapshots} snapshots: {verdict}")
+    if not report.ok:
+        click.get_current_context().exit(1)
+
+
+@cli.command()
+@click.argument("conversation")
+@ozolith_option
+@key_option
+@click.option("--as", "as_conversation", metavar="NEWCONV", help="Commit the rebuilt state as this conversation.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_obj
+def replay(settings: Settings, conversation: str, log_path: str | None, key_file: str | None,
+           as_conversation: str | None, as_json: bool) -> None:
+    """Rebuild a conversation's structure from the audit log alone and commit it.
+
+    Ids, parents, order, statuses, focus, spawn metadata and merge summaries
+    come back; exchange texts do not (the log keeps only their hashes), and
+    the output says so.
+    """
+    from snapstore.replay import commit_replay
+
+    log = find_log(settings, log_path, key_file, required=True)
+    try:
+        repo = settings.repo()
+    except StoreNotFound:
+        repo = Repository.init(settings.location)
+    result, replayed = commit_replay(repo, log, conversation, as_conversation)
+    target = as_conversation or conversation
+    if as_json:
+        click.echo(dump_json({"conversation": target, "snapshot": result.snapshot, "created": result.created,
+                              "contexts": len(replayed.contexts), "entries": replayed.entries,
+                              "placeholders": replayed.placeholders, "skipped": replayed.skipped,
+                              "not_in_log": ["exchange texts", "inherited exchanges",
+                                             "fields changed without a log entry"]}))
+        return
+    click.echo(f"{target}: {result.snapshot}")
+    click.echo(replayed.missing())
+    for line in replayed.skipped:
+        click.echo(click.style(f"skipped {line}", fg="yellow"), err=True)
+
+
+@cli.command()
+@ozolith_option
+@key_option
+@click.option("--conversation", metavar="CONV", help="Report on this conversation instead of the active one.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_obj
+def status(settings: Settings, log_path: str | None, key_file: str | None, conversation: str | None,
+           as_json: bool) -> None:
+    """What a restart would resume, and whether the store is CLEAN, AUDIT_RECOMMENDED or RECOVERY_NEEDED.
+
+    Read-only: unlike an API's startup, it neither rolls anything forward
+    nor starts a session.
+    """
+    from snapstore.startup import inspect, report_text
+
+    log = find_log(settings, log_path, key_file, required=False)
+    report = inspect(settings.repo(), log, conversation=conversation)
+    if as_json:
+        click.echo(dump_json(report.to_json()))
+        return
+    for line in report_text(report):
+        click.echo(safe(line))
