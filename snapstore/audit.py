@@ -8,7 +8,10 @@ change records the entry's sequence and hash.
 
 Recovering: a crash between the entry and the ref change leaves an entry
 whose snapshot exists but is not the head; :func:`roll_forward` moves the ref
-to it. An entry whose snapshot's objects are missing cannot be rolled
+to it. An operation that *failed* after its entry was written (the ref swap
+raised, say on a full disk) is voided by a later ``correction`` entry whose
+payload says ``{"snapstore": {"void": <sequence>}}``: replay, verify and
+roll-forward skip voided entries, and the log itself is never edited. An entry whose snapshot's objects are missing cannot be rolled
 forward: it is reported, and the caller chooses replay, discard or export.
 """
 
@@ -53,6 +56,16 @@ def link_of(entry: LogEntry) -> dict[str, Any] | None:
     return None
 
 
+def voided_sequences(entries: list[LogEntry]) -> set[int]:
+    """Sequences a later ``correction`` entry declares void (their operation failed)."""
+    out = set()
+    for entry in entries:
+        link = entry.payload.get(LINK_KEY) if isinstance(entry.payload, dict) else None
+        if entry.event_type == "correction" and isinstance(link, dict) and isinstance(link.get("void"), int):
+            out.add(link["void"])
+    return out
+
+
 @dataclass(frozen=True)
 class Recovery:
     """What :func:`roll_forward` did or could not do for one log entry."""
@@ -81,9 +94,11 @@ def pending_entries(repo: Repository, log: OzolithLog) -> list[tuple[LogEntry, d
     """Linked entries newer than what the store's reflogs record, oldest first."""
     newest = linked_sequences(repo)
     floor = min(newest.values(), default=0)
+    recent = [e for e in log.entries() if e.sequence > floor]
+    voided = voided_sequences(recent)
     out = []
-    for entry in log.entries():
-        if entry.sequence <= floor:
+    for entry in recent:
+        if entry.sequence in voided:
             continue
         link = link_of(entry)
         if link is None:

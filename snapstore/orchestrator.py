@@ -106,6 +106,8 @@ class ConversationOrchestrator:
         self._head = staging.head
         self._tree: Tree = staging.workspace.base
         self._next_exchange = self._highest_exchange_number() + 1
+        # Log entries of operations that failed after their entry was written.
+        self._pending_voids: list[tuple[int, str, str]] = []
 
     # -- state -----------------------------------------------------------------
 
@@ -156,7 +158,9 @@ class ConversationOrchestrator:
                 self._tree = staging.workspace.base
                 self._head = staging.head
             payload = change(staging.workspace)
+            self._write_pending_voids()
             before_ref = None
+            appended: list[int] = []
             if self._audit is not None:
                 audit = self._audit
 
@@ -170,15 +174,38 @@ class ConversationOrchestrator:
                         "nodes": dict(prepared.changed_nodes),
                     }
                     sequence, entry_hash = audit(event_type, context_id, actor or self.actor, linked)
+                    appended.append(sequence)
                     return LogLink(sequence, entry_hash)
 
-            result = self.repo.commit_staged(
-                staging, event=Event(event_type, context_id, message), activate=True,
-                allow_empty=True, before_ref=before_ref,
-            )
+            try:
+                result = self.repo.commit_staged(
+                    staging, event=Event(event_type, context_id, message), activate=True,
+                    allow_empty=True, before_ref=before_ref,
+                )
+            except BaseException as exc:
+                if appended:
+                    # The entry is in the log but the ref never moved: the
+                    # operation failed, so the log must say it was voided.
+                    self._pending_voids.append((appended[0], context_id, f"{type(exc).__name__}: {exc}"))
+                    try:
+                        self._write_pending_voids()
+                    except Exception:  # retried before the next operation
+                        pass
+                raise
             self._tree = self.repo.tree(result.snapshot)
             self._head = result.snapshot
             return result
+
+    def _write_pending_voids(self) -> None:
+        """Append a ``correction`` entry for each failed operation's entry (see :mod:`snapstore.audit`)."""
+        while self._pending_voids and self._audit is not None:
+            sequence, context_id, reason = self._pending_voids[0]
+            self._audit("correction", context_id, "system", {
+                "corrected_sequence": sequence,
+                "reason": f"operation failed before it was committed: {reason}"[:500],
+                "snapstore": {"void": sequence, "conversation": self.conversation},
+            })
+            self._pending_voids.pop(0)
 
     # -- life cycle ------------------------------------------------------------
 

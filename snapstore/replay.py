@@ -30,7 +30,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from .audit import LINK_KEY
+from .audit import LINK_KEY, voided_sequences
 from .errors import InvalidInput
 from .objects import Event
 from .ozolith import LogEntry, OzolithLog
@@ -82,6 +82,7 @@ def replay_entries(entries: list[LogEntry]) -> ReplayResult:
     """Apply structural events in order; returns the rebuilt structure."""
     out = ReplayResult()
     ctx = out.contexts
+    voided = voided_sequences(entries)
 
     def touch(cid: str, stamp: str) -> dict[str, Any] | None:
         c = ctx.get(cid)
@@ -90,6 +91,8 @@ def replay_entries(entries: list[LogEntry]) -> ReplayResult:
         return c
 
     for entry in sorted(entries, key=lambda e: e.sequence):
+        if entry.sequence in voided:
+            continue
         p, cid, kind = entry.payload, entry.context_id, entry.event_type
         stamp = entry.timestamp.rstrip("Z")
         out.entries += 1

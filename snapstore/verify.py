@@ -21,7 +21,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from .audit import link_of
+from .audit import link_of, voided_sequences
 from .errors import SnapstoreError
 from .objects import Chunk, Node, ObjectId, Snapshot, State
 from .ozolith import LogEntry, OzolithLog
@@ -262,8 +262,10 @@ def verify(repo: Repository, log: OzolithLog | None = None, conversation: str | 
             checker.add(p.kind, p.message, object=p.object)
     snapshots = _history(repo, conversations, checker)
 
-    # 3a. entries -> objects
+    # 3a. entries -> objects (entries a correction voided made no snapshot)
+    voided = voided_sequences(list(entries.values()))
     linked = [(e, link) for e in entries.values() if (link := link_of(e)) is not None
+              and e.sequence not in voided
               and (conversation is None or link.get("conversation") == conversation)]
     if sample is not None and len(linked) > sample:
         linked = rng.sample(linked, sample)
@@ -294,7 +296,7 @@ def verify(repo: Repository, log: OzolithLog | None = None, conversation: str | 
         by_conv: dict[str, list[LogEntry]] = {}
         for entry in entries.values():
             link = link_of(entry)
-            if link is not None:
+            if link is not None and entry.sequence not in voided:
                 by_conv.setdefault(str(link.get("conversation")), []).append(entry)
         for conv in conversations:
             if conv not in by_conv or repo.head(conv) is None:
