@@ -1,0 +1,91 @@
+"""Several processes on one embedded store: locking, and no half-written commit is ever seen."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import time
+
+from snapstore.errors import RefConflict
+from snapstore.repository import Repository
+
+from .factories import context, exchange
+
+
+def _writer(location: str, conversation: str, count: int) -> None:
+    repo = Repository.open(location)
+    state = {"conversation_id": conversation, "active_context_id": "SB-1",
+             "contexts": [context("SB-1", children=["SB-2"]), context("SB-2", parent="SB-1")]}
+    for i in range(count):
+        # Two contexts change together in every commit: a reader must see both or neither.
+        state["contexts"][0]["local_memory"].append(exchange(i, "SB-1", "x" * 500))
+        state["contexts"][1]["local_memory"].append(exchange(i, "SB-2", "y" * 500))
+        state["contexts"][0]["tags"] = [f"step-{i}"]
+        state["contexts"][1]["tags"] = [f"step-{i}"]
+        repo.commit(conversation, state)
+    repo.close()
+
+
+def _reader(location: str, conversation: str, seconds: float, out) -> None:
+    repo = Repository.open(location)
+    seen, torn = 0, 0
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if repo.head(conversation) is None:
+            continue
+        state = repo.load(conversation)
+        a, b = state.contexts
+        if not (a["tags"] == b["tags"] and len(a["local_memory"]) == len(b["local_memory"])):
+            torn += 1
+        seen += 1
+    repo.close()
+    out.put((seen, torn))
+
+
+def test_concurrent_writers_and_readers(tmp_path):
+    location = str(tmp_path / "store")
+    Repository.init(location).close()
+    ctx = mp.get_context("spawn")
+    results = ctx.Queue()
+    writers = [ctx.Process(target=_writer, args=(location, f"conv-{i}", 40)) for i in range(3)]
+    readers = [ctx.Process(target=_reader, args=(location, "conv-0", 3.0, results)) for _ in range(2)]
+    for p in writers + readers:
+        p.start()
+    for p in writers + readers:
+        p.join(60)
+        assert p.exitcode == 0
+    for _ in readers:
+        seen, torn = results.get(timeout=5)
+        assert seen > 0 and torn == 0
+    repo = Repository.open(location)
+    assert sorted(repo.conversation_ids()) == ["conv-0", "conv-1", "conv-2"]
+    for conv in repo.conversation_ids():
+        assert len(repo.log(conv)) == 40
+    assert repo.fsck().ok
+
+
+def _racer(location: str, barrier, out) -> None:
+    repo = Repository.open(location)
+    staging = repo.stage("shared")
+    staging.workspace.update_fields("SB-1", {"tags": [mp.current_process().name]})
+    barrier.wait()
+    try:
+        repo.commit_staged(staging)
+        out.put("won")
+    except RefConflict:
+        out.put("lost")
+
+
+def test_compare_and_swap_across_processes(tmp_path):
+    location = str(tmp_path / "store")
+    repo = Repository.init(location)
+    repo.commit("shared", {"conversation_id": "shared", "active_context_id": None, "contexts": [context("SB-1")]})
+    ctx = mp.get_context("spawn")
+    barrier, out = ctx.Barrier(4), ctx.Queue()
+    procs = [ctx.Process(target=_racer, args=(location, barrier, out)) for _ in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    outcomes = sorted(out.get(timeout=5) for _ in procs)
+    assert outcomes == ["lost", "lost", "lost", "won"]
+    assert len(repo.log("shared")) == 2
