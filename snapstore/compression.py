@@ -6,11 +6,19 @@ store's own objects does (see docs/benchmarks.md). A frame records the id of
 the dictionary it was made with (0 for none), so a store can hold frames made
 with and without dictionaries and every reader picks the right one. Stored
 dictionaries are never changed or deleted.
+
+Stored bytes are the zstd frame followed by the CRC-32 of the frame (4 bytes,
+little-endian). The object id already covers the content, but some byte
+changes inside a zstd frame decode to the same content (unused header bits,
+equivalent entropy tables); the CRC makes any change to the stored bytes
+detectable, so a tampered or decayed object is named even when its content
+survived.
 """
 
 from __future__ import annotations
 
 import threading
+import zlib
 from collections.abc import Iterable, Mapping
 
 import zstandard
@@ -70,9 +78,15 @@ class Codec:
         return dec
 
     def compress(self, body: bytes) -> bytes:
-        return self._compressor().compress(body)
+        frame = self._compressor().compress(body)
+        return frame + zlib.crc32(frame).to_bytes(4, "little")
 
     def decompress(self, data: bytes, object_id: str = "?") -> bytes:
+        if len(data) < 5:
+            raise CorruptObject(object_id, f"stored data is only {len(data)} bytes long")
+        data, check = data[:-4], data[-4:]
+        if zlib.crc32(data).to_bytes(4, "little") != check:
+            raise CorruptObject(object_id, "stored bytes fail their CRC-32 check")
         try:
             dict_id = zstandard.get_frame_parameters(data).dict_id
         except zstandard.ZstdError as exc:
