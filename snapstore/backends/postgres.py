@@ -1,0 +1,586 @@
+"""The shared backend: objects, refs, reflog and meta in one PostgreSQL database.
+
+Several processes on several machines (API replicas) may use one store at
+once. A ref changes only inside a transaction that compare-and-swaps its row
+(``UPDATE ... WHERE target = old``, or ``INSERT ... ON CONFLICT DO NOTHING`` to
+create an absent one), so of two writers racing from the same head exactly one
+wins and the other gets :class:`~snapstore.errors.RefConflict`; the objects,
+the reflog rows and the meta updates of a write commit in that same
+transaction. Reflog times come from the server's clock, so every replica
+writes them on one time line.
+
+Location: ``postgresql://user:password@host:port/dbname?sslmode=...`` (or
+``postgres://``); everything libpq accepts in a URL works, and the password may
+also come from ``PGPASSWORD`` or ``~/.pgpass``. Tables are named
+``snapstore_*``; to keep them in their own schema, add
+``?options=-csearch_path%3Dsnapstore``.
+
+Schema (all created by :data:`MIGRATIONS`, recorded in
+``snapstore_schema_version``)::
+
+    snapstore_store    one row: where the objects live ('postgresql' or
+                       's3://bucket/prefix'); present once a store exists
+    snapstore_objects  id bytea (32 bytes) PRIMARY KEY, kind, size (uncompressed),
+                       stored_size (length of data), data bytea (NULL when the
+                       bodies live in S3, see s3.py)
+    snapstore_refs     name PRIMARY KEY, target bytea
+    snapstore_reflog   seq identity PRIMARY KEY, name, old, new, time, reason,
+                       log_sequence, log_hash; index (name, seq)
+    snapstore_meta     key PRIMARY KEY, value
+
+Objects are inserted with one ``INSERT ... SELECT FROM unnest(arrays) ON
+CONFLICT DO NOTHING`` per batch. Measured against a local server (median of
+hundreds of commits of 300-byte objects): executemany 0.34 / 0.97 / 2.6 / 26 ms
+for 1 / 10 / 50 / 1000 objects, COPY into a temporary table then INSERT 0.77 /
+1.13 / 1.8 / 16 ms, unnest 0.54 / 0.82 / 1.6 / 17 ms: unnest is as fast as
+COPY for large batches, faster for the few objects of a usual commit, and one
+statement without per-session temporary tables. Rows go in id order, and refs
+and meta keys in name order, so two writers sharing objects cannot deadlock.
+
+One connection per backend, in autocommit mode so that reads never hold a
+transaction open; writes and migrations run in explicit transaction blocks. A
+connection lost while idle is reopened on next use.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+from ..errors import BackendError, FormatError, InvalidInput, RefConflict, StoreExists, StoreNotFound
+from ..location import redact, register_url_backend
+from ..objects import ObjectId
+from .base import Backend, Capability, RefUpdate, ReflogEntry, StoredObject, check_fence
+
+try:
+    import psycopg
+    from psycopg import errors as pg_errors
+    from psycopg.conninfo import conninfo_to_dict
+except ImportError as exc:  # pragma: no cover - depends on the environment
+    raise ImportError(
+        "the PostgreSQL backend needs psycopg 3: pip install 'snapstore[postgres]'"
+    ) from exc
+
+SCHEMES = ("postgresql", "postgres")
+OBJECTS_IN_POSTGRES = "postgresql"
+
+
+@dataclass(frozen=True)
+class Migration:
+    """One step of the schema; applied once, in one transaction, in version order."""
+
+    version: int
+    name: str
+    statements: tuple[str, ...]
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, "initial schema", (
+        """CREATE TABLE IF NOT EXISTS snapstore_store (
+            singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+            objects text NOT NULL,
+            created timestamptz NOT NULL DEFAULT now()
+        )""",
+        """CREATE TABLE IF NOT EXISTS snapstore_objects (
+            id bytea PRIMARY KEY CHECK (octet_length(id) = 32),
+            kind text NOT NULL,
+            size bigint NOT NULL,
+            stored_size bigint NOT NULL,
+            data bytea
+        )""",
+        # Bodies are zstd frames already: do not let TOAST try to compress them again.
+        "ALTER TABLE snapstore_objects ALTER COLUMN data SET STORAGE EXTERNAL",
+        """CREATE TABLE IF NOT EXISTS snapstore_refs (
+            name text COLLATE "C" PRIMARY KEY,
+            target bytea NOT NULL
+        )""",
+        """CREATE TABLE IF NOT EXISTS snapstore_reflog (
+            seq bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            name text COLLATE "C" NOT NULL,
+            old bytea,
+            new bytea,
+            time text NOT NULL,
+            reason text NOT NULL,
+            log_sequence bigint,
+            log_hash text
+        )""",
+        "CREATE INDEX IF NOT EXISTS snapstore_reflog_name ON snapstore_reflog (name, seq)",
+        """CREATE TABLE IF NOT EXISTS snapstore_meta (
+            key text COLLATE "C" PRIMARY KEY,
+            value text NOT NULL
+        )""",
+    )),
+)
+
+# pg_advisory_xact_lock key serialising schema migrations of one database (advisory
+# locks are per database); an arbitrary constant that other applications are unlikely to use.
+_MIGRATION_LOCK = 0x5E1A_D0C5_7A11_0001
+_VERSION_TABLE = """CREATE TABLE IF NOT EXISTS snapstore_schema_version (
+    version integer PRIMARY KEY,
+    name text NOT NULL,
+    applied timestamptz NOT NULL DEFAULT now()
+)"""
+
+_BATCH = 1000
+# Deadlocks should not happen (rows are locked in a fixed order); retry them anyway.
+_TRANSACTION_ATTEMPTS = 4
+_NOW = """to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')"""
+
+_INSERT_OBJECTS = (
+    "INSERT INTO snapstore_objects (id, kind, size, stored_size, data) "
+    "SELECT * FROM unnest(%b::bytea[], %s::text[], %s::int8[], %s::int8[], %b::bytea[]) "
+    "ORDER BY 1 ON CONFLICT (id) DO NOTHING"
+)
+_REFLOG_INSERT = (
+    "INSERT INTO snapstore_reflog (name, old, new, time, reason, log_sequence, log_hash) "
+    f"SELECT %s, %b::bytea, %b::bytea, {_NOW}, %s, %s::int8, %s::text FROM changed"
+)
+# Each statement swaps one ref and logs it; it inserts a reflog row only if the swap won.
+_CREATE_REF = (
+    "WITH changed AS (INSERT INTO snapstore_refs (name, target) VALUES (%s, %b) "
+    "ON CONFLICT (name) DO NOTHING RETURNING 1) " + _REFLOG_INSERT
+)
+_MOVE_REF = (
+    "WITH changed AS (UPDATE snapstore_refs SET target = %b WHERE name = %s AND target = %b "
+    "RETURNING 1) " + _REFLOG_INSERT
+)
+_DELETE_REF = (
+    "WITH changed AS (DELETE FROM snapstore_refs WHERE name = %s AND target = %b "
+    "RETURNING 1) " + _REFLOG_INSERT
+)
+_KEEP_ABSENT = (
+    "WITH changed AS (SELECT 1 WHERE NOT EXISTS "
+    "(SELECT 1 FROM snapstore_refs WHERE name = %s)) " + _REFLOG_INSERT
+)
+
+
+def _raw(oid: str | None) -> bytes | None:
+    return None if oid is None else bytes.fromhex(oid)
+
+
+def _hex(raw: bytes | None) -> ObjectId | None:
+    return None if raw is None else ObjectId(bytes(raw).hex())
+
+
+def _like_prefix(prefix: str) -> str:
+    return prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+
+
+def safe_location(location: str) -> str:
+    """``location`` fit to print: passwords in the user part and the query replaced by ``***``."""
+    text = redact(location)
+    return re.sub(r"([?&](?:ssl)?password=)[^&#]*", r"\1***", text, flags=re.IGNORECASE)
+
+
+def url_secrets(location: str) -> list[str]:
+    """The passwords written in a URL, to scrub from any message that might echo them."""
+    found: list[str] = []
+    try:
+        parts = urlsplit(location)
+        if parts.password:
+            found += [parts.password, unquote(parts.password)]
+        found += [v for k, v in parse_qsl(parts.query) if k.lower() in ("password", "sslpassword")]
+    except ValueError:
+        pass
+    return [s for s in dict.fromkeys(found) if s]
+
+
+class PostgresBackend(Backend):
+    """Objects, refs, reflog and meta in one PostgreSQL database, shared by many processes."""
+
+    capabilities = frozenset({Capability.DURABLE, Capability.MULTI_PROCESS, Capability.SHARED})
+
+    def __init__(self, url: str, create: bool = False, *, description: str | None = None) -> None:
+        self._lock = threading.RLock()
+        self._conn: psycopg.Connection | None = None
+        self.description = description or safe_location(url)
+        self._secrets = url_secrets(url)
+        self._connect_args = self._connection_args(url)
+        with self._lock:
+            self._conn = self._connect()
+            try:
+                self._open_store(create)
+            except BaseException:
+                self.close()
+                raise
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.description!r})"
+
+    # -- where the objects live (overridden by the S3 backend) ----------------
+
+    def _objects_location(self) -> str:
+        """What ``snapstore_store.objects`` records for stores of this backend."""
+        return OBJECTS_IN_POSTGRES
+
+    # -- connection and errors ---------------------------------------------
+
+    def _connection_args(self, url: str) -> dict[str, object]:
+        try:
+            params = conninfo_to_dict(url)
+        except psycopg.Error as exc:
+            reason = " ".join(self._scrub(str(exc)).split())
+            raise InvalidInput(f"invalid PostgreSQL URL {self.description}: {reason}") from None
+        args: dict[str, object] = {"conninfo": url, "autocommit": True}
+        # A dead server should fail a request, not hang it; libpq waits forever by default.
+        if "connect_timeout" not in params:
+            args["connect_timeout"] = 10
+        if "application_name" not in params:
+            args["application_name"] = "snapstore"
+        return args
+
+    def _scrub(self, text: str) -> str:
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        return text
+
+    def _error(self, exc: psycopg.Error) -> Exception:
+        """A psycopg error as a snapstore error whose message holds no credentials."""
+        text = " ".join(self._scrub(str(exc)).split())
+        if isinstance(exc, pg_errors.InvalidCatalogName) or re.search(r'database ".*" does not exist', text):
+            return StoreNotFound(f"{self.description}: the database does not exist ({text})")
+        if isinstance(exc, pg_errors.UndefinedTable):
+            return StoreNotFound(f"{self.description}: not a snapstore store ({text})")
+        state = f" [{exc.sqlstate}]" if getattr(exc, "sqlstate", None) else ""
+        return BackendError(f"{self.description}: {text}{state}")
+
+    def _connect(self) -> psycopg.Connection:
+        try:
+            conn = psycopg.connect(**self._connect_args)  # type: ignore[arg-type]
+            # DURABLE is promised: do not inherit a server or role default of `off`.
+            conn.execute("SET synchronous_commit TO on")
+            return conn
+        except psycopg.Error as exc:
+            raise self._error(exc) from None
+
+    def _live(self) -> psycopg.Connection:
+        """The connection, reopened if the last one broke (server restart, idle timeout)."""
+        conn = self._conn
+        if conn is None:
+            raise BackendError(f"{self.description}: the backend is closed")
+        if conn.broken or conn.closed:
+            conn.close()
+            self._conn = conn = self._connect()
+        return conn
+
+    def _read(self, sql: str, params: Sequence[object] = ()) -> list[tuple]:
+        """Rows of one query, in autocommit mode; retried once on a fresh connection."""
+        with self._lock:
+            for attempt in range(2):
+                conn = self._live()
+                try:
+                    with conn.cursor(binary=True) as cur:
+                        cur.execute(sql, params)  # type: ignore[arg-type]
+                        return cur.fetchall()
+                except psycopg.OperationalError as exc:
+                    if attempt == 0 and conn.broken:
+                        continue
+                    raise self._error(exc) from None
+                except psycopg.Error as exc:
+                    raise self._error(exc) from None
+        raise AssertionError("unreachable")
+
+    def _transaction(self, work: Callable[[psycopg.Cursor], object]) -> object:
+        """Run ``work`` in one transaction, retrying deadlocks and connections lost before COMMIT.
+
+        :class:`RefConflict` and other snapstore errors raised by ``work`` roll the
+        transaction back and propagate.
+        """
+        with self._lock:
+            for attempt in range(_TRANSACTION_ATTEMPTS):
+                last = attempt == _TRANSACTION_ATTEMPTS - 1
+                conn = self._live()
+                committing = False
+                try:
+                    with conn.transaction(), conn.cursor(binary=True) as cur:
+                        result = work(cur)
+                        committing = True
+                    return result
+                except (pg_errors.DeadlockDetected, pg_errors.SerializationFailure) as exc:
+                    if last:
+                        raise self._error(exc) from None
+                    time.sleep(0.01 * 2**attempt)
+                except psycopg.OperationalError as exc:
+                    if not conn.broken or last:
+                        raise self._error(exc) from None
+                    if committing:
+                        raise BackendError(
+                            f"{self.description}: lost the connection while committing; "
+                            "the write may or may not have been applied"
+                        ) from None
+                    # Lost before COMMIT was sent: the server rolled it back; do it again.
+                except psycopg.Error as exc:
+                    raise self._error(exc) from None
+        raise AssertionError("unreachable")
+
+    # -- schema ------------------------------------------------------------
+
+    def _schema_version(self) -> int | None:
+        """The newest applied migration, or None in a database without snapstore tables."""
+        rows = self._read("SELECT to_regclass('snapstore_schema_version') IS NOT NULL")
+        if not rows[0][0]:
+            return None
+        return self._read("SELECT coalesce(max(version), 0) FROM snapstore_schema_version")[0][0]
+
+    def migrate(self) -> int:
+        """Apply the migrations this database lacks; returns how many were applied.
+
+        Each migration runs in its own transaction holding an advisory lock, so
+        processes opening one fresh database at the same time apply each step once.
+        """
+        latest = MIGRATIONS[-1].version
+        current = self._schema_version()
+        if current is not None and current > latest:
+            raise FormatError(
+                f"{self.description}: schema version {current} is newer than this snapstore "
+                f"knows ({latest}); upgrade snapstore"
+            )
+        applied = 0
+        for migration in MIGRATIONS:
+            if current is not None and migration.version <= current:
+                continue
+
+            def apply(cur: psycopg.Cursor, migration: Migration = migration) -> bool:
+                cur.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
+                cur.execute(_VERSION_TABLE)
+                cur.execute("SELECT 1 FROM snapstore_schema_version WHERE version = %s", (migration.version,))
+                if cur.fetchone() is not None:
+                    return False  # another process applied it while we waited for the lock
+                for statement in migration.statements:
+                    cur.execute(statement)
+                cur.execute(
+                    "INSERT INTO snapstore_schema_version (version, name) VALUES (%s, %s)",
+                    (migration.version, migration.name),
+                )
+                return True
+
+            applied += bool(self._transaction(apply))
+        return applied
+
+    def _open_store(self, create: bool) -> None:
+        if not create and self._schema_version() is None:
+            raise StoreNotFound(f"no snapstore store in {self.description} (create one with `snap init`)")
+        self.migrate()
+        mine = self._objects_location()
+        if create:
+            inserted = self._transaction(lambda cur: cur.execute(
+                "INSERT INTO snapstore_store (objects) VALUES (%s) ON CONFLICT DO NOTHING", (mine,)
+            ).rowcount)
+            if inserted:
+                return
+            raise StoreExists(f"a store already exists in {self.description}")
+        rows = self._read("SELECT objects FROM snapstore_store")
+        if not rows:
+            raise StoreNotFound(f"no snapstore store in {self.description} (create one with `snap init`)")
+        recorded = rows[0][0]
+        if recorded != mine:
+            raise InvalidInput(
+                f"{self.description}: this store keeps its objects in {recorded}, "
+                f"but this location says {mine}"
+            )
+
+    # -- objects -----------------------------------------------------------
+
+    def _index_rows(self, ids: Iterable[ObjectId], columns: str) -> Iterator[tuple]:
+        wanted = [bytes.fromhex(i) for i in dict.fromkeys(ids)]
+        for start in range(0, len(wanted), _BATCH):
+            yield from self._read(
+                f"SELECT {columns} FROM snapstore_objects WHERE id = ANY(%b)",
+                (wanted[start : start + _BATCH],),
+            )
+
+    def get_objects(self, ids: Iterable[ObjectId]) -> dict[ObjectId, StoredObject]:
+        found: dict[ObjectId, StoredObject] = {}
+        for raw, kind, size, data in self._index_rows(ids, "id, kind, size, data"):
+            oid = ObjectId(bytes(raw).hex())
+            found[oid] = StoredObject(oid, kind, size, bytes(data))
+        return found
+
+    def has_objects(self, ids: Iterable[ObjectId]) -> set[ObjectId]:
+        return {ObjectId(bytes(r[0]).hex()) for r in self._index_rows(ids, "id")}
+
+    def _iter_index(self, kind: str | None, columns: str) -> Iterator[tuple]:
+        """Index rows in id order, a page per query (no transaction stays open between pages)."""
+        last = b""
+        where = "id > %b" if kind is None else "id > %b AND kind = %s"
+        while True:
+            params: tuple = (last, _BATCH) if kind is None else (last, kind, _BATCH)
+            rows = self._read(
+                f"SELECT {columns} FROM snapstore_objects WHERE {where} ORDER BY id LIMIT %s", params
+            )
+            if not rows:
+                return
+            yield from rows
+            last = bytes(rows[-1][0])
+
+    def iter_objects(self, kind: str | None = None) -> Iterator[StoredObject]:
+        for raw, k, size, data in self._iter_index(kind, "id, kind, size, data"):
+            yield StoredObject(ObjectId(bytes(raw).hex()), k, size, bytes(data))
+
+    def count_objects(self) -> tuple[int, int, int]:
+        count, stored, logical = self._read(
+            "SELECT count(*), coalesce(sum(stored_size), 0)::int8, coalesce(sum(size), 0)::int8 "
+            "FROM snapstore_objects"
+        )[0]
+        return count, stored, logical
+
+    def find_ids(self, prefix: str, limit: int = 2) -> list[ObjectId]:
+        low = bytes.fromhex((prefix + "0" * 64)[:64])
+        high = bytes.fromhex((prefix + "f" * 64)[:64])
+        rows = self._read(
+            "SELECT id FROM snapstore_objects WHERE id BETWEEN %b AND %b ORDER BY id LIMIT %s",
+            (low, high, limit),
+        )
+        return [ObjectId(bytes(r[0]).hex()) for r in rows]
+
+    def _delete_index(self, ids: Iterable[ObjectId],
+                      fence: Mapping[str, tuple[ObjectId, int]] | None = None) -> list[ObjectId]:
+        """Remove objects' rows in one transaction; the ids that were there."""
+        wanted = sorted(bytes.fromhex(i) for i in dict.fromkeys(ids))
+
+        def delete(cur: psycopg.Cursor) -> list[ObjectId]:
+            removed: list[ObjectId] = []
+            if fence is not None:
+                # Writers insert objects, then swap refs; locking both tables in that
+                # order waits for every writer in flight and holds back new ones (not
+                # readers) until this transaction ends, so the check below stays true.
+                cur.execute("LOCK TABLE snapstore_objects, snapstore_refs IN EXCLUSIVE MODE")
+                cur.execute(
+                    "SELECT r.name, r.target, (SELECT count(*) FROM snapstore_reflog g WHERE g.name = r.name) "
+                    "FROM snapstore_refs r"
+                )
+                check_fence({n: (ObjectId(bytes(t).hex()), c) for n, t, c in cur.fetchall()}, fence)
+            for start in range(0, len(wanted), _BATCH):
+                cur.execute(
+                    "DELETE FROM snapstore_objects WHERE id = ANY(%b) RETURNING id",
+                    (wanted[start : start + _BATCH],),
+                )
+                removed += [ObjectId(bytes(r[0]).hex()) for r in cur.fetchall()]
+            return removed
+
+        return self._transaction(delete)  # type: ignore[return-value]
+
+    def delete_objects(self, ids: Iterable[ObjectId], fence: Mapping[str, tuple[ObjectId, int]] | None = None) -> int:
+        return len(self._delete_index(ids, fence))
+
+    # -- refs and meta -----------------------------------------------------
+
+    def get_ref(self, name: str) -> ObjectId | None:
+        rows = self._read("SELECT target FROM snapstore_refs WHERE name = %s", (name,))
+        return _hex(rows[0][0]) if rows else None
+
+    def list_refs(self, prefix: str = "") -> dict[str, ObjectId]:
+        rows = self._read(
+            "SELECT name, target FROM snapstore_refs WHERE name LIKE %s ESCAPE '\\' ORDER BY name",
+            (_like_prefix(prefix),),
+        )
+        return {n: ObjectId(bytes(t).hex()) for n, t in rows}
+
+    def reflog(self, name: str) -> list[ReflogEntry]:
+        rows = self._read(
+            "SELECT name, old, new, time, reason, log_sequence, log_hash FROM snapstore_reflog "
+            "WHERE name = %s ORDER BY seq",
+            (name,),
+        )
+        return [ReflogEntry(n, _hex(o), _hex(w), t, r, ls, lh) for n, o, w, t, r, ls, lh in rows]
+
+    def get_meta(self, key: str) -> str | None:
+        rows = self._read("SELECT value FROM snapstore_meta WHERE key = %s", (key,))
+        return rows[0][0] if rows else None
+
+    def list_meta(self, prefix: str = "") -> dict[str, str]:
+        rows = self._read(
+            "SELECT key, value FROM snapstore_meta WHERE key LIKE %s ESCAPE '\\' ORDER BY key",
+            (_like_prefix(prefix),),
+        )
+        return dict(rows)
+
+    # -- the one write path ------------------------------------------------
+
+    def write(
+        self,
+        objects: Sequence[StoredObject] = (),
+        ref_updates: Sequence[RefUpdate] = (),
+        meta: Mapping[str, str | None] | None = None,
+    ) -> None:
+        self._commit(objects, ref_updates, meta, with_data=True)
+
+    def _commit(
+        self,
+        objects: Sequence[StoredObject],
+        ref_updates: Sequence[RefUpdate],
+        meta: Mapping[str, str | None] | None,
+        with_data: bool,
+    ) -> None:
+        """One transaction: object rows (bodies included if ``with_data``), ref swaps, meta."""
+        unique = {o.id: o for o in reversed(objects)}  # the first of duplicate ids wins
+        rows = sorted(
+            (bytes.fromhex(o.id), o.kind, o.size, len(o.data), o.data if with_data else None)
+            for o in unique.values()
+        )
+        # Stable sort: updates of one ref keep their order; locks are taken in name order.
+        updates = sorted(ref_updates, key=lambda u: u.name)
+        meta_items = sorted((meta or {}).items())
+
+        def work(cur: psycopg.Cursor) -> None:
+            for start in range(0, len(rows), _BATCH):
+                columns = [list(c) for c in zip(*rows[start : start + _BATCH], strict=True)]
+                cur.execute(_INSERT_OBJECTS, columns)
+            for update in updates:
+                self._swap_ref(cur, update)
+            upserts = [(k, v) for k, v in meta_items if v is not None]
+            deletes = [k for k, v in meta_items if v is None]
+            if upserts:
+                cur.execute(
+                    "INSERT INTO snapstore_meta (key, value) SELECT * FROM unnest(%s::text[], %s::text[]) "
+                    "ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
+                    ([k for k, _ in upserts], [v for _, v in upserts]),
+                )
+            if deletes:
+                cur.execute("DELETE FROM snapstore_meta WHERE key = ANY(%s::text[])", (deletes,))
+
+        self._transaction(work)
+
+    @staticmethod
+    def _swap_ref(cur: psycopg.Cursor, update: RefUpdate) -> None:
+        """Compare-and-swap one ref and log it, or raise :class:`RefConflict`.
+
+        Under READ COMMITTED a writer blocked on the row (or on the unique key of a
+        ref another transaction is creating) re-checks the condition once that
+        transaction ends, so of two racing writers exactly one matches.
+        """
+        name, old, new = update.name, _raw(update.old), _raw(update.new)
+        log = (name, old, new, update.reason, update.log_sequence, update.log_hash)
+        if old is None and new is not None:
+            cur.execute(_CREATE_REF, (name, new, *log))
+        elif old is None:
+            cur.execute(_KEEP_ABSENT, (name, *log))
+        elif new is None:
+            cur.execute(_DELETE_REF, (name, old, *log))
+        else:
+            cur.execute(_MOVE_REF, (new, name, old, *log))
+        if cur.rowcount != 1:
+            cur.execute("SELECT target FROM snapstore_refs WHERE name = %s", (name,))
+            row = cur.fetchone()
+            raise RefConflict(name, update.old, _hex(row[0]) if row else None)
+
+    def close(self) -> None:
+        with self._lock:
+            conn, self._conn = self._conn, None
+            if conn is not None:
+                with contextlib.suppress(psycopg.Error):
+                    conn.close()
+
+
+def open_postgres(location: str, create: bool) -> PostgresBackend:
+    """The factory behind ``postgresql://`` and ``postgres://`` locations."""
+    return PostgresBackend(location, create)
+
+
+for _scheme in SCHEMES:
+    register_url_backend(_scheme, open_postgres)

@@ -1,0 +1,470 @@
+"""The shared backend for big stores: object bodies in S3, everything else in PostgreSQL.
+
+Refs, reflog, meta and an index of objects (id, kind, size, stored size) live
+in PostgreSQL exactly as in :mod:`.postgres`, so ``has_objects``, ``find_ids``,
+``count_objects`` and ``iter_objects`` never list the bucket. Bodies live in
+any S3-compatible store (AWS S3, SeaweedFS, MinIO, ...).
+
+Location, as a URL::
+
+    s3+postgresql://user:password@host:port/dbname?bucket=NAME
+        &endpoint=http://127.0.0.1:8333   (omit for AWS)
+        &prefix=objects/                  (default objects/)
+        &region=us-east-1
+        &addressing=path                  (path, virtual or auto; default path
+                                           with an endpoint, auto without)
+
+Other query parameters (``sslmode``, ``options``, ...) go to libpq. S3
+credentials never go in the URL, which is printed in messages: they come from
+boto3's usual chain (``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY``,
+``AWS_PROFILE``, an instance role). Or, as a TOML file (see :func:`open_config`)::
+
+    [snapstore.postgresql]
+    url = "postgresql://snap@db.internal/snapstore"
+    [snapstore.s3]                 # leave out to keep the objects in PostgreSQL
+    bucket = "snapstore"
+    endpoint = "http://127.0.0.1:8333"
+    prefix = "objects/"
+    access_key_id = "..."          # optional, else the boto3 chain
+    secret_access_key = "..."
+
+An object is stored at ``<prefix><id[:2]>/<id[2:]>`` (the fan-out keeps
+listings of one folder small on servers that care) and its body is a one-line
+header ``snapstore1 <kind> <size>\\n`` followed by the compressed data: the
+bucket alone describes every object, even without the index, and one GET
+returns all of it. Objects are immutable, so a PUT carries ``If-None-Match: *``:
+a 412 answer means the object is already there, which is success. A server
+that rejects the header as not implemented is remembered and gets a HEAD then
+a plain PUT instead.
+
+A write first PUTs its objects, in parallel, and only then commits the index
+rows, the ref swaps and the meta in one PostgreSQL transaction, so a ref never
+names an object that is not durable in S3. A write that loses its ref swap
+leaves its objects in the bucket without index rows; they are invisible and
+harmless, and a later write of the same objects reuses them.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+import tomllib
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypeVar
+from urllib.parse import unquote
+
+from ..errors import BackendError, CorruptObject, InvalidInput, ObjectNotFound, RefConflict, StoreNotFound
+from ..location import register_url_backend
+from ..objects import ObjectId
+from .base import Backend, RefUpdate, StoredObject
+from .postgres import SCHEMES as PG_SCHEMES
+from .postgres import PostgresBackend, safe_location
+
+try:
+    import boto3
+    import botocore.exceptions as boto_errors
+    from botocore.config import Config
+except ImportError as exc:  # pragma: no cover - depends on the environment
+    raise ImportError("the S3 backend needs boto3: pip install 'snapstore[s3]'") from exc
+
+log = logging.getLogger(__name__)
+
+SCHEMES = tuple(f"s3+{s}" for s in PG_SCHEMES)
+DEFAULT_PREFIX = "objects/"
+HEADER_MAGIC = b"snapstore1"
+_URL_SETTINGS = ("bucket", "endpoint", "prefix", "region", "addressing")
+_CREDENTIAL_PARAMS = {
+    "access_key", "access_key_id", "aws_access_key_id", "secret", "secret_key",
+    "secret_access_key", "aws_secret_access_key", "session_token", "aws_session_token",
+}
+_WORKERS = 8
+_ATTEMPTS = 3  # our own retries, each on top of botocore's standard-mode retries
+_TRANSIENT = (boto_errors.ConnectionError, boto_errors.HTTPClientError, boto_errors.IncompleteReadError)
+_TRANSIENT_CODES = {
+    "ConditionalRequestConflict", "OperationAborted", "InternalError", "RequestTimeout",
+    "ServiceUnavailable", "SlowDown",
+}
+_UNSUPPORTED_CODES = {"NotImplemented", "InvalidArgument", "InvalidRequest", "InvalidHeader"}
+# Creating boto3 sessions and clients from several threads at once is not safe.
+_client_lock = threading.Lock()
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class S3Settings:
+    """Where the object bodies of a store live, and how to reach them."""
+
+    bucket: str
+    prefix: str = DEFAULT_PREFIX
+    endpoint: str | None = None
+    region: str | None = None
+    addressing: str | None = None
+    access_key_id: str | None = field(default=None, repr=False)
+    secret_access_key: str | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if not self.bucket:
+            raise InvalidInput("an S3 store needs a bucket (bucket=NAME)")
+        prefix = self.prefix.lstrip("/")
+        if prefix and not prefix.endswith("/"):
+            prefix += "/"
+        object.__setattr__(self, "prefix", prefix)
+        if self.addressing not in (None, "path", "virtual", "auto"):
+            raise InvalidInput(f"S3 addressing must be path, virtual or auto, not {self.addressing!r}")
+        if bool(self.access_key_id) != bool(self.secret_access_key):
+            raise InvalidInput("give both access_key_id and secret_access_key, or neither")
+
+    @property
+    def objects_location(self) -> str:
+        return f"s3://{self.bucket}/{self.prefix}"
+
+
+def split_location(location: str) -> tuple[str, S3Settings]:
+    """``s3+postgresql://...?bucket=...`` as (PostgreSQL URL, S3 settings)."""
+    scheme, rest = location.split("://", 1)
+    pg_scheme = scheme.split("+", 1)[1]
+    rest, _, _fragment = rest.partition("#")
+    base, _, query = rest.partition("?")
+    libpq: list[str] = []
+    settings: dict[str, str] = {}
+    for piece in filter(None, query.split("&")):
+        key, _, value = piece.partition("=")
+        name = unquote(key).lower()
+        if name in _URL_SETTINGS:
+            settings[name] = unquote(value)
+        elif name in _CREDENTIAL_PARAMS:
+            raise InvalidInput(
+                "S3 credentials do not belong in the store location, which is shown in messages: "
+                "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or use a config file"
+            )
+        else:
+            libpq.append(piece)
+    if not settings.get("bucket"):
+        raise InvalidInput(f"{safe_location(location)} names no bucket (add ?bucket=NAME)")
+    pg_url = f"{pg_scheme}://{base}" + ("?" + "&".join(libpq) if libpq else "")
+    return pg_url, S3Settings(**settings)
+
+
+class S3Backend(PostgresBackend):
+    """Object bodies in an S3 bucket; refs, reflog, meta and the object index in PostgreSQL."""
+
+    def __init__(
+        self,
+        pg_url: str,
+        s3: S3Settings,
+        create: bool = False,
+        *,
+        description: str | None = None,
+    ) -> None:
+        self.s3 = s3
+        self._conditional_put: bool | None = None  # None: not known yet
+        self._executor: ThreadPoolExecutor | None = None
+        self._executor_lock = threading.Lock()
+        self._s3_secrets = [s for s in (s3.access_key_id, s3.secret_access_key) if s]
+        description = description or f"{safe_location(pg_url)} + {s3.objects_location}"
+        self.description = description
+        self._client = self._make_client()
+        try:
+            super().__init__(pg_url, create, description=description)
+        except BaseException:
+            self.close()
+            raise
+
+    def _open_store(self, create: bool) -> None:
+        # Before the store row is created: a store must not be created without its bucket.
+        self._check_bucket()
+        super()._open_store(create)
+
+    # -- S3 plumbing -------------------------------------------------------
+
+    def _make_client(self):  # type: ignore[no-untyped-def]
+        s3 = self.s3
+        addressing = s3.addressing or ("path" if s3.endpoint else "auto")
+        config = Config(
+            retries={"mode": "standard", "max_attempts": 2},
+            connect_timeout=5,
+            read_timeout=30,
+            max_pool_connections=_WORKERS * 2,
+            s3={"addressing_style": addressing},
+        )
+        with _client_lock:
+            session = boto3.session.Session()
+            client = session.client(
+                "s3",
+                endpoint_url=s3.endpoint,
+                region_name=s3.region,
+                aws_access_key_id=s3.access_key_id,
+                aws_secret_access_key=s3.secret_access_key,
+                config=config,
+            )
+        # Scrub whatever the credential chain found, too, from any message we build.
+        credentials = session.get_credentials()
+        if credentials is not None:
+            frozen = credentials.get_frozen_credentials()
+            self._s3_secrets += [s for s in (frozen.access_key, frozen.secret_key, frozen.token) if s]
+        return client
+
+    def _scrub(self, text: str) -> str:
+        for secret in self._s3_secrets:
+            text = text.replace(secret, "***")
+        return super()._scrub(text)
+
+    def _key(self, oid: ObjectId) -> str:
+        return f"{self.s3.prefix}{oid[:2]}/{oid[2:]}"
+
+    def _where(self, oid: ObjectId) -> str:
+        return f"s3://{self.s3.bucket}/{self._key(oid)}"
+
+    def _s3_error(self, exc: Exception, doing: str) -> BackendError:
+        if isinstance(exc, boto_errors.NoCredentialsError | boto_errors.PartialCredentialsError):
+            text = "no S3 credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
+        elif isinstance(exc, boto_errors.ClientError):
+            error = exc.response.get("Error", {})
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            text = f"{error.get('Code', status)}: {error.get('Message', '')}".rstrip(": ")
+            if status == 403:
+                text += " (check the S3 credentials and the bucket policy)"
+        else:
+            text = str(exc)
+        where = f" at {self.s3.endpoint}" if self.s3.endpoint else ""
+        return BackendError(f"{self.description}: cannot {doing}{where}: {self._scrub(text)}")
+
+    def _with_retries(self, action: Callable[[], T], doing: str) -> T:
+        """``action()``, retried with exponential backoff on connection errors and busy servers."""
+        for attempt in range(_ATTEMPTS):
+            try:
+                return action()
+            except boto_errors.ClientError as exc:
+                transient = _code(exc) in _TRANSIENT_CODES or _status(exc) >= 500
+                if not transient or attempt == _ATTEMPTS - 1:
+                    raise self._s3_error(exc, doing) from None
+            except _TRANSIENT as exc:
+                if attempt == _ATTEMPTS - 1:
+                    raise self._s3_error(exc, doing) from None
+            except boto_errors.BotoCoreError as exc:
+                raise self._s3_error(exc, doing) from None
+            time.sleep(min(2.0, 0.2 * 2**attempt) * random.uniform(0.5, 1.0))
+        raise AssertionError("unreachable")
+
+    def _parallel(self, work: Callable[[T], object], items: Sequence[T]) -> list:
+        if len(items) <= 1:
+            return [work(item) for item in items]
+        with self._executor_lock:
+            if self._executor is None:
+                self._executor = ThreadPoolExecutor(_WORKERS, thread_name_prefix="snapstore-s3")
+            executor = self._executor
+        return list(executor.map(work, items))
+
+    def _check_bucket(self) -> None:
+        def exists() -> bool:
+            try:
+                self._client.head_bucket(Bucket=self.s3.bucket)
+                return True
+            except boto_errors.ClientError as exc:
+                if _status(exc) == 404:
+                    return False
+                raise
+
+        if not self._with_retries(exists, f"reach bucket {self.s3.bucket!r}"):
+            raise StoreNotFound(f"{self.description}: bucket {self.s3.bucket!r} does not exist")
+
+    def _objects_location(self) -> str:
+        return self.s3.objects_location
+
+    # -- one object in the bucket ------------------------------------------
+
+    def _put(self, obj: StoredObject) -> None:
+        """Store one object's body unless the bucket has it already."""
+        key = self._key(obj.id)
+        body = b"%s %s %d\n" % (HEADER_MAGIC, obj.kind.encode("ascii"), obj.size) + obj.data
+
+        def put() -> None:
+            if self._conditional_put is not False:
+                try:
+                    self._client.put_object(Bucket=self.s3.bucket, Key=key, Body=body, IfNoneMatch="*")
+                    self._conditional_put = True
+                    return
+                except boto_errors.ClientError as exc:
+                    if _status(exc) == 412:
+                        self._conditional_put = True
+                        return  # already stored: objects are immutable
+                    unsupported = _status(exc) == 501 or (
+                        _status(exc) == 400 and _code(exc) in _UNSUPPORTED_CODES
+                    )
+                    if self._conditional_put or not unsupported:
+                        raise
+                    log.info("%s: the S3 server rejects If-None-Match; using HEAD + PUT", self.description)
+            try:
+                self._client.head_object(Bucket=self.s3.bucket, Key=key)
+                return
+            except boto_errors.ClientError as exc:
+                if _status(exc) != 404:
+                    raise
+            self._client.put_object(Bucket=self.s3.bucket, Key=key, Body=body)
+            if self._conditional_put is None:
+                self._conditional_put = False
+
+        self._with_retries(put, f"store object {obj.id} as {self._where(obj.id)}")
+
+    def _get(self, oid: ObjectId, kind: str, size: int) -> StoredObject:
+        """One indexed object's body; its absence from the bucket is damage, named."""
+
+        def get() -> bytes | None:
+            try:
+                response = self._client.get_object(Bucket=self.s3.bucket, Key=self._key(oid))
+            except boto_errors.ClientError as exc:
+                if _status(exc) == 404:
+                    return None
+                raise
+            return response["Body"].read()
+
+        body = self._with_retries(get, f"read object {oid} from {self._where(oid)}")
+        if body is None:
+            raise ObjectNotFound(
+                oid, f"listed in the PostgreSQL index but missing from {self._where(oid)}; "
+                "the store is damaged"
+            )
+        header, newline, data = body.partition(b"\n")
+        fields = header.split(b" ")
+        if not newline or len(fields) != 3 or fields[0] != HEADER_MAGIC:
+            raise CorruptObject(oid, f"{self._where(oid)} has no snapstore object header")
+        if fields[1].decode("ascii", "replace") != kind or fields[2] != b"%d" % size:
+            raise CorruptObject(
+                oid, f"{self._where(oid)} says {fields[1]!r} of size {fields[2]!r}, "
+                f"the index says {kind!r} of size {size}"
+            )
+        return StoredObject(oid, kind, size, data)
+
+    # -- objects -----------------------------------------------------------
+
+    def get_objects(self, ids: Iterable[ObjectId]) -> dict[ObjectId, StoredObject]:
+        # The index decides what exists: bodies of failed writes in the bucket do not count.
+        indexed = [(ObjectId(bytes(r).hex()), k, s) for r, k, s in self._index_rows(ids, "id, kind, size")]
+        return {o.id: o for o in self._parallel(lambda row: self._get(*row), indexed)}
+
+    def iter_objects(self, kind: str | None = None) -> Iterator[StoredObject]:
+        page: list[tuple[ObjectId, str, int]] = []
+        for raw, k, size in self._iter_index(kind, "id, kind, size"):
+            page.append((ObjectId(bytes(raw).hex()), k, size))
+            if len(page) == _WORKERS * 16:
+                yield from self._parallel(lambda row: self._get(*row), page)
+                page = []
+        yield from self._parallel(lambda row: self._get(*row), page)
+
+    def delete_objects(self, ids: Iterable[ObjectId], fence: Mapping[str, tuple[ObjectId, int]] | None = None) -> int:
+        # Index first: a body without an index row is invisible garbage, while an
+        # index row without a body would be damage.
+        removed = self._delete_index(ids, fence)
+        keys = [{"Key": self._key(oid)} for oid in removed]
+        for start in range(0, len(keys), 1000):
+            batch = keys[start : start + 1000]
+            try:
+                result = self._with_retries(
+                    lambda batch=batch: self._client.delete_objects(  # type: ignore[misc]
+                        Bucket=self.s3.bucket, Delete={"Objects": batch, "Quiet": True}
+                    ),
+                    "delete objects",
+                )
+            except BackendError as exc:
+                log.warning("%s; %d unindexed bodies left in the bucket", exc, len(batch))
+                continue
+            for error in result.get("Errors", []):
+                log.warning("%s: cannot delete %s: %s", self.description, error.get("Key"), error.get("Code"))
+        return len(removed)
+
+    # -- the one write path ------------------------------------------------
+
+    def write(
+        self,
+        objects: Sequence[StoredObject] = (),
+        ref_updates: Sequence[RefUpdate] = (),
+        meta: Mapping[str, str | None] | None = None,
+    ) -> None:
+        unique = list({o.id: o for o in reversed(objects)}.values())
+        if unique and ref_updates:
+            self._precheck_refs(ref_updates)
+        self._parallel(self._put, unique)
+        self._commit(unique, ref_updates, meta, with_data=False)
+
+    def _precheck_refs(self, ref_updates: Sequence[RefUpdate]) -> None:
+        """Fail a write that will lose its ref swap before uploading anything for it.
+
+        Only an optimisation: the swap in the transaction is what decides.
+        """
+        names = sorted({u.name for u in ref_updates})
+        current = {
+            name: ObjectId(bytes(target).hex())
+            for name, target in self._read(
+                "SELECT name, target FROM snapstore_refs WHERE name = ANY(%s::text[])", (names,)
+            )
+        }
+        seen: set[str] = set()
+        for update in ref_updates:
+            if update.name not in seen and current.get(update.name) != update.old:
+                raise RefConflict(update.name, update.old, current.get(update.name))
+            seen.add(update.name)
+
+    def close(self) -> None:
+        with self._executor_lock:
+            executor, self._executor = self._executor, None
+        if executor is not None:
+            executor.shutdown(wait=True)
+        self._client.close()
+        super().close()
+
+
+def _status(exc: boto_errors.ClientError) -> int:
+    return int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+
+
+def _code(exc: boto_errors.ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code", ""))
+
+
+def open_s3(location: str, create: bool) -> S3Backend:
+    """The factory behind ``s3+postgresql://`` locations."""
+    pg_url, settings = split_location(location)
+    return S3Backend(pg_url, settings, create, description=safe_location(location))
+
+
+def open_config(path: str | Path, create: bool = False) -> Backend:
+    """The shared store a TOML file describes (see the module docstring).
+
+    A ``[snapstore.s3]`` table puts the objects in S3; without one they stay in
+    PostgreSQL. Messages name the file, never the secrets in it.
+    """
+    path = Path(path)
+    try:
+        config = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise StoreNotFound(f"no store config file {path}") from None
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise InvalidInput(f"cannot read store config {path}: {exc}") from None
+    section = config.get("snapstore")
+    pg = section.get("postgresql") if isinstance(section, dict) else None
+    if not isinstance(section, dict) or not isinstance(pg, dict) or not isinstance(pg.get("url"), str):
+        raise InvalidInput(f"{path}: needs a [snapstore.postgresql] table with a url")
+    pg_url = pg["url"]
+    s3 = section.get("s3")
+    if s3 is not None and not isinstance(s3, dict):
+        raise InvalidInput(f"{path}: [snapstore.s3] must be a table")
+    if s3 is None:
+        return PostgresBackend(pg_url, create, description=f"{path} ({safe_location(pg_url)})")
+    unknown = set(s3) - {*_URL_SETTINGS, "access_key_id", "secret_access_key"}
+    if unknown:
+        raise InvalidInput(f"{path}: unknown [snapstore.s3] settings {', '.join(sorted(unknown))}")
+    try:
+        settings = S3Settings(**s3)
+    except TypeError as exc:
+        raise InvalidInput(f"{path}: bad [snapstore.s3] table: {exc}") from None
+    return S3Backend(pg_url, settings, create, description=f"{path} ({safe_location(pg_url)} + {settings.objects_location})")
+
+
+for _scheme in SCHEMES:
+    register_url_backend(_scheme, open_s3)
