@@ -98,8 +98,9 @@ def render_log(entries: list[SnapshotInfo]) -> list[str]:
         line = f"{head}  {snap.time}  {click.style(what, bold=True)}"
         if event.message:
             line += f"  {safe(event.message)}"
-        if snap.log is not None:
-            line += click.style(f"  [log #{snap.log.sequence}]", dim=True)
+        link = info.log or snap.log
+        if link is not None:
+            line += click.style(f"  [log #{link.sequence}]", dim=True)
         lines.append(line)
     return lines
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import threading
 import zlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 import zstandard
 
@@ -37,7 +37,11 @@ class Codec:
     Safe to share between threads: zstd contexts are kept per thread.
     """
 
-    def __init__(self, dictionaries: Mapping[int, bytes] = (), current: int | None = None) -> None:
+    def __init__(self, dictionaries: Mapping[int, bytes] = (), current: int | None = None,
+                 reload: Callable[[], Mapping[int, bytes]] | None = None) -> None:
+        # ``reload`` fetches the store's dictionaries again: another process
+        # may have trained one since this codec was made.
+        self._reload = reload
         self._dicts: dict[int, zstandard.ZstdCompressionDict] = {}
         for dict_id, data in dict(dictionaries).items():
             self._dicts[dict_id] = zstandard.ZstdCompressionDict(data)
@@ -91,6 +95,10 @@ class Codec:
             dict_id = zstandard.get_frame_parameters(data).dict_id
         except zstandard.ZstdError as exc:
             raise CorruptObject(object_id, f"not a zstd frame: {exc}") from None
+        if dict_id and dict_id not in self._dicts and self._reload is not None:
+            for known_id, data in self._reload().items():
+                if known_id not in self._dicts:
+                    self._dicts[known_id] = zstandard.ZstdCompressionDict(data)
         if dict_id and dict_id not in self._dicts:
             raise CorruptObject(object_id, f"compressed with unknown dictionary {dict_id}")
         try:

@@ -2,13 +2,15 @@
 
 ``snap --store LOCATION``, else ``$SNAPSTORE``, else ``./.snapstore``.
 A location is either a path to a folder holding ``store.sqlite`` (the
-embedded default), ``memory:`` (a throwaway in-memory store) or a URL
-naming a shared backend (``postgresql://...``, ``s3+postgresql://...``).
+embedded default), ``memory:`` (a throwaway in-memory store), a URL naming
+a shared backend (``postgresql://...``, ``s3+postgresql://...``) or a
+``.toml`` config file naming both (see docs/scaling.md).
 """
 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -33,9 +35,10 @@ def default_location() -> str:
 
 
 def redact(location: str) -> str:
-    """A location fit to print: any password in a URL is replaced by ``***``."""
+    """A location fit to print: any password in a URL (user part or query) is replaced by ``***``."""
     if "://" not in location:
         return location
+    location = re.sub(r"(?i)([?&](?:password|secret|aws_secret_access_key|sslpassword)=)[^&#]*", r"\1***", location)
     scheme, rest = location.split("://", 1)
     netloc, sep, tail = rest.partition("/")
     if "@" in netloc:
@@ -49,15 +52,15 @@ def is_url(location: str) -> bool:
     return "://" in location
 
 
-def _load_plugins() -> None:
-    # Shared backends import optional drivers; import them only when a URL is used.
-    from . import backends  # noqa: F401
-
-    for module in ("snapstore.backends.postgres", "snapstore.backends.s3"):
+def _load_plugins() -> list[str]:
+    """Import the shared backends (they need optional drivers); returns why any could not load."""
+    problems = []
+    for module, extra in (("snapstore.backends.postgres", "postgres"), ("snapstore.backends.s3", "s3")):
         try:
             __import__(module)
-        except ImportError:
-            pass
+        except ImportError as exc:
+            problems.append(f"{exc} (pip install 'snapstore[{extra}]')")
+    return problems
 
 
 def open_backend(location: str, create: bool = False) -> Backend:
@@ -68,12 +71,19 @@ def open_backend(location: str, create: bool = False) -> Backend:
         return MemoryBackend()
     if is_url(location):
         scheme = location.split("://", 1)[0]
-        if scheme not in _URL_BACKENDS:
-            _load_plugins()
+        problems = _load_plugins() if scheme not in _URL_BACKENDS else []
         factory = _URL_BACKENDS.get(scheme)
         if factory is None:
-            raise InvalidInput(f"unknown store URL scheme {scheme!r} in {redact(location)}")
+            why = f": {'; '.join(problems)}" if problems else ""
+            raise InvalidInput(f"unknown store URL scheme {scheme!r} in {redact(location)}{why}")
         return factory(location, create)
+    if location.endswith(".toml") and Path(location).is_file():
+        problems = _load_plugins()
+        try:
+            from .backends.s3 import open_config
+        except ImportError:
+            raise InvalidInput(f"cannot open {location}: {'; '.join(problems)}") from None
+        return open_config(location, create)
 
     from .backends.sqlite import DB_NAME, SqliteBackend
 

@@ -26,10 +26,14 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-from .errors import InvalidInput
+from .errors import InvalidInput, RefConflict
+from .merge import MergeConflict, merge_trees  # noqa: F401  (MergeConflict is part of this API)
 from .objects import Event, LogLink
-from .repository import CommitResult, PreparedCommit, Repository
+from .repository import CommitResult, PreparedCommit, Repository, Staging
 from .tree import Tree, Workspace
+
+# Lost compare-and-swaps in a row before an operation gives up.
+MAX_ATTEMPTS = 50
 
 ROOT_EVENT = "context_created"
 STATUS_ACTIVE = "active"
@@ -144,57 +148,94 @@ class ConversationOrchestrator:
 
     # -- the one write path --------------------------------------------------
 
-    def _operate(self, event_type: str, context_id: str, message: str,
-                 change: Callable[[Workspace], dict[str, Any]], actor: str | None = None) -> CommitResult:
+    def _sync(self, staging: Staging) -> None:
+        """Adopt the committed head a staging starts from (another writer may have moved it)."""
+        if staging.head != self._head:
+            self._tree = staging.workspace.base
+            self._head = staging.head
+            self._next_exchange = self._highest_exchange_number() + 1
+
+    def _operate(self, event_type: str, context_id: str | Callable[[], str], message: str | Callable[[], str],
+                 change: Callable[[Workspace], dict[str, Any]], actor: str | None = None,
+                 creates_ids: bool = False) -> CommitResult:
         """Apply ``change`` to a workspace, then persist it as one snapshot (+ one log entry).
 
         ``change`` returns the audit payload. Nothing in memory changes unless
-        the commit succeeds.
+        the commit succeeds. When another writer moved the ref first, the
+        change is merged three ways onto theirs (:mod:`snapstore.merge`);
+        an operation that creates ids (contexts, exchanges) is instead run
+        again on their state, so ids stay unique. A real conflict raises
+        :class:`~snapstore.merge.MergeConflict`.
         """
         with self._lock:
-            staging = self.repo.stage(self.conversation)
-            if staging.head != self._head:
-                # Another writer moved the ref; start from what is committed.
-                self._tree = staging.workspace.base
-                self._head = staging.head
-            payload = change(staging.workspace)
             self._write_pending_voids()
-            before_ref = None
-            appended: list[int] = []
-            if self._audit is not None:
-                audit = self._audit
-
-                def before_ref(prepared: PreparedCommit) -> LogLink:
-                    linked = dict(payload)
-                    linked["snapstore"] = {
-                        "conversation": prepared.conversation,
-                        "snapshot": prepared.snapshot,
-                        "parent": prepared.parent,
-                        "root": prepared.root,
-                        "nodes": dict(prepared.changed_nodes),
-                    }
-                    sequence, entry_hash = audit(event_type, context_id, actor or self.actor, linked)
-                    appended.append(sequence)
-                    return LogLink(sequence, entry_hash)
-
-            try:
-                result = self.repo.commit_staged(
-                    staging, event=Event(event_type, context_id, message), activate=True,
-                    allow_empty=True, before_ref=before_ref,
-                )
-            except BaseException as exc:
-                if appended:
-                    # The entry is in the log but the ref never moved: the
-                    # operation failed, so the log must say it was voided.
-                    self._pending_voids.append((appended[0], context_id, f"{type(exc).__name__}: {exc}"))
-                    try:
-                        self._write_pending_voids()
-                    except Exception:  # retried before the next operation
-                        pass
-                raise
+            staging = self.repo.stage(self.conversation)
+            self._sync(staging)
+            payload = change(staging.workspace)
+            for attempt in range(MAX_ATTEMPTS):
+                try:
+                    result = self._commit(staging, event_type, context_id, message, payload, actor)
+                    break
+                except RefConflict:
+                    if attempt == MAX_ATTEMPTS - 1:
+                        raise
+                    theirs = self.repo.stage(self.conversation)
+                    if creates_ids:
+                        staging = theirs
+                        self._sync(staging)
+                        payload = change(staging.workspace)
+                        continue
+                    ours = staging.workspace.build()
+                    merged = merge_trees(staging.workspace.base, theirs.workspace.base, ours)
+                    merged.objects.update(
+                        {oid: obj for oid, obj in staging.workspace.objects.items() if obj[0] == "chunk"}
+                    )
+                    theirs.workspace = merged
+                    staging = theirs
             self._tree = self.repo.tree(result.snapshot)
             self._head = result.snapshot
             return result
+
+    def _commit(self, staging: Staging, event_type: str, context_id: str | Callable[[], str],
+                message: str | Callable[[], str],
+                payload: dict[str, Any], actor: str | None) -> CommitResult:
+        if callable(context_id):
+            context_id = context_id()
+        if callable(message):
+            message = message()
+        before_ref = None
+        appended: list[int] = []
+        if self._audit is not None:
+            audit = self._audit
+
+            def before_ref(prepared: PreparedCommit) -> LogLink:
+                linked = dict(payload)
+                linked["snapstore"] = {
+                    "conversation": prepared.conversation,
+                    "snapshot": prepared.snapshot,
+                    "parent": prepared.parent,
+                    "root": prepared.root,
+                    "nodes": dict(prepared.changed_nodes),
+                }
+                sequence, entry_hash = audit(event_type, context_id, actor or self.actor, linked)
+                appended.append(sequence)
+                return LogLink(sequence, entry_hash)
+
+        try:
+            return self.repo.commit_staged(
+                staging, event=Event(event_type, context_id, message), activate=True,
+                allow_empty=True, before_ref=before_ref,
+            )
+        except BaseException as exc:
+            if appended:
+                # The entry is in the log but the ref never moved: the
+                # operation failed, so the log must say it was voided.
+                self._pending_voids.append((appended[0], context_id, f"{type(exc).__name__}: {exc}"))
+                try:
+                    self._write_pending_voids()
+                except Exception:  # retried before the next operation
+                    pass
+            raise
 
     def _write_pending_voids(self) -> None:
         """Append a ``correction`` entry for each failed operation's entry (see :mod:`snapstore.audit`)."""
@@ -211,23 +252,26 @@ class ConversationOrchestrator:
 
     def create_root_context(self, task_description: str | None = None, *, creator: str = "AGENT-operator") -> str:
         """A new root context; focus moves to it."""
-        cid = self._next_sidebar_id()
+        made: list[str] = []
 
         def change(ws: Workspace) -> dict[str, Any]:
-            ws.put_context(new_context(cid, None, task=task_description, creator=creator))
-            ws.set_active(cid)
+            made[:] = [self._next_sidebar_id()]
+            ws.put_context(new_context(made[0], None, task=task_description, creator=creator))
+            ws.set_active(made[0])
             return {"task_description": task_description, "root": True}
 
-        self._operate(ROOT_EVENT, cid, task_description or "root context", change)
-        return cid
+        self._operate(ROOT_EVENT, lambda: made[0], task_description or "root context", change, creates_ids=True)
+        return made[0]
 
     def spawn_sidebar(self, parent_id: str, reason: str, inherit_last_n: int = 5, *,
                       task_description: str | None = None, success_criteria: str | None = None,
                       creator: str = "AGENT-operator") -> str:
         """A child of ``parent_id`` with a copy of its last N exchanges; parent pauses; focus moves."""
-        cid = self._next_sidebar_id()
+        made: list[str] = []
 
         def change(ws: Workspace) -> dict[str, Any]:
+            cid = self._next_sidebar_id()
+            made[:] = [cid]
             parent = self._require(ws, parent_id)
             child = new_context(cid, parent_id, task=task_description or reason,
                                 criteria=success_criteria, creator=creator)
@@ -248,15 +292,17 @@ class ConversationOrchestrator:
                     "inherited_count": len(inherited), "task_description": child["task_description"],
                     "success_criteria": success_criteria}
 
-        self._operate("sidebar_spawn", cid, reason, change)
-        return cid
+        self._operate("sidebar_spawn", lambda: made[0], reason, change, creates_ids=True)
+        return made[0]
 
     def add_exchange(self, context_id: str, user: str, assistant: str, **metadata: Any) -> str:
         """Append one exchange to a context's own memory; returns its exchange id."""
-        exchange_id = f"EXCH-{self._next_exchange}"
         stamp = now_text()
+        made: list[str] = []
 
         def change(ws: Workspace) -> dict[str, Any]:
+            exchange_id = f"EXCH-{self._next_exchange}"
+            made[:] = [exchange_id]
             self._require(ws, context_id)
             item = {"exchange_id": exchange_id, "user": user, "assistant": assistant,
                     "timestamp": stamp, "context_id": context_id, **metadata}
@@ -266,9 +312,9 @@ class ConversationOrchestrator:
                     "assistant_hash": text_hash(assistant), "user_chars": len(user),
                     "assistant_chars": len(assistant)}
 
-        self._operate("exchange", context_id, exchange_id, change)
+        self._operate("exchange", context_id, lambda: made[0], change, creates_ids=True)
         self._next_exchange += 1
-        return exchange_id
+        return made[0]
 
     def _set_status(self, event_type: str, context_id: str, status: str, reason: str) -> None:
         def change(ws: Workspace) -> dict[str, Any]:
@@ -289,10 +335,12 @@ class ConversationOrchestrator:
 
     def merge_sidebar(self, context_id: str, summary: str, merge_type: str = "summary") -> str:
         """Mark a sidebar merged and append a summary exchange to its parent, which resumes."""
-        exchange_id = f"EXCH-{self._next_exchange}"
         stamp = now_text()
+        made: list[str] = []
 
         def change(ws: Workspace) -> dict[str, Any]:
+            exchange_id = f"EXCH-{self._next_exchange}"
+            made[:] = [exchange_id]
             child = self._require(ws, context_id)
             parent_id = child.get("parent_context_id")
             if parent_id is None or parent_id not in ws:
@@ -309,9 +357,9 @@ class ConversationOrchestrator:
             return {"merge_summary": summary, "parent_context": parent_id, "exchange_count": merged_count,
                     "summary_hash": text_hash(summary), "summary_exchange_id": exchange_id}
 
-        self._operate("sidebar_merge", context_id, f"merged into parent: {summary[:60]}", change)
+        self._operate("sidebar_merge", context_id, f"merged into parent: {summary[:60]}", change, creates_ids=True)
         self._next_exchange += 1
-        return exchange_id
+        return made[0]
 
     def reparent_context(self, context_id: str, new_parent_id: str | None) -> None:
         """Move a context (and its subtree) under another parent, or to the top level."""

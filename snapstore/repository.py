@@ -53,11 +53,14 @@ from .refs import (
     validate_conversation_id,
 )
 from .revisions import parse_revision
+from .rewrites import Rewrites
 from .state import ConversationState
 from .timeutil import parse_time, utc_now
 from .tree import NewObjects, Tree, Workspace, load_tree, tree_from_contexts
 
-STORE_FORMAT = 1
+# 2: writers move a ref together with every object their commit made, so gc
+# may run beside them, and prune records can supersede reflog values (upgrade.py).
+STORE_FORMAT = 2
 FORMAT_KEY = "format"
 DICT_PREFIX = "zstd_dict/"
 DICT_CURRENT_KEY = "zstd_dict_current"
@@ -100,6 +103,8 @@ class SnapshotInfo:
 
     id: ObjectId
     snapshot: Snapshot
+    # The audit-log entry it answers to: from the snapshot, or from the ref change that made it head.
+    log: LogLink | None = None
 
     def to_json(self) -> dict[str, Any]:
         snap = self.snapshot
@@ -115,8 +120,8 @@ class SnapshotInfo:
                 "message": snap.event.message,
             },
         }
-        if snap.log is not None:
-            out["log"] = {"sequence": snap.log.sequence, "entry_hash": snap.log.entry_hash}
+        link = self.log or snap.log
+        out["log"] = None if link is None else {"sequence": link.sequence, "entry_hash": link.entry_hash}
         return out
 
 
@@ -200,16 +205,18 @@ class Repository:
         self.backend = backend
         self.location = location
         self._check_format()
-        dicts = {
-            int(k[len(DICT_PREFIX):]): base64.b64decode(v)
-            for k, v in backend.list_meta(DICT_PREFIX).items()
-        }
         current = backend.get_meta(DICT_CURRENT_KEY)
-        self.codec = Codec(dicts, int(current) if current else None)
+        self.codec = Codec(self._dictionaries(), int(current) if current else None, reload=self._dictionaries)
         self._cache: OrderedDict[ObjectId, AnyObject] = OrderedDict()
         self._trees: dict[ConversationId, tuple[ObjectId, Tree]] = {}
         self._lock = threading.RLock()
         self._commits_since_check = 0
+
+    def _dictionaries(self) -> dict[int, bytes]:
+        return {
+            int(k[len(DICT_PREFIX):]): base64.b64decode(v)
+            for k, v in self.backend.list_meta(DICT_PREFIX).items()
+        }
 
     # -- opening -------------------------------------------------------------
 
@@ -361,7 +368,12 @@ class Repository:
     # -- committing ------------------------------------------------------------
 
     def tree(self, snapshot_id: ObjectId | None) -> Tree:
-        """The whole tree of a snapshot (None gives the empty tree)."""
+        """The whole tree of a snapshot (None gives the empty tree).
+
+        The newest tree loaded for each conversation is kept, and a newer
+        state of that conversation is loaded on top of it, reading only what
+        changed.
+        """
         if snapshot_id is None:
             return Tree.empty()
         with self._lock:
@@ -369,12 +381,20 @@ class Repository:
                 if cached_snapshot == snapshot_id:
                     return tree
         snap = self.snapshot(snapshot_id)
-        return self.tree_of_state(snap.root)
+        with self._lock:
+            cached = self._trees.get(ConversationId(snap.conversation))
+        tree = self.tree_of_state(snap.root, cached[1] if cached else None)
+        if self.backend.get_ref(ref_name(ConversationId(snap.conversation))) == snapshot_id:
+            with self._lock:
+                self._trees[ConversationId(snap.conversation)] = (snapshot_id, tree)
+        return tree
 
-    def tree_of_state(self, state_id: ObjectId) -> Tree:
+    def tree_of_state(self, state_id: ObjectId, base: Tree | None = None) -> Tree:
+        if base is not None and base.state_id == state_id:
+            return base
         state = self.read(state_id, "state")
         assert isinstance(state, State)
-        return load_tree(self.read_many, state_id, state)
+        return load_tree(self.read_many, state_id, state, base)
 
     def snapshot(self, snapshot_id: ObjectId) -> Snapshot:
         snap = self.read(snapshot_id, "snapshot")
@@ -473,6 +493,11 @@ class Repository:
         objects = dict(objects)
         objects[snap_id] = (kind, body)
         stored = self._store(objects)
+        # The ref moves together with every object this commit made, even ones
+        # already stored: until the ref names them, gc may be deleting them (gc.py).
+        written = {o.id for o in stored}
+        carried = stored + [StoredObject(oid, k, len(b), self.codec.compress(b))
+                            for oid, (k, b) in objects.items() if oid not in written]
         reason = f"{event.type}: {event.message}" if event.message else event.type
         if before_ref is not None:
             if head != self.head(conv):
@@ -481,14 +506,11 @@ class Repository:
             log = before_ref(
                 PreparedCommit(conv, snap_id, head, tree.state_id, dict(staging.workspace.changed_nodes))
             ) or log
-            to_write: list[StoredObject] = []
-        else:
-            to_write = stored
         update = RefUpdate(
             ref_name(conv), head, snap_id, reason,
             log.sequence if log else None, log.entry_hash if log else None,
         )
-        self.backend.write(to_write, [update], {ACTIVE_KEY: conv} if activate else None)
+        self.backend.write(carried, [update], {ACTIVE_KEY: conv} if activate else None)
         with self._lock:
             self._trees[conv] = (snap_id, tree)
             self._cache[snap_id] = snap
@@ -554,15 +576,15 @@ class Repository:
 
     def _snapshot_by_prefix(self, prefix: str) -> ObjectId | None:
         if is_object_id(prefix):
-            found = self.backend.has_objects([ObjectId(prefix)])
-            if not found:
+            stored = self.backend.get_objects([ObjectId(prefix)]).get(ObjectId(prefix))
+            if stored is None:
                 raise UnknownRevision(f"no snapshot {prefix}")
-            self.snapshot(ObjectId(prefix))
+            if stored.kind != "snapshot":
+                raise UnknownRevision(f"{prefix} is a {stored.kind}, not a snapshot")
             return ObjectId(prefix)
-        matches = [
-            oid for oid in self.backend.find_ids(prefix, limit=64)
-            if self.backend.get_objects([oid])[oid].kind == "snapshot"
-        ]
+        candidates = self.backend.find_ids(prefix, limit=4096)
+        found = self.backend.get_objects(candidates)
+        matches = [oid for oid in candidates if found[oid].kind == "snapshot"]
         if len(matches) > 1:
             raise AmbiguousRevision(
                 f"snapshot prefix {prefix!r} is ambiguous: {', '.join(m[:12] for m in matches[:5])}"
@@ -587,15 +609,24 @@ class Repository:
         snapshot_id = self.resolve(revision)
         snap = self.snapshot(snapshot_id)
         tree = self.tree(snapshot_id)
-        return ConversationState(snap.conversation, tree.active_context_id, tree.materialize(), dict(tree.extra))
+        # A conversation keeps its name when renamed: prefer the name the revision used.
+        named = _as_conversation(parse_revision(revision).base)
+        conversation = named if named is not None and self.backend.get_ref(ref_name(named)) else snap.conversation
+        return ConversationState(conversation, tree.active_context_id, tree.materialize(), dict(tree.extra))
 
     def log(self, revision: str, limit: int | None = None) -> list[SnapshotInfo]:
         """Snapshots from a revision back along first parents, newest first."""
         out: list[SnapshotInfo] = []
         current: ObjectId | None = self.resolve(revision)
+        links: dict[ObjectId, LogLink] = {}
+        named = _as_conversation(parse_revision(revision).base)
+        if named is not None and self.backend.get_ref(ref_name(named)) is not None:
+            for change in self.backend.reflog(ref_name(named)):
+                if change.new is not None and change.log_sequence is not None and change.log_hash:
+                    links[change.new] = LogLink(change.log_sequence, change.log_hash)
         while current is not None and (limit is None or len(out) < limit):
             snap = self.snapshot(current)
-            out.append(SnapshotInfo(current, snap))
+            out.append(SnapshotInfo(current, snap, snap.log or links.get(current)))
             current = snap.parents[0] if snap.parents else None
         return out
 
@@ -672,11 +703,12 @@ class Repository:
             if progress is not None:
                 progress(1)
         starts: list[tuple[ObjectId, str, str]] = []
+        rewrites = Rewrites.load(self.backend)
         for ref, target in self.backend.list_refs().items():
             starts.append((target, "snapshot", ref))
             for entry in self.backend.reflog(ref):
                 for oid in (entry.old, entry.new):
-                    if oid is not None:
+                    if oid is not None and not rewrites.superseded(conversation_of(ref), oid):
                         starts.append((oid, "snapshot", f"reflog of {ref}"))
         reachable: set[ObjectId] = set()
         stack = list(reversed(starts))

@@ -300,7 +300,7 @@ class Workspace:
         if current is None:
             raise InvalidInput(f"no context {context_id!r}")
         fields, chains = current
-        if ID_FIELD in changes or any(k in chains for k in changes):
+        if ID_FIELD in changes or any(k in chains or k in MEMORY_FIELDS for k in changes):
             raise InvalidInput("update_fields cannot change the id or an exchange list")
         merged = dict(fields)
         merged.update(json.loads(canonical_json(dict(changes))))
@@ -308,6 +308,17 @@ class Workspace:
             split_context({ID_FIELD: cid, **merged})
             self._fields[cid] = merged
             self._memory[cid] = chains
+
+    def put_record(self, record: ContextRecord, changed: bool = False) -> None:
+        """Stage a context from another tree's record (its chunks must be stored or staged)."""
+        current = self._current(record.id)
+        if not changed and current is not None and current[0] == record.fields and {
+            n: (c.head, c.n) for n, c in current[1].items()
+        } == {n: (c.head, c.n) for n, c in record.memory.items()}:
+            return
+        self._fields[record.id] = record.fields
+        self._memory[record.id] = dict(record.memory)
+        self._removed.discard(record.id)
 
     def append_exchange(self, context_id: str, item: Any, memory: str = "local_memory") -> None:
         """Stage one exchange appended to a context's list, in constant time."""
@@ -500,33 +511,47 @@ def tree_from_contexts(
     return tree, workspace.objects
 
 
-def load_tree(read_many: ReadMany, state_id: ObjectId, state: State) -> Tree:
-    """Read a whole tree: nodes level by level, then every exchange list."""
+def load_tree(read_many: ReadMany, state_id: ObjectId, state: State, base: Tree | None = None) -> Tree:
+    """Read a whole tree: nodes level by level, then every exchange list.
+
+    With ``base`` (an already loaded tree, typically an older state of the
+    same conversation), a subtree whose node id is unchanged is taken from
+    it without a read, and an exchange list that only grew is read back only
+    to where ``base`` already has it: loading a state another writer just
+    committed costs what that writer changed.
+    """
+    known = base.records if base is not None else {}
     records: dict[ContextId, ContextRecord] = {}
     nodes: dict[ContextId, Node] = {}
     parents: dict[ContextId, ContextId | None] = {}
+    node_ids: dict[ContextId, ObjectId] = {}
     frontier: list[tuple[ContextId, ObjectId, ContextId | None]] = [
         (cid, nid, None) for cid, nid in state.roots
     ]
     while frontier:
-        found = read_many([nid for _, nid, _ in frontier], "node")
-        next_frontier = []
+        to_read = []
         for cid, nid, parent in frontier:
+            old = known.get(cid)
+            if old is not None and old.node_id == nid:
+                _reuse_subtree(known, cid, parent, records)
+            else:
+                to_read.append((cid, nid, parent))
+        found = read_many([nid for _, nid, _ in to_read], "node") if to_read else {}
+        next_frontier = []
+        for cid, nid, parent in to_read:
             node = found[nid]
             assert isinstance(node, Node)
             if node.id != cid:
                 raise CorruptObject(nid, f"node holds context {node.id!r}, its parent names {cid!r}")
-            if cid in nodes:
+            if cid in nodes or cid in records:
                 raise CorruptObject(nid, f"context {cid!r} appears twice in the tree")
             nodes[cid] = node
             parents[cid] = parent
+            node_ids[cid] = nid
             next_frontier.extend((c, n, cid) for c, n in node.children)
         frontier = next_frontier
 
-    chains = _load_chains(read_many, nodes)
-    node_ids = {cid: nid for cid, nid in state.roots}
-    for node in nodes.values():
-        node_ids.update(dict(node.children))
+    chains = _load_chains(read_many, nodes, known)
     for cid, node in nodes.items():
         records[cid] = ContextRecord(
             id=cid,
@@ -540,25 +565,59 @@ def load_tree(read_many: ReadMany, state_id: ObjectId, state: State) -> Tree:
     return Tree(records, roots, state.active_context_id, state.extra, state_id)
 
 
+def _reuse_subtree(known: Mapping[ContextId, ContextRecord], cid: ContextId, parent: ContextId | None,
+                   records: dict[ContextId, ContextRecord]) -> None:
+    """Copy an unchanged subtree's records from an older tree (only the top one may have moved)."""
+    stack: list[tuple[ContextId, ContextId | None]] = [(cid, parent)]
+    while stack:
+        c, p = stack.pop()
+        record = known[c]
+        if record.parent != p:
+            record = ContextRecord(record.id, record.fields, record.memory, record.node_id, p, record.children)
+        records[c] = record
+        stack.extend((k, c) for k in record.children)
+
+
 def _load_chains(
-    read_many: ReadMany, nodes: Mapping[ContextId, Node]
+    read_many: ReadMany, nodes: Mapping[ContextId, Node], known: Mapping[ContextId, ContextRecord]
 ) -> dict[tuple[ContextId, str], Chain]:
-    """Walk every exchange list back from its head, all lists in step."""
+    """Walk every exchange list back from its head, all lists in step.
+
+    A walk stops early where it meets a chunk the known (older) chain holds
+    at the same position: everything before it is shared.
+    """
     pending: dict[tuple[ContextId, str], tuple[ObjectId, int]] = {}
     items: dict[tuple[ContextId, str], list[Any]] = {}
     links: dict[tuple[ContextId, str], list[ObjectId]] = {}
+    shared: dict[tuple[ContextId, str], Chain] = {}
+    chains: dict[tuple[ContextId, str], Chain] = {}
     for cid, node in nodes.items():
+        old_record = known.get(cid)
         for name, ref in node.memory.items():
             key = (cid, name)
+            old = old_record.memory.get(name) if old_record is not None else None
+            if old is not None and old.head == ref.head and old.n == ref.count:
+                chains[key] = old
+                continue
             items[key], links[key] = [], []
+            if old is not None:
+                shared[key] = old
             if ref.head is not None and ref.count > 0:
                 pending[key] = (ref.head, ref.count - 1)
             elif ref.head is not None or ref.count:
                 raise CorruptObject(str(ref.head), f"context {cid}: {name} head and count disagree")
+    prefix: dict[tuple[ContextId, str], Chain] = {}
     while pending:
-        found = read_many(list({oid for oid, _ in pending.values()}), "chunk")
         next_pending = {}
+        to_read = {}
         for key, (oid, index) in pending.items():
+            old = shared.get(key)
+            if old is not None and index < old.n and old._links[index] == oid:
+                prefix[key] = old._prefix(index + 1)
+            else:
+                to_read[key] = (oid, index)
+        found = read_many(list({oid for oid, _ in to_read.values()}), "chunk") if to_read else {}
+        for key, (oid, index) in to_read.items():
             chunk = found[oid]
             assert isinstance(chunk, Chunk)
             if chunk.index != index:
@@ -573,9 +632,12 @@ def _load_chains(
             else:
                 next_pending[key] = (chunk.prev, index - 1)
         pending = next_pending
-    chains = {}
     for key in items:
         items[key].reverse()
         links[key].reverse()
-        chains[key] = Chain(items[key], links[key])
+        start = prefix.get(key)
+        if start is not None:
+            chains[key] = Chain(start.items + items[key], list(start._links[: start.n]) + links[key])
+        else:
+            chains[key] = Chain(items[key], links[key])
     return chains

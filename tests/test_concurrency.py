@@ -1,0 +1,134 @@
+"""Several replicas on one conversation: a lost compare-and-swap is never a lost update."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import random
+
+import pytest
+
+from snapstore.merge import MergeConflict, merge_trees
+from snapstore.orchestrator import ConversationOrchestrator
+from snapstore.ozolith import OzolithLog
+from snapstore.repository import Repository
+from snapstore.startup import Session
+from snapstore.verify import verify
+
+from .factories import context, sample_state
+
+OPS_PER_PROCESS = int(os.environ.get("SNAPSTORE_CONCURRENCY_OPS", "200"))
+
+
+def test_merge_of_changes_to_different_contexts(tmp_path):
+    repo = Repository.init(str(tmp_path / "store"))
+    repo.commit("c", sample_state("c"))
+    base = repo.tree(repo.head("c"))
+    ours_ws, theirs_ws = repo.stage("c"), repo.stage("c")
+    theirs_ws.workspace.update_fields("SB-2", {"status": "merged"})
+    theirs_ws.workspace.append_exchange("SB-1", {"exchange_id": "EXCH-T"})
+    repo.commit_staged(theirs_ws)
+    ours_ws.workspace.update_fields("SB-4", {"status": "active", "tags": ["mine"]})
+    ours_ws.workspace.update_fields("SB-1", {"priority": "high"})
+    ours = ours_ws.workspace.build()
+    merged = merge_trees(base, repo.tree(repo.head("c")), ours)
+    tree = merged.build()
+    records = tree.records
+    assert records["SB-2"].fields["status"] == "merged"
+    assert records["SB-4"].fields["tags"] == ["mine"]
+    assert records["SB-1"].fields["priority"] == "high"
+    assert [e["exchange_id"] for e in records["SB-1"].memory["local_memory"].items][-1] == "EXCH-T"
+
+
+def test_incompatible_changes_name_the_context(tmp_path):
+    repo = Repository.init(str(tmp_path / "store"))
+    repo.commit("c", sample_state("c"))
+    base = repo.tree(repo.head("c"))
+    ours_ws, theirs_ws = repo.stage("c"), repo.stage("c")
+    theirs_ws.workspace.update_fields("SB-2", {"status": "merged"})
+    repo.commit_staged(theirs_ws)
+    ours_ws.workspace.update_fields("SB-2", {"status": "archived"})
+    with pytest.raises(MergeConflict) as info:
+        merge_trees(base, repo.tree(repo.head("c")), ours_ws.workspace.build())
+    assert info.value.context_id == "SB-2" and "status" in str(info.value)
+
+
+def test_orchestrators_on_one_conversation_merge_instead_of_overwriting(tmp_path):
+    repo = Repository.init(str(tmp_path / "store"))
+    a = ConversationOrchestrator(repo, "c")
+    root = a.create_root_context("root")
+    side = a.spawn_sidebar(root, "side")
+    b = ConversationOrchestrator(Repository.open(str(tmp_path / "store")), "c")
+    a.add_exchange(side, "from a", "x")
+    b.pause_context(root)  # b never saw a's exchange: its commit must merge, not drop it
+    b_exchange = b.add_exchange(side, "from b", "y")
+    state = Repository.open(str(tmp_path / "store")).load("c")
+    by_id = {c["sidebar_id"]: c for c in state.contexts}
+    assert [e["user"] for e in by_id[side]["local_memory"]] == ["from a", "from b"]
+    assert by_id[side]["local_memory"][1]["exchange_id"] == b_exchange
+    assert len({e["exchange_id"] for e in by_id[side]["local_memory"]}) == 2
+    assert by_id[root]["status"] == "paused"
+
+
+def _replica(location: str, log: str, seed: int, ops: int, out) -> None:
+    rng = random.Random(seed)
+    session = Session(location, ozolith=log)
+    orch = session.resume("shared")
+    acked, conflicts = [], 0
+    for i in range(ops):
+        ids = list(orch.tree.records)
+        op = rng.choice(["exchange", "exchange", "exchange", "spawn", "pause", "resume", "focus"])
+        try:
+            if op == "exchange":
+                target = rng.choice(ids)
+                ex = orch.add_exchange(target, f"replica {seed} op {i}", "ok")
+                acked.append(("exchange", orch.head, target, ex, f"replica {seed} op {i}"))
+            elif op == "spawn":
+                orch.spawn_sidebar(rng.choice(ids), f"replica {seed} spawn {i}", inherit_last_n=1)
+                acked.append(("spawn", orch.head, None, None, None))
+            elif op == "pause":
+                orch.pause_context(rng.choice(ids))
+                acked.append(("pause", orch.head, None, None, None))
+            elif op == "resume":
+                orch.resume_context(rng.choice(ids))
+                acked.append(("resume", orch.head, None, None, None))
+            else:
+                orch.switch_focus(rng.choice(ids))
+                acked.append(("focus", orch.head, None, None, None))
+        except MergeConflict:
+            conflicts += 1
+    session.close()
+    out.put((acked, conflicts))
+
+
+def test_eight_replicas_two_hundred_operations_each(tmp_path):
+    location, log = str(tmp_path / "store"), str(tmp_path / "log.jsonl")
+    with Session(location, ozolith=log) as s:
+        orch = s.start_new("shared", "shared root")
+        orch.spawn_sidebar("SB-1", "first sidebar")
+    ctx = mp.get_context("spawn")
+    out = ctx.Queue()
+    procs = [ctx.Process(target=_replica, args=(location, log, seed, OPS_PER_PROCESS, out)) for seed in range(8)]
+    for p in procs:
+        p.start()
+    results = [out.get(timeout=600) for _ in procs]
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    repo = Repository.open(location)
+    history = {info.id for info in repo.log("shared")}
+    state = repo.load("shared")
+    texts = {(c["sidebar_id"], e.get("exchange_id"), e.get("user"))
+             for c in state.contexts for e in c.get("local_memory", [])}
+    total = 0
+    for acked, _ in results:
+        total += len(acked)
+        for kind, snapshot, target, exchange_id, text in acked:
+            assert snapshot in history  # every acknowledged operation is in the final history
+            if kind == "exchange":
+                assert (target, exchange_id, text) in texts  # and its exchange survived every merge
+    assert total >= 8 * OPS_PER_PROCESS * 0.5
+    exchange_ids = [e.get("exchange_id") for c in state.contexts for e in c.get("local_memory", [])]
+    assert len(exchange_ids) == len(set(exchange_ids))
+    report = verify(repo, OzolithLog(log))
+    assert report.ok, report.problems[:5]
