@@ -96,10 +96,11 @@ def verify(settings: Settings, conversation: str | None, log_path: str | None, k
 @ozolith_option
 @key_option
 @click.option("--as", "as_conversation", metavar="NEWCONV", help="Commit the rebuilt state as this conversation.")
+@click.option("--force", is_flag=True, help="Commit over an existing conversation (its head gets placeholders).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_obj
 def replay(settings: Settings, conversation: str, log_path: str | None, key_file: str | None,
-           as_conversation: str | None, as_json: bool) -> None:
+           as_conversation: str | None, force: bool, as_json: bool) -> None:
     """Rebuild a conversation's structure from the audit log alone and commit it.
 
     Ids, parents, order, statuses, focus, spawn metadata and merge summaries
@@ -113,7 +114,7 @@ def replay(settings: Settings, conversation: str, log_path: str | None, key_file
         repo = settings.repo()
     except StoreNotFound:
         repo = Repository.init(settings.location)
-    result, replayed = commit_replay(repo, log, conversation, as_conversation)
+    result, replayed = commit_replay(repo, log, conversation, as_conversation, force)
     target = as_conversation or conversation
     if as_json:
         click.echo(dump_json({"conversation": target, "snapshot": result.snapshot, "created": result.created,
@@ -139,7 +140,7 @@ def status(settings: Settings, log_path: str | None, key_file: str | None, conve
     """What a restart would resume, and whether the store is CLEAN, AUDIT_RECOMMENDED or RECOVERY_NEEDED.
 
     Read-only: unlike an API's startup, it neither rolls anything forward
-    nor starts a session.
+    nor starts a session. Exits 1 when recovery is needed.
     """
     from snapstore.startup import inspect, report_text
 
@@ -147,6 +148,8 @@ def status(settings: Settings, log_path: str | None, key_file: str | None, conve
     report = inspect(settings.repo(), log, conversation=conversation)
     if as_json:
         click.echo(dump_json(report.to_json()))
-        return
-    for line in report_text(report):
-        click.echo(safe(line))
+    else:
+        for line in report_text(report):
+            click.echo(safe(line))
+    if report.status.value == "RECOVERY_NEEDED":
+        click.get_current_context().exit(1)

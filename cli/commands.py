@@ -12,7 +12,7 @@ import click
 
 from snapstore.errors import InvalidInput, UnknownRevision
 from snapstore.objects import Event
-from snapstore.refs import validate_conversation_id
+from snapstore.refs import validate_context_id, validate_conversation_id
 from snapstore.repository import Repository
 from snapstore.state import MAX_STATE_BYTES, ConversationState
 
@@ -70,6 +70,11 @@ def write_file_atomically(path: str, text: str) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    dir_fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
 
 
 @cli.command()
@@ -102,8 +107,10 @@ def commit(conversation: str, state_file: str, event_type: str, context_id: str 
         raise InvalidInput(
             f"{state_file} holds conversation {state.conversation_id!r}, not {conv!r}"
         )
-    if not event_type or not event_type.isprintable():
-        raise InvalidInput("--event must be a printable, non-empty word")
+    if not event_type or not event_type.isprintable() or " " in event_type:
+        raise InvalidInput("--event must be one printable word, like sidebar_spawn")
+    if context_id is not None:
+        validate_context_id(context_id)
     result = _repo().commit(conv, state, event=Event(event_type, context_id, message))
     if result.created:
         click.echo(result.snapshot)
@@ -241,7 +248,7 @@ def fsck(as_json: bool) -> None:
     else:
         for problem in report.problems:
             click.echo(click.style(f"{problem.kind}: {safe(problem.message)}", fg="red"))
-        verdict = "ok" if report.ok else f"{len(report.problems)} problems"
+        verdict = "ok" if report.ok else f"{len(report.problems)} problem{'' if len(report.problems) == 1 else 's'}"
         click.echo(f"{report.objects} objects, {report.reachable} reachable: {verdict}")
     if not report.ok:
         click.get_current_context().exit(1)

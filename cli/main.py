@@ -52,6 +52,9 @@ class SnapGroup(click.Group):
              standalone_mode: bool = True, **extra: Any) -> Any:
         try:
             rv = super().main(args, prog_name or "snap", complete_var, standalone_mode=False, **extra)
+        except click.exceptions.NoArgsIsHelpError as exc:
+            click.echo(exc.ctx.get_help() if exc.ctx else "see snap --help")
+            sys.exit(0)
         except click.UsageError as exc:
             hint = f" (see 'snap {exc.ctx.info_name} --help')" if exc.ctx and exc.ctx.parent else " (see 'snap --help')"
             click.echo(f"snap: error: {one_line(exc.format_message())}{hint}", err=True)

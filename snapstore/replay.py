@@ -186,9 +186,18 @@ def structure(state: dict[str, Any]) -> dict[str, Any]:
 
 
 def commit_replay(repo: Repository, log: OzolithLog, conversation: str,
-                  as_conversation: str | None = None) -> tuple[CommitResult, ReplayResult]:
-    """Replay a conversation from the log and commit it (to ``as_conversation`` if given)."""
+                  as_conversation: str | None = None, force: bool = False) -> tuple[CommitResult, ReplayResult]:
+    """Replay a conversation from the log and commit it (to ``as_conversation`` if given).
+
+    Committing over an existing conversation would replace its exchange texts
+    with placeholders, so it needs ``force``.
+    """
     target = validate_conversation_id(as_conversation or conversation)
+    if repo.head(target) is not None and not force:
+        raise InvalidInput(
+            f"conversation {target!r} exists: replaying over it would replace exchange texts with "
+            "placeholders; use --as NEWCONV (or --force)"
+        )
     result = replay(log, validate_conversation_id(conversation))
     if not result.contexts:
         raise InvalidInput(f"the log holds no structural entries for conversation {conversation!r}")

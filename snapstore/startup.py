@@ -72,7 +72,10 @@ class StartupReport:
 def inspect(repo: Repository, log: OzolithLog | None = None, *, conversation: str | None = None,
             sample: int = DEFAULT_SAMPLE, repair: bool = False) -> StartupReport:
     """Decide the recovery status; with ``repair``, roll the store forward first."""
-    clean = repo.backend.get_meta(CLEAN_SHUTDOWN_KEY) is not None
+    # A store no session has used yet (nothing committed) has nothing to audit.
+    clean = repo.backend.get_meta(CLEAN_SHUTDOWN_KEY) is not None or (
+        repo.backend.get_meta(SESSION_STARTED_KEY) is None and not repo.conversation_ids()
+    )
     recoveries: list[Recovery] = []
     problems: list[str] = []
     checks: list[str] = []

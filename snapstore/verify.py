@@ -308,7 +308,8 @@ def verify(repo: Repository, log: OzolithLog | None = None, conversation: str | 
             replayed = structure(replay_entries(by_conv[conv]).state(conv))
             _compare_structure(checker, conv, replayed, stored)
 
-    return VerifyReport(tuple(checker.problems), len(entries), objects, len(snapshots), sample is not None)
+    checked = chain.entries_checked if log is not None else 0
+    return VerifyReport(tuple(checker.problems), checked, objects, len(snapshots), sample is not None)
 
 
 def _compare_structure(checker: _Checker, conv: str, replayed: dict[str, Any], stored: dict[str, Any]) -> None:
