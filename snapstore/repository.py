@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from blake3 import blake3
+
 from .backends.base import Backend, RefUpdate, ReflogEntry, StoredObject
 from .compression import Codec, train_dictionary
 from .diff import TreeDiff, diff_states
@@ -47,6 +49,7 @@ from .objects import (
 )
 from .refs import (
     ACTIVE_KEY,
+    REF_PREFIX,
     ConversationId,
     conversation_of,
     ref_name,
@@ -64,6 +67,8 @@ STORE_FORMAT = 2
 FORMAT_KEY = "format"
 DICT_PREFIX = "zstd_dict/"
 DICT_CURRENT_KEY = "zstd_dict_current"
+# Compare-and-swap guard so exactly one dictionary is ever installed.
+DICT_REF = "dictionaries/zstd"
 # Train a compression dictionary once a store holds this many objects.
 DICT_TRAIN_AFTER = 2000
 DICT_SAMPLE = 4000
@@ -210,7 +215,7 @@ class Repository:
         self._cache: OrderedDict[ObjectId, AnyObject] = OrderedDict()
         self._trees: dict[ConversationId, tuple[ObjectId, Tree]] = {}
         self._lock = threading.RLock()
-        self._commits_since_check = 0
+        self._objects_since_check = 0
 
     def _dictionaries(self) -> dict[int, bytes]:
         return {
@@ -524,14 +529,26 @@ class Repository:
     def _after_commit(self, written: int) -> None:
         if self.codec.current is not None:
             return
-        self._commits_since_check += written
-        if self._commits_since_check >= DICT_TRAIN_AFTER // 4:
-            self._commits_since_check = 0
-            if self.backend.count_objects()[0] >= DICT_TRAIN_AFTER:
+        self._objects_since_check += written
+        if self._objects_since_check >= DICT_TRAIN_AFTER // 4:
+            self._objects_since_check = 0
+            current = self.backend.get_meta(DICT_CURRENT_KEY)
+            if current is not None:  # installed by another process
+                self.codec.add_dictionary(int(current), self._dictionaries()[int(current)])
+            elif self.backend.count_objects()[0] >= DICT_TRAIN_AFTER:
                 self.train_dictionary()
 
     def train_dictionary(self) -> int | None:
-        """Train a zstd dictionary on this store's objects and use it from now on."""
+        """Train the store's zstd dictionary on its objects and use it from now on.
+
+        A store has one dictionary. Processes that train at the same moment
+        race on the ref ``dictionaries/zstd`` (compare-and-swap from absent):
+        the winner's dictionary is installed, the others adopt it. Two
+        trainings can yield dictionaries with the same zstd id but different
+        tables, so a dictionary, once installed, is never replaced.
+        """
+        if self.codec.current is not None:
+            return None
         samples = []
         for stored in self.backend.iter_objects():
             samples.append(self.codec.decompress(stored.data, stored.id))
@@ -541,10 +558,19 @@ class Repository:
         if trained is None:
             return None
         dict_id, data = trained
-        self.backend.write(
-            meta={DICT_PREFIX + str(dict_id): base64.b64encode(data).decode("ascii"),
-                  DICT_CURRENT_KEY: str(dict_id)}
-        )
+        try:
+            self.backend.write(
+                ref_updates=[RefUpdate(DICT_REF, None, ObjectId(blake3(data).hexdigest()), "train zstd dictionary")],
+                meta={DICT_PREFIX + str(dict_id): base64.b64encode(data).decode("ascii"),
+                      DICT_CURRENT_KEY: str(dict_id)},
+            )
+        except RefConflict:
+            # Another process installed one first: use theirs.
+            current = self.backend.get_meta(DICT_CURRENT_KEY)
+            if current is not None:
+                installed = self._dictionaries()[int(current)]
+                self.codec.add_dictionary(int(current), installed)
+            return None
         self.codec.add_dictionary(dict_id, data)
         return dict_id
 
@@ -704,7 +730,7 @@ class Repository:
                 progress(1)
         starts: list[tuple[ObjectId, str, str]] = []
         rewrites = Rewrites.load(self.backend)
-        for ref, target in self.backend.list_refs().items():
+        for ref, target in self.backend.list_refs(REF_PREFIX).items():
             starts.append((target, "snapshot", ref))
             for entry in self.backend.reflog(ref):
                 for oid in (entry.old, entry.new):

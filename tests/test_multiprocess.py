@@ -89,3 +89,27 @@ def test_compare_and_swap_across_processes(tmp_path):
     outcomes = sorted(out.get(timeout=5) for _ in procs)
     assert outcomes == ["lost", "lost", "lost", "won"]
     assert len(repo.log("shared")) == 2
+
+
+def test_one_dictionary_per_store_even_when_two_processes_train(tmp_path):
+    from snapstore.orchestrator import ConversationOrchestrator
+
+    location = str(tmp_path / "store")
+    first = Repository.init(location)
+    second = Repository.open(location)
+    orch = ConversationOrchestrator(first, "c")
+    root = orch.create_root_context("root")
+    for i in range(400):
+        orch.add_exchange(root, f"question {i}", "answer " * (i % 7))
+    # Both saw no dictionary; both train; only one may be installed.
+    first.codec.current = None
+    installed = first.train_dictionary() or first.codec.current
+    assert second.codec.current is None
+    assert second.train_dictionary() is None
+    assert second.codec.current == first.codec.current == installed
+    other = ConversationOrchestrator(second, "d")
+    r = other.create_root_context("root")
+    other.add_exchange(r, "q", "a")
+    third = Repository.open(location)
+    assert third.fsck().ok
+    assert len(third.backend.list_meta("zstd_dict/")) == 1
