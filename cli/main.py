@@ -126,4 +126,5 @@ def main() -> None:
 
 from . import commands as _commands  # noqa: E402,F401  (registers the commands)
 from . import audit as _audit  # noqa: E402,F401
+from . import transfer as _transfer  # noqa: E402,F401
 from . import demo as _demo  # noqa: E402,F401

@@ -96,9 +96,9 @@ class Codec:
         except zstandard.ZstdError as exc:
             raise CorruptObject(object_id, f"not a zstd frame: {exc}") from None
         if dict_id and dict_id not in self._dicts and self._reload is not None:
-            for known_id, data in self._reload().items():
+            for known_id, dictionary in self._reload().items():
                 if known_id not in self._dicts:
-                    self._dicts[known_id] = zstandard.ZstdCompressionDict(data)
+                    self._dicts[known_id] = zstandard.ZstdCompressionDict(dictionary)
         if dict_id and dict_id not in self._dicts:
             raise CorruptObject(object_id, f"compressed with unknown dictionary {dict_id}")
         try:

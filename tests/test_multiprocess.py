@@ -113,3 +113,17 @@ def test_one_dictionary_per_store_even_when_two_processes_train(tmp_path):
     third = Repository.open(location)
     assert third.fsck().ok
     assert len(third.backend.list_meta("zstd_dict/")) == 1
+
+
+def test_a_reader_opened_before_the_dictionary_reads_what_it_compressed(tmp_path):
+    from snapstore.orchestrator import ConversationOrchestrator
+
+    location = str(tmp_path / "store")
+    writer = Repository.init(location)
+    reader = Repository.open(location)  # knows no dictionary yet
+    orch = ConversationOrchestrator(writer, "c")
+    root = orch.create_root_context("root")
+    for i in range(700):  # enough objects for the writer to train and install a dictionary
+        orch.add_exchange(root, f"question {i}", "answer")
+    assert writer.codec.current is not None and reader.codec.current is None
+    assert len(reader.load("c").contexts[0]["local_memory"]) == 700
