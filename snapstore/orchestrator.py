@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import random
 import threading
 import time
 from collections.abc import Callable
@@ -27,13 +28,15 @@ from datetime import datetime
 from typing import Any
 
 from .errors import InvalidInput, RefConflict
-from .merge import MergeConflict, merge_trees  # noqa: F401  (MergeConflict is part of this API)
+from .merge import MergeConflict
 from .objects import Event, LogLink
 from .repository import CommitResult, PreparedCommit, Repository, Staging
 from .tree import Tree, Workspace
 
-# Lost compare-and-swaps in a row before an operation gives up.
-MAX_ATTEMPTS = 50
+# Lost compare-and-swaps in a row before an operation gives up, and the
+# longest random pause between two attempts (seconds).
+MAX_ATTEMPTS = 200
+MAX_BACKOFF = 0.1
 
 ROOT_EVENT = "context_created"
 STATUS_ACTIVE = "active"
@@ -157,15 +160,17 @@ class ConversationOrchestrator:
 
     def _operate(self, event_type: str, context_id: str | Callable[[], str], message: str | Callable[[], str],
                  change: Callable[[Workspace], dict[str, Any]], actor: str | None = None,
-                 creates_ids: bool = False) -> CommitResult:
+                 watch: tuple[str, tuple[str, ...]] | None = None) -> CommitResult:
         """Apply ``change`` to a workspace, then persist it as one snapshot (+ one log entry).
 
         ``change`` returns the audit payload. Nothing in memory changes unless
         the commit succeeds. When another writer moved the ref first, the
-        change is merged three ways onto theirs (:mod:`snapstore.merge`);
-        an operation that creates ids (contexts, exchanges) is instead run
-        again on their state, so ids stay unique. A real conflict raises
-        :class:`~snapstore.merge.MergeConflict`.
+        operation is rebased: run again on their state, so its intent holds
+        and ids stay unique (a three-way merge of the trees cannot see the
+        intent of an operation that changed nothing from its own stale view).
+        ``watch`` = (context, fields): if the other writer changed one of
+        these fields of that context since our view, the two operations
+        conflict and :class:`~snapstore.merge.MergeConflict` names the context.
         """
         with self._lock:
             self._write_pending_voids()
@@ -179,19 +184,15 @@ class ConversationOrchestrator:
                 except RefConflict:
                     if attempt == MAX_ATTEMPTS - 1:
                         raise
+                    # Back off a random while, longer after each loss, so
+                    # contending replicas do not keep colliding.
+                    time.sleep(random.uniform(0, min(MAX_BACKOFF, 0.0005 * 2 ** min(attempt, 10))))
                     theirs = self.repo.stage(self.conversation)
-                    if creates_ids:
-                        staging = theirs
-                        self._sync(staging)
-                        payload = change(staging.workspace)
-                        continue
-                    ours = staging.workspace.build()
-                    merged = merge_trees(staging.workspace.base, theirs.workspace.base, ours)
-                    merged.objects.update(
-                        {oid: obj for oid, obj in staging.workspace.objects.items() if obj[0] == "chunk"}
-                    )
-                    theirs.workspace = merged
+                    if watch is not None:
+                        _check_watch(watch, staging.workspace.base, theirs.workspace.base)
                     staging = theirs
+                    self._sync(staging)
+                    payload = change(staging.workspace)
             self._tree = self.repo.tree(result.snapshot)
             self._head = result.snapshot
             return result
@@ -260,7 +261,7 @@ class ConversationOrchestrator:
             ws.set_active(made[0])
             return {"task_description": task_description, "root": True}
 
-        self._operate(ROOT_EVENT, lambda: made[0], task_description or "root context", change, creates_ids=True)
+        self._operate(ROOT_EVENT, lambda: made[0], task_description or "root context", change)
         return made[0]
 
     def spawn_sidebar(self, parent_id: str, reason: str, inherit_last_n: int = 5, *,
@@ -292,7 +293,7 @@ class ConversationOrchestrator:
                     "inherited_count": len(inherited), "task_description": child["task_description"],
                     "success_criteria": success_criteria}
 
-        self._operate("sidebar_spawn", lambda: made[0], reason, change, creates_ids=True)
+        self._operate("sidebar_spawn", lambda: made[0], reason, change)
         return made[0]
 
     def add_exchange(self, context_id: str, user: str, assistant: str, **metadata: Any) -> str:
@@ -312,7 +313,7 @@ class ConversationOrchestrator:
                     "assistant_hash": text_hash(assistant), "user_chars": len(user),
                     "assistant_chars": len(assistant)}
 
-        self._operate("exchange", context_id, lambda: made[0], change, creates_ids=True)
+        self._operate("exchange", context_id, lambda: made[0], change)
         self._next_exchange += 1
         return made[0]
 
@@ -322,7 +323,7 @@ class ConversationOrchestrator:
             ws.update_fields(context_id, {"status": status, "last_activity": now_text()})
             return {"reason": reason, "old_status": old, "new_status": status}
 
-        self._operate(event_type, context_id, reason, change)
+        self._operate(event_type, context_id, reason, change, watch=(context_id, ("status",)))
 
     def pause_context(self, context_id: str, reason: str = "paused") -> None:
         self._set_status("context_pause", context_id, STATUS_PAUSED, reason)
@@ -357,7 +358,7 @@ class ConversationOrchestrator:
             return {"merge_summary": summary, "parent_context": parent_id, "exchange_count": merged_count,
                     "summary_hash": text_hash(summary), "summary_exchange_id": exchange_id}
 
-        self._operate("sidebar_merge", context_id, f"merged into parent: {summary[:60]}", change, creates_ids=True)
+        self._operate("sidebar_merge", context_id, f"merged into parent: {summary[:60]}", change)
         self._next_exchange += 1
         return made[0]
 
@@ -383,7 +384,8 @@ class ConversationOrchestrator:
             ws.update_fields(context_id, {"parent_context_id": new_parent_id, "last_activity": now_text()})
             return {"old_parent": old_parent, "new_parent": new_parent_id}
 
-        self._operate("context_reparent", context_id, f"moved under {new_parent_id or 'top level'}", change)
+        self._operate("context_reparent", context_id, f"moved under {new_parent_id or 'top level'}", change,
+                      watch=(context_id, ("parent_context_id",)))
 
     def switch_focus(self, context_id: str) -> None:
         def change(ws: Workspace) -> dict[str, Any]:
@@ -443,6 +445,18 @@ class ConversationOrchestrator:
         """The whole materialized state (as ``snap checkout -o`` writes it)."""
         return {"conversation_id": self.conversation, "active_context_id": self._tree.active_context_id,
                 "contexts": self._tree.materialize(), **self._tree.extra}
+
+
+def _check_watch(watch: tuple[str, tuple[str, ...]], ours: Tree, theirs: Tree) -> None:
+    """Raise MergeConflict if another writer changed a watched field of a context we change."""
+    cid, names = watch
+    before, after = ours.records.get(cid), theirs.records.get(cid)  # type: ignore[call-overload]
+    if before is None or after is None or before.node_id == after.node_id:
+        return
+    for name in names:
+        if before.fields.get(name) != after.fields.get(name):
+            raise MergeConflict(cid, f"another writer changed {name} from {before.fields.get(name)!r} "
+                                     f"to {after.fields.get(name)!r}")
 
 
 def _exchange_number(item: Any) -> int:

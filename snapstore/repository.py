@@ -515,7 +515,13 @@ class Repository:
             ref_name(conv), head, snap_id, reason,
             log.sequence if log else None, log.entry_hash if log else None,
         )
-        self.backend.write(carried, [update], {ACTIVE_KEY: conv} if activate else None)
+        try:
+            self.backend.write(carried, [update], {ACTIVE_KEY: conv} if activate else None)
+        except RefConflict:
+            # A starting replica may have rolled this very snapshot forward
+            # (its log entry was already written): then it is committed.
+            if before_ref is None or not self._reaches(self.head(conv), snap_id):
+                raise
         with self._lock:
             self._trees[conv] = (snap_id, tree)
             self._cache[snap_id] = snap
@@ -523,6 +529,18 @@ class Repository:
         return CommitResult(
             snap_id, True, tree.state_id, len(stored), sum(len(o.data) for o in stored)
         )
+
+    def _reaches(self, start: ObjectId | None, target: ObjectId, limit: int = 1000) -> bool:
+        """Whether ``target`` is ``start`` or one of its first-parent ancestors (within ``limit``)."""
+        current = start
+        for _ in range(limit):
+            if current is None:
+                return False
+            if current == target:
+                return True
+            parents = self.snapshot(current).parents
+            current = parents[0] if parents else None
+        return False
 
     # -- compression dictionary -------------------------------------------------
 

@@ -259,6 +259,16 @@ class Workspace:
             self._removed.discard(cid)
         return changed
 
+    def record(self, context_id: str) -> ContextRecord | None:
+        """A context as staged, as a record (its node id and place are the base's until built)."""
+        current = self._current(ContextId(context_id))
+        if current is None:
+            return None
+        old = self.base.records.get(ContextId(context_id))
+        return ContextRecord(ContextId(context_id), current[0], dict(current[1]),
+                             old.node_id if old is not None else ObjectId(""),
+                             old.parent if old is not None else None, old.children if old is not None else ())
+
     def context(self, context_id: str) -> dict[str, Any] | None:
         """A staged or committed context as a fresh plain dict (copies its exchanges)."""
         current = self._current(ContextId(context_id))

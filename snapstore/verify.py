@@ -27,6 +27,7 @@ from .objects import Chunk, Node, ObjectId, Snapshot, State
 from .ozolith import LogEntry, OzolithLog
 from .replay import STRUCTURAL_EVENTS, replay_entries, structure
 from .repository import Repository
+from .rewrites import Rewrites
 
 STATUS_AFTER = {"context_pause": "paused", "context_resume": "active", "context_archive": "archived"}
 
@@ -131,8 +132,14 @@ class _Checker:
                 return None
             found = nodes.get(c)
             if found is None:
-                self.add("structure", f"entry {seq} ({entry.event_type}) changed {c}, but names no node for it",
-                         **where)
+                # The operation left this context's node as it was (a pause of
+                # a paused context, say): find it in the snapshot's tree.
+                found = self.find_node(state, c)
+                if found is None:
+                    self.add("structure", f"after entry {seq} ({entry.event_type}) context {c} is not in "
+                             f"snapshot {snap_id[:12]}", **where)
+                else:
+                    nodes[c] = found
             return found
 
         def status(n: Node | None, want: str, who: str) -> None:
@@ -193,6 +200,21 @@ class _Checker:
             if cid in [r for r, _ in state.roots] or any(cid in [c for c, _ in n.children] for n in nodes.values()):
                 self.add("structure", f"after entry {seq} deleted context {cid} is still in the tree", **where)
 
+    def find_node(self, state: State, context_id: str) -> Node | None:
+        """A context's node in a state, searched breadth-first (reads are cached)."""
+        frontier = [nid for _, nid in state.roots]
+        while frontier:
+            next_frontier = []
+            for nid in frontier:
+                node = self.read(nid, "node", context=context_id)
+                if node is None:
+                    continue
+                if node.id == context_id:
+                    return node
+                next_frontier.extend(child for _, child in node.children)
+            frontier = next_frontier
+        return None
+
     # -- snapshots -> entries -----------------------------------------------------
 
     def check_named_entry(self, sequence: int, entry_hash: str, entries: dict[int, LogEntry], **where: Any) -> None:
@@ -211,15 +233,16 @@ def _describe(where: dict[str, Any]) -> str:
     return "a ref change"
 
 
-def _history(repo: Repository, conversations: Iterable[str], checker: _Checker) -> dict[str, Snapshot]:
-    """Every snapshot reachable from the conversations' heads and reflogs."""
+def _history(repo: Repository, conversations: Iterable[str], checker: _Checker,
+             rewrites: Rewrites) -> dict[str, Snapshot]:
+    """Every snapshot reachable from the conversations' heads and reflogs (reflog values a prune superseded aside)."""
     seen: dict[str, Snapshot] = {}
     stack = []
     for conv in conversations:
         head = repo.head(conv)
         if head is not None:
             stack.append(head)
-        stack.extend(e.new for e in repo.reflog(conv) if e.new is not None)
+        stack.extend(e.new for e in repo.reflog(conv) if e.new is not None and not rewrites.superseded(conv, e.new))
     while stack:
         sid = stack.pop()
         if sid in seen:
@@ -260,13 +283,16 @@ def verify(repo: Repository, log: OzolithLog | None = None, conversation: str | 
         objects = fsck.objects
         for p in fsck.problems:
             checker.add(p.kind, p.message, object=p.object)
-    snapshots = _history(repo, conversations, checker)
+    rewrites = Rewrites.load(repo.backend)
+    snapshots = _history(repo, conversations, checker, rewrites)
 
     # 3a. entries -> objects (entries a correction voided made no snapshot)
     voided = voided_sequences(list(entries.values()))
     linked = [(e, link) for e in entries.values() if (link := link_of(e)) is not None
               and e.sequence not in voided
-              and (conversation is None or link.get("conversation") == conversation)]
+              and (conversation is None or link.get("conversation") == conversation)
+              # a pruned snapshot's entry is checked against its rewrite, or skipped if squashed away
+              and (link := rewrites.link(link)) is not None]
     if sample is not None and len(linked) > sample:
         linked = rng.sample(linked, sample)
     for entry, link in sorted(linked, key=lambda pair: pair[0].sequence):

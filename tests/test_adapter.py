@@ -203,3 +203,33 @@ def test_state_is_plain_json_in_the_store(persistence):
     stored = persistence.repo.load(conv).contexts[0]
     assert stored["status"] == "testing" and stored["created_at"] == "2026-01-05T10:00:00.123456"
     json.dumps(stored)
+
+
+def test_two_replicas_saving_different_contexts_merge(tmp_path):
+    from snapstore.merge import MergeConflict
+
+    store = str(tmp_path / "shared")
+    first = sp.SidebarPersistence(store, context_class=SidebarContext)
+    root = rich_context("SB-1")
+    root.child_sidebar_ids = ["SB-2", "SB-3"]
+    first.save_context(root)
+    first.save_context(rich_context("SB-2", "SB-1"))
+    first.save_context(rich_context("SB-3", "SB-1"))
+    second = sp.SidebarPersistence(store, context_class=SidebarContext)
+    # Both replicas hold the same view; each changes a different context.
+    a = first.load_context("SB-2")
+    b = second.load_context("SB-3")
+    a.status = SidebarStatus.PAUSED
+    first.save_context(a)
+    b.tags = ["from the second replica"]
+    second.save_context(b)  # its view is stale: merged, not overwritten
+    third = sp.SidebarPersistence(store, context_class=SidebarContext)
+    assert third.load_context("SB-2").status is SidebarStatus.PAUSED
+    assert third.load_context("SB-3").tags == ["from the second replica"]
+    # The same field changed two ways is a conflict naming the context.
+    x, y = first.load_context("SB-3"), third.load_context("SB-3")
+    x.status, y.status = SidebarStatus.MERGED, SidebarStatus.ARCHIVED
+    first.save_context(x)
+    with pytest.raises(MergeConflict) as info:
+        third.save_context(y)
+    assert info.value.context_id == "SB-3"

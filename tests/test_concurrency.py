@@ -111,7 +111,13 @@ def test_eight_replicas_two_hundred_operations_each(tmp_path):
     procs = [ctx.Process(target=_replica, args=(location, log, seed, OPS_PER_PROCESS, out)) for seed in range(8)]
     for p in procs:
         p.start()
-    results = [out.get(timeout=600) for _ in procs]
+    results = []
+    while len(results) < len(procs):
+        try:
+            results.append(out.get(timeout=5))
+        except Exception:
+            dead = [p.exitcode for p in procs if p.exitcode not in (None, 0)]
+            assert not dead, f"a replica failed: exit codes {dead}"
     for p in procs:
         p.join(60)
         assert p.exitcode == 0

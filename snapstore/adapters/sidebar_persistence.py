@@ -23,6 +23,12 @@ replaced snapshots stay in the reflog). Saves belong to one operation when
   and its snapshot records that entry's sequence and hash.
 
 Otherwise each save is its own snapshot.
+
+Several replicas. When another process moved the conversation's ref since
+this instance's view, a save is merged three ways onto theirs against the
+common snapshot (:func:`snapstore.merge.merge_trees`): changes to different
+contexts (or different fields) combine; the same field changed two ways
+raises :class:`~snapstore.merge.MergeConflict` naming the context.
 """
 
 from __future__ import annotations
@@ -40,9 +46,11 @@ from typing import Any
 
 from ..errors import InvalidInput, SnapstoreError, StoreNotFound
 from ..objects import Event, LogLink
-from ..refs import ConversationId, validate_conversation_id
-from ..repository import Repository
-from ..tree import ID_FIELD, PARENT_FIELD
+from ..errors import RefConflict
+from ..merge import merge_trees
+from ..refs import ConversationId, ref_name, validate_conversation_id
+from ..repository import CommitResult, Repository, Staging
+from ..tree import ID_FIELD, PARENT_FIELD, ContextRecord, Tree, Workspace
 from . import typed
 
 __all__ = [
@@ -53,6 +61,7 @@ _persistence_instance: SidebarPersistence | None = None
 _config: dict[str, Any] = {"store": None, "context_class": None, "ozolith": None, "ozolith_key": None}
 
 SESSION_PREFIX = "session/"
+MAX_MERGE_ATTEMPTS = 50
 ROOT_OF_CONVERSATION = "conversation_root/"
 CONVERSATION_OF_ROOT = "root_conversation/"
 HISTORICAL = "historical/"
@@ -137,6 +146,8 @@ class SidebarPersistence:
         # conversation -> (operation key, snapshot it made): where an amend may follow.
         self._last: dict[ConversationId, tuple[object, str]] = {}
         self._where: dict[str, ConversationId] = {}
+        # The version of each context this instance last loaded or saved.
+        self._seen: dict[str, ContextRecord] = {}
         for conv in self.repo.conversation_ids():
             for cid in self.repo.tree(self.repo.head(conv)).records:
                 self._where[cid] = conv
@@ -173,14 +184,31 @@ class SidebarPersistence:
         if context_id not in op.touched:
             op.touched.append(context_id)
         message = op.message or f"{fallback_type} {', '.join(op.touched)}"
-        result = self.repo.commit_staged(
-            staging, event=Event(op.event_type, op.context_id, message), log=op.log,
-            activate=True, amend=amend,
-        )
+        event = Event(op.event_type, op.context_id, message)
+        try:
+            result = self.repo.commit_staged(staging, event=event, log=op.log, activate=True, amend=amend)
+        except RefConflict:
+            result = self._merge_and_commit(conv, staging, event, op.log)
         if self._explicit is None and op.key[0] == "save":
             self._last.pop(conv, None)
         else:
             self._last[conv] = (op.key, result.snapshot)
+
+    def _merge_and_commit(self, conv: ConversationId, staging: Staging, event: Event,
+                          log: LogLink | None) -> CommitResult:
+        """Another replica moved the ref: merge our change three ways onto theirs (retrying)."""
+        base, ours = staging.workspace.base, staging.workspace.build()
+        chunks = {oid: obj for oid, obj in staging.workspace.objects.items() if obj[0] == "chunk"}
+        for _ in range(MAX_MERGE_ATTEMPTS):
+            theirs = self.repo.stage(conv)
+            merged = merge_trees(base, theirs.workspace.base, ours)
+            merged.objects.update(chunks)
+            theirs.workspace = merged
+            try:
+                return self.repo.commit_staged(theirs, event=event, log=log, activate=True, allow_empty=True)
+            except RefConflict:
+                continue
+        raise RefConflict(ref_name(conv), None, self.repo.head(conv))
 
     # -- where contexts live ---------------------------------------------------
 
@@ -241,9 +269,40 @@ class SidebarPersistence:
             current = self._where.get(cid)
             if current is not None and current != target:
                 self._move(cid, current, target)
-            self._commit(target, lambda ws: ws.put_context(data), "save_context", cid)
+            self._commit(target, lambda ws: self._put_seen(ws, data), "save_context", cid)
             self._where[cid] = target
+            self._remember(target, cid)
         return True
+
+    def _remember(self, conv: ConversationId, cid: str) -> None:
+        """Note the version of a context this instance has seen (its base for the next save)."""
+        record = self.repo.tree(self.repo.head(conv)).records.get(cid)  # type: ignore[call-overload]
+        if record is not None:
+            self._seen[cid] = record
+
+    def _put_seen(self, ws: Workspace, data: dict[str, Any]) -> None:
+        """Stage a whole context; if another replica changed it since we saw it, merge three ways."""
+        cid = data[ID_FIELD]
+        seen = self._seen.get(cid)
+        current = ws.base.records.get(cid)  # type: ignore[call-overload]
+        if seen is None or current is None or current.node_id == seen.node_id or (
+            current.fields == seen.fields and all(
+                seen.memory.get(n) is not None and (c.head, c.n) == (seen.memory[n].head, seen.memory[n].n)
+                for n, c in current.memory.items())
+        ):
+            ws.put_context(data)
+            return
+        mine = Workspace(ws.base)
+        mine.put_context(data)
+        ours = mine.build()
+        base = Tree({**ws.base.records, cid: seen}, ws.base.roots, ws.base.active_context_id,
+                    ws.base.extra, None)
+        merged = merge_trees(base, ws.base, ours)
+        ws.objects.update({oid: obj for oid, obj in mine.objects.items() if obj[0] == "chunk"})
+        ws.objects.update(merged.objects)
+        record = merged.record(cid)
+        if record is not None:
+            ws.put_record(record, changed=True)
 
     def load_context(self, sidebar_id: str) -> Any:
         """The context as an instance of the caller's class (a dict if none was configured), or None."""
@@ -254,6 +313,7 @@ class SidebarPersistence:
             record = self.repo.tree(self.repo.head(conv)).records.get(sidebar_id)  # type: ignore[call-overload]
         if record is None:
             return None
+        self._seen[sidebar_id] = record
         return typed.from_json(self.context_class, record.materialize())
 
     def load_all_contexts(self, include_archived: bool = False) -> list[Any]:
