@@ -1,0 +1,137 @@
+"""File primitives for the log: flock, consistent snapshots, tail reads, durable writes.
+
+Writers hold an exclusive ``flock`` on the log file from reading the last
+entry to the fsync of the new line; readers take a shared lock just long
+enough to learn how many bytes are complete. ``flock`` locks belong to an
+open file description, so two threads of one process exclude each other too
+as long as each opens the file itself (every function here does).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from snapstore.errors import LogError
+
+_TAIL_CHUNK = 64 * 1024
+
+
+@contextmanager
+def locked(path: Path, *, exclusive: bool, create: bool = False) -> Iterator[int | None]:
+    """Open ``path`` and hold a flock on it; yields None if it does not exist and ``create`` is false.
+
+    With ``create`` the file is opened ``O_RDWR | O_APPEND | O_CREAT`` so
+    every write lands at the end, whatever another writer did.
+    """
+    flags = (os.O_RDWR | os.O_APPEND | os.O_CREAT) if create else os.O_RDONLY
+    try:
+        fd = os.open(path, flags | os.O_CLOEXEC, 0o644)
+    except FileNotFoundError:
+        if create:
+            raise
+        yield None
+        return
+    except OSError as exc:
+        raise LogError(f"cannot open log {path}: {exc}") from exc
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        yield fd
+    finally:
+        os.close(fd)  # closing the description releases the lock
+
+
+def read_all(fd: int) -> bytes:
+    """Every byte of an open file, read from offset 0."""
+    size = os.fstat(fd).st_size
+    parts: list[bytes] = []
+    offset = 0
+    while offset < size:
+        block = os.pread(fd, min(size - offset, 1 << 24), offset)
+        if not block:
+            break
+        parts.append(block)
+        offset += len(block)
+    return b"".join(parts)
+
+
+def read_last_line(fd: int) -> tuple[bytes | None, bool]:
+    """The last non-blank line of an open file and whether it is torn (no final newline).
+
+    Reads backwards from the end in 64 KiB chunks: cost follows the length of
+    the last line, not of the file. A torn tail is returned as the last line.
+    """
+    size = os.fstat(fd).st_size
+    if size == 0:
+        return None, False
+    torn = os.pread(fd, 1, size - 1) != b"\n"
+    buffer = b""
+    position = size
+    while position > 0:
+        start = max(0, position - _TAIL_CHUNK)
+        buffer = os.pread(fd, position - start, start) + buffer
+        position = start
+        text = buffer.rstrip()
+        cut = text.rfind(b"\n")
+        if cut >= 0:
+            return text[cut + 1 :], torn
+    text = buffer.rstrip()
+    return (text or None), torn
+
+
+def count_lines(fd: int) -> int:
+    """Number of lines in an open file, counting a torn tail (used only to name a line in errors)."""
+    data = read_all(fd)
+    return data.count(b"\n") + (0 if data.endswith(b"\n") or not data else 1)
+
+
+def append_line(fd: int, line: bytes, size_before: int) -> None:
+    """Append one full line with a single ``write()`` and fsync it.
+
+    A short write (full disk) is rolled back by truncating to ``size_before``
+    so no torn line is left behind; the caller holds the exclusive lock, so
+    nobody else wrote after ``size_before``.
+    """
+    try:
+        written = os.write(fd, line)
+        if written != len(line):
+            raise OSError(f"short write: {written} of {len(line)} bytes")
+        os.fsync(fd)
+    except OSError as exc:
+        try:
+            os.ftruncate(fd, size_before)
+        except OSError:
+            pass
+        raise LogError(f"cannot append to log: {exc}") from exc
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Replace ``path`` with ``data``: temporary file, fsync, rename, fsync the directory."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fchmod(handle.fileno(), 0o644)
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    fsync_dir(path.parent)
+
+
+def fsync_dir(directory: Path) -> None:
+    """fsync a directory so a new or renamed entry in it survives a crash."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
