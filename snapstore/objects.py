@@ -30,6 +30,7 @@ This module knows nothing of storage or compression.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any, NewType, Union
 
@@ -64,9 +65,12 @@ def hash_object(kind: str, body: bytes) -> ObjectId:
     return ObjectId(hasher.hexdigest())
 
 
+_OBJECT_ID = re.compile(r"[0-9a-f]{64}")
+
+
 def is_object_id(text: str) -> bool:
     """Whether ``text`` has the shape of a full object id."""
-    return len(text) == ID_HEX_LENGTH and all(c in "0123456789abcdef" for c in text)
+    return isinstance(text, str) and _OBJECT_ID.fullmatch(text) is not None
 
 
 @dataclass(frozen=True)

@@ -436,10 +436,14 @@ class Workspace:
         # declared children first, in declared order, then the others by id,
         # so the same state always gives the same tree whatever its history.
         children_of: dict[ContextId, tuple[ContextId, ...]] = {}
+        arrived: dict[ContextId, list[ContextId]] = {}
+        for c, p in parent_of.items():
+            if p is not None:
+                arrived.setdefault(p, []).append(c)
         for pid in children_changed:
             old_kids = records[pid].children if pid in records else ()
             members = {c for c in old_kids if c in alive and parent(c) == pid}
-            members.update(c for c, p in parent_of.items() if p == pid)
+            members.update(arrived.get(pid, ()))
             listed = fields_of(pid).get(CHILDREN_FIELD)
             ordered = [ContextId(c) for c in dict.fromkeys(listed or ()) if c in members]
             ordered.extend(sorted(members.difference(ordered)))
