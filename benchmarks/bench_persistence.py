@@ -3,7 +3,7 @@
     python benchmarks/bench_persistence.py [--quick] [--dir DIR] [--sizes 100,1000,10000]
                                            [--window N] [--only a,c] [--no-drain] [--keep]
 
-Results and their reading: docs/benchmarks-persistence.md. Four systems run
+Results and their reading: docs/benchmarks.md (section "Persistence per operation"). Four systems run
 the same scripted conversation (a root, sidebars spawned from the focus,
 exchanges of ~1.3 KB of mixed ASCII/Unicode text, pauses, focus switches,
 merges), interleaved operation by operation in one process (the order
