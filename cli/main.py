@@ -128,3 +128,4 @@ from . import commands as _commands  # noqa: E402,F401  (registers the commands)
 from . import audit as _audit  # noqa: E402,F401
 from . import transfer as _transfer  # noqa: E402,F401
 from . import demo as _demo  # noqa: E402,F401
+from . import maintenance as _maintenance  # noqa: E402,F401

@@ -25,6 +25,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
+from ..errors import RefConflict
 from ..objects import ObjectId
 
 
@@ -74,6 +75,13 @@ class ReflogEntry:
     log_hash: str | None = None
 
 
+def check_fence(current: Mapping[str, tuple[ObjectId, int]], fence: Mapping[str, tuple[ObjectId, int]]) -> None:
+    """Raise :class:`RefConflict` naming the first ref whose target or reflog length left the fence."""
+    for name in sorted(current.keys() | fence.keys()):
+        if current.get(name) != fence.get(name):
+            raise RefConflict(name, (fence.get(name) or (None,))[0], (current.get(name) or (None,))[0])
+
+
 class Backend(ABC):
     """Abstract storage engine. Subclasses declare :attr:`capabilities`."""
 
@@ -104,8 +112,15 @@ class Backend(ABC):
         """Up to ``limit`` stored ids that start with the lowercase hex ``prefix``."""
 
     @abstractmethod
-    def delete_objects(self, ids: Iterable[ObjectId]) -> int:
-        """Remove objects (for garbage collection); returns how many were removed."""
+    def delete_objects(self, ids: Iterable[ObjectId], fence: Mapping[str, tuple[ObjectId, int]] | None = None) -> int:
+        """Remove objects (for garbage collection); returns how many were removed.
+
+        With ``fence`` (every ref name -> its target and its number of reflog
+        entries, as gc read them when it marked), the removal is one
+        transaction that first checks the refs are still exactly that, and
+        otherwise raises :class:`RefConflict` and removes nothing: no ref can
+        move between gc's mark and its sweep (see snapstore/gc.py).
+        """
 
     # -- refs and meta -----------------------------------------------------
 

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import threading
+from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 
 from ..errors import RefConflict
 from ..objects import ObjectId
-from .base import Backend, RefUpdate, ReflogEntry, StoredObject
+from .base import Backend, RefUpdate, ReflogEntry, StoredObject, check_fence
 from ..timeutil import utc_now
 
 
@@ -47,9 +48,13 @@ class MemoryBackend(Backend):
             found = sorted(i for i in self._objects if i.startswith(prefix))
         return found[:limit]
 
-    def delete_objects(self, ids: Iterable[ObjectId]) -> int:
+    def delete_objects(self, ids: Iterable[ObjectId], fence: Mapping[str, tuple[ObjectId, int]] | None = None) -> int:
         removed = 0
         with self._lock:
+            if fence is not None:
+                counts = Counter(e.name for e in self._reflog)
+                current = {n: (t, counts[n]) for n, t in self._refs.items()}
+                check_fence(current, fence)
             for i in ids:
                 if self._objects.pop(i, None) is not None:
                     removed += 1

@@ -22,7 +22,7 @@ from pathlib import Path
 from ..errors import BackendError, RefConflict, StoreNotFound
 from ..objects import ObjectId
 from ..timeutil import utc_now
-from .base import Backend, Capability, RefUpdate, ReflogEntry, StoredObject
+from .base import Backend, Capability, RefUpdate, ReflogEntry, StoredObject, check_fence
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS objects (
@@ -171,12 +171,18 @@ class SqliteBackend(Backend):
         )
         return [ObjectId(r[0].hex()) for r in rows]
 
-    def delete_objects(self, ids: Iterable[ObjectId]) -> int:
+    def delete_objects(self, ids: Iterable[ObjectId], fence: Mapping[str, tuple[ObjectId, int]] | None = None) -> int:
         wanted = [bytes.fromhex(i) for i in dict.fromkeys(ids)]
         removed = 0
         with self._lock, self._errors():
             self._db.execute("BEGIN IMMEDIATE")
             try:
+                if fence is not None:
+                    rows = self._db.execute(
+                        "SELECT name, target, (SELECT count(*) FROM reflog WHERE reflog.name = refs.name) FROM refs"
+                    ).fetchall()
+                    current = {n: (ObjectId(t.hex()), c) for n, t, c in rows}
+                    check_fence(current, fence)
                 for start in range(0, len(wanted), _BATCH):
                     batch = wanted[start : start + _BATCH]
                     marks = ",".join("?" * len(batch))

@@ -1,0 +1,303 @@
+"""Commands that keep a store healthy: gc, prune, export, import, stats, compact, upgrade."""
+
+from __future__ import annotations
+
+import re
+import sys
+from contextlib import AbstractContextManager
+from datetime import timedelta
+
+import click
+
+from snapstore.errors import InvalidInput
+from snapstore.location import open_backend
+from snapstore.ozolith import OzolithLog
+from snapstore.progress import Bar, quiet
+
+from .audit import find_log, key_option, ozolith_option
+from .commands import PROGRESS_MIN_OBJECTS, json_option
+from .main import Settings, cli, describe_location
+from .render import dump_json, safe
+
+# Below these sizes a phase is over in a moment: no progress bar.
+PROGRESS_MIN = {"checking bundle": 64 << 20, "importing": 50, "reading history": 5000}
+_DURATION = re.compile(r"(\d+)([smhdw])")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
+class Duration(click.ParamType):
+    """``14d``, ``12h``, ``30m``, ``45s``, ``2w``, combinations like ``1d12h``, or ``0``."""
+
+    name = "DURATION"
+
+    def convert(self, value: object, param: click.Parameter | None, ctx: click.Context | None) -> timedelta:
+        if isinstance(value, timedelta):
+            return value
+        text = str(value).strip().lower()
+        if text == "0":
+            return timedelta(0)
+        parts = _DURATION.findall(text)
+        if not parts or "".join(n + u for n, u in parts) != text:
+            self.fail(f"{value!r} is not a duration (like 14d, 12h, 30m, 1d12h or 0)", param, ctx)
+        total = timedelta(0)
+        for number, unit in parts:
+            total += timedelta(**{_UNITS[unit]: int(number)})
+        return total
+
+
+DURATION = Duration()
+
+
+def progress(label: str, total: int) -> AbstractContextManager[Bar]:
+    """A progress bar on stderr, for phases large enough to take more than a moment."""
+    if total >= PROGRESS_MIN.get(label, PROGRESS_MIN_OBJECTS):
+        return click.progressbar(length=total, label=label, file=sys.stderr)
+    return quiet(label, total)
+
+
+def _size(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(value) < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{n} B"
+
+
+def _count(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+def _settings() -> Settings:
+    return click.get_current_context().find_object(Settings)
+
+
+@cli.command()
+@click.option("--dry-run", is_flag=True, help="Report what would be deleted; change nothing.")
+@click.option("--grace", type=DURATION, default="14d", show_default=True,
+              help="Delete only objects a run at least this long ago also found unreachable (14d, 12h, 30m, 0).")
+@json_option
+def gc(dry_run: bool, grace: timedelta, as_json: bool) -> None:
+    """Delete objects that no ref, reflog or recent snapshot reaches.
+
+    Safe while other processes commit. Objects carry no write time, so each
+    run records what it found unreachable, and an object is deleted only by a
+    later run at least --grace after one that recorded it: the first run
+    deletes nothing. Reports objects and bytes freed.
+    """
+    from snapstore.gc import collect_garbage
+
+    report = collect_garbage(_settings().repo(), grace, dry_run=dry_run, progress=progress)
+    if as_json:
+        click.echo(dump_json(report.to_json()))
+        return
+    verb = "would delete" if dry_run else "deleted"
+    click.echo(f"{verb} {report.deleted} objects, {_size(report.bytes_freed)} stored "
+               f"({_size(report.logical_bytes_freed)} uncompressed)")
+    click.echo(f"{report.objects} objects: {report.reachable} live (reached from refs, reflogs or snapshots "
+               f"younger than the grace period), {report.unreachable} not")
+    if report.pending:
+        click.echo(f"{report.pending} unreachable objects {'would be ' if dry_run else ''}recorded; "
+                   f"the oldest become deletable after {report.eligible_after}")
+    if report.fence_retries:
+        click.echo(f"refs moved {report.fence_retries} times during the sweep; re-marked each time", err=True)
+
+
+@cli.command()
+@click.argument("conversation")
+@click.option("--keep-last", type=click.IntRange(min=1), metavar="N", help="Keep the newest N snapshots.")
+@click.option("--older-than", type=DURATION, metavar="DURATION", help="Squash snapshots older than this (e.g. 30d).")
+@click.option("--dry-run", is_flag=True, help="Report what would be squashed; change nothing.")
+@json_option
+def prune(conversation: str, keep_last: int | None, older_than: timedelta | None, dry_run: bool,
+          as_json: bool) -> None:
+    """Squash CONVERSATION's old history into one snapshot.
+
+    Keeps the newest N snapshots (--keep-last) or those younger than
+    DURATION (--older-than); the head always stays. Everything older becomes
+    one root snapshot holding the state at the end of the pruned range, and
+    the kept snapshots are rewritten on top of it (new ids, same states,
+    events and audit-log links; the mapping is recorded). Other conversations
+    sharing that history keep it. `snap gc` then frees the space.
+    """
+    from snapstore.prune import prune as run_prune
+
+    report = run_prune(_settings().repo(), conversation, keep_last=keep_last, older_than=older_than,
+                       dry_run=dry_run, progress=progress)
+    if as_json:
+        click.echo(dump_json(report.to_json()))
+        return
+    name = safe(report.conversation)
+    if not report.changed:
+        click.echo(f"{name}: nothing to prune")
+        return
+    verb = "would squash" if dry_run else "squashed"
+    click.echo(f"{name}: {verb} {report.squashed} snapshots ({report.pruned_from} to {report.pruned_to}) "
+               f"into {report.squash[:12]}, rewrote {len(report.replaced)}")
+    click.echo(f"head {report.old_head[:12]} -> {report.new_head[:12]}")
+    if report.dropped:
+        click.echo(f"{report.dropped} other past heads of the reflog are no longer history")
+    if report.shared_with:
+        click.echo(f"history shared with {', '.join(safe(c) for c in report.shared_with)} stays alive there")
+    if not dry_run:
+        click.echo("run `snap gc` to free the space (after the grace period)", err=True)
+
+
+@cli.command()
+@click.argument("conversations", nargs=-1, metavar="CONV...")
+@click.option("-o", "--output", required=True, metavar="FILE", help="The bundle file to write.")
+@click.option("--all", "everything", is_flag=True, help="Export every conversation.")
+@ozolith_option
+@key_option
+@json_option
+@click.pass_obj
+def export(settings: Settings, conversations: tuple[str, ...], output: str, everything: bool,
+           log_path: str | None, key_file: str | None, as_json: bool) -> None:
+    """Write conversations and their whole history to one self-verifying bundle FILE.
+
+    The bundle holds every object the conversations' heads and reflogs
+    reach, the refs, the reflogs, and the audit-log entries they name when a
+    log is configured (--ozolith). `snap import` checks all of it first.
+    """
+    from snapstore.bundle import export_bundle
+
+    repo = settings.repo()
+    names = list(conversations)
+    if everything:
+        names += [c for c in repo.conversation_ids() if c not in names]
+    if not names:
+        raise InvalidInput("name the conversations to export (or --all)")
+    log = find_log(settings, log_path, key_file, required=False)
+    report = export_bundle(repo, names, output, log=log, progress=progress)
+    if as_json:
+        click.echo(dump_json(report.to_json()))
+        return
+    click.echo(f"wrote {output}: {_count(len(report.conversations), 'conversation')}, "
+               f"{_count(report.objects, 'object')}, {report.reflog_entries} reflog and {report.log_entries} "
+               f"audit-log entries, {_size(report.bytes)}")
+
+
+@cli.command("import")
+@click.argument("bundle", metavar="FILE")
+@click.option("--force", is_flag=True, help="Replace a ref that points elsewhere (its old value stays in the reflog).")
+@click.option("--dry-run", is_flag=True, help="Check the bundle and report what would change.")
+@click.option("--ozolith", "log_path", metavar="LOG",
+              help="Also check that this audit log holds the bundle's log entries unchanged.")
+@key_option
+@json_option
+def import_(bundle: str, force: bool, dry_run: bool, log_path: str | None, key_file: str | None,
+            as_json: bool) -> None:
+    """Import a bundle made by `snap export`, after checking every hash in it.
+
+    Nothing becomes visible unless the whole bundle is sound and complete.
+    Each conversation's ref is created, or fast-forwarded from a value it
+    had; a ref that points elsewhere is refused unless --force. Importing
+    the same bundle again changes nothing.
+    """
+    from snapstore.bundle import import_bundle
+
+    log = OzolithLog(log_path, key_file=key_file) if log_path else None
+    report = import_bundle(_settings().repo(), bundle, force=force, dry_run=dry_run, log=log, progress=progress)
+    if as_json:
+        click.echo(dump_json(report.to_json()))
+        return
+    for action in report.actions:
+        old = action.old[:12] if action.old else "(none)"
+        click.echo(f"{safe(action.conversation)}: {action.action} {old} -> {action.new[:12]}"
+                   + (f" ({action.moves} ref moves)" if action.moves > 1 else ""))
+    verb = "would import" if dry_run else "imported"
+    click.echo(f"{verb} {report.objects} objects ({report.new_objects} new), {report.log_entries} log entries checked"
+               if report.changed else "nothing to import: every conversation is up to date")
+
+
+@cli.command()
+@json_option
+def stats(as_json: bool) -> None:
+    """Show what the store holds and what deduplication and compression save.
+
+    Objects by kind, stored (compressed) and logical (uncompressed) bytes,
+    the bytes every snapshot would take as a full JSON state, both ratios,
+    conversations, snapshots and the largest contexts.
+    """
+    from snapstore.stats import store_stats
+
+    report = store_stats(_settings().repo(), progress=progress)
+    if as_json:
+        click.echo(dump_json(report.to_json()))
+        return
+    click.echo(f"{report.conversations} conversations, {report.snapshots} snapshots, {report.objects} objects")
+    for kind in report.kinds:
+        click.echo(f"  {kind.kind:<9} {kind.objects:>9}  {_size(kind.stored_bytes):>10} stored  "
+                   f"{_size(kind.logical_bytes):>10} logical")
+    click.echo(f"stored {_size(report.stored_bytes)}, logical {_size(report.logical_bytes)}, "
+               f"every snapshot as JSON {_size(report.materialized_bytes)} "
+               f"(heads alone {_size(report.heads_materialized_bytes)})")
+    if report.dedup_ratio is not None and report.compression_ratio is not None:
+        click.echo(f"deduplication {report.dedup_ratio:.1f}x, compression {report.compression_ratio:.1f}x, "
+                   f"together {report.dedup_ratio * report.compression_ratio:.1f}x")
+    if report.largest_by_exchanges:
+        click.echo("largest contexts by exchanges:")
+        for c in report.largest_by_exchanges:
+            click.echo(f"  {safe(c.conversation)} {safe(c.context)}: {_count(c.exchanges, 'exchange')}, "
+                       f"{_size(c.bytes)}")
+        click.echo("largest contexts by bytes:")
+        for c in report.largest_by_bytes:
+            click.echo(f"  {safe(c.conversation)} {safe(c.context)}: {_size(c.bytes)}, "
+                       f"{_count(c.exchanges, 'exchange')}")
+
+
+@cli.command()
+@click.option("--dry-run", is_flag=True, help="Only measure: file, WAL and free-page sizes.")
+@json_option
+def compact(dry_run: bool, as_json: bool) -> None:
+    """Give an embedded SQLite store's free space back to the file system.
+
+    Checkpoints and truncates the WAL, then VACUUMs (writers wait meanwhile;
+    readers do not). Worth running after a `snap gc` that deleted much.
+    Other backends manage their own space.
+    """
+    from snapstore.compact import compact as run_compact
+
+    report = run_compact(_settings().repo().backend, dry_run=dry_run)
+    if as_json:
+        click.echo(dump_json(report.to_json()))
+        return
+    if not report.applicable:
+        click.echo(f"nothing to compact: {report.store} manages its own space")
+        return
+    before = report.before
+    assert before is not None
+    click.echo(f"before: {_size(before.file_bytes)} file, {_size(before.wal_bytes)} WAL, "
+               f"{before.free_pages} free pages ({_size(before.free_bytes)})")
+    if report.after is not None:
+        after = report.after
+        click.echo(f"after:  {_size(after.file_bytes)} file, {_size(after.wal_bytes)} WAL, "
+                   f"{after.free_pages} free pages; reclaimed {_size(report.reclaimed)}")
+    if report.wal_busy:
+        click.echo("readers kept part of the WAL in use; it is truncated at a later checkpoint", err=True)
+
+
+@cli.command()
+@json_option
+@click.pass_obj
+def upgrade(settings: Settings, as_json: bool) -> None:
+    """Bring the store to this snapstore's format version, step by step.
+
+    Each step is explicit and idempotent; a store already at the current
+    format is left as it is (and the output says so). Stop every process
+    using the store first.
+    """
+    from snapstore.upgrade import upgrade as run_upgrade
+
+    with open_backend(settings.location) as backend:
+        report = run_upgrade(backend)
+    if as_json:
+        click.echo(dump_json(report.to_json()))
+        return
+    where = describe_location(settings.location)
+    if not report.changed:
+        click.echo(f"{where} is at store format {report.after}, the current one: nothing to do")
+        return
+    for step in report.applied:
+        click.echo(f"upgraded {step}")
+    click.echo(f"{where} is now at store format {report.after}")

@@ -1,0 +1,163 @@
+"""Records of history that ``snap prune`` rewrote.
+
+Pruning squashes a conversation's old snapshots into one root snapshot and
+rewrites the kept ones on top of it, so every snapshot of the conversation
+gets a new id. The reflog is never edited: it goes on naming the old ids. A
+prune record says which of them are no longer history:
+
+``kept``
+    old id -> new id of each snapshot that was rewritten (same state, event,
+    time and audit-log link; only its parent changed);
+``squashed``
+    the old snapshots folded into the squash snapshot ``squash``, which holds
+    the state of the newest of them;
+``dropped``
+    every other value the conversation's reflog named before the prune
+    (heads replaced by an amend, for instance): no longer history at all.
+
+Readers that walk reflogs consult the records: ``fsck`` and gc do not treat
+superseded reflog values as roots (so gc can delete them), ``verify`` checks
+an audit-log entry against the rewritten snapshot or skips it if its
+snapshot was squashed away.
+
+Meta layout, one record per prune, written in the same transaction as the
+ref change::
+
+    prune/<conversation>/<time>                   the record (JSON)
+    prune/<conversation>/<time>/squashed/NNNNNN   ids (see :mod:`snapstore.idsets`)
+    prune/<conversation>/<time>/dropped/NNNNNN
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from .backends.base import Backend
+from .errors import CorruptObject
+from .idsets import pack, unpack
+from .objects import ObjectId
+
+PREFIX = "prune/"
+RECORD_VERSION = 1
+
+
+@dataclass(frozen=True)
+class PruneRecord:
+    """One prune of one conversation."""
+
+    conversation: str
+    time: str
+    old_head: ObjectId
+    new_head: ObjectId
+    squash: ObjectId
+    kept: Mapping[ObjectId, ObjectId]
+    squashed: frozenset[ObjectId]
+    dropped: frozenset[ObjectId]
+
+    @property
+    def key(self) -> str:
+        return f"{PREFIX}{self.conversation}/{self.time}"
+
+    def superseded(self) -> frozenset[ObjectId]:
+        """Every id this prune took out of the conversation's history."""
+        return frozenset(self.kept) | self.squashed | self.dropped
+
+    def meta(self) -> dict[str, str]:
+        """The meta entries that record this prune."""
+        record = {
+            "version": RECORD_VERSION,
+            "conversation": self.conversation,
+            "time": self.time,
+            "old_head": self.old_head,
+            "new_head": self.new_head,
+            "squash": self.squash,
+            "kept": dict(self.kept),
+            "squashed": len(self.squashed),
+            "dropped": len(self.dropped),
+        }
+        entries = {self.key: json.dumps(record, sort_keys=True)}
+        entries.update(pack(self.key + "/squashed", self.squashed))
+        entries.update(pack(self.key + "/dropped", self.dropped))
+        return entries
+
+
+def _record(key: str, meta: Mapping[str, str]) -> PruneRecord:
+    try:
+        value: dict[str, Any] = json.loads(meta[key])
+        if value.get("version") != RECORD_VERSION:
+            raise ValueError(f"unknown version {value.get('version')!r}")
+        record = PruneRecord(
+            conversation=str(value["conversation"]),
+            time=str(value["time"]),
+            old_head=ObjectId(value["old_head"]),
+            new_head=ObjectId(value["new_head"]),
+            squash=ObjectId(value["squash"]),
+            kept={ObjectId(k): ObjectId(v) for k, v in dict(value["kept"]).items()},
+            squashed=frozenset(unpack(meta, key + "/squashed")),
+            dropped=frozenset(unpack(meta, key + "/dropped")),
+        )
+    except (ValueError, KeyError, TypeError) as exc:
+        raise CorruptObject(key, f"unreadable prune record: {exc}") from None
+    if len(record.squashed) != value["squashed"] or len(record.dropped) != value["dropped"]:
+        raise CorruptObject(key, "prune record: id sets do not hold the recorded number of ids")
+    return record
+
+
+class Rewrites:
+    """Every prune record of a store, oldest first, and what they imply."""
+
+    def __init__(self, records: list[PruneRecord]) -> None:
+        self.records = tuple(sorted(records, key=lambda r: r.time))
+        self._superseded: dict[str, set[ObjectId]] = {}
+        for record in self.records:
+            self._superseded.setdefault(record.conversation, set()).update(record.superseded())
+
+    @classmethod
+    def load(cls, backend: Backend) -> Rewrites:
+        meta = backend.list_meta(PREFIX)
+        keys = [k for k in meta if k.count("/") == 2]
+        return cls([_record(k, meta) for k in keys])
+
+    def __bool__(self) -> bool:
+        return bool(self.records)
+
+    def superseded(self, conversation: str | None, oid: ObjectId) -> bool:
+        """Whether ``oid``, named by ``conversation``'s reflog, is no longer its history."""
+        return conversation is not None and oid in self._superseded.get(conversation, ())
+
+    def current(self, oid: ObjectId) -> ObjectId | None:
+        """The snapshot that stands for ``oid`` now (itself if never rewritten; None if dropped)."""
+        for record in self.records:
+            if oid in record.kept:
+                oid = record.kept[oid]
+            elif oid in record.squashed:
+                oid = record.squash
+            elif oid in record.dropped:
+                return None
+        return oid
+
+    def alive(self, oid: ObjectId) -> bool:
+        """Whether ``oid`` survives as a snapshot of its own (rewritten at most), not squashed or dropped."""
+        for record in self.records:
+            if oid in record.kept:
+                oid = record.kept[oid]  # a later prune may squash the rewrite
+            elif oid in record.squashed or oid in record.dropped:
+                return False
+        return True
+
+    def link(self, link: Mapping[str, Any]) -> dict[str, Any] | None:
+        """An audit-log link with its snapshot and parent as they are now; None if pruned away."""
+        snapshot = link.get("snapshot")
+        if not self.records or not isinstance(snapshot, str):
+            return dict(link)
+        if not self.alive(ObjectId(snapshot)):
+            return None
+        out = dict(link)
+        out["snapshot"] = self.current(ObjectId(snapshot))
+        parent = link.get("parent")
+        if isinstance(parent, str):
+            out["parent"] = self.current(ObjectId(parent))
+        return out
