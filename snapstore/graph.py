@@ -13,30 +13,10 @@ from dataclasses import dataclass
 
 from .backends.base import StoredObject
 from .errors import CorruptObject, ObjectNotFound
-from .objects import AnyObject, Chunk, Node, ObjectId, Snapshot, State, decode, hash_object
+from .objects import AnyObject, ObjectId, decode, hash_object, references  # references is re-exported for bundle.py
 from .repository import Repository
 
 BATCH = 1000
-
-
-def references(obj: AnyObject) -> Iterator[tuple[ObjectId, str]]:
-    """The objects an object names, with the kind each must be."""
-    if isinstance(obj, Snapshot):
-        yield obj.root, "state"
-        for parent in obj.parents:
-            yield parent, "snapshot"
-    elif isinstance(obj, State):
-        for _, nid in obj.roots:
-            yield nid, "node"
-    elif isinstance(obj, Node):
-        for _, nid in obj.children:
-            yield nid, "node"
-        for ref in obj.memory.values():
-            if ref.head is not None:
-                yield ref.head, "chunk"
-    elif isinstance(obj, Chunk):
-        if obj.prev is not None:
-            yield obj.prev, "chunk"
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field
+from collections.abc import Iterator
 from typing import Any, NewType, Union
 
 from blake3 import blake3
@@ -184,6 +185,26 @@ def to_json(obj: AnyObject) -> dict[str, Any]:
             else {"sequence": obj.log.sequence, "entry_hash": obj.log.entry_hash},
         }
     raise TypeError(f"not a snapstore object: {type(obj).__name__}")
+
+
+def references(obj: AnyObject) -> Iterator[tuple[ObjectId, str]]:
+    """The objects an object names, with the kind each must be."""
+    if isinstance(obj, Snapshot):
+        yield obj.root, "state"
+        for parent in obj.parents:
+            yield parent, "snapshot"
+    elif isinstance(obj, State):
+        for _, nid in obj.roots:
+            yield nid, "node"
+    elif isinstance(obj, Node):
+        for _, nid in obj.children:
+            yield nid, "node"
+        for ref in obj.memory.values():
+            if ref.head is not None:
+                yield ref.head, "chunk"
+    elif isinstance(obj, Chunk):
+        if obj.prev is not None:
+            yield obj.prev, "chunk"
 
 
 def encode(obj: AnyObject) -> tuple[str, bytes, ObjectId]:

@@ -45,6 +45,7 @@ from .objects import (
     encode,
     hash_object,
     is_object_id,
+    references,
     to_json,
 )
 from .refs import (
@@ -743,7 +744,7 @@ class Repository:
                 problems.append(Problem("corrupt", str(exc), object=stored.id))
                 named[stored.id] = (stored.kind, [])
             else:
-                named[stored.id] = (stored.kind, list(_references(obj)))
+                named[stored.id] = (stored.kind, list(references(obj)))
             if progress is not None:
                 progress(1)
         starts: list[tuple[ObjectId, str, str]] = []
@@ -773,28 +774,6 @@ class Repository:
             label = f"{want} {oid[:12]}"
             stack.extend((child, kind, label) for child, kind in children)
         return FsckReport(count, len(reachable), tuple(problems))
-
-
-def _references(obj: AnyObject) -> Iterator[tuple[ObjectId, str]]:
-    """The objects an object names, with the kind each must be."""
-    from .objects import Chunk, Node
-
-    if isinstance(obj, Snapshot):
-        yield obj.root, "state"
-        for parent in obj.parents:
-            yield parent, "snapshot"
-    elif isinstance(obj, State):
-        for _, nid in obj.roots:
-            yield nid, "node"
-    elif isinstance(obj, Node):
-        for _, nid in obj.children:
-            yield nid, "node"
-        for ref in obj.memory.values():
-            if ref.head is not None:
-                yield ref.head, "chunk"
-    elif isinstance(obj, Chunk):
-        if obj.prev is not None:
-            yield obj.prev, "chunk"
 
 
 def _kind_name(obj: AnyObject) -> str:

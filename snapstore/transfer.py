@@ -18,9 +18,9 @@ from typing import Any
 
 from .backends.base import RefUpdate, StoredObject
 from .errors import InvalidInput, ObjectNotFound, RefConflict
-from .objects import ObjectId
+from .objects import ObjectId, references
 from .refs import ConversationId, ref_name, validate_conversation_id
-from .repository import Repository, _references
+from .repository import Repository
 
 BATCH = 500
 
@@ -93,7 +93,7 @@ def copy_conversations(src: Repository, dst: Repository, conversations: Iterable
             data = dst.codec.compress(body)
             out.append(StoredObject(oid, stored.kind, len(body), data))
             report.bytes_copied += len(data)
-            frontier.extend(child for child, _ in _references(obj))
+            frontier.extend(child for child, _ in references(obj))
         if out:
             dst.backend.write(out)
             report.objects_copied += len(out)
