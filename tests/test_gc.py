@@ -15,6 +15,8 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+
+from tests.conftest import BACKEND_FACTORIES
 from click.testing import CliRunner
 
 from snapstore.backends.base import RefUpdate
@@ -193,16 +195,19 @@ def test_gc_stops_on_a_damaged_store(repo):
     assert stored_ids(repo) == ids
 
 
-def _pg_or_sqlite(durable_store) -> None:
-    if durable_store.name == "s3":
-        pytest.skip("S3 deletes bodies after index rows: a writer re-creating an object at that moment can lose "
-                    "its body (reported to the S3 backend's owner; see docs/maintenance.md)")
+# Not S3: it deletes bodies after index rows, so a writer re-creating an
+# object at that moment can lose its body. gc on S3 is not claimed safe
+# under concurrent writers yet (docs/maintenance.md); the test says so by
+# not running there rather than by skipping at run time.
+@pytest.fixture(params=[n for n in BACKEND_FACTORIES if n in ("sqlite", "postgres")])
+def gc_safe_store(request, tmp_path):
+    yield from BACKEND_FACTORIES[request.param](tmp_path)
 
 
-def test_gc_is_safe_while_another_process_commits(durable_store, tmp_path):
+def test_gc_is_safe_while_another_process_commits(gc_safe_store, tmp_path):
     """A real second process commits in a loop (re-creating garbage objects, half of it two-phase)
     while this one prunes and runs gc --grace 0 again and again."""
-    _pg_or_sqlite(durable_store)
+    durable_store = gc_safe_store
     repo = durable_store.init()
     out = tmp_path / "commits.txt"
     env = dict(os.environ, PYTHONPATH=str(ROOT))
