@@ -10,6 +10,7 @@ fsync with EIO on chosen files, since this machine has no device-mapper.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -71,7 +72,7 @@ def exercise(worker: Worker, break_it, fix_it, store: Path, log: Path, expected_
     break_it()
     failures = [worker.ask(cmd) for cmd in ("exchange 20000", "spawn", "exchange 20000")]
     assert all(f.startswith("ERR") for f in failures), failures
-    assert any(expected_error in f for f in failures), failures
+    assert any(re.search(expected_error, f) for f in failures), failures
     # Nothing changed, in memory or in the store.
     assert worker.state() == (before, head)
     fix_it()
@@ -114,7 +115,7 @@ def test_full_disk(tiny_disk):
         finally:
             os.close(fd)
 
-    exercise(worker, fill, lambda: filler.unlink(), store, log, "full")
+    exercise(worker, fill, lambda: filler.unlink(), store, log, r"disk is full|No space left on device")
 
 
 @pytest.fixture(scope="module")
@@ -134,4 +135,4 @@ def test_io_errors(tmp_path, eio_shim, target):
     trigger = tmp_path / "fail-now"
     worker = Worker(store, log, {"LD_PRELOAD": str(eio_shim), "SNAPSTORE_EIO_TRIGGER": str(trigger),
                                  "SNAPSTORE_EIO_MATCH": str(tmp_path) + target})
-    exercise(worker, trigger.touch, trigger.unlink, store, log, "rror")
+    exercise(worker, trigger.touch, trigger.unlink, store, log, r"I/O error|Input/output error")

@@ -99,6 +99,8 @@ def append_line(fd: int, line: bytes, size_before: int) -> None:
     try:
         written = os.write(fd, line)
         if written != len(line):
+            # Writing the rest names the reason (usually ENOSPC: the disk is full).
+            os.write(fd, line[written:])
             raise OSError(f"short write: {written} of {len(line)} bytes")
         os.fsync(fd)
     except OSError as exc:
