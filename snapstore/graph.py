@@ -8,7 +8,7 @@ object stops it with an error naming the object and who named it).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from .backends.base import StoredObject

@@ -15,7 +15,7 @@ from snapstore.repository import Repository
 from snapstore.startup import Session
 from snapstore.verify import verify
 
-from .factories import context, sample_state
+from .factories import sample_state
 
 OPS_PER_PROCESS = int(os.environ.get("SNAPSTORE_CONCURRENCY_OPS", "200"))
 

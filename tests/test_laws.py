@@ -8,7 +8,6 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from snapstore.backends.memory import MemoryBackend
-from snapstore.diff import diff_states
 from snapstore.errors import InvalidInput
 from snapstore.repository import FORMAT_KEY, STORE_FORMAT, Repository
 from snapstore.tree import tree_from_contexts

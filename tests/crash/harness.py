@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from snapstore.ozolith import OzolithLog
-from snapstore.repository import Repository
 from snapstore.startup import Session
 
 ROOT = Path(__file__).resolve().parents[2]
