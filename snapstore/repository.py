@@ -390,9 +390,11 @@ class Repository:
         with self._lock:
             cached = self._trees.get(ConversationId(snap.conversation))
         tree = self.tree_of_state(snap.root, cached[1] if cached else None)
-        if self.backend.get_ref(ref_name(ConversationId(snap.conversation))) == snapshot_id:
-            with self._lock:
-                self._trees[ConversationId(snap.conversation)] = (snapshot_id, tree)
+        # Keep the newest tree loaded, head or not: it is the base the next
+        # load reads on top of (a writer that keeps losing races must not
+        # re-read everything since its own last commit every time).
+        with self._lock:
+            self._trees[ConversationId(snap.conversation)] = (snapshot_id, tree)
         return tree
 
     def tree_of_state(self, state_id: ObjectId, base: Tree | None = None) -> Tree:

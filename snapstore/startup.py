@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from .audit import LinkedLog, Recovery, pending_entries, roll_forward
-from .errors import InvalidInput, SnapstoreError, StoreNotFound
+from .errors import InvalidInput, SnapstoreError, StoreExists, StoreNotFound
 from .orchestrator import ConversationOrchestrator
 from .ozolith import OzolithLog
 from .repository import ConversationInfo, Repository
@@ -143,7 +143,10 @@ class Session:
         except StoreNotFound:
             if not create:
                 raise
-            self.repo = Repository.init(location)
+            try:
+                self.repo = Repository.init(location)
+            except StoreExists:  # another replica created it a moment ago
+                self.repo = Repository.open(location)
         self.log = OzolithLog(ozolith, key=key) if ozolith is not None else None
         self._audit = LinkedLog(self.log) if self.log is not None else None
         self.report = inspect(self.repo, self.log, conversation=conversation, sample=sample, repair=True)

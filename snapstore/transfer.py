@@ -19,6 +19,7 @@ from typing import Any
 from .backends.base import RefUpdate, StoredObject
 from .errors import InvalidInput, ObjectNotFound, RefConflict
 from .objects import ObjectId, references
+from .location import redact
 from .refs import ConversationId, ref_name, validate_conversation_id
 from .repository import Repository
 
@@ -103,6 +104,6 @@ def copy_conversations(src: Repository, dst: Repository, conversations: Iterable
         theirs = dst.head(conv)
         if theirs == head:
             continue
-        dst.backend.write(ref_updates=[RefUpdate(ref_name(conv), theirs, head, f"copied from {src.location}")])
+        dst.backend.write(ref_updates=[RefUpdate(ref_name(conv), theirs, head, f"copied from {redact(src.location)}")])
         report.refs_updated[conv] = head
     return report

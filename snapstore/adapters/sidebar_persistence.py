@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import InvalidInput, SnapstoreError, StoreNotFound
+from ..errors import InvalidInput, SnapstoreError, StoreExists, StoreNotFound
 from ..objects import Event, LogLink
 from ..errors import RefConflict
 from ..merge import merge_trees
@@ -131,7 +131,10 @@ class SidebarPersistence:
         try:
             self.repo = Repository.open(location)
         except StoreNotFound:
-            self.repo = Repository.init(location)
+            try:
+                self.repo = Repository.init(location)
+            except StoreExists:  # another replica created it a moment ago
+                self.repo = Repository.open(location)
         self.location = location
         self.context_class = context_class or _config["context_class"]
         log_path = ozolith or _config["ozolith"]
