@@ -33,6 +33,7 @@ from .errors import (
     StoreNotFound,
     UnknownRevision,
 )
+from .findings import Finding
 from .location import default_location, open_backend, redact
 from .objects import (
     AnyObject,
@@ -153,22 +154,8 @@ class ConversationInfo:
         }
 
 
-@dataclass(frozen=True)
-class Problem:
-    """One finding of :meth:`Repository.fsck`."""
-
-    kind: str
-    message: str
-    object: str | None = None
-    ref: str | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"kind": self.kind, "message": self.message}
-        if self.object is not None:
-            out["object"] = self.object
-        if self.ref is not None:
-            out["ref"] = self.ref
-        return out
+# fsck's findings are the same records verify reports.
+Problem = Finding
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from .findings import Finding
 from .audit import link_of, voided_sequences
 from .errors import SnapstoreError
 from .objects import Chunk, Node, ObjectId, Snapshot, State
@@ -30,26 +31,6 @@ from .repository import Repository
 from .rewrites import Rewrites
 
 STATUS_AFTER = {"context_pause": "paused", "context_resume": "active", "context_archive": "archived"}
-
-
-@dataclass(frozen=True)
-class Finding:
-    """One disagreement, naming what it concerns."""
-
-    kind: str
-    message: str
-    sequence: int | None = None
-    snapshot: str | None = None
-    object: str | None = None
-    context: str | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"kind": self.kind, "message": self.message}
-        for key in ("sequence", "snapshot", "object", "context"):
-            value = getattr(self, key)
-            if value is not None:
-                out[key] = value
-        return out
 
 
 @dataclass(frozen=True)
