@@ -88,8 +88,8 @@ def test_incremental_build_equals_fresh_build(data):
     assert incremental.materialize() == fresh.materialize()
 
 
-@given(data=st.data())
-def test_diff_agrees_with_the_naive_diff(data):
+def committed_pair(data) -> tuple[Repository, dict[str, Any], dict[str, Any], str]:
+    """A random state and a random edit of it, both committed: (repo, old, new, old snapshot id)."""
     old = data.draw(states())
     assume(not has_cycle(old))
     new = data.draw(mutated(old))
@@ -97,8 +97,12 @@ def test_diff_agrees_with_the_naive_diff(data):
     repo = fresh_repo()
     repo.commit("conv", old)
     repo.commit("conv", new)
-    snapshots = repo.log("conv")
-    old_rev = snapshots[-1].id
+    return repo, old, new, repo.log("conv")[-1].id
+
+
+@given(data=st.data())
+def test_diff_agrees_with_the_naive_diff(data):
+    repo, old, new, old_rev = committed_pair(data)
     result = repo.diff(old_rev, "conv")
     expected = naive_diff(old, new)
     assert sorted(c.id for c in result.added) == expected["added"]
@@ -118,14 +122,8 @@ def test_diff_agrees_with_the_naive_diff(data):
 @given(data=st.data())
 def test_diff_field_changes_rebuild_the_new_fields(data):
     """apply(diff(a, b), a) == b for the fields of every changed context."""
-    old = data.draw(states())
-    assume(not has_cycle(old))
-    new = data.draw(mutated(old))
-    assume(not has_cycle(new))
-    repo = fresh_repo()
-    repo.commit("conv", old)
-    repo.commit("conv", new)
-    result = repo.diff(repo.log("conv")[-1].id, "conv")
+    repo, old, new, old_rev = committed_pair(data)
+    result = repo.diff(old_rev, "conv")
     a = {c["sidebar_id"]: c for c in old["contexts"]}
     b = {c["sidebar_id"]: c for c in new["contexts"]}
     for change in result.changed:
