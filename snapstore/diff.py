@@ -1,7 +1,10 @@
 """Differences between two conversation states, at a cost proportional to the change.
 
 Two states are compared from their roots down. Where a child's node id is
-equal on both sides the whole subtree is equal and is never read. A context
+equal on both sides the whole subtree is equal and is never read. A wide
+node names its children through pages: two versions of it are compared
+page id by page id, and only pages that differ are read, so a change under a
+context with thousands of children reads one page per level, not the list. A context
 found on one side only is a candidate for removal or addition; when the same
 id turns up on the other side under another parent, it was moved. Exchange
 lists are compared from their newest chunk back to the first chunk the two
@@ -13,8 +16,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from .objects import Chunk, ContextId, MemoryRef, Node, ObjectId, State
-from .tree import ReadMany
+from .objects import Chunk, ContextId, MemoryRef, Node, ObjectId, Page, State
+from .tree import ReadMany, full_fields, resolve_children
+
+Pairs = tuple[tuple[ContextId, ObjectId], ...]
 
 _ABSENT = object()
 
@@ -148,6 +153,75 @@ class _Differ:
         self.reads += len(set(ids))
         return dict(self._read_many(ids, kind))
 
+    def children(self, nodes: list[Node]) -> list[Pairs]:
+        """Every child of each node (reading the pages of paged ones)."""
+        return resolve_children(self.read, nodes)
+
+    def children_delta(self, versions: list[tuple[Node, Node]]) -> list[tuple[Pairs, Pairs, bool]]:
+        """For each (old, new) version of a node: its children minus those equal on both sides,
+        and whether both hold the same context ids in the same order (False: changed, or not known).
+
+        Two page lists of the same length are compared place by place: a
+        page at the same place on both sides holds the same children and is
+        left out unread; pages that differ at a place are read and compared
+        in turn. Where the lists do not line up, a page named on both sides
+        is left out all the same (a context being in a tree once, none of its
+        children can be anywhere else on either side) and the others are
+        read whole. Pages are read level by level, all nodes at once.
+        """
+        out: list[tuple[list, list]] = []
+        same: list[bool] = []
+        # Per node: page pairs at the same place, and pages that do not line up.
+        aligned: list[list[tuple[ObjectId, ObjectId]]] = []
+        loose: list[tuple[list[ObjectId], list[ObjectId]]] = []
+        for old, new in versions:
+            out.append((list(old.children), list(new.children)))
+            if old.pages and new.pages and len(old.pages) == len(new.pages):
+                same.append(True)
+                aligned.append([(a, b) for a, b in zip(old.pages, new.pages) if a != b])
+                loose.append(([], []))
+            else:
+                same.append(not old.pages and not new.pages
+                            and [c for c, _ in old.children] == [c for c, _ in new.children])
+                aligned.append([])
+                loose.append((list(old.pages), list(new.pages)))
+        while any(aligned) or any(a or b for a, b in loose):
+            for i, (a, b) in enumerate(loose):
+                if a and b:
+                    common = set(a).intersection(b)
+                    if common:
+                        loose[i] = ([p for p in a if p not in common], [p for p in b if p not in common])
+            wanted = [pid for pairs in aligned for pair in pairs for pid in pair]
+            wanted.extend(pid for a, b in loose for pid in a + b)
+            pages = self.read(wanted, "page") if wanted else {}
+            for i in range(len(versions)):
+                old_side, new_side = out[i]
+                next_aligned: list[tuple[ObjectId, ObjectId]] = []
+                next_a: list[ObjectId] = []
+                next_b: list[ObjectId] = []
+                for a, b in aligned[i]:
+                    pa, pb = pages[a], pages[b]
+                    if pa.pages and pb.pages and len(pa.pages) == len(pb.pages):
+                        next_aligned.extend((x, y) for x, y in zip(pa.pages, pb.pages) if x != y)
+                        continue
+                    if not pa.pages and not pb.pages:
+                        if [c for c, _ in pa.children] != [c for c, _ in pb.children]:
+                            same[i] = False
+                    else:
+                        same[i] = False
+                    next_a.extend(pa.pages)
+                    next_b.extend(pb.pages)
+                    old_side.extend(pa.children)
+                    new_side.extend(pb.children)
+                for ids, side, nexts in ((loose[i][0], old_side, next_a), (loose[i][1], new_side, next_b)):
+                    for pid in ids:
+                        page: Page = pages[pid]
+                        nexts.extend(page.pages)
+                        side.extend(page.children)
+                aligned[i] = next_aligned
+                loose[i] = (next_a, next_b)
+        return [(tuple(a), tuple(b), s) for (a, b), s in zip(out, same)]
+
     def exchanges(self, old: MemoryRef, new: MemoryRef) -> ExchangeChanges:
         if old == new:
             return ExchangeChanges()
@@ -168,18 +242,41 @@ class _Differ:
                 chunk = found[b]  # type: ignore[index]
                 new_tail.append((chunk.index, chunk.item))
                 b, cb = chunk.prev, cb - 1
-        old_by_id = {_exchange_key(i, item): item for i, item in old_tail}
-        new_by_id = {_exchange_key(i, item): item for i, item in new_tail}
-        new_order = [_exchange_key(i, item) for i, item in reversed(new_tail)]
-        old_order = [_exchange_key(i, item) for i, item in reversed(old_tail)]
-        return ExchangeChanges(
-            added=tuple(k for k in new_order if k not in old_by_id),
-            removed=tuple(k for k in old_order if k not in new_by_id),
-            changed=tuple(k for k in new_order if k in old_by_id and old_by_id[k] != new_by_id[k]),
-        )
+        old_seq = [(_exchange_key(i, item), item) for i, item in reversed(old_tail)]
+        new_seq = [(_exchange_key(i, item), item) for i, item in reversed(new_tail)]
+        # An exchange id may occur more than once in a list: the n-th occurrence
+        # on one side is matched with the n-th on the other.
+        old_items: dict[str, list[Any]] = {}
+        new_items: dict[str, list[Any]] = {}
+        for seq, by_key in ((old_seq, old_items), (new_seq, new_items)):
+            for key, item in seq:
+                by_key.setdefault(key, []).append(item)
+        added: list[str] = []
+        changed: list[str] = []
+        removed: list[str] = []
+        seen: dict[str, int] = {}
+        for key, item in new_seq:
+            n = seen[key] = seen.get(key, 0) + 1
+            olds = old_items.get(key, ())
+            if n > len(olds):
+                added.append(key)
+            elif olds[n - 1] != item:
+                changed.append(key)
+        seen = {}
+        for key, _ in old_seq:
+            n = seen[key] = seen.get(key, 0) + 1
+            if n > len(new_items.get(key, ())):
+                removed.append(key)
+        return ExchangeChanges(added=tuple(added), removed=tuple(removed), changed=tuple(changed))
 
-    def node_change(self, old: Node, new: Node) -> ContextChange | None:
-        fields = diff_fields(old.fields, new.fields)
+    def node_change(self, old: Node, new: Node, same_children: bool = False) -> ContextChange | None:
+        """What changed in a context; ``same_children``: both versions have the same children ids in order."""
+        if (old.listed or new.listed) and not (old.listed and new.listed and same_children):
+            # A listed node's child_sidebar_ids is its children's ids: read them.
+            old_kids, new_kids = self.children([old, new])
+            fields = diff_fields(full_fields(old, old_kids), full_fields(new, new_kids))
+        else:
+            fields = diff_fields(old.fields, new.fields)
         memory: dict[str, ExchangeChanges] = {}
         for name in sorted(old.memory.keys() | new.memory.keys()):
             changes = self.exchanges(
@@ -240,12 +337,13 @@ def diff_states(read_many: ReadMany, old_id: ObjectId | None, new_id: ObjectId |
         if pairs:
             batch, pairs[:] = list(pairs), []
             nodes = d.read([i for pair in batch for i in pair], "node")
-            for old_nid, new_nid in batch:
+            deltas = d.children_delta([(nodes[old_nid], nodes[new_nid]) for old_nid, new_nid in batch])
+            for (old_nid, new_nid), (old_kids, new_kids, same) in zip(batch, deltas):
                 old_node, new_node = nodes[old_nid], nodes[new_nid]
-                change = d.node_change(old_node, new_node)
+                change = d.node_change(old_node, new_node, same)
                 if change is not None:
                     changed.append(change)
-                compare_children(old_node.children, new_node.children, new_node.id, new_node.id)
+                compare_children(old_kids, new_kids, new_node.id, new_node.id)
         for cid in removing.keys() & adding.keys():
             (old_nid, old_parent), (new_nid, new_parent) = removing.pop(cid), adding.pop(cid)
             moved.append(ContextMove(cid, old_parent, new_parent))
@@ -259,10 +357,11 @@ def diff_states(read_many: ReadMany, old_id: ObjectId | None, new_id: ObjectId |
                 batch_items = list(pending.items())
                 pending.clear()
                 nodes = d.read([nid for _, (nid, _) in batch_items], "node")
-                for cid, (nid, parent) in batch_items:
+                all_kids = d.children([nodes[nid] for _, (nid, _) in batch_items])
+                for (cid, (nid, parent)), kids in zip(batch_items, all_kids):
                     node = nodes[nid]
                     expanded[cid] = (node, nid, parent)
-                    for child, child_nid in node.children:
+                    for child, child_nid in kids:
                         pending[child] = (child_nid, cid)
 
     # Contexts seen inside both an added and a removed subtree.

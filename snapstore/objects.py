@@ -1,6 +1,6 @@
 """Typed immutable objects, their canonical encoding and their ids.
 
-Four kinds of object make up a conversation's history (format version 1):
+Five kinds of object make up a conversation's history (format version 1):
 
 ``chunk``
     One exchange of an exchange list and the id of the chunk before it. An
@@ -10,6 +10,12 @@ Four kinds of object make up a conversation's history (format version 1):
     One context: its fields, its children as ``(context id, node id)`` pairs
     in order, and for each exchange list the id of its newest chunk and its
     length. Children are named by hash, so a node is the root of a Merkle tree.
+    A node with more than :data:`PAGE_THRESHOLD` children names them through
+    pages instead (``pages``), so that a node stays small whatever its fan-out.
+``page``
+    A run of a wide node's children in order: either up to :data:`PAGE_SIZE`
+    ``(context id, node id)`` pairs (a leaf page) or up to :data:`PAGE_SIZE`
+    ids of pages one level down (an interior page). See :func:`page_children`.
 ``state``
     A conversation's whole tree: its root contexts, the focus
     (``active_context_id``) and top-level keys snapstore does not interpret.
@@ -43,8 +49,17 @@ ObjectId = NewType("ObjectId", str)
 ContextId = NewType("ContextId", str)
 
 FORMAT_VERSION = 1
-KINDS = ("chunk", "node", "state", "snapshot")
+KINDS = ("chunk", "node", "page", "state", "snapshot")
 ID_HEX_LENGTH = 64
+# A node lists at most PAGE_THRESHOLD children inline; a node with more names
+# them through pages of PAGE_SIZE entries (store format 3). Both are part of
+# the format: other values would give the same tree other ids.
+PAGE_THRESHOLD = 32
+PAGE_SIZE = 32
+# The client's list of a context's children. A paged node whose context lists
+# exactly its children, in order, leaves it out of its fields ("listed"), so
+# that a wide node stays small: the pages already say it.
+LISTED_FIELD = "child_sidebar_ids"
 
 _encoder = json.JSONEncoder(
     sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False
@@ -93,12 +108,34 @@ class MemoryRef:
 
 @dataclass(frozen=True)
 class Node:
-    """One context. ``fields`` holds every field but the id and the exchange lists."""
+    """One context. ``fields`` holds every field but the id and the exchange lists.
+
+    Its children are either listed inline (``children``) or, for a node with
+    more than :data:`PAGE_THRESHOLD` of them, named through the pages in
+    ``pages`` (then ``children`` is empty): read them with
+    :func:`snapstore.tree.resolve_children`, never from ``children`` alone.
+    A paged node with ``listed`` leaves :data:`LISTED_FIELD` out of
+    ``fields``: its value is its children's context ids, in order
+    (:func:`snapstore.tree.full_fields` puts it back).
+    """
 
     id: ContextId
     fields: dict[str, Any]
     children: tuple[tuple[ContextId, ObjectId], ...] = ()
     memory: dict[str, MemoryRef] = field(default_factory=dict)
+    pages: tuple[ObjectId, ...] = ()
+    listed: bool = False
+
+
+@dataclass(frozen=True)
+class Page:
+    """A run of a wide node's children: pairs (a leaf page) or pages one level down (an interior page).
+
+    Exactly one of ``children`` and ``pages`` is non-empty.
+    """
+
+    children: tuple[tuple[ContextId, ObjectId], ...] = ()
+    pages: tuple[ObjectId, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -139,7 +176,7 @@ class Snapshot:
     log: LogLink | None = None
 
 
-AnyObject = Union[Chunk, Node, State, Snapshot]
+AnyObject = Union[Chunk, Node, Page, State, Snapshot]
 
 
 def kind_of(obj: AnyObject) -> str:
@@ -152,15 +189,33 @@ def to_json(obj: AnyObject) -> dict[str, Any]:
     if isinstance(obj, Chunk):
         return {"v": FORMAT_VERSION, "prev": obj.prev, "index": obj.index, "item": obj.item}
     if isinstance(obj, Node):
-        return {
+        out = {
             "v": FORMAT_VERSION,
             "id": obj.id,
             "fields": obj.fields,
-            "children": [[cid, nid] for cid, nid in obj.children],
             "memory": {
                 name: {"head": ref.head, "count": ref.count} for name, ref in obj.memory.items()
             },
         }
+        if obj.pages:
+            if obj.children:
+                raise InvalidInput("a node lists its children inline or through pages, not both")
+            out["pages"] = list(obj.pages)
+            if obj.listed:
+                if LISTED_FIELD in obj.fields:
+                    raise InvalidInput(f"a listed node leaves {LISTED_FIELD} out of its fields")
+                out["listed"] = True
+        elif obj.listed:
+            raise InvalidInput("only a paged node can be listed")
+        else:
+            out["children"] = [[cid, nid] for cid, nid in obj.children]
+        return out
+    if isinstance(obj, Page):
+        if bool(obj.children) == bool(obj.pages):
+            raise InvalidInput("a page holds either children or pages, and is not empty")
+        if obj.pages:
+            return {"v": FORMAT_VERSION, "pages": list(obj.pages)}
+        return {"v": FORMAT_VERSION, "children": [[cid, nid] for cid, nid in obj.children]}
     if isinstance(obj, State):
         return {
             "v": FORMAT_VERSION,
@@ -199,9 +254,16 @@ def references(obj: AnyObject) -> Iterator[tuple[ObjectId, str]]:
     elif isinstance(obj, Node):
         for _, nid in obj.children:
             yield nid, "node"
+        for pid in obj.pages:
+            yield pid, "page"
         for ref in obj.memory.values():
             if ref.head is not None:
                 yield ref.head, "chunk"
+    elif isinstance(obj, Page):
+        for _, nid in obj.children:
+            yield nid, "node"
+        for pid in obj.pages:
+            yield pid, "page"
     elif isinstance(obj, Chunk):
         if obj.prev is not None:
             yield obj.prev, "chunk"
@@ -212,6 +274,53 @@ def encode(obj: AnyObject) -> tuple[str, bytes, ObjectId]:
     kind = kind_of(obj)
     body = canonical_json(to_json(obj))
     return kind, body, hash_object(kind, body)
+
+
+# One level of a node's pages, in order: (page id, its entries), the entries
+# being (context id, node id) pairs in a leaf level, page ids above it.
+PageLevel = tuple[tuple[ObjectId, tuple[Any, ...]], ...]
+
+
+def page_children(
+    children: tuple[tuple[ContextId, ObjectId], ...],
+    previous: tuple[PageLevel, ...] | None = None,
+    out: dict[ObjectId, tuple[str, bytes]] | None = None,
+) -> tuple[tuple[ObjectId, ...], tuple[PageLevel, ...]]:
+    """The canonical pages of a children list longer than :data:`PAGE_THRESHOLD`.
+
+    Leaf pages hold the pairs in order, :data:`PAGE_SIZE` to a page (only the
+    last page may hold fewer). While a level has more than :data:`PAGE_SIZE`
+    pages, their ids are cut the same way into interior pages one level up.
+    The node names the top level's pages (at most :data:`PAGE_SIZE`). Returns
+    ``(the ids the node names, every level, leaf level first)``.
+
+    ``previous`` is the levels of an earlier version of the list: a page whose
+    entries equal those of the page at the same place there keeps its id
+    without being encoded again, so a change to one child encodes one page per
+    level. Every page encoded goes into ``out`` as ``(kind, body)``.
+    """
+    if len(children) <= PAGE_THRESHOLD:
+        raise ValueError(f"{len(children)} children are listed inline, not paged")
+    levels: list[PageLevel] = []
+    entries: list[tuple[Any, ...]] = [tuple(children[i : i + PAGE_SIZE]) for i in range(0, len(children), PAGE_SIZE)]
+    while True:
+        depth = len(levels)
+        old = previous[depth] if previous is not None and depth < len(previous) else ()
+        level = []
+        for i, run in enumerate(entries):
+            if i < len(old) and old[i][1] == run:
+                level.append(old[i])
+                continue
+            page = Page(children=run) if depth == 0 else Page(pages=run)
+            kind, body, pid = encode(page)
+            if out is not None:
+                out[pid] = (kind, body)
+            level.append((pid, run))
+        levels.append(tuple(level))
+        ids = tuple(pid for pid, _ in level)
+        if len(ids) <= PAGE_SIZE:
+            return ids, tuple(levels)
+        entries = [ids[i : i + PAGE_SIZE] for i in range(0, len(ids), PAGE_SIZE)]
 
 
 def decode(kind: str, body: bytes, object_id: str = "?") -> AnyObject:
@@ -237,8 +346,28 @@ def _opt_oid(value: Any) -> ObjectId | None:
     return None if value is None else _oid(value)
 
 
+def _oids(values: list[Any]) -> list[ObjectId]:
+    """Many object ids checked at once, over their concatenation (a node or a page names many)."""
+    try:
+        ok = all(len(v) == ID_HEX_LENGTH for v in values) and not (
+            "".join(values).encode("ascii").translate(None, b"0123456789abcdef")
+        )
+    except (TypeError, UnicodeEncodeError):
+        ok = False
+    if not ok:
+        for v in values:
+            _oid(v)  # names the first bad one
+    return values
+
+
 def _pairs(value: Any) -> tuple[tuple[ContextId, ObjectId], ...]:
-    return tuple((ContextId(_str(cid)), _oid(nid)) for cid, nid in value)
+    cids, nids = [], []
+    for cid, nid in value:
+        if not isinstance(cid, str):
+            raise ValueError(f"expected a string, got {cid!r}")
+        cids.append(cid)
+        nids.append(nid)
+    return tuple(zip(cids, _oids(nids)))
 
 
 def _str(value: Any) -> str:
@@ -268,12 +397,42 @@ def _decode_node(v: dict[str, Any]) -> Node:
         _str(name): MemoryRef(head=_opt_oid(ref["head"]), count=_int(ref["count"]))
         for name, ref in _dict(v["memory"]).items()
     }
+    if "pages" in v:
+        if "children" in v:
+            raise ValueError("a node has both children and pages")
+        fields = _dict(v["fields"])
+        listed = "listed" in v
+        if listed and v["listed"] is not True:
+            raise ValueError(f"listed must be true or absent, not {v['listed']!r}")
+        if listed and LISTED_FIELD in fields:
+            raise ValueError(f"a listed node has {LISTED_FIELD} in its fields")
+        return Node(id=ContextId(_str(v["id"])), fields=fields, memory=memory,
+                    pages=_page_ids(v["pages"]), listed=listed)
+    if "listed" in v:
+        raise ValueError("only a paged node can be listed")
     return Node(
         id=ContextId(_str(v["id"])),
         fields=_dict(v["fields"]),
         children=_pairs(v["children"]),
         memory=memory,
     )
+
+
+def _page_ids(value: Any) -> tuple[ObjectId, ...]:
+    if not isinstance(value, list) or not value:
+        raise ValueError(f"expected a non-empty list of page ids, got {value!r}")
+    return tuple(_oids(value))
+
+
+def _decode_page(v: dict[str, Any]) -> Page:
+    if ("children" in v) == ("pages" in v):
+        raise ValueError("a page has exactly one of children and pages")
+    if "pages" in v:
+        return Page(pages=_page_ids(v["pages"]))
+    children = _pairs(v["children"])
+    if not children:
+        raise ValueError("a page has no children")
+    return Page(children=children)
 
 
 def _decode_state(v: dict[str, Any]) -> State:
@@ -305,10 +464,11 @@ def _decode_snapshot(v: dict[str, Any]) -> Snapshot:
     )
 
 
-_KIND_OF_TYPE = {Chunk: "chunk", Node: "node", State: "state", Snapshot: "snapshot"}
+_KIND_OF_TYPE = {Chunk: "chunk", Node: "node", Page: "page", State: "state", Snapshot: "snapshot"}
 _DECODERS = {
     "chunk": _decode_chunk,
     "node": _decode_node,
+    "page": _decode_page,
     "state": _decode_state,
     "snapshot": _decode_snapshot,
 }

@@ -23,11 +23,11 @@ from typing import Any
 
 from .errors import SnapstoreError
 from .graph import verify
-from .objects import Chunk, Node, ObjectId, Snapshot, State, canonical_json
+from .objects import Chunk, Node, ObjectId, Page, Snapshot, State, canonical_json
 from .progress import Progress, quiet
 from .refs import conversation_of
 from .repository import Repository
-from .tree import ID_FIELD
+from .tree import ID_FIELD, full_fields
 
 TOP = 10
 
@@ -113,6 +113,7 @@ class _Sizes:
     def __init__(self) -> None:
         self.chunks: dict[ObjectId, Chunk] = {}
         self.nodes: dict[ObjectId, Node] = {}
+        self.pages: dict[ObjectId, Page] = {}
         self.states: dict[ObjectId, State] = {}
         self._chain: dict[ObjectId, int] = {}
         self._context: dict[ObjectId, int] = {}
@@ -131,11 +132,28 @@ class _Sizes:
             self._chain[oid] = total
         return self._chain[head]
 
+    def pairs(self, nid: ObjectId) -> list[tuple[str, ObjectId]]:
+        """A node's children as (context id, node id), through its pages if it has any."""
+        node = self.nodes[nid]
+        if not node.pages:
+            return list(node.children)
+        out: list[tuple[str, ObjectId]] = []
+        stack = list(reversed(node.pages))
+        while stack:
+            page = self.pages[stack.pop()]
+            stack.extend(reversed(page.pages))
+            out.extend(page.children)
+        return out
+
+    def children(self, nid: ObjectId) -> list[ObjectId]:
+        """The node ids of a node's children."""
+        return [c for _, c in self.pairs(nid)]
+
     def context(self, nid: ObjectId) -> int:
         """Bytes of one context as a JSON object (its exchange lists included)."""
         if nid not in self._context:
             node = self.nodes[nid]
-            shape = dict(node.fields)
+            shape = dict(full_fields(node, self.pairs(nid)))
             shape[ID_FIELD] = node.id
             size = 0
             for name, ref in node.memory.items():
@@ -150,13 +168,14 @@ class _Sizes:
         stack = [nid]
         while stack:
             top = stack[-1]
-            missing = [c for _, c in self.nodes[top].children if c not in self._subtree]
+            kids = self.children(top)
+            missing = [c for c in kids if c not in self._subtree]
             if missing:
                 stack.extend(missing)
                 continue
             stack.pop()
             size, count = self.context(top), 1
-            for _, child in self.nodes[top].children:
+            for child in kids:
                 child_size, child_count = self._subtree[child]
                 size, count = size + child_size, count + child_count
             self._subtree[top] = (size, count)
@@ -178,7 +197,7 @@ class _Sizes:
         while stack:
             nid = stack.pop()
             yield nid
-            stack.extend(c for _, c in self.nodes[nid].children)
+            stack.extend(self.children(nid))
 
 
 def store_stats(repo: Repository, progress: Progress = quiet, top: int = TOP) -> StoreStats:
@@ -198,6 +217,8 @@ def store_stats(repo: Repository, progress: Progress = quiet, top: int = TOP) ->
                 sizes.chunks[stored.id] = obj
             elif isinstance(obj, Node):
                 sizes.nodes[stored.id] = obj
+            elif isinstance(obj, Page):
+                sizes.pages[stored.id] = obj
             elif isinstance(obj, State):
                 sizes.states[stored.id] = obj
             elif isinstance(obj, Snapshot):

@@ -22,6 +22,14 @@ Format history:
    values. A format-1 writer does neither, and a format-1 ``fsck`` would
    report pruned history as missing objects: the bump keeps both away from
    stores that gc and prune may have touched. No data changes.
+3. a node with more than ``PAGE_THRESHOLD`` (32) children names them through
+   objects of a fifth kind, ``page`` (docs/format.md). A format-2 snapstore
+   cannot read such a node or page, so the bump keeps it away from stores
+   that hold them. No data changes: a format-2 store holds only nodes that
+   list their children inline, which format 3 still reads. Such a wide node
+   keeps its id until a commit changes it or anything below it; that commit
+   writes it paged (a new id for the same content), as every later commit
+   does. Stores are never rewritten to page old nodes.
 """
 
 from __future__ import annotations
@@ -52,8 +60,13 @@ def _writers_carry_objects(backend: Backend) -> Mapping[str, str | None]:
     return {}  # a promise about writers and readers: nothing stored changes
 
 
+def _paged_children(backend: Backend) -> Mapping[str, str | None]:
+    return {}  # format-2 nodes stay readable as they are: nothing stored changes
+
+
 STEPS: tuple[Step, ...] = (
     Step(2, "gc-safe writers and prune records", _writers_carry_objects),
+    Step(3, "wide nodes name their children through pages", _paged_children),
 )
 assert [s.version for s in STEPS] == list(range(2, STORE_FORMAT + 1)), "one step per format version"
 

@@ -24,11 +24,12 @@ from typing import Any
 from .findings import Finding
 from .audit import link_of, voided_sequences
 from .errors import SnapstoreError
-from .objects import Chunk, Node, ObjectId, Snapshot, State
+from .objects import Chunk, Node, ObjectId, Page, Snapshot, State
 from .ozolith import LogEntry, OzolithLog
 from .replay import STRUCTURAL_EVENTS, replay_entries, structure
 from .repository import Repository
 from .rewrites import Rewrites
+from .tree import full_fields
 
 STATUS_AFTER = {"context_pause": "paused", "context_resume": "active", "context_archive": "archived"}
 
@@ -68,6 +69,19 @@ class _Checker:
         except SnapstoreError as exc:
             self.add("missing-object" if "not found" in str(exc) else "bad-object", str(exc), object=oid, **where)
             return None
+
+    def children(self, node: Node, **where: Any) -> list[tuple[str, ObjectId]]:
+        """A node's children in order, reading its pages if it has any (a bad page is reported and skipped)."""
+        if not node.pages:
+            return list(node.children)
+        out: list[tuple[str, ObjectId]] = []
+        stack = list(reversed(node.pages))
+        while stack:
+            page: Page | None = self.read(stack.pop(), "page", **where)
+            if page is not None:
+                stack.extend(reversed(page.pages))
+                out.extend(page.children)
+        return out
 
     # -- entry -> objects ------------------------------------------------------
 
@@ -131,7 +145,7 @@ class _Checker:
         def listed(parent: Node | None, child: str, expected: bool = True) -> None:
             if parent is None:
                 return
-            names = [c for c, _ in parent.children]
+            names = [c for c, _ in self.children(parent, **where)]
             if (child in names) != expected:
                 self.add("structure", f"after entry {seq} ({entry.event_type}) {child} is "
                          f"{'not ' if expected else ''}under {parent.id}", **where)
@@ -144,8 +158,8 @@ class _Checker:
             child, parent_id = p.get("child_id") or cid, p.get("parent_context")
             parent = node(parent_id)
             listed(parent, child)
-            if parent is not None and [c for c, _ in parent.children][-1:] != [child] and \
-                    (parent.fields.get("child_sidebar_ids") or [])[-1:] != [child]:
+            if parent is not None and [c for c, _ in self.children(parent, **where)][-1:] != [child] and \
+                    (full_fields(parent, self.children(parent, **where)).get("child_sidebar_ids") or [])[-1:] != [child]:
                 self.add("structure", f"after entry {seq} {child} is not the newest child of {parent_id}", **where)
             status(parent, "paused", "parent")
             status(node(child), "active", "child")
@@ -178,7 +192,8 @@ class _Checker:
             if state.active_context_id != cid:
                 self.add("structure", f"after entry {seq} the focus is {state.active_context_id}, not {cid}", **where)
         elif kind == "context_deleted":
-            if cid in [r for r, _ in state.roots] or any(cid in [c for c, _ in n.children] for n in nodes.values()):
+            if cid in [r for r, _ in state.roots] or any(
+                    cid in [c for c, _ in self.children(n, **where)] for n in nodes.values()):
                 self.add("structure", f"after entry {seq} deleted context {cid} is still in the tree", **where)
 
     def find_node(self, state: State, context_id: str) -> Node | None:
@@ -192,7 +207,7 @@ class _Checker:
                     continue
                 if node.id == context_id:
                     return node
-                next_frontier.extend(child for _, child in node.children)
+                next_frontier.extend(child for _, child in self.children(node, context=context_id))
             frontier = next_frontier
         return None
 

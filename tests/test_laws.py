@@ -163,3 +163,38 @@ def test_diff_cost_is_proportional_to_the_change():
         assert [c.id for c in result.changed] == ["SB-4"]
         reads[n] = result.reads
     assert reads[3000] == reads[30]
+
+
+@given(data=st.data())
+def test_a_chain_of_incremental_builds_equals_fresh_builds(data):
+    """Builds made from the previous build's bodies (ids swapped, fields replaced), step after step."""
+    state = data.draw(states())
+    assume(not has_cycle(state))
+    tree, _ = tree_from_contexts(state["contexts"], state["active_context_id"])
+    for _ in range(data.draw(st.integers(min_value=1, max_value=5))):
+        new = data.draw(mutated(state))
+        if has_cycle(new):
+            continue
+        tree, _ = tree_from_contexts(new["contexts"], new["active_context_id"], base=tree)
+        fresh, _ = tree_from_contexts(new["contexts"], new["active_context_id"])
+        assert tree.state_id == fresh.state_id
+        assert tree.materialize() == fresh.materialize()
+        state = new
+
+
+def test_reused_bodies_fall_back_where_a_part_occurs_twice():
+    """A field holding a child's node id, or fields whose text occurs elsewhere in the node, are encoded anew."""
+    contexts: list[dict[str, Any]] = [
+        {"sidebar_id": "P", "parent_context_id": None, "child_sidebar_ids": ["K"]},
+        {"sidebar_id": "K", "parent_context_id": "P", "child_sidebar_ids": []},
+        {"sidebar_id": "{}"},
+    ]
+    tree, _ = tree_from_contexts(contexts, None)
+    contexts[0]["see"] = tree.records["K"].node_id  # P's body names K's node id twice
+    tree, _ = tree_from_contexts(contexts, None, base=tree)
+    contexts[1]["status"] = "paused"  # K's id changes: only the child entry of P may follow
+    contexts[2]["status"] = "new"  # "{}": its fields, its id and its lists were the same text
+    tree, _ = tree_from_contexts(contexts, None, base=tree)
+    fresh, _ = tree_from_contexts(contexts, None)
+    assert tree.state_id == fresh.state_id
+    assert tree.records["P"].fields["see"] != tree.records["K"].node_id

@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from snapstore.errors import CorruptObject, InvalidInput
-from snapstore.objects import Chunk, MemoryRef, Node, canonical_json, decode, encode
+from snapstore.objects import Chunk, MemoryRef, Node, Page, canonical_json, decode, encode
 
 from .factories import json_values
 
@@ -59,3 +59,48 @@ def test_malformed_bodies_raise_corrupt_object(body):
     with pytest.raises(CorruptObject) as info:
         decode("chunk", body, "abc")
     assert info.value.object_id == "abc"
+
+
+@given(children=st.lists(st.tuples(st.text(min_size=1, max_size=8), oids), min_size=1, max_size=40),
+       pages=st.lists(oids, min_size=1, max_size=40))
+def test_page_and_paged_node_round_trip(children, pages):
+    for obj in (Page(children=tuple(children)), Page(pages=tuple(pages)),
+                Node(id="SB-1", fields={"a": 1}, pages=tuple(pages)),
+                Node(id="SB-1", fields={"a": 1}, pages=tuple(pages), listed=True)):
+        kind, body, oid = encode(obj)
+        assert decode(kind, body) == obj and encode(decode(kind, body))[2] == oid
+
+
+H = "0" * 64
+
+
+@pytest.mark.parametrize("kind, body", [
+    ("page", b'{"v":1}'),                                                    # neither
+    ("page", b'{"v":1,"children":[],"pages":[]}'),                            # both
+    ("page", b'{"v":1,"children":[]}'),                                      # an empty leaf
+    ("page", b'{"v":1,"pages":[]}'),                                         # an empty interior page
+    ("page", b'{"v":1,"pages":["' + H[:-1].encode() + b'"]}'),               # a short id
+    ("page", b'{"v":1,"pages":["' + b"A" * 64 + b'"]}'),                   # not lowercase
+    ("page", b'{"v":1,"children":[[1,"' + H.encode() + b'"]]}'),             # a context id not a string
+    ("page", b'{"v":1,"children":[["SB-1","' + H.encode() + b'","x"]]}'),    # not a pair
+    ("page", b'{"v":2,"pages":["' + H.encode() + b'"]}'),                    # unknown format version
+    ("node", b'{"v":1,"id":"SB-1","fields":{},"memory":{},"pages":[]}'),
+    ("node", b'{"v":1,"id":"SB-1","fields":{},"memory":{},"pages":"' + H.encode() + b'"}'),
+    ("node", b'{"v":1,"id":"SB-1","fields":{},"memory":{},"children":[],"pages":["' + H.encode() + b'"]}'),
+    ("node", b'{"v":1,"id":"SB-1","fields":{},"memory":{},"children":[],"listed":true}'),   # listed, not paged
+    ("node", b'{"v":1,"id":"SB-1","fields":{},"memory":{},"pages":["' + H.encode() + b'"],"listed":false}'),
+    ("node", b'{"v":1,"id":"SB-1","fields":{"child_sidebar_ids":[]},"memory":{},"pages":["' + H.encode()
+     + b'"],"listed":true}'),                                                # the list both ways
+])
+def test_malformed_pages_and_paged_nodes_raise_corrupt_object(kind, body):
+    with pytest.raises(CorruptObject):
+        decode(kind, body, "abc")
+
+
+def test_a_page_or_node_cannot_be_encoded_ambiguously():
+    for obj in (Page(), Page(children=(("SB-1", H),), pages=(H,)),
+                Node(id="SB-1", fields={}, children=(("SB-2", H),), pages=(H,)),
+                Node(id="SB-1", fields={}, children=(("SB-2", H),), listed=True),
+                Node(id="SB-1", fields={"child_sidebar_ids": ["SB-2"]}, pages=(H,), listed=True)):
+        with pytest.raises(InvalidInput):
+            encode(obj)

@@ -1,9 +1,10 @@
-"""Store format versions: a store written by format-1 snapstore, upgrades, refusals.
+"""Store format versions: stores written by format-1 and format-2 snapstore, upgrades, refusals.
 
 ``tests/fixtures/format1/`` was written by snapstore at store format 1
 (``tests/fixtures/make_format1_store.py``); ``format1_expected.json`` pins
-what it holds. Every later snapstore must read it exactly after
-``snap upgrade``.
+what it holds. ``tests/fixtures/format2/`` likewise at format 2, with a node
+of 40 children listed inline (format 3 pages such a node). Every later
+snapstore must read them exactly after ``snap upgrade``.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from snapstore.verify import verify
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 EXPECTED = json.loads((FIXTURES / "format1_expected.json").read_text())
+EXPECTED2 = json.loads((FIXTURES / "format2_expected.json").read_text())
 
 
 @pytest.fixture
@@ -31,6 +33,14 @@ def format1(tmp_path) -> str:
     """A copy of the format-1 fixture store (opening a store writes to it)."""
     target = tmp_path / "format1"
     shutil.copytree(FIXTURES / "format1", target)
+    return str(target)
+
+
+@pytest.fixture
+def format2(tmp_path) -> str:
+    """A copy of the format-2 fixture store."""
+    target = tmp_path / "format2"
+    shutil.copytree(FIXTURES / "format2", target)
     return str(target)
 
 
@@ -121,3 +131,51 @@ def test_new_stores_and_non_stores(tmp_path, store):
         backend.write(meta={FORMAT_KEY: None})
         with pytest.raises(StoreNotFound):
             upgrade(backend)
+
+
+def test_a_format_2_store_upgrades_without_a_rewrite_and_reads_exactly(format2):
+    assert EXPECTED2["format"] == 2
+    with pytest.raises(FormatError, match="store format 2 is old; run `snap upgrade`"):
+        Repository.open(format2)
+    with open_backend(format2) as backend:
+        stored = {o.id: o.data for o in backend.iter_objects()}
+    result = snap(format2, "upgrade")
+    assert result.exit_code == 0, result.output
+    assert "upgraded 2 -> 3" in result.stdout and "1 -> 2" not in result.stdout
+    repo = Repository.open(format2)
+    # Nothing stored changed: old wide nodes stay readable as they are.
+    assert {o.id: o.data for o in repo.backend.iter_objects()} == stored
+    assert len(stored) == EXPECTED2["objects"]
+    assert json.loads(repo.backend.get_meta("upgraded/3"))["step"] == STEPS[1].name
+    for conv, pinned in EXPECTED2["conversations"].items():
+        assert repo.head(conv) == pinned["head"]
+        log = repo.log(conv)
+        assert [i.id for i in log] == pinned["log"]
+        assert [i.snapshot.root for i in log] == pinned["roots"]
+        assert [[e.old, e.new, e.reason] for e in repo.reflog(conv)] == pinned["reflog"]
+        assert repo.load(conv).to_json() == pinned["state"]
+        assert {c: r.node_id for c, r in repo.tree(repo.head(conv)).records.items()} == pinned["nodes"]
+    assert repo.fsck().ok and verify(repo).ok
+    legacy_root = repo.read(EXPECTED2["conversations"]["wide"]["nodes"]["W-0"], "node")
+    assert len(legacy_root.children) == 40 and not legacy_root.pages
+
+    # checkout -o then commit --from: the identical root, so nothing is committed.
+    state = repo.load("wide").to_json()
+    assert not repo.commit("wide", state).created
+    # The first commit that changes the wide node or anything under it writes it paged ...
+    legacy_head = repo.head("wide")
+    w20 = next(c for c in state["contexts"] if c["sidebar_id"] == "W-20")
+    w20["local_memory"].append({"exchange_id": "EXCH-99", "user": "u", "assistant": "a"})
+    repo.commit("wide", state)
+    root = repo.read(repo.tree(repo.head("wide")).records["W-0"].node_id, "node")
+    assert not root.children and len(root.pages) == 2
+    # ... with the ids a store that never saw format 2 gives the same state,
+    fresh = Repository.init(str(Path(format2).parent / "fresh"))
+    assert fresh.commit("wide", state).root == repo.snapshot(repo.head("wide")).root
+    # and the diff across the two encodings sees only the change.
+    for a, b in ((legacy_head, "wide"), ("wide", legacy_head)):
+        diff = repo.diff(a, b)
+        assert [c.id for c in diff.changed] == ["W-20"] and not (diff.added or diff.removed or diff.moved)
+    assert repo.fsck().ok and verify(repo).ok
+    fresh.close()
+    repo.close()

@@ -6,7 +6,8 @@ import blake3
 import pytest
 
 from snapstore.objects import (
-    Chunk, Event, LogLink, MemoryRef, Node, Snapshot, State, decode, encode,
+    PAGE_SIZE, PAGE_THRESHOLD, Chunk, Event, LogLink, MemoryRef, Node, Page, Snapshot, State, decode, encode,
+    page_children,
 )
 
 VECTORS = [
@@ -35,6 +36,36 @@ VECTORS = [
         b'"local_memory":{"count":3,"head":"' + b"1" * 64 + b'"}},"v":1}',
         "87fdd7bd72a6867aa81aede70a7c261d64ee94247291fdb143559b787a229fe9",
     ),
+    # A wide node (more than PAGE_THRESHOLD children, format 3) names pages instead of children.
+    (
+        Node(id="SB-1", fields={"status": "active"}, memory={"local_memory": MemoryRef("1" * 64, 3)},
+             pages=("6" * 64, "7" * 64)),
+        "node",
+        b'{"fields":{"status":"active"},"id":"SB-1","memory":{"local_memory":{"count":3,"head":"'
+        + b"1" * 64 + b'"}},"pages":["' + b"6" * 64 + b'","' + b"7" * 64 + b'"],"v":1}',
+        "fa9dfd20b778937ffc06060975a5d8e1f0aa4ba53035939eed9cb3c9a1d5eda8",
+    ),
+    # ... and, when its child_sidebar_ids is exactly its children in order, leaves it to the pages.
+    (
+        Node(id="SB-1", fields={"status": "active"}, memory={"local_memory": MemoryRef("1" * 64, 3)},
+             pages=("6" * 64, "7" * 64), listed=True),
+        "node",
+        b'{"fields":{"status":"active"},"id":"SB-1","listed":true,"memory":{"local_memory":{"count":3,"head":"'
+        + b"1" * 64 + b'"}},"pages":["' + b"6" * 64 + b'","' + b"7" * 64 + b'"],"v":1}',
+        "4f5fde40fe515966ae240d3cb6091eeef1bdffe9c7b3a8a431cd4ae78a6488a4",
+    ),
+    (
+        Page(children=(("SB-2", "0" * 64), ("SB-3", "8" * 64))),
+        "page",
+        b'{"children":[["SB-2","' + b"0" * 64 + b'"],["SB-3","' + b"8" * 64 + b'"]],"v":1}',
+        "647e8988bec30c85e9ade85fd313f53cdc30846b75b89cc79c10e4d6f15be59e",
+    ),
+    (
+        Page(pages=("6" * 64, "7" * 64)),
+        "page",
+        b'{"pages":["' + b"6" * 64 + b'","' + b"7" * 64 + b'"],"v":1}',
+        "4a6af2686f6309e095b69ec594b2302cb941e353b661adb3d4923a19c64d244f",
+    ),
     (
         State(roots=(("SB-1", "2" * 64),), active_context_id="SB-2", extra={}),
         "state",
@@ -54,26 +85,47 @@ VECTORS = [
 ]
 
 
-@pytest.mark.parametrize("obj, kind, body, oid", VECTORS, ids=[v[1] for v in VECTORS])
+IDS = ["chunk", "node", "node-paged", "node-paged-listed", "page-leaf", "page-interior", "state", "snapshot"]
+
+
+@pytest.mark.parametrize("obj, kind, body, oid", VECTORS, ids=IDS)
 def test_exact_bytes_and_id(obj, kind, body, oid):
     assert encode(obj) == (kind, body, oid)
 
 
-@pytest.mark.parametrize("obj, kind, body, oid", VECTORS, ids=[v[1] for v in VECTORS])
+@pytest.mark.parametrize("obj, kind, body, oid", VECTORS, ids=IDS)
 def test_id_is_blake3_of_header_and_body(obj, kind, body, oid):
     # Recomputed here from the documented rule, independently of snapstore.objects.
     header = kind.encode() + b" " + str(len(body)).encode() + b"\x00"
     assert blake3.blake3(header + body).hexdigest() == oid
 
 
-@pytest.mark.parametrize("obj, kind, body, oid", VECTORS, ids=[v[1] for v in VECTORS])
+@pytest.mark.parametrize("obj, kind, body, oid", VECTORS, ids=IDS)
 def test_decode_gives_the_object_back(obj, kind, body, oid):
     assert decode(kind, body) == obj
 
 
 def test_kinds_are_domain_separated():
     body = b'{"v":1}'
-    ids = {encode_kind for encode_kind in ("chunk", "node", "state", "snapshot")}
+    ids = {encode_kind for encode_kind in ("chunk", "node", "page", "state", "snapshot")}
     from snapstore.objects import hash_object
 
-    assert len({hash_object(k, body) for k in ids}) == 4
+    assert len({hash_object(k, body) for k in ids}) == 5
+
+
+@pytest.mark.parametrize("count, top, node_id", [
+    # 33 children: two leaf pages (32 + 1), named by the node.
+    (33, ("bc85cf9a22a1c25b3252e9d5e45d480fcfd19a169fdb9afcd326ad4a42d7ca2d",
+          "f20136e4229313a20c981092a13d064ebfe3c744c87b8c2aa642b64ee023fd4e"),
+     "440b5cc4d2f4d5f545c8df7167c88dac2ca4bbee16259f92df6052f136e7fb15"),
+    # 1,100 children: 35 leaf pages under two interior pages (32 + 3), named by the node.
+    (1100, ("5111163522a1e8ac3e2dfb72ba13ac22cdf88921bffdcf40f43b7e0a2a48bc64",
+            "1ffb243fa104c0b614248e1e75e66018b947a16f90b1d1a7646f4fb604bc18cd"),
+     "2ad2e262bc7e2ef0057220af01aba7fcb994f02b375f4d34df16d21d4a4bb4bf"),
+])
+def test_pinned_page_layout(count, top, node_id):
+    """The pages of a wide node are fixed by the format: same children, same page ids, same node id."""
+    assert (PAGE_THRESHOLD, PAGE_SIZE) == (32, 32)
+    children = tuple((f"SB-{i}", f"{i:064x}") for i in range(2, 2 + count))
+    assert page_children(children)[0] == top
+    assert encode(Node(id="SB-1", fields={}, pages=top))[2] == node_id
