@@ -94,6 +94,9 @@ def gc(dry_run: bool, grace: timedelta, as_json: bool) -> None:
     verb = "would delete" if dry_run else "deleted"
     click.echo(f"{verb} {report.deleted} objects, {_size(report.bytes_freed)} stored "
                f"({_size(report.logical_bytes_freed)} uncompressed)")
+    if report.unindexed_deleted:
+        click.echo(f"{verb} {report.unindexed_deleted} bodies no index row names "
+                   f"({_size(report.unindexed_bytes_freed)}; left by lost races or crashes)")
     click.echo(f"{report.objects} objects: {report.reachable} live (reached from refs, reflogs or snapshots "
                f"younger than the grace period), {report.unreachable} not")
     if report.pending:

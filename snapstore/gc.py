@@ -45,9 +45,16 @@ holds for any grace, 0 included.
 without re-sending its objects: the audit roll-forward after a crash, and
 ``checkout --at`` of a snapshot nothing reaches any more. A snapshot younger
 than the grace period is a root, so a crashed writer's snapshot survives for
-that long. On the S3 backend, bodies are deleted after the index rows, so a
-writer that re-creates an object at that very moment can get "already
-stored" for a body about to go (reported to the S3 backend's owner).
+that long.
+
+**S3.** Bodies live outside the transaction. The S3 backend deletes an
+object's body after its index row, both under an advisory lock that every
+write with objects holds shared from before its first PUT until its commit,
+so no write can be told "already stored" for a body this sweep deletes; see
+snapstore/backends/s3.py. Bodies no index row names (lost ref swaps, crashed
+writers, a gc that died between the two steps) are listed from the bucket and
+deleted when last written before the grace period began
+(``sweep_unindexed``, reported as ``unindexed_deleted``).
 
 Two gc runs at once are safe: each bucket is a true statement about its
 time; the last record written wins and the next run records the rest again.
@@ -108,6 +115,9 @@ class GcReport:
     pending: int
     pending_since: str | None
     fence_retries: int
+    # Bodies in the bucket no index row named (S3 only), deleted (with dry_run: would be).
+    unindexed_deleted: int = 0
+    unindexed_bytes_freed: int = 0
 
     @property
     def eligible_after(self) -> str | None:
@@ -130,6 +140,8 @@ class GcReport:
             "pending_since": self.pending_since,
             "eligible_after": self.eligible_after,
             "fence_retries": self.fence_retries,
+            "unindexed_deleted": self.unindexed_deleted,
+            "unindexed_bytes_freed": self.unindexed_bytes_freed,
         }
 
 
@@ -279,6 +291,12 @@ def collect_garbage(repo: Repository, grace: timedelta = DEFAULT_GRACE, *, dry_r
             removed.update(batch)
             bar.update(len(doomed[start : start + SWEEP_BATCH]))
 
+    # Bodies without index rows (S3): invisible to everything above; age from the bucket's listing.
+    unindexed = unindexed_bytes = 0
+    sweep_unindexed = getattr(backend, "sweep_unindexed", None)
+    if sweep_unindexed is not None:
+        unindexed, unindexed_bytes = sweep_unindexed(cutoff, dry_run=dry_run)
+
     # Candidates: what refs and reflogs do not reach, whether or not recency keeps it for now.
     still = listed - (mark.live - mark.recent_only) - (set() if dry_run else removed)
     kept = [Bucket(b.time, frozenset(b.ids & still)) for b in buckets]
@@ -294,4 +312,5 @@ def collect_garbage(repo: Repository, grace: timedelta = DEFAULT_GRACE, *, dry_r
         unreachable=len(unreachable - mark.live), deleted=deleted, bytes_freed=freed,
         logical_bytes_freed=logical, pending=sum(len(b.ids) for b in kept),
         pending_since=kept[0].time if kept else None, fence_retries=retries,
+        unindexed_deleted=unindexed, unindexed_bytes_freed=unindexed_bytes,
     )

@@ -1,13 +1,14 @@
 """A writer process for tests/test_gc.py: commits to one conversation in a loop.
 
-    python -m tests.gc_writer LOCATION OUT_FILE SECONDS
+    python -m tests.gc_writer LOCATION OUT_FILE SECONDS [PAUSE]
 
 Its states cycle, so commits keep re-creating objects that pruning made
 garbage (a context whose status toggles back gets its old node id): the
 reuse that gc must survive. Every other commit is two-phase (objects first,
 then a pause, then the ref), like an audited orchestrator commit. Each
 commit that creates a snapshot appends ``<snapshot id> <sha256 of the
-state's canonical JSON>`` to OUT_FILE.
+state's canonical JSON>`` to OUT_FILE. PAUSE seconds (default 0) pass
+between commits, so that a slow pruner also gets its turn.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ def states(n: int) -> dict:
     return state
 
 
-def main(location: str, out_path: str, seconds: float) -> None:
+def main(location: str, out_path: str, seconds: float, pause: float = 0.0) -> None:
     repo = Repository.open(location)
     deadline = time.monotonic() + seconds
     n = 0
@@ -61,8 +62,10 @@ def main(location: str, out_path: str, seconds: float) -> None:
                 out.write(f"{result.snapshot} {digest(state)}\n")
                 out.flush()
             n += 1
+            if pause:
+                time.sleep(pause)
     repo.close()
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2], float(sys.argv[3]))
+    main(sys.argv[1], sys.argv[2], float(sys.argv[3]), float(sys.argv[4]) if len(sys.argv) > 4 else 0.0)

@@ -42,18 +42,52 @@ rows, the ref swaps and the meta in one PostgreSQL transaction, so a ref never
 names an object that is not durable in S3. A write that loses its ref swap
 leaves its objects in the bucket without index rows; they are invisible and
 harmless, and a later write of the same objects reuses them.
+
+**Writers and gc (the sweep lock).** A 412 means "the body is there *now*";
+gc deletes bodies after their index rows, so without more a writer could be
+told "already stored" for a body gc is about to delete, commit its index row
+and ref, and be left with a missing body. One PostgreSQL advisory lock per
+database (:data:`_SWEEP_LOCK`, session level) closes that:
+
+- a write with objects takes it *shared* before its first PUT and keeps it
+  until its transaction has committed (the claim: gc sees every write in
+  flight through it). Writers never wait for each other;
+- gc takes it *exclusive* around each batch: the fenced transaction that
+  deletes index rows (``_delete_index``), then the DELETEs of those bodies.
+  Bodies without index rows (from writers that lost a ref swap or died,
+  or from a gc that died between the two steps) are found by listing the
+  bucket and deleted under the same exclusive lock, after re-checking that
+  no index row names them (:meth:`S3Backend.sweep_unindexed`).
+
+So no PUT answer is ever given between gc's index deletion and its body
+deletion, and a 412 is the truth until the write commits: a body that gc
+deleted before the write's claim gets a fresh PUT (200). A lock dies with
+its session: a write whose transaction would run on another session than
+the one holding its claim (the connection was lost and reopened) starts
+again from its PUTs; gc checks after its DELETEs that its session is still
+the one holding the lock, and if not, names any object a writer re-created
+meanwhile whose body is gone. A writer or gc that crashes releases the lock
+with its session, leaving at worst bodies without index rows (invisible to
+readers and fsck, deleted by a later gc). Writers wait only while gc holds
+the lock for one batch (an index transaction and one or two DELETE calls);
+they poll for it (``pg_try_advisory_lock_shared``) rather than block, so a
+waiting writer does not hold the backend's connection, and a gc waiting for
+the lock queues ahead of new writers.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
+import re
 import threading
 import time
 import tomllib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import TypeVar
 from urllib.parse import unquote
@@ -61,9 +95,9 @@ from urllib.parse import unquote
 from ..errors import BackendError, CorruptObject, InvalidInput, ObjectNotFound, RefConflict, StoreNotFound
 from ..location import register_url_backend
 from ..objects import ObjectId
-from .base import Backend, RefUpdate, StoredObject
+from .base import AppendedEntry, Backend, LogAppend, RefUpdate, StoredObject
 from .postgres import SCHEMES as PG_SCHEMES
-from .postgres import PostgresBackend, safe_location
+from .postgres import PostgresBackend, psycopg, safe_location
 
 try:
     import boto3
@@ -92,6 +126,12 @@ _TRANSIENT_CODES = {
 _UNSUPPORTED_CODES = {"NotImplemented", "InvalidArgument", "InvalidRequest", "InvalidHeader"}
 # Creating boto3 sessions and clients from several threads at once is not safe.
 _client_lock = threading.Lock()
+# Session-level advisory lock (per database) shared by writes with objects and held
+# exclusively by gc while it deletes bodies (see the module docstring). Distinct from
+# postgres.py's keys (…0001 migrations, …0002 the audit log).
+_SWEEP_LOCK = 0x5E1A_D0C5_7A11_0003
+_CLAIM_ATTEMPTS = 3
+_KEY_TAIL = re.compile(r"[0-9a-f]{2}/[0-9a-f]{62}")
 
 T = TypeVar("T")
 
@@ -151,6 +191,56 @@ def split_location(location: str) -> tuple[str, S3Settings]:
     return pg_url, S3Settings(**settings)
 
 
+class _ClaimLost(Exception):
+    """The PostgreSQL session that held a claim on the sweep lock ended, and the lock with it."""
+
+
+@dataclass(eq=False)
+class _Claim:
+    """The sweep lock, held by this thread through the session of ``conn``."""
+
+    conn: psycopg.Connection
+    exclusive: bool
+
+
+class _SharedExclusive:
+    """The sweep lock between the threads of one process.
+
+    PostgreSQL never makes one session wait for itself, and all threads of a
+    backend share its session, so they exclude each other here first.
+    A waiting exclusive holder goes before new shared ones.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._shared = 0
+        self._exclusive = False
+        self._waiting = 0
+
+    @contextlib.contextmanager
+    def hold(self, exclusive: bool) -> Iterator[None]:
+        with self._cond:
+            if exclusive:
+                self._waiting += 1
+                try:
+                    self._cond.wait_for(lambda: not self._exclusive and not self._shared)
+                finally:
+                    self._waiting -= 1
+                self._exclusive = True
+            else:
+                self._cond.wait_for(lambda: not self._exclusive and not self._waiting)
+                self._shared += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                if exclusive:
+                    self._exclusive = False
+                else:
+                    self._shared -= 1
+                self._cond.notify_all()
+
+
 class S3Backend(PostgresBackend):
     """Object bodies in an S3 bucket; refs, reflog, meta and the object index in PostgreSQL."""
 
@@ -166,6 +256,8 @@ class S3Backend(PostgresBackend):
         self._conditional_put: bool | None = None  # None: not known yet
         self._executor: ThreadPoolExecutor | None = None
         self._executor_lock = threading.Lock()
+        self._sweep_threads = _SharedExclusive()
+        self._claims = threading.local()  # .current: the _Claim this thread holds, if any
         self._s3_secrets = [s for s in (s3.access_key_id, s3.secret_access_key) if s]
         description = description or f"{safe_location(pg_url)} + {s3.objects_location}"
         self.description = description
@@ -359,9 +451,158 @@ class S3Backend(PostgresBackend):
 
     def delete_objects(self, ids: Iterable[ObjectId], fence: Mapping[str, tuple[ObjectId, int]] | None = None) -> int:
         # Index first: a body without an index row is invisible garbage, while an
-        # index row without a body would be damage.
-        removed = self._delete_index(ids, fence)
-        keys = [{"Key": self._key(oid)} for oid in removed]
+        # index row without a body would be damage. Both steps under the exclusive
+        # sweep lock, so that no write is between its PUTs and its commit meanwhile.
+        wanted = list(dict.fromkeys(ids))
+        for _ in range(_CLAIM_ATTEMPTS):
+            try:
+                with self._sweep_lock(exclusive=True) as claim:
+                    removed = self._delete_index(wanted, fence)
+                    self._delete_bodies(removed)
+                    self._check_held(claim, removed)
+                return len(removed)
+            except _ClaimLost:
+                continue  # lost before the index transaction committed: nothing was deleted
+        raise self._claims_lost("deleting objects")
+
+    def sweep_unindexed(self, before: datetime, dry_run: bool = False) -> tuple[int, int]:
+        """Delete the bodies in the bucket that no index row names, last written before ``before``.
+
+        They are invisible (reads go through the index): bodies of writes that
+        lost their ref swap or died before committing, and of a gc that died
+        between deleting index rows and bodies. Each batch is re-checked against
+        the index under the exclusive sweep lock, when no write is in flight.
+        Returns how many bodies (with ``dry_run``: would be) deleted and their bytes.
+        """
+        found: dict[ObjectId, int] = {}
+        for page in self._list_bodies():
+            old = {oid: size for oid, size, modified in page if modified <= before}
+            if old:
+                indexed = self.has_objects(old)
+                found.update((oid, size) for oid, size in old.items() if oid not in indexed)
+        if dry_run or not found:
+            return len(found), sum(found.values())
+        deleted = freed = 0
+        candidates = sorted(found)
+        for start in range(0, len(candidates), 1000):
+            batch = candidates[start : start + 1000]
+            for _ in range(_CLAIM_ATTEMPTS):
+                try:
+                    with self._sweep_lock(exclusive=True) as claim:
+                        indexed = self._indexed_under_claim(batch)
+                        doomed = [oid for oid in batch if oid not in indexed]
+                        self._delete_bodies(doomed)
+                        self._check_held(claim, doomed)
+                    break
+                except _ClaimLost:
+                    continue
+            else:
+                raise self._claims_lost("deleting unindexed bodies")
+            deleted += len(doomed)
+            freed += sum(found[oid] for oid in doomed)
+        return deleted, freed
+
+    # -- the sweep lock (see the module docstring) ---------------------------
+
+    @contextlib.contextmanager
+    def _sweep_lock(self, exclusive: bool) -> Iterator[_Claim]:
+        """Hold the sweep lock: shared for a write with objects, exclusive for gc's deletions."""
+        with self._sweep_threads.hold(exclusive):
+            claim = self._acquire(exclusive)
+            self._claims.current = claim
+            try:
+                yield claim
+            finally:
+                self._claims.current = None
+                self._release(claim)
+
+    def _acquire(self, exclusive: bool) -> _Claim:
+        if exclusive:
+            # Blocks, queued: new shared requests wait behind it, so gc is not starved.
+            with self._lock:
+                self._read("SELECT 1 FROM pg_advisory_lock(%s)", (_SWEEP_LOCK,))
+                return _Claim(self._live(), True)
+        delay = 0.002
+        while True:
+            with self._lock:
+                if self._read("SELECT pg_try_advisory_lock_shared(%s)", (_SWEEP_LOCK,))[0][0]:
+                    return _Claim(self._live(), False)
+            time.sleep(delay)  # gc holds it (or waits for it): at most one batch of deletions
+            delay = min(delay * 2, 0.05)
+
+    def _release(self, claim: _Claim) -> None:
+        unlock = "pg_advisory_unlock" if claim.exclusive else "pg_advisory_unlock_shared"
+        with self._lock:
+            conn = claim.conn
+            if conn is not self._conn or conn.broken or conn.closed:
+                return  # that session has ended, and its locks with it
+            try:
+                conn.execute(f"SELECT {unlock}(%s)", (_SWEEP_LOCK,))
+            except psycopg.Error:
+                conn.close()  # never leave the lock held by a session we cannot talk to
+
+    def _claim_alive(self, claim: _Claim) -> bool:
+        """Whether the session that took ``claim`` still exists (so it has held the lock throughout)."""
+        with self._lock:
+            conn = claim.conn
+            if conn is not self._conn or conn.broken or conn.closed:
+                return False
+            try:
+                conn.execute("SELECT 1")
+            except psycopg.Error:
+                return False
+            return True
+
+    def _transaction(self, work: Callable[[psycopg.Cursor], object]) -> object:
+        claim: _Claim | None = getattr(self._claims, "current", None)
+        if claim is None:
+            return super()._transaction(work)
+
+        def claimed(cur: psycopg.Cursor) -> object:
+            # A retry on a reopened connection would run without the lock the claim took.
+            if cur.connection is not claim.conn:
+                raise _ClaimLost()
+            return work(cur)
+
+        return super()._transaction(claimed)
+
+    def _indexed_under_claim(self, ids: Sequence[ObjectId]) -> set[ObjectId]:
+        """Which of ``ids`` have index rows, read in the session holding this thread's claim."""
+        rows: list[tuple] = self._transaction(lambda cur: cur.execute(  # type: ignore[assignment]
+            "SELECT id FROM snapstore_objects WHERE id = ANY(%b)", ([bytes.fromhex(i) for i in ids],)
+        ).fetchall())
+        return {ObjectId(bytes(r[0]).hex()) for r in rows}
+
+    def _check_held(self, claim: _Claim, deleted: Sequence[ObjectId]) -> None:
+        """After deleting bodies: if the lock may have lapsed meanwhile, find any write that relied on one."""
+        if not deleted or self._claim_alive(claim):
+            return
+        # The session ended during the DELETEs, so writes may have run meanwhile. Wait for
+        # every write that started since (the lock again, exclusive), then look.
+        again = self._acquire(exclusive=True)
+        try:
+            lost = [oid for oid in sorted(self.has_objects(deleted)) if not self._body_exists(oid)]
+        finally:
+            self._release(again)
+        if lost:
+            raise BackendError(
+                f"{self.description}: gc lost its PostgreSQL session while deleting bodies, and "
+                f"{len(lost)} objects written meanwhile have no body ({', '.join(lost[:5])}"
+                f"{', ...' if len(lost) > 5 else ''}); run `snap fsck`"
+            )
+        log.warning("%s: gc lost its PostgreSQL session while deleting bodies; no write relied on them",
+                    self.description)
+
+    def _claims_lost(self, doing: str) -> BackendError:
+        return BackendError(
+            f"{self.description}: the PostgreSQL connection kept dropping while {doing}; nothing was changed"
+        )
+
+    # -- bodies in the bucket ------------------------------------------------
+
+    def _delete_bodies(self, ids: Sequence[ObjectId]) -> None:
+        """DELETE bodies; a failure leaves them as unindexed bodies for a later sweep."""
+        keys = [{"Key": self._key(oid)} for oid in ids]
         for start in range(0, len(keys), 1000):
             batch = keys[start : start + 1000]
             try:
@@ -376,7 +617,40 @@ class S3Backend(PostgresBackend):
                 continue
             for error in result.get("Errors", []):
                 log.warning("%s: cannot delete %s: %s", self.description, error.get("Key"), error.get("Code"))
-        return len(removed)
+
+    def _body_exists(self, oid: ObjectId) -> bool:
+        def head() -> bool:
+            try:
+                self._client.head_object(Bucket=self.s3.bucket, Key=self._key(oid))
+                return True
+            except boto_errors.ClientError as exc:
+                if _status(exc) == 404:
+                    return False
+                raise
+
+        return self._with_retries(head, f"check {self._where(oid)}")
+
+    def _list_bodies(self) -> Iterator[list[tuple[ObjectId, int, datetime]]]:
+        """Pages of ``(id, size, last modified)`` of every body under the store's prefix."""
+        prefix = self.s3.prefix
+        token: str | None = None
+        while True:
+            args = {"Bucket": self.s3.bucket, "Prefix": prefix}
+            if token:
+                args["ContinuationToken"] = token
+            response = self._with_retries(
+                lambda args=args: self._client.list_objects_v2(**args),  # type: ignore[misc]
+                f"list s3://{self.s3.bucket}/{prefix}",
+            )
+            page = []
+            for item in response.get("Contents", []):
+                tail = item["Key"][len(prefix):]
+                if _KEY_TAIL.fullmatch(tail):  # anything else under the prefix is not ours
+                    page.append((ObjectId(tail[:2] + tail[3:]), int(item["Size"]), item["LastModified"]))
+            yield page
+            if not response.get("IsTruncated"):
+                return
+            token = response["NextContinuationToken"]
 
     # -- the one write path ------------------------------------------------
 
@@ -385,12 +659,23 @@ class S3Backend(PostgresBackend):
         objects: Sequence[StoredObject] = (),
         ref_updates: Sequence[RefUpdate] = (),
         meta: Mapping[str, str | None] | None = None,
-    ) -> None:
+        append: LogAppend | None = None,
+    ) -> AppendedEntry | None:
         unique = list({o.id: o for o in reversed(objects)}.values())
-        if unique and ref_updates:
+        if not unique:
+            return self._commit(unique, ref_updates, meta, with_data=False, append=append)
+        if ref_updates:
             self._precheck_refs(ref_updates)
-        self._parallel(self._put, unique)
-        self._commit(unique, ref_updates, meta, with_data=False)
+        for _ in range(_CLAIM_ATTEMPTS):
+            try:
+                # The claim: from before the first PUT until the index rows are committed,
+                # gc deletes no body (module docstring).
+                with self._sweep_lock(exclusive=False):
+                    self._parallel(self._put, unique)
+                    return self._commit(unique, ref_updates, meta, with_data=False, append=append)
+            except _ClaimLost:
+                continue  # nothing committed; PUT again under a new claim
+        raise self._claims_lost("writing objects")
 
     def _precheck_refs(self, ref_updates: Sequence[RefUpdate]) -> None:
         """Fail a write that will lose its ref swap before uploading anything for it.
