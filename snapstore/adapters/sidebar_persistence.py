@@ -112,6 +112,19 @@ def _as_conversation_id(client_id: str) -> ConversationId:
         return ConversationId(f"c-{digest}")
 
 
+def _view(record: ContextRecord) -> dict[str, Any]:
+    """A record as a context dict that shares the record's objects.
+
+    Only for :func:`typed.from_json`, which copies every dict and list (a
+    second copy, as :meth:`ContextRecord.materialize` makes, would be wasted).
+    """
+    context: dict[str, Any] = {ID_FIELD: record.id}
+    context.update(record.fields)
+    for name, chain in record.memory.items():
+        context[name] = chain.items
+    return context
+
+
 @dataclass
 class _Operation:
     key: object
@@ -151,10 +164,12 @@ class SidebarPersistence:
         self._where: dict[str, ConversationId] = {}
         # The version of each context this instance last loaded or saved.
         self._seen: dict[str, ContextRecord] = {}
+        # context -> list name -> (chain head, length, typed.mirror_of the client's items saved there).
+        self._mirrors: dict[str, dict[str, tuple[str | None, int, list[Any]]]] = {}
         for conv in self.repo.conversation_ids():
             for cid in self.repo.tree(self.repo.head(conv)).records:
                 self._where[cid] = conv
-        self.repo.backend.write(meta={CLEAN_SHUTDOWN_KEY: None})
+        self.repo.backend.write(meta={CLEAN_SHUTDOWN_KEY: None, **self._hint_meta()})
 
     # -- operations ------------------------------------------------------------
 
@@ -263,28 +278,72 @@ class SidebarPersistence:
 
     def save_context(self, context: Any) -> bool:
         """Upsert one whole context; durable when it returns."""
-        data = typed.to_json(context)
+        mirrors: dict[str, list[Any] | None] = {}
+        data = typed.to_json(context, self._stored_lists(context), mirrors)
         if ID_FIELD not in data:
             raise InvalidInput(f"context has no {ID_FIELD}")
         cid = data[ID_FIELD]
+        # The lists as this save staged them, when it staged the context as it is (no merge).
+        built: dict[str, tuple[str | None, int]] = {}
+
+        def change(ws: Workspace) -> None:
+            if self._put_seen(ws, data):
+                record = ws.record(cid)
+                if record is not None:
+                    built.update((name, (chain.head, chain.n)) for name, chain in record.memory.items())
+
         with self._lock:
             target = self._target(data)
             current = self._where.get(cid)
             if current is not None and current != target:
                 self._move(cid, current, target)
-            self._commit(target, lambda ws: self._put_seen(ws, data), "save_context", cid)
+            self._commit(target, change, "save_context", cid)
             self._where[cid] = target
-            self._remember(target, cid)
+            record = self._remember(target, cid)
+            # Keep the mirror of each list the head now holds exactly as this save encoded it.
+            self._mirrors.pop(cid, None)
+            if record is not None:
+                memo = {name: (chain.head, chain.n, mirror) for name, chain in record.memory.items()
+                        if (mirror := mirrors.get(name)) is not None and built.get(name) == (chain.head, chain.n)}
+                if memo:
+                    self._mirrors[cid] = memo
         return True
 
-    def _remember(self, conv: ConversationId, cid: str) -> None:
+    def _stored_lists(self, context: Any) -> dict[str, typed.KnownList]:
+        """The context's exchange lists as its conversation's head holds them.
+
+        A save then encodes only what was appended since, and compares the
+        rest with the mirror of the client's items it last saved, not with
+        the stored text (see :func:`typed.to_json`).
+        """
+        cid = context.get(ID_FIELD) if isinstance(context, dict) else getattr(context, ID_FIELD, None)
+        with self._lock:
+            conv = self._where.get(cid) if isinstance(cid, str) else None
+            if conv is None:
+                return {}
+            record = self.repo.tree(self.repo.head(conv)).records.get(cid)  # type: ignore[call-overload]
+            memo = self._mirrors.get(cid, {})
+        if record is None:
+            return {}
+        out = {}
+        for name, chain in record.memory.items():
+            kept = memo.get(name)
+            mirror = kept[2] if kept is not None and (kept[0], kept[1]) == (chain.head, chain.n) else None
+            out[name] = typed.KnownList(chain.items, mirror)
+        return out
+
+    def _remember(self, conv: ConversationId, cid: str) -> ContextRecord | None:
         """Note the version of a context this instance has seen (its base for the next save)."""
         record = self.repo.tree(self.repo.head(conv)).records.get(cid)  # type: ignore[call-overload]
         if record is not None:
             self._seen[cid] = record
+        return record
 
-    def _put_seen(self, ws: Workspace, data: dict[str, Any]) -> None:
-        """Stage a whole context; if another replica changed it since we saw it, merge three ways."""
+    def _put_seen(self, ws: Workspace, data: dict[str, Any]) -> bool:
+        """Stage a whole context; if another replica changed it since we saw it, merge three ways.
+
+        Returns whether the context was staged as given (False: merged).
+        """
         cid = data[ID_FIELD]
         seen = self._seen.get(cid)
         current = ws.base.records.get(cid)  # type: ignore[call-overload]
@@ -294,7 +353,7 @@ class SidebarPersistence:
                 for n, c in current.memory.items())
         ):
             ws.put_context(data)
-            return
+            return True
         mine = Workspace(ws.base)
         mine.put_context(data)
         ours = mine.build()
@@ -306,6 +365,7 @@ class SidebarPersistence:
         record = merged.record(cid)
         if record is not None:
             ws.put_record(record, changed=True)
+        return False
 
     def load_context(self, sidebar_id: str) -> Any:
         """The context as an instance of the caller's class (a dict if none was configured), or None."""
@@ -317,7 +377,7 @@ class SidebarPersistence:
         if record is None:
             return None
         self._seen[sidebar_id] = record
-        return typed.from_json(self.context_class, record.materialize())
+        return typed.from_json(self.context_class, _view(record))
 
     def load_all_contexts(self, include_archived: bool = False) -> list[Any]:
         """Every context, newest ``last_activity`` first; archived ones only when asked."""
@@ -330,7 +390,7 @@ class SidebarPersistence:
                 for record in self.repo.tree(head).records.values():
                     if not include_archived and record.fields.get("status") == "archived":
                         continue
-                    found.append(record.materialize())
+                    found.append(_view(record))
         found.sort(key=lambda c: str(c.get("last_activity") or ""), reverse=True)
         return [typed.from_json(self.context_class, c) for c in found]
 
@@ -427,7 +487,16 @@ class SidebarPersistence:
         """Record a clean shutdown: the next start is CLEAN instead of AUDIT_RECOMMENDED."""
         from ..timeutil import utc_now
 
-        self.repo.backend.write(meta={CLEAN_SHUTDOWN_KEY: utc_now()})
+        self.repo.backend.write(meta={CLEAN_SHUTDOWN_KEY: utc_now(), **self._hint_meta()})
+
+    def _hint_meta(self) -> dict[str, str]:
+        """Fresh chain hints of the loaded trees, to write with a marker (the next start reads faster)."""
+        try:
+            meta = self.repo.chain_hint_meta()
+        except SnapstoreError:
+            return {}  # only a cache
+        self.repo.hints_written(meta)
+        return meta
 
     def close(self, clean: bool = True) -> None:
         """Release the store; with ``clean`` (the default), mark a clean shutdown first."""

@@ -18,6 +18,7 @@ import functools
 import importlib
 import types
 import typing
+from collections.abc import Mapping
 from datetime import date, datetime
 from typing import Any
 
@@ -38,8 +39,27 @@ def _enum_class(path: str) -> type[enum.Enum] | None:
     return target if isinstance(target, type) and issubclass(target, enum.Enum) else None
 
 
+# Exactly these types are JSON as they are (subclasses, such as an IntEnum,
+# take the general path below).
+_NATIVE = frozenset({str, int, float, bool, type(None)})
+
+
 def encode_value(value: Any) -> Any:
     """A JSON-safe copy of a nested value, tagging what JSON cannot hold."""
+    # Fast path: plain dicts and lists copied without a call per JSON-native
+    # item (an exchange list is thousands of small dicts of strings).
+    kind = type(value)
+    if kind in _NATIVE:
+        return value
+    if kind is dict and TAG not in value:
+        out: dict[str, Any] = {}
+        for key, item in value.items():
+            if type(key) is not str and not isinstance(key, str):
+                raise InvalidInput(f"dict key {key!r} is not a string")
+            out[key] = item if type(item) in _NATIVE else encode_value(item)
+        return out
+    if kind is list:
+        return [item if type(item) in _NATIVE else encode_value(item) for item in value]
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
     if isinstance(value, enum.Enum):
@@ -71,6 +91,11 @@ def encode_value(value: Any) -> Any:
 
 def decode_value(value: Any) -> Any:
     """The inverse of :func:`encode_value`."""
+    kind = type(value)
+    if kind is list:
+        return [item if type(item) in _NATIVE else decode_value(item) for item in value]
+    if kind is dict and TAG not in value:
+        return {key: item if type(item) in _NATIVE else decode_value(item) for key, item in value.items()}
     if isinstance(value, list):
         return [decode_value(v) for v in value]
     if not isinstance(value, dict):
@@ -115,49 +140,172 @@ def _plain_types(hint: Any) -> list[type]:
     return [hint] if isinstance(hint, type) else []
 
 
-def to_json(obj: Any) -> dict[str, Any]:
-    """A client context object (a dataclass or a dict) as a plain JSON dict."""
-    if isinstance(obj, dict):
-        return {k: encode_value(v) for k, v in obj.items()}
-    if not dataclasses.is_dataclass(obj):
-        raise InvalidInput(f"cannot store a {type(obj).__name__}: expected a dataclass or a dict")
-    types_by_field = _field_types(type(obj))
+@functools.lru_cache(maxsize=64)
+def _field_plan(cls: type) -> tuple[tuple[str, bool, bool], ...]:
+    """``(name, declared as an enum, declared as a datetime)`` for each field of a dataclass."""
+    plan = []
+    for name, hint in _field_types(cls).items():
+        kinds = _plain_types(hint)
+        plan.append((name, any(isinstance(t, type) and issubclass(t, enum.Enum) for t in kinds),
+                     datetime in kinds))
+    return tuple(plan)
+
+
+_UNMIRRORED = object()
+
+
+def mirror_of(value: Any) -> Any:
+    """A copy of a JSON-native value's dicts and lists that shares its leaves (strings, numbers).
+
+    Comparing a client's value with the mirror taken when it was last stored
+    costs a pointer comparison per unchanged leaf instead of comparing the
+    text: a leaf the client replaced is a new object and is compared, and a
+    container it changed in place no longer matches the mirror's own copy.
+    Returns a private sentinel when the value holds anything else.
+    """
+    kind = type(value)
+    if kind in _NATIVE:
+        return value
+    if kind is dict:
+        out: dict[str, Any] = {}
+        for key, item in value.items():
+            if type(key) is not str:
+                return _UNMIRRORED
+            copy = item if type(item) in _NATIVE else mirror_of(item)
+            if copy is _UNMIRRORED:
+                return _UNMIRRORED
+            out[key] = copy
+        return out
+    if kind is list:
+        items = []
+        for item in value:
+            copy = item if type(item) in _NATIVE else mirror_of(item)
+            if copy is _UNMIRRORED:
+                return _UNMIRRORED
+            items.append(copy)
+        return items
+    return _UNMIRRORED
+
+
+class KnownList:
+    """A list field as last stored: its items (plain JSON) and, if known, their :func:`mirror_of`.
+
+    ``mirror[i]`` must be the mirror of the client value ``items[i]`` was
+    encoded from.
+    """
+
+    __slots__ = ("items", "mirror")
+
+    def __init__(self, items: list[Any], mirror: list[Any] | None = None) -> None:
+        self.items = items
+        self.mirror = mirror if mirror is not None and len(mirror) == len(items) else None
+
+
+def _encode_list(value: Any, known: KnownList) -> tuple[Any, list[Any] | None]:
+    """``encode_value(value)``, encoding only what follows the known items, and the value's new mirror.
+
+    If ``value`` starts with items equal to all of ``known.items`` (compared
+    with the mirror when there is one: leaf by pointer), those are taken from
+    ``known.items`` (the result shares them: the caller must not hand it out)
+    and only the items after them are encoded. Equality is Python's, as
+    :meth:`snapstore.tree.Chain.sync` compares stored exchanges: what it
+    keeps, this keeps.
+    """
+    if type(value) is not list:
+        return encode_value(value), None
+    k = len(known.items)
+    if k and len(value) >= k:
+        prefix = value[:k]
+        by_mirror = known.mirror is not None and prefix == known.mirror
+        if by_mirror or prefix == known.items:
+            tail = value[k:]
+            out = list(known.items)
+            out.extend(item if type(item) in _NATIVE else encode_value(item) for item in tail)
+            if by_mirror:
+                tail_mirror = mirror_of(tail)
+                mirror = None if tail_mirror is _UNMIRRORED else known.mirror + tail_mirror
+            else:
+                whole = mirror_of(value)
+                mirror = None if whole is _UNMIRRORED else whole
+            return out, mirror
+    out = encode_value(value)
+    whole = mirror_of(value)
+    return out, None if whole is _UNMIRRORED else whole
+
+
+def to_json(obj: Any, known: Mapping[str, KnownList] | None = None,
+            mirrors: dict[str, list[Any] | None] | None = None) -> dict[str, Any]:
+    """A client context object (a dataclass or a dict) as a plain JSON dict.
+
+    ``known``: field name -> that list field as last stored (see
+    :class:`KnownList`), e.g. an exchange list: a list that only grew since
+    is encoded from where it grew (see :func:`_encode_list`). ``mirrors``,
+    if given, receives for each of those fields the :func:`mirror_of` its
+    value now (None if it has none), to pass in the next ``known``.
+    """
+    known = known or {}
     out: dict[str, Any] = {}
-    for name in types_by_field:
+    if isinstance(obj, dict):
+        items: Any = obj.items()
+    elif dataclasses.is_dataclass(obj):
+        items = None
+    else:
+        raise InvalidInput(f"cannot store a {type(obj).__name__}: expected a dataclass or a dict")
+    if items is not None:
+        for name, value in items:
+            if name in known:
+                out[name], mirror = _encode_list(value, known[name])
+                if mirrors is not None:
+                    mirrors[name] = mirror
+            else:
+                out[name] = encode_value(value)
+        return out
+    for name, enum_field, datetime_field in _field_plan(type(obj)):
         value = getattr(obj, name)
-        if isinstance(value, enum.Enum) and any(
-            isinstance(t, type) and issubclass(t, enum.Enum) for t in _plain_types(types_by_field[name])
-        ):
+        if enum_field and isinstance(value, enum.Enum):
             out[name] = value.value
-        elif isinstance(value, datetime) and datetime in _plain_types(types_by_field[name]):
+        elif datetime_field and isinstance(value, datetime):
             out[name] = value.isoformat()
+        elif name in known:
+            out[name], mirror = _encode_list(value, known[name])
+            if mirrors is not None:
+                mirrors[name] = mirror
         else:
             out[name] = encode_value(value)
     return out
+
+
+@functools.lru_cache(maxsize=64)
+def _load_plan(cls: type) -> tuple[tuple[tuple[str, type[enum.Enum] | None, bool], ...], frozenset[str]]:
+    """``((name, its enum class or None, declared as a datetime), ...)`` and the init field names."""
+    plan = []
+    for name, hint in _field_types(cls).items():
+        kinds = _plain_types(hint)
+        plan.append((name, next((t for t in kinds if issubclass(t, enum.Enum)), None), datetime in kinds))
+    return tuple(plan), frozenset(f.name for f in dataclasses.fields(cls) if f.init)
 
 
 def from_json(cls: type | None, data: dict[str, Any]) -> Any:
     """An instance of ``cls`` (a dataclass) from :func:`to_json` output; a dict if cls is None.
 
     Stored fields the class does not declare are left out; declared fields
-    missing from the data take their defaults.
+    missing from the data take their defaults. Every dict and list of the
+    result is new: the result shares only immutable values with ``data``.
     """
     if cls is None:
         return {k: decode_value(v) for k, v in data.items()}
+    plan, init_names = _load_plan(cls)
     kwargs: dict[str, Any] = {}
-    for name, hint in _field_types(cls).items():
+    for name, enum_kind, datetime_field in plan:
         if name not in data:
             continue
         value = data[name]
-        kinds = _plain_types(hint)
-        enum_kind = next((t for t in kinds if issubclass(t, enum.Enum)), None)
         if enum_kind is not None and not isinstance(value, dict) and value is not None:
             kwargs[name] = enum_kind(value)
-        elif datetime in kinds and isinstance(value, str):
+        elif datetime_field and isinstance(value, str):
             kwargs[name] = datetime.fromisoformat(value)
         else:
             kwargs[name] = decode_value(value)
-    init_names = {f.name for f in dataclasses.fields(cls) if f.init}
     instance = cls(**{k: v for k, v in kwargs.items() if k in init_names})
     for name, value in kwargs.items():
         if name not in init_names:

@@ -29,6 +29,9 @@ from .keys import resolve_key
 from .verify import ChainReport, Finding, FindingKind, verify_chain
 
 
+_BACK_CHUNK = 1 << 16  # entries_after reads the file backwards in pieces of this size
+
+
 class TornLine(LogError):
     """The log ends in a line without its newline: a write was interrupted."""
 
@@ -229,6 +232,40 @@ class OzolithLog:
             expected = entry.sequence + 1
 
     __iter__ = entries
+
+    def entries_after(self, sequence: int) -> list[LogEntry]:
+        """The entries whose sequence is above ``sequence``, oldest first, read back from the end.
+
+        Cost follows the entries returned, not the log's length: a start asks
+        only for what its store has not recorded yet. Raises TornLine for a
+        torn tail and UnparsableLine for a bad line among those read (lines
+        before them are not read: :meth:`verify` checks the whole chain).
+        """
+        found: list[LogEntry] = []
+        with locked(self.path, exclusive=False) as fd:
+            if fd is None:
+                return found
+            size = os.fstat(fd).st_size
+            if size and os.pread(fd, 1, size - 1) != b"\n":
+                raise TornLine(f"{self.path} ends in a torn line (no newline): an interrupted write", None, None)
+            buffer, position = b"", size
+            while position > 0:
+                start = max(0, position - _BACK_CHUNK)
+                buffer = os.pread(fd, position - start, start) + buffer
+                position = start
+                lines = buffer.split(b"\n")
+                # The first piece may be the end of a line that starts further back.
+                buffer = lines.pop(0) if position > 0 else b""
+                for raw in reversed(lines):
+                    if not raw.strip():
+                        continue
+                    entry = _parse_entry(raw, f"a line near the end of {self.path}", None, None)
+                    if entry.sequence <= sequence:
+                        found.reverse()
+                        return found
+                    found.append(entry)
+        found.reverse()
+        return found
 
     def load(self) -> LoadResult:
         """Every readable entry, with a finding (line and sequence) for each torn or unparsable line."""
