@@ -287,13 +287,21 @@ class System:
 
 
 class Snapstore(System):
-    key, label = "a", "(a) snapstore orchestrator + OZOLITH"
+    key, label = "a", "(a) snapstore orchestrator + OZOLITH in the store"
+    # The log kept in the store: each operation's entry commits with its objects and ref
+    # (one transaction, one fsync). SnapstoreFileLog is the same with the client's log file.
+    log_in_store = True
 
     def __init__(self, folder: Path) -> None:
         super().__init__(folder)
         self.store, self.log = str(folder / "store"), str(folder / "ozolith.jsonl")
-        self.session = Session(self.store, ozolith=self.log)
+        self.session = self._session()
         self.orchestrator: Any = None
+
+    def _session(self) -> Session:
+        if self.log_in_store:
+            return Session(self.store, log_in_store=True)
+        return Session(self.store, ozolith=self.log)
 
     def apply(self, op: Op) -> float:
         start = time.perf_counter()
@@ -324,14 +332,22 @@ class Snapstore(System):
             free = db.execute("PRAGMA freelist_count").fetchone()[0] * page_size
         finally:
             db.close()
-        log = Path(self.log)
-        entries = sum(1 for _ in log.open("rb"))
+        if self.log_in_store:
+            db = sqlite3.connect(f"file:{self.store}/store.sqlite?mode=ro", uri=True)
+            try:
+                entries, log_bytes = db.execute("SELECT count(*), sum(length(line) + 1) FROM ozolith").fetchone()
+                log_bytes = (pages.get("ozolith") or (log_bytes,))[0]  # the pages the table takes
+            finally:
+                db.close()
+        else:
+            log = Path(self.log)
+            entries, log_bytes = sum(1 for _ in log.open("rb")), log.stat().st_size
         return {"kinds": kinds, "pages": pages, "reflog": reflog, "meta": meta, "free": free,
-                "log": (entries, log.stat().st_size)}
+                "log": (entries, log_bytes)}
 
     def restart(self) -> tuple[float, tuple]:
         start = time.perf_counter()
-        session = Session(self.store, ozolith=self.log)
+        session = self._session()
         orchestrator = session.continue_last()
         elapsed = time.perf_counter() - start
         found = snap_fingerprint(orchestrator)
@@ -525,7 +541,12 @@ class BareFsync:
         os.close(self.fd)
 
 
-SYSTEMS: tuple[type[System], ...] = (Snapstore, Adapter, ClientLayer, ClientLayerNormal, LangGraph)
+class SnapstoreFileLog(Snapstore):
+    key, label = "a'", "(a') the same with the client's OZOLITH log file"
+    log_in_store = False
+
+
+SYSTEMS: tuple[type[System], ...] = (Snapstore, SnapstoreFileLog, Adapter, ClientLayer, ClientLayerNormal, LangGraph)
 
 
 # -- running -----------------------------------------------------------------------
@@ -585,7 +606,7 @@ def run_size(root: Path, n: int, window: int, seeded: bool, log: Callable[[str],
         live = system.size()
         system.close()
         closed = system.size()
-        if isinstance(system, Snapstore):
+        if type(system) is Snapstore:
             result["breakdown"] = system.breakdown()
         restarts = []
         for _ in range(3):

@@ -29,11 +29,13 @@ def main() -> int:
     parser.add_argument("--kills", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--dir", type=Path, default=None, help="work folder (default: a temporary one)")
+    parser.add_argument("--log-in-store", action="store_true",
+                        help="the store keeps the audit log (Session(log_in_store=True)) instead of a log file")
     args = parser.parse_args()
     workdir = args.dir or Path(tempfile.mkdtemp(prefix="snapstore-soak-"))
     workdir.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
-    stats = run_kills(workdir, args.kills, seed=args.seed)
+    stats = run_kills(workdir, args.kills, seed=args.seed, log_in_store=args.log_in_store)
     elapsed = time.monotonic() - started
     print("| kills | acknowledged ops | in-flight ops that landed | rolled forward | failures | seconds |")
     print("|---|---|---|---|---|---|")

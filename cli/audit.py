@@ -10,6 +10,7 @@ import click
 from snapstore.errors import InvalidInput, StoreNotFound
 from snapstore.ozolith import OzolithLog
 from snapstore.repository import Repository
+from snapstore.storelog import StoreLog
 
 from .main import Settings, cli
 from .render import dump_json, safe
@@ -24,21 +25,68 @@ ozolith_option = click.option(
 key_option = click.option("--key-file", "key_file", metavar="F", help="The log's key file (default: .ozolith_key beside the log).")
 
 
-def find_log(settings: Settings, log_path: str | None, key_file: str | None, required: bool) -> OzolithLog | None:
+def find_log(settings: Settings, log_path: str | None, key_file: str | None,
+             required: bool) -> OzolithLog | StoreLog | None:
+    """The audit log to use: ``--ozolith``, else ``$SNAPSTORE_OZOLITH``, else ozolith.jsonl inside an
+    embedded store, else the log the store keeps itself (snapstore.storelog) if it holds any entry."""
     path = log_path or os.environ.get(LOG_ENV)
     if path is None and "://" not in settings.location:
         candidate = Path(settings.location) / DEFAULT_LOG_NAME
         if candidate.exists():
             path = str(candidate)
     if path is None:
+        hosted = _store_log(settings, key_file)
+        if hosted is not None:
+            return hosted
         if required:
-            raise InvalidInput("no audit log: give --ozolith LOG")
+            raise InvalidInput("no audit log: give --ozolith LOG (this store keeps none)")
         return None
     if not Path(path).is_file():
         raise InvalidInput(f"{path}: no such log file")
     if key_file is not None and not Path(key_file).is_file():
         raise InvalidInput(f"{key_file}: no such key file")
     return OzolithLog(path, key_file=key_file)
+
+
+def _store_log(settings: Settings, key_file: str | None) -> StoreLog | None:
+    try:
+        repo = settings.repo()
+    except StoreNotFound:
+        return None
+    key = None
+    if key_file is not None:
+        if not Path(key_file).is_file():
+            raise InvalidInput(f"{key_file}: no such key file")
+        key = Path(key_file).read_text(encoding="utf-8").strip()
+    log = StoreLog(repo.backend, key=key)
+    return log if log.exists() else None
+
+
+@cli.command("export-log")
+@click.option("-o", "--output", "output", required=True, metavar="FILE",
+              help="Write the log here (JSON Lines, the client's format).")
+@click.option("--no-key-file", is_flag=True, help="Do not write the signing key to .ozolith_key beside FILE.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_obj
+def export_log(settings: Settings, output: str, no_key_file: bool, as_json: bool) -> None:
+    """Write the audit log the store keeps to a JSON Lines file.
+
+    The file is the client's OZOLITH format entry for entry, so the client's
+    tools and `snap verify --ozolith FILE` read it. The signing key goes to
+    .ozolith_key beside FILE (mode 0600) unless one is there already or
+    --no-key-file is given.
+    """
+    log = StoreLog(settings.repo().backend)
+    if not log.exists():
+        raise InvalidInput(f"{settings.location}: this store keeps no audit log")
+    target = Path(output)
+    if target.is_dir():
+        raise InvalidInput(f"{output} is a directory")
+    count = log.export(target, key_file=not no_key_file)
+    if as_json:
+        click.echo(dump_json({"output": str(target), "entries": count}))
+    else:
+        click.echo(f"wrote {count} log entries to {safe(str(target))}")
 
 
 @cli.command()

@@ -7,6 +7,8 @@ import click
 from snapstore.errors import StoreNotFound
 from snapstore.orchestrator import ConversationOrchestrator
 from snapstore.repository import Repository
+from snapstore.storelog import StoreAudit, StoreLog
+from snapstore.verify import verify
 
 from .main import Settings, cli, describe_location
 from .render import render_diff, render_log, render_tree
@@ -42,7 +44,9 @@ def demo(settings: Settings) -> None:
         repo = Repository.init(location)
         click.echo(f"Initialized empty snapstore store in {describe_location(location)}")
     conv = _free_conversation(repo, "demo")
-    orch = ConversationOrchestrator(repo, conv)
+    # The store keeps the OZOLITH audit log: each operation's entry commits with its snapshot.
+    audit_log = StoreLog(repo.backend)
+    orch = ConversationOrchestrator(repo, conv, audit=StoreAudit(audit_log))
 
     _heading(f"conversation {conv}: a root, two sidebars, a merge")
     root = orch.create_root_context("Plan the release")
@@ -58,7 +62,7 @@ def demo(settings: Settings) -> None:
     before_merge = orch.head
     orch.merge_sidebar(side, "The flaky test was a timing assertion; moved to a benchmark.")
     orch.add_exchange(root, "Great. What about the docs?", "A sidebar is paused waiting for their owner.")
-    click.echo(f"{len(repo.log(conv))} snapshots written, one per operation")
+    click.echo(f"{len(repo.log(conv))} snapshots written, one per operation, each with its audit-log entry")
 
     _heading(f"snap log {conv} -n 5")
     for line in render_log(repo.log(conv, 5)):
@@ -84,8 +88,15 @@ def demo(settings: Settings) -> None:
                            fg="green" if same else "red", bold=True))
     for line in render_tree(resumed.tree):
         click.echo(line)
+
+    _heading(f"snap verify {conv}  (the audit log against the store)")
+    report = verify(reopened, StoreLog(reopened.backend), conv)
+    click.echo(f"{report.entries} log entries, {report.objects} objects, {report.snapshots} snapshots: "
+               + click.style("ok" if report.ok else f"{len(report.problems)} problems",
+                             fg="green" if report.ok else "red", bold=True))
     reopened.close()
     click.echo()
-    click.echo(f"Try: snap log {conv}   snap tree {conv}~3   snap diff {conv}~2 {conv}   snap fsck")
-    if not same:
+    click.echo(f"Try: snap log {conv}   snap tree {conv}~3   snap diff {conv}~2 {conv}   snap verify   "
+               "snap export-log -o ozolith.jsonl")
+    if not same or not report.ok:
         click.get_current_context().exit(1)

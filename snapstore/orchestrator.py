@@ -18,6 +18,7 @@ two writers on one log (the log is locked while an entry is appended).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import random
@@ -30,7 +31,8 @@ from typing import Any
 from .errors import InvalidInput, RefConflict
 from .merge import MergeConflict
 from .objects import Event, LogLink
-from .repository import CommitResult, PreparedCommit, Repository, Staging
+from .refs import ref_name
+from .repository import AuditEntry, CommitResult, PreparedCommit, Repository, Staging
 from .tree import Tree, Workspace
 
 # Lost compare-and-swaps in a row before an operation gives up, and the
@@ -172,7 +174,7 @@ class ConversationOrchestrator:
         these fields of that context since our view, the two operations
         conflict and :class:`~snapstore.merge.MergeConflict` names the context.
         """
-        with self._lock:
+        with self._lock, contextlib.ExitStack() as queued:
             self._write_pending_voids()
             staging = self.repo.stage(self.conversation)
             self._sync(staging)
@@ -184,9 +186,14 @@ class ConversationOrchestrator:
                 except RefConflict:
                     if attempt == MAX_ATTEMPTS - 1:
                         raise
-                    # Back off a random while, longer after each loss, so
-                    # contending replicas do not keep colliding.
-                    time.sleep(random.uniform(0, min(MAX_BACKOFF, 0.0005 * 2 ** min(attempt, 10))))
+                    if attempt == 0:
+                        # Lost a race: queue with the other losers of this conversation
+                        # (every replica) for the retries, instead of racing again.
+                        queued.enter_context(self.repo.backend.writer_lock(ref_name(self.conversation)))
+                    else:
+                        # Back off a random while, longer after each loss, so
+                        # contending replicas do not keep colliding.
+                        time.sleep(random.uniform(0, min(MAX_BACKOFF, 0.0005 * 2 ** min(attempt, 10))))
                     theirs = self.repo.stage(self.conversation)
                     if watch is not None:
                         _check_watch(watch, staging.workspace.base, theirs.workspace.base)
@@ -206,18 +213,21 @@ class ConversationOrchestrator:
             message = message()
         before_ref = None
         appended: list[int] = []
+        if getattr(self._audit, "in_transaction", False):
+            # The store keeps the log: the entry rides in the commit's own write.
+            def linked_payload(prepared: PreparedCommit) -> dict[str, Any]:
+                return {**payload, "snapstore": _link(prepared)}
+
+            return self.repo.commit_staged(
+                staging, event=Event(event_type, context_id, message), activate=True, allow_empty=True,
+                audit=AuditEntry(self._audit.log, event_type, context_id, actor or self.actor, linked_payload),
+            )
         if self._audit is not None:
             audit = self._audit
 
             def before_ref(prepared: PreparedCommit) -> LogLink:
                 linked = dict(payload)
-                linked["snapstore"] = {
-                    "conversation": prepared.conversation,
-                    "snapshot": prepared.snapshot,
-                    "parent": prepared.parent,
-                    "root": prepared.root,
-                    "nodes": dict(prepared.changed_nodes),
-                }
+                linked["snapstore"] = _link(prepared)
                 sequence, entry_hash = audit(event_type, context_id, actor or self.actor, linked)
                 appended.append(sequence)
                 return LogLink(sequence, entry_hash)
@@ -445,6 +455,17 @@ class ConversationOrchestrator:
         """The whole materialized state (as ``snap checkout -o`` writes it)."""
         return {"conversation_id": self.conversation, "active_context_id": self._tree.active_context_id,
                 "contexts": self._tree.materialize(), **self._tree.extra}
+
+
+def _link(prepared: PreparedCommit) -> dict[str, Any]:
+    """What an operation's log entry says of its snapshot (``payload["snapstore"]``, see snapstore.audit)."""
+    return {
+        "conversation": prepared.conversation,
+        "snapshot": prepared.snapshot,
+        "parent": prepared.parent,
+        "root": prepared.root,
+        "nodes": dict(prepared.changed_nodes),
+    }
 
 
 def _check_watch(watch: tuple[str, tuple[str, ...]], ours: Tree, theirs: Tree) -> None:

@@ -20,6 +20,7 @@ import pytest
 
 from snapstore.ozolith import OzolithLog
 from snapstore.repository import Repository
+from snapstore.storelog import StoreLog
 from snapstore.verify import verify
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -59,7 +60,7 @@ def check_store(store: Path, log: Path, head: str) -> None:
     try:
         assert repo.head("faults") == head
         assert repo.fsck().ok
-        report = verify(repo, OzolithLog(log))
+        report = verify(repo, StoreLog(repo.backend) if str(log) == "store" else OzolithLog(log))
         assert report.ok, report.problems
     finally:
         repo.close()
@@ -100,8 +101,10 @@ def tiny_disk(tmp_path):
     subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
-def test_full_disk(tiny_disk):
-    store, log = tiny_disk / "store", tiny_disk / "store" / "ozolith.jsonl"
+@pytest.mark.parametrize("log_kind", ["file", "store"])
+def test_full_disk(tiny_disk, log_kind):
+    store = tiny_disk / "store"
+    log = store / "ozolith.jsonl" if log_kind == "file" else Path("store")
     worker = Worker(store, log)
     filler = tiny_disk / "filler"
 
@@ -128,10 +131,13 @@ def eio_shim(tmp_path_factory):
     return out
 
 
-@pytest.mark.parametrize("target", ["/store/store.sqlite", "/store/ozolith.jsonl", "/store/"])
+@pytest.mark.parametrize("target", ["/store/store.sqlite", "/store/ozolith.jsonl", "/store/", "log in store"])
 def test_io_errors(tmp_path, eio_shim, target):
-    """EIO on the database only, on the log only, and on everything in the store folder."""
+    """EIO on the database only, on the log only, on everything in the store folder, and on the
+    database of a store that keeps the log itself."""
     store, log = tmp_path / "store", tmp_path / "store" / "ozolith.jsonl"
+    if target == "log in store":
+        log, target = Path("store"), "/store/store.sqlite"
     trigger = tmp_path / "fail-now"
     worker = Worker(store, log, {"LD_PRELOAD": str(eio_shim), "SNAPSTORE_EIO_TRIGGER": str(trigger),
                                  "SNAPSTORE_EIO_MATCH": str(tmp_path) + target})

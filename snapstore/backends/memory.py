@@ -8,7 +8,9 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 
 from ..errors import RefConflict
 from ..objects import ObjectId
-from .base import Backend, RefUpdate, ReflogEntry, StoredObject, check_fence
+from .base import (
+    LOG_KEY_META, AppendedEntry, Backend, LogAppend, RefUpdate, ReflogEntry, StoredObject, check_fence, link,
+)
 from ..timeutil import utc_now
 
 
@@ -24,6 +26,7 @@ class MemoryBackend(Backend):
         self._refs: dict[str, ObjectId] = {}
         self._reflog: list[ReflogEntry] = []
         self._meta: dict[str, str] = {}
+        self._log: list[tuple[int, str]] = []
 
     def get_objects(self, ids: Iterable[ObjectId]) -> dict[ObjectId, StoredObject]:
         with self._lock:
@@ -85,12 +88,20 @@ class MemoryBackend(Backend):
         objects: Sequence[StoredObject] = (),
         ref_updates: Sequence[RefUpdate] = (),
         meta: Mapping[str, str | None] | None = None,
-    ) -> None:
+        append: LogAppend | None = None,
+    ) -> AppendedEntry | None:
         with self._lock:
             for update in ref_updates:
                 actual = self._refs.get(update.name)
                 if actual != update.old:
                     raise RefConflict(update.name, update.old, actual)
+            entry = None
+            if append is not None:
+                entry, new_key = append.build(self._log[-1][1] if self._log else None, self._meta.get(LOG_KEY_META))
+                self._log.append((entry.sequence, entry.line))
+                if new_key is not None:
+                    self._meta[LOG_KEY_META] = new_key
+                ref_updates = [link(u, entry) for u in ref_updates]
             for obj in objects:
                 self._objects.setdefault(obj.id, obj)
             now = utc_now()
@@ -110,6 +121,16 @@ class MemoryBackend(Backend):
                     self._meta.pop(key, None)
                 else:
                     self._meta[key] = value
+        return entry
+
+    def log_lines(self, after: int = 0, limit: int | None = None) -> list[tuple[int, str]]:
+        with self._lock:
+            rows = [row for row in self._log if row[0] > after]
+        return rows if limit is None else rows[:limit]
+
+    def log_tail(self) -> tuple[int, str] | None:
+        with self._lock:
+            return self._log[-1] if self._log else None
 
     def close(self) -> None:
         pass

@@ -27,6 +27,11 @@ Schema (all created by :data:`MIGRATIONS`, recorded in
     snapstore_reflog   seq identity PRIMARY KEY, name, old, new, time, reason,
                        log_sequence, log_hash; index (name, seq)
     snapstore_meta     key PRIMARY KEY, value
+    snapstore_ozolith  sequence PRIMARY KEY, entry_hash, line: the audit log
+                       kept in the store (snapstore/storelog.py), each row one
+                       line of the client's JSON Lines format; appended in
+                       the transaction that moves the ref it answers to,
+                       appenders serialised by a transaction-level advisory lock
 
 Objects are inserted with one ``INSERT ... SELECT FROM unnest(arrays) ON
 CONFLICT DO NOTHING`` per batch. Measured against a local server (median of
@@ -45,6 +50,7 @@ connection lost while idle is reopened on next use.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import re
 import threading
 import time
@@ -55,7 +61,10 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 from ..errors import BackendError, FormatError, InvalidInput, RefConflict, StoreExists, StoreNotFound
 from ..location import redact, register_url_backend
 from ..objects import ObjectId
-from .base import Backend, Capability, RefUpdate, ReflogEntry, StoredObject, check_fence
+from .base import (
+    LOG_KEY_META, AppendedEntry, Backend, Capability, LogAppend, RefUpdate, ReflogEntry, StoredObject,
+    check_fence, link,
+)
 
 try:
     import psycopg
@@ -115,11 +124,20 @@ MIGRATIONS: tuple[Migration, ...] = (
             value text NOT NULL
         )""",
     )),
+    Migration(2, "audit log kept in the store", (
+        """CREATE TABLE IF NOT EXISTS snapstore_ozolith (
+            sequence bigint PRIMARY KEY CHECK (sequence > 0),
+            entry_hash text NOT NULL,
+            line text NOT NULL
+        )""",
+    )),
 )
 
 # pg_advisory_xact_lock key serialising schema migrations of one database (advisory
 # locks are per database); an arbitrary constant that other applications are unlikely to use.
 _MIGRATION_LOCK = 0x5E1A_D0C5_7A11_0001
+# pg_advisory_xact_lock key serialising appends to the audit log kept in the store.
+_LOG_LOCK = 0x5E1A_D0C5_7A11_0002
 _VERSION_TABLE = """CREATE TABLE IF NOT EXISTS snapstore_schema_version (
     version integer PRIMARY KEY,
     name text NOT NULL,
@@ -198,6 +216,9 @@ class PostgresBackend(Backend):
     def __init__(self, url: str, create: bool = False, *, description: str | None = None) -> None:
         self._lock = threading.RLock()
         self._conn: psycopg.Connection | None = None
+        # A second connection, only for writer_lock's session-level advisory locks.
+        self._lock_guard = threading.Lock()
+        self._lock_conn: psycopg.Connection | None = None
         self.description = description or safe_location(url)
         self._secrets = url_secrets(url)
         self._connect_args = self._connection_args(url)
@@ -507,8 +528,9 @@ class PostgresBackend(Backend):
         objects: Sequence[StoredObject] = (),
         ref_updates: Sequence[RefUpdate] = (),
         meta: Mapping[str, str | None] | None = None,
-    ) -> None:
-        self._commit(objects, ref_updates, meta, with_data=True)
+        append: LogAppend | None = None,
+    ) -> AppendedEntry | None:
+        return self._commit(objects, ref_updates, meta, with_data=True, append=append)
 
     def _commit(
         self,
@@ -516,8 +538,9 @@ class PostgresBackend(Backend):
         ref_updates: Sequence[RefUpdate],
         meta: Mapping[str, str | None] | None,
         with_data: bool,
-    ) -> None:
-        """One transaction: object rows (bodies included if ``with_data``), ref swaps, meta."""
+        append: LogAppend | None = None,
+    ) -> AppendedEntry | None:
+        """One transaction: object rows (bodies included if ``with_data``), the log entry, ref swaps, meta."""
         unique = {o.id: o for o in reversed(objects)}  # the first of duplicate ids wins
         rows = sorted(
             (bytes.fromhex(o.id), o.kind, o.size, len(o.data), o.data if with_data else None)
@@ -527,24 +550,91 @@ class PostgresBackend(Backend):
         updates = sorted(ref_updates, key=lambda u: u.name)
         meta_items = sorted((meta or {}).items())
 
-        def work(cur: psycopg.Cursor) -> None:
+        def work(cur: psycopg.Cursor) -> AppendedEntry | None:
+            entry = None
+            if append is not None:
+                # First, before any row lock: appenders queue here, never on a ref row.
+                entry = self._append_locked(cur, append)
             for start in range(0, len(rows), _BATCH):
                 columns = [list(c) for c in zip(*rows[start : start + _BATCH], strict=True)]
                 cur.execute(_INSERT_OBJECTS, columns)
             for update in updates:
-                self._swap_ref(cur, update)
+                self._swap_ref(cur, link(update, entry))
             upserts = [(k, v) for k, v in meta_items if v is not None]
             deletes = [k for k, v in meta_items if v is None]
             if upserts:
                 cur.execute(
                     "INSERT INTO snapstore_meta (key, value) SELECT * FROM unnest(%s::text[], %s::text[]) "
-                    "ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
+                    "ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value "
+                    "WHERE snapstore_meta.value IS DISTINCT FROM EXCLUDED.value",  # unchanged: no new row version
                     ([k for k, _ in upserts], [v for _, v in upserts]),
                 )
             if deletes:
                 cur.execute("DELETE FROM snapstore_meta WHERE key = ANY(%s::text[])", (deletes,))
+            return entry
 
-        self._transaction(work)
+        return self._transaction(work)  # type: ignore[return-value]
+
+    @staticmethod
+    def _append_locked(cur: psycopg.Cursor, append: LogAppend) -> AppendedEntry:
+        cur.execute("SELECT pg_advisory_xact_lock(%s)", (_LOG_LOCK,))
+        cur.execute("SELECT line FROM snapstore_ozolith ORDER BY sequence DESC LIMIT 1")
+        row = cur.fetchone()
+        cur.execute("SELECT value FROM snapstore_meta WHERE key = %s", (LOG_KEY_META,))
+        key_row = cur.fetchone()
+        entry, new_key = append.build(row[0] if row else None, key_row[0] if key_row else None)
+        cur.execute("INSERT INTO snapstore_ozolith (sequence, entry_hash, line) VALUES (%s, %s, %s)",
+                    (entry.sequence, entry.entry_hash, entry.line))
+        if new_key is not None:
+            cur.execute("INSERT INTO snapstore_meta (key, value) VALUES (%s, %s)", (LOG_KEY_META, new_key))
+        return entry
+
+    def writer_lock(self, name: str) -> contextlib.AbstractContextManager[None]:
+        """A session-level advisory lock keyed by the ref name's hash (see :meth:`Backend.writer_lock`).
+
+        It is taken on a connection of its own, so it never waits inside, or
+        holds up, this backend's transactions.
+        """
+        return self._writer_lock(name)
+
+    @contextlib.contextmanager
+    def _writer_lock(self, name: str) -> Iterator[None]:
+        key = int.from_bytes(hashlib.blake2b(b"snapstore writer " + name.encode(), digest_size=8).digest(),
+                             "big", signed=True)
+        with super().writer_lock(name), self._lock_guard:
+            conn = self._lock_conn
+            held = False
+            try:
+                if conn is None or conn.closed:
+                    conn = self._lock_conn = self._connect()
+                conn.execute("SELECT pg_advisory_lock(%s)", (key,))
+                held = True
+            except (psycopg.Error, BackendError):
+                self._drop_lock_connection()  # only fairness is lost
+            try:
+                yield
+            finally:
+                if held and self._lock_conn is not None:
+                    try:
+                        self._lock_conn.execute("SELECT pg_advisory_unlock(%s)", (key,))
+                    except psycopg.Error:
+                        self._drop_lock_connection()  # closing the session releases the lock
+
+    def _drop_lock_connection(self) -> None:
+        conn, self._lock_conn = self._lock_conn, None
+        if conn is not None:
+            with contextlib.suppress(psycopg.Error):
+                conn.close()
+
+    def log_lines(self, after: int = 0, limit: int | None = None) -> list[tuple[int, str]]:
+        return [(int(s), line) for s, line in self._read(
+            "SELECT sequence, line FROM snapstore_ozolith WHERE sequence > %s ORDER BY sequence LIMIT %s",
+            (after, limit),
+        )]
+
+    def log_tail(self) -> tuple[int, str] | None:
+        rows = self._read("SELECT sequence, line FROM snapstore_ozolith ORDER BY sequence DESC LIMIT 1")
+        return (int(rows[0][0]), rows[0][1]) if rows else None
 
     @staticmethod
     def _swap_ref(cur: psycopg.Cursor, update: RefUpdate) -> None:
@@ -575,6 +665,7 @@ class PostgresBackend(Backend):
             if conn is not None:
                 with contextlib.suppress(psycopg.Error):
                     conn.close()
+        self._drop_lock_connection()
 
 
 def open_postgres(location: str, create: bool) -> PostgresBackend:

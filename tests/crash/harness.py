@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from snapstore.ozolith import OzolithLog
+from snapstore.storelog import StoreLog
 from snapstore.startup import Session
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -60,7 +61,8 @@ def check_store(store: Path, log: Path, last: tuple[int, str, str] | None,
 
     Returns the state now committed: the baseline for the next round.
     """
-    session = Session(str(store), ozolith=str(log))
+    hosted = str(log) == "store"
+    session = Session(str(store), log_in_store=True) if hosted else Session(str(store), ozolith=str(log))
     stats.rolled_forward += sum(1 for r in session.report.recoveries if r.action == "rolled-forward")
     repo = session.repo
     try:
@@ -86,7 +88,8 @@ def check_store(store: Path, log: Path, last: tuple[int, str, str] | None,
         # A full check (every object, the whole chain, the cross-check and the
         # replay) every FULL_EVERY kills and at the end; a sampled one between.
         full = stats.kills % FULL_EVERY == 0 or final
-        report = verify(repo, OzolithLog(log), sample=None if full else 32, seed=stats.kills)
+        audit_log = StoreLog(repo.backend) if hosted else OzolithLog(log)
+        report = verify(repo, audit_log, sample=None if full else 32, seed=stats.kills)
         if not report.ok:
             stats.failures.append(f"kill {stats.kills}: verify: {[p.message for p in report.problems][:3]}")
         return (last[0], head, repo.snapshot(head).root)
@@ -94,10 +97,15 @@ def check_store(store: Path, log: Path, last: tuple[int, str, str] | None,
         session.close(clean=False)
 
 
-def run_kills(workdir: Path, kills: int, seed: int = 0, max_run: float = 0.25) -> KillStats:
-    """Start, let run for a random moment, SIGKILL, check; ``kills`` times."""
+def run_kills(workdir: Path, kills: int, seed: int = 0, max_run: float = 0.25,
+              log_in_store: bool = False) -> KillStats:
+    """Start, let run for a random moment, SIGKILL, check; ``kills`` times.
+
+    With ``log_in_store`` the store keeps the audit log (snapstore.storelog)
+    instead of the OZOLITH file beside it.
+    """
     rng = random.Random(seed)
-    store, log = workdir / "store", workdir / "ozolith.jsonl"
+    store, log = workdir / "store", (Path("store") if log_in_store else workdir / "ozolith.jsonl")
     stats = KillStats()
     last: tuple[int, str, str] | None = None
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))

@@ -72,7 +72,8 @@ def main() -> None:
     store, log, seed = sys.argv[1], sys.argv[2], int(sys.argv[3])
     limit = int(sys.argv[4]) if len(sys.argv) > 4 else None
     rng = random.Random(seed)
-    session = Session(store, ozolith=log)
+    # LOG "store": the store keeps the audit log (each operation one transaction).
+    session = Session(store, log_in_store=True) if log == "store" else Session(store, ozolith=log)
     orch = session.resume(CONVERSATION) if session.repo.head(CONVERSATION) else \
         ConversationOrchestrator(session.repo, CONVERSATION, audit=session._audit)
     print(f"START {session.report.status.value} {orch.head}", flush=True)

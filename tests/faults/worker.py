@@ -1,6 +1,6 @@
 """An orchestrator driven line by line on stdin, for fault-injection tests.
 
-    python -m tests.faults.worker STORE LOG
+    python -m tests.faults.worker STORE LOG    (LOG "store": the log kept in the store)
 
 Commands: ``root``, ``exchange [SIZE]``, ``spawn``, ``state``, ``quit``.
 Each answers one line: ``OK <head>``, ``ERR <message>`` or ``STATE <sha256 of the state JSON> <head>``.
@@ -17,7 +17,8 @@ from snapstore.startup import Session
 
 def main() -> None:
     store, log = sys.argv[1], sys.argv[2]
-    session = Session(store, ozolith=log)
+    # LOG "store": the store keeps the audit log (one transaction per operation).
+    session = Session(store, log_in_store=True) if log == "store" else Session(store, ozolith=log)
     orch = session.continue_last() or session.start_new("faults", "fault injection root")
     print(f"OK {orch.head}", flush=True)
     n = 0

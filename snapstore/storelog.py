@@ -1,0 +1,269 @@
+"""The OZOLITH audit log kept inside the store.
+
+The client writes its OZOLITH log as a JSON Lines file beside its database
+(:class:`~snapstore.ozolith.OzolithLog`). A store can also keep the log
+itself, in a table of the same database (SQLite's ``ozolith``, PostgreSQL's
+``snapstore_ozolith``): one row per entry, holding the exact line the client
+would have written. Two things follow:
+
+- **one transaction per operation.** An orchestrator's entry is appended in
+  the very :meth:`~snapstore.backends.base.Backend.write` that stores the
+  snapshot's objects and moves the ref (compare-and-swap), and that ref change
+  records the entry's sequence and hash. Either all of it is committed or
+  none: there is never an entry whose snapshot is not the head (no roll
+  forward, no void entries), and a lost compare-and-swap appends nothing.
+  On SQLite that is one fsync per operation instead of three.
+- **several replicas, one chain.** Appenders are serialised by the store
+  (SQLite's write lock; on PostgreSQL a transaction-level advisory lock), so
+  replicas on one PostgreSQL store write one hash chain without a shared file.
+
+The log is the client's format entry for entry: :meth:`StoreLog.export`
+writes the JSON Lines file (and the key file beside it) that the client's own
+reader and ``snap verify --ozolith FILE`` accept. The signing key is the
+store's meta value ``ozolith/key`` (a hex string, used like the client's
+``.ozolith_key``), created by the first append; pass ``key`` to use your own.
+Like the client's key file kept beside its log, a key kept in the store
+protects against corruption and against tampering by anyone who cannot read
+the store; keep your own key elsewhere to protect against those who can.
+
+Anchors are not kept in the store: :meth:`StoreLog.anchors` is empty and the
+chain is checked from its first entry.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import tempfile
+import threading
+from collections.abc import Iterator, Mapping
+from datetime import datetime
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+from .backends.base import LOG_KEY_META, AppendedEntry, Backend, LogAppend
+from .errors import InvalidInput, LogError
+from .ozolith.anchors import Anchor
+from .ozolith.entry import EventType, LogEntry, check_sealed, key_bytes, make_entry
+from .ozolith.files import fsync_dir
+from .ozolith.keys import KEY_FILE_NAME
+from .ozolith.log import CorruptEntry, LoadResult, UnparsableLine, WrongKey, _as_utc, _entry_from_line
+from .ozolith.verify import ChainReport, Finding, FindingKind, verify_data
+
+_PAGE = 5000
+
+
+class StoreLog:
+    """The audit log a store keeps: the reading interface of :class:`~snapstore.ozolith.OzolithLog`, plus appends
+    that ride in a store write (:meth:`prepare`)."""
+
+    def __init__(self, backend: Backend, key: str | None = None) -> None:
+        self.backend = backend
+        self._key_arg = key
+        self._checked_tail: str | None = None  # the last line this process verified or wrote
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"StoreLog({self.backend.description!r})"
+
+    @property
+    def where(self) -> str:
+        """How messages name this log."""
+        return f"the audit log in {self.backend.description}"
+
+    def exists(self) -> bool:
+        """Whether the log holds any entry."""
+        return self.backend.log_tail() is not None
+
+    # -- the key ------------------------------------------------------------------
+
+    def _key_text(self, stored: str | None) -> tuple[str, str | None]:
+        """``(key text, key to store or None)`` given the stored key."""
+        if self._key_arg is not None:
+            if not self._key_arg:
+                raise InvalidInput("the audit log key must not be empty")
+            return self._key_arg, None
+        if stored is not None:
+            return stored, None
+        created = secrets.token_hex(32)
+        return created, created
+
+    def key(self) -> bytes:
+        """The signing key (never created by a read)."""
+        text = self._key_arg if self._key_arg is not None else self.backend.get_meta(LOG_KEY_META)
+        if not text:
+            raise LogError(f"{self.where} has no signing key yet (no entry was ever appended)")
+        return key_bytes(text)
+
+    # -- writing ------------------------------------------------------------------
+
+    def prepare(self, event_type: str | EventType, context_id: str, actor: str,
+                payload: Mapping[str, Any]) -> LogAppend:
+        """An entry to append inside a store write (see :class:`~snapstore.backends.base.LogAppend`)."""
+        kind = event_type.value if isinstance(event_type, Enum) else event_type
+
+        def build(last_line: str | None, stored_key: str | None) -> tuple[AppendedEntry, str | None]:
+            text, new_key = self._key_text(stored_key)
+            key = key_bytes(text)
+            last = self._tail_entry(last_line, key) if last_line is not None else None
+            entry = make_entry(
+                key,
+                sequence=last.sequence + 1 if last else 1,
+                previous_hash=last.entry_hash if last else "",
+                event_type=kind, context_id=context_id, actor=actor, payload=payload,
+            )
+            line = entry.to_line()
+            return AppendedEntry(entry.sequence, entry.entry_hash, line), new_key
+
+        return LogAppend(build)
+
+    def _tail_entry(self, line: str, key: bytes) -> LogEntry:
+        """The last entry, if it is safe to chain onto; otherwise raise naming its sequence."""
+        try:
+            entry = _entry_from_line(line.encode("utf-8"))
+        except ValueError as exc:
+            raise UnparsableLine(f"the last entry of {self.where} is not an entry: {exc}") from exc
+        with self._lock:
+            known = self._checked_tail == line
+        if not known:
+            hash_ok, signature_ok, _ = check_sealed(key, entry.to_dict())
+            if not hash_ok:
+                raise CorruptEntry(f"last entry (sequence {entry.sequence}) of {self.where} fails its hash; "
+                                   "verify the log before appending", entry.sequence)
+            if not signature_ok:
+                raise WrongKey(f"last entry (sequence {entry.sequence}) of {self.where} is not signed by this key",
+                               entry.sequence)
+        return entry
+
+    def _written(self, entry: AppendedEntry | None) -> None:
+        if entry is not None:
+            with self._lock:
+                self._checked_tail = entry.line
+
+    def append(self, event_type: str | EventType, context_id: str, actor: str,
+               payload: Mapping[str, Any]) -> LogEntry:
+        """Append one entry on its own (durable when this returns) and return it."""
+        appended = self.backend.write(append=self.prepare(event_type, context_id, actor, payload))
+        assert appended is not None
+        self._written(appended)
+        return _entry_from_line(appended.line.encode("utf-8"))
+
+    def committed(self, entry: AppendedEntry | None) -> None:
+        """Tell the log an entry from :meth:`prepare` was committed (its line need not be re-verified)."""
+        self._written(entry)
+
+    # -- reading ------------------------------------------------------------------
+
+    def _rows(self, after: int = 0) -> Iterator[tuple[int, str]]:
+        while True:
+            rows = self.backend.log_lines(after, _PAGE)
+            yield from rows
+            if len(rows) < _PAGE:
+                return
+            after = rows[-1][0]
+
+    def entries(self) -> Iterator[LogEntry]:
+        """Every entry, oldest first. Raises :class:`UnparsableLine` at the first bad row."""
+        for sequence, line in self._rows():
+            try:
+                yield _entry_from_line(line.encode("utf-8"))
+            except ValueError as exc:
+                raise UnparsableLine(f"entry {sequence} of {self.where} is not an entry: {exc}", sequence) from exc
+
+    __iter__ = entries
+
+    def entries_after(self, sequence: int) -> Iterator[LogEntry]:
+        """Entries newer than ``sequence``, oldest first (reads only those)."""
+        for number, line in self._rows(sequence):
+            try:
+                yield _entry_from_line(line.encode("utf-8"))
+            except ValueError as exc:
+                raise UnparsableLine(f"entry {number} of {self.where} is not an entry: {exc}", number) from exc
+
+    def load(self) -> LoadResult:
+        """Every readable entry, with a finding for each row that is not one."""
+        entries: list[LogEntry] = []
+        findings: list[Finding] = []
+        for sequence, line in self._rows():
+            try:
+                entries.append(_entry_from_line(line.encode("utf-8")))
+            except ValueError as exc:
+                findings.append(Finding(FindingKind.UNPARSABLE_LINE, f"not an entry: {exc}", sequence, sequence))
+        return LoadResult(tuple(entries), tuple(findings))
+
+    def last(self) -> LogEntry | None:
+        tail = self.backend.log_tail()
+        return None if tail is None else _entry_from_line(tail[1].encode("utf-8"))
+
+    def get(self, sequence: int) -> LogEntry | None:
+        rows = self.backend.log_lines(sequence - 1, 1)
+        if not rows or rows[0][0] != sequence:
+            return None
+        return _entry_from_line(rows[0][1].encode("utf-8"))
+
+    def by_context(self, context_id: str) -> list[LogEntry]:
+        return [entry for entry in self.entries() if entry.context_id == context_id]
+
+    def by_type(self, event_type: str | EventType) -> list[LogEntry]:
+        wanted = event_type.value if isinstance(event_type, Enum) else event_type
+        return [entry for entry in self.entries() if entry.event_type == wanted]
+
+    def between(self, since: datetime | None = None, until: datetime | None = None) -> list[LogEntry]:
+        low = _as_utc(since) if since else None
+        high = _as_utc(until) if until else None
+        return [e for e in self.entries()
+                if (low is None or e.time >= low) and (high is None or e.time <= high)]
+
+    def anchors(self) -> list[Anchor]:
+        return []
+
+    def data(self) -> bytes:
+        """The log as the client's JSON Lines bytes."""
+        return b"".join(line.encode("utf-8") + b"\n" for _, line in self._rows())
+
+    def verify(self, *, sample: int | None = None, seed: int | None = None) -> ChainReport:
+        """Verify the chain (hashes, links, signatures, sequence numbers) as for a log file."""
+        return verify_data(self.data(), [], self.key(), sample=sample, seed=seed)
+
+    def export(self, path: str | os.PathLike[str], *, key_file: bool = True) -> int:
+        """Write the log as the client's JSON Lines file (atomically) and, unless told not to, its key file
+        (``.ozolith_key`` beside it, mode 0600, if none is there). Returns the number of entries."""
+        target = Path(path)
+        data = self.data()
+        target.parent.mkdir(parents=True, exist_ok=True)
+        _write_atomic(target, data)
+        if key_file and data:
+            key_path = target.parent / KEY_FILE_NAME
+            text = self._key_arg if self._key_arg is not None else self.backend.get_meta(LOG_KEY_META)
+            if text and not key_path.exists():
+                _write_atomic(key_path, text.encode("ascii"))
+        return data.count(b"\n")
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".")  # mode 0600
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    fsync_dir(path.parent)
+
+
+class StoreAudit:
+    """An orchestrator's audit hook for the log kept in the store: entries ride in the commit's write."""
+
+    in_transaction = True
+
+    def __init__(self, log: StoreLog) -> None:
+        self.log = log
+
+    def __call__(self, event_type: str, context_id: str, actor: str, payload: dict[str, Any]) -> tuple[int, str]:
+        """Append an entry on its own (corrections and other entries no commit carries)."""
+        entry = self.log.append(event_type, context_id, actor, payload)
+        return entry.sequence, entry.entry_hash
