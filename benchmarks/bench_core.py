@@ -1,6 +1,6 @@
 """The core costs of snapstore, each next to what it should be compared with.
 
-    python benchmarks/bench_core.py [--quick] [--dir DIR] [--only abcde] [--keep]
+    python benchmarks/bench_core.py [--quick] [--dir DIR] [--only abcde] [--keep] [--against REV]
     python benchmarks/bench_core.py --profile [--quick]   # where the time goes
     python benchmarks/bench_core.py --whatif [--quick]    # proposed changes, patched in
 
@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import argparse
 import base64
+import importlib
+import io
 import json
 import os
 import random
@@ -33,6 +35,7 @@ import shutil
 import sqlite3
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -191,7 +194,25 @@ def touch_context(model: ConversationModel, rng: random.Random) -> dict[str, Any
     return context
 
 
-def section_a(folder: Path, commits: int, contexts: int) -> dict[str, Any]:
+def repository_class_at(revision: str, folder: Path) -> Any:
+    """The ``Repository`` class of snapstore as of a git revision, to time it beside the working tree.
+
+    Its package is exported from git into ``folder`` and imported as
+    ``snapstore_against`` (snapstore's modules import each other relatively).
+    """
+    root = Path(__file__).resolve().parent.parent
+    archive = subprocess.run(["git", "-C", str(root), "archive", revision, "snapstore"],
+                             capture_output=True, check=True).stdout
+    target = folder / "against"
+    target.mkdir()
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        tar.extractall(target)
+    (target / "snapstore").rename(target / "snapstore_against")
+    sys.path.insert(0, str(target))
+    return importlib.import_module("snapstore_against.repository").Repository
+
+
+def section_a(folder: Path, commits: int, contexts: int, against: str | None = None) -> dict[str, Any]:
     store = folder / "a"
     repo = Repository.init(str(store))
     baseline = SyncBaseline(store)
@@ -262,6 +283,25 @@ def section_a(folder: Path, commits: int, contexts: int) -> dict[str, Any]:
         return elapsed
 
     ops["staged"] = staged_and_capture
+    if against:
+        # The same staged commit by snapstore at another revision, in its own store, in the same loop.
+        other = repository_class_at(against, folder).init(str(folder / "a-against"))
+        models["against"] = ConversationModel(random.Random(SEED))
+        models["against"].grow(contexts)
+        other.commit("staged", models["against"].state())
+        samples["against"] = []
+
+        def staged_against() -> float:
+            context = touch_context(models["against"], rng)
+
+            def commit() -> Any:
+                staging = other.stage("staged")
+                staging.workspace.put_context(context)
+                return other.commit_staged(staging)
+
+            return clocked("against", commit)[0]
+
+        ops["against"] = staged_against
     names = list(ops)
     warmup = 20
     training: tuple[str, int, float] | None = None
@@ -282,18 +322,21 @@ def section_a(folder: Path, commits: int, contexts: int) -> dict[str, Any]:
                     encode_orjson.append(timed(lambda: [encode(o) for o in last_objects])[0])
     baseline.close()
     repo.close()
+    if against:
+        other.close()
     stats = {name: Summary.of(values) for name, values in samples.items() if values}
     base = stats["fdatasync"]
     rows = []
     labels = {
         "staged": "commit: stage → put_context → commit_staged",
+        "against": f"the same, snapstore at {against} (own store, same loop)",
         "whole": f"commit: repo.commit(whole {contexts}-context state)",
         "orjson": "commit_staged with orjson canonical encoder (what-if)",
         "fdatasync": "bare: append 100 B + os.fdatasync",
         "fsync": "bare: append 100 B + os.fsync",
         "overwrite": "bare: overwrite 100 B in place + os.fdatasync",
     }
-    for name in ("staged", "whole", "orjson", "fdatasync", "fsync", "overwrite"):
+    for name in ("staged", "against", "whole", "orjson", "fdatasync", "fsync", "overwrite"):
         if name not in stats:
             continue
         s = stats[name]
@@ -680,8 +723,8 @@ def phases(folder: Path, commits: int) -> None:
         (snap_tree.Workspace, "build", "Workspace.build (encode node, ancestors, state)"),
         (snap_repository, "utc_now", "timeutil.utc_now (snapshot time)"),
         (snap_repository, "encode", "encode(snapshot)"),
-        (Repository, "_store", "Repository._store (has_objects + compress)"),
-        (snap_sqlite.SqliteBackend, "has_objects", "  of which SqliteBackend.has_objects (SELECT)"),
+        (Repository, "_store", "Repository._store (compress)"),
+        (snap_sqlite.SqliteBackend, "has_objects", "SqliteBackend.has_objects (SELECT; no longer on this path)"),
         (snap_sqlite.SqliteBackend, "write", "SqliteBackend.write (transaction + COMMIT fsync)"),
         (Repository, "_after_commit", "Repository._after_commit (dictionary check)"),
         (Repository, "commit_staged", "Repository.commit_staged (all of the above but stage/put)"),
@@ -808,13 +851,6 @@ class Patched:
             setattr(owner, name, value)
 
 
-def _store_without_precheck(self: Repository, objects: Any) -> list[Any]:
-    """Repository._store minus the has_objects SELECT: INSERT OR IGNORE already skips stored objects."""
-    from snapstore.backends.base import StoredObject
-
-    return [StoredObject(oid, kind, len(body), self.codec.compress(body)) for oid, (kind, body) in objects.items()]
-
-
 _OBJECT_ID = re.compile(r"[0-9a-f]{64}")
 
 
@@ -822,16 +858,25 @@ def _is_object_id_regex(text: str) -> bool:
     return _OBJECT_ID.fullmatch(text) is not None
 
 
-def _rowid_repository(path: Path) -> Repository:
-    """A store whose database was created with bench_backends' rowid schema, opened by the real code."""
-    from bench_backends import ROWID_SCHEMA
+# The SQLite schema of stores made before the rowid objects table (still read and written as they are).
+OLD_SCHEMA = """
+CREATE TABLE objects (id BLOB PRIMARY KEY, kind TEXT NOT NULL, size INTEGER NOT NULL, data BLOB NOT NULL) WITHOUT ROWID;
+CREATE TABLE refs (name TEXT PRIMARY KEY, target BLOB NOT NULL) WITHOUT ROWID;
+CREATE TABLE reflog (seq INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT NOT NULL, old BLOB, new BLOB,
+    time TEXT NOT NULL, reason TEXT NOT NULL, log_sequence INTEGER, log_hash TEXT);
+CREATE INDEX reflog_name ON reflog (name, seq);
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+"""
 
+
+def _old_schema_repository(path: Path) -> Repository:
+    """A store whose database was created with the schema of stores made before, opened by the real code."""
     from snapstore.backends.sqlite import SqliteBackend
     from snapstore.repository import FORMAT_KEY, STORE_FORMAT
 
     path.mkdir(parents=True)
     db = sqlite3.connect(path / DB)
-    db.executescript(ROWID_SCHEMA)
+    db.executescript(OLD_SCHEMA)
     db.close()
     backend = SqliteBackend(path / DB)
     backend.write(meta={FORMAT_KEY: str(STORE_FORMAT)})
@@ -839,21 +884,16 @@ def _rowid_repository(path: Path) -> Repository:
 
 
 def whatif(folder: Path, commits: int, tree_size: int) -> None:
-    """Commit and diff with each proposed change applied alone and together, round-robin."""
-    precheck = (Repository, "_store", _store_without_precheck)
+    """Commit and diff with each variant, round-robin."""
     encoder = [(snap_objects, "canonical_json", orjson_canonical), (snap_tree, "canonical_json", orjson_canonical)]
     regex = (snap_objects, "is_object_id", _is_object_id_regex)
-    # name -> (store: "sqlite", "rowid" or "memory", patches)
+    # name -> (store: "sqlite", "old schema" or "memory", patches)
     variants: dict[str, tuple[str, list[tuple[Any, str, Any]]]] = {
         "as is": ("sqlite", []),
-        "no has_objects pre-check": ("sqlite", [precheck]),
-        "rowid objects table, no AUTOINCREMENT": ("rowid", []),
+        "store made with the old schema (WITHOUT ROWID objects)": ("old schema", []),
     }
     if orjson:
         variants["orjson canonical encoder (same bytes)"] = ("sqlite", encoder)
-        variants["all three"] = ("rowid", [precheck, *encoder])
-    else:
-        variants["both"] = ("rowid", [precheck])
     variants["floor: MemoryBackend (no SQLite, no disk)"] = ("memory", [])
     repos, models = {}, {}
     for i, (name, (kind, _)) in enumerate(variants.items()):
@@ -861,7 +901,7 @@ def whatif(folder: Path, commits: int, tree_size: int) -> None:
         if kind == "memory":
             repos[name] = Repository.init("memory:")
         else:
-            repos[name] = _rowid_repository(path) if kind == "rowid" else Repository.init(str(path))
+            repos[name] = _old_schema_repository(path) if kind == "old schema" else Repository.init(str(path))
         models[name] = ConversationModel(random.Random(SEED))
         models[name].grow(100)
         repos[name].commit("c", models[name].state())
@@ -943,6 +983,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--dir", default=None, help="folder for the temporary stores (default: system temp dir)")
     parser.add_argument("--only", default="abcde", help="sections to run, e.g. 'ab'")
     parser.add_argument("--keep", action="store_true", help="keep the temporary stores")
+    parser.add_argument("--against", metavar="REV", default=None,
+                        help="section a also times the staged commit of snapstore at git revision REV, side by side")
     parser.add_argument("--profile", action="store_true",
                         help="instead of a-e, print where a commit's and a diff's time goes")
     parser.add_argument("--whatif", action="store_true",
@@ -969,7 +1011,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             whatif(folder, commits=150 if args.quick else 600, tree_size=1_000 if args.quick else 10_000)
             return
         if "a" in args.only:
-            a_result = section_a(folder, commits=150 if args.quick else 1000, contexts=100)
+            a_result = section_a(folder, commits=150 if args.quick else 1000, contexts=100, against=args.against)
         if "b" in args.only:
             section_b(folder, (100, 1_000, 10_000), appends=100 if args.quick else 1000, controls=not args.quick)
         if "c" in args.only:

@@ -27,6 +27,13 @@ from .errors import CorruptObject
 
 LEVEL = 3
 DICTIONARY_SIZE = 16 * 1024
+# With a dictionary, zstd sizes its match tables for the dictionary (2^16-2^17
+# entries at level 3), and compressing an object of a few KB then mostly
+# misses the CPU cache looking them up: a commit's compression took about
+# twice as long as with tables of 2^13/2^12 entries, for 0-2% more bytes
+# (docs/benchmarks.md, "1. Commit CPU"). Level 3's other parameters are kept.
+DICT_HASH_LOG = 13
+DICT_CHAIN_LOG = 12
 # Training needs a fair sample of objects to beat plain zstd; below this, skip.
 MIN_TRAINING_SAMPLES = 256
 
@@ -66,7 +73,7 @@ class Codec:
             if key is None:
                 comp = zstandard.ZstdCompressor(level=LEVEL)
             else:
-                comp = zstandard.ZstdCompressor(level=LEVEL, dict_data=self._dicts[key])
+                comp = zstandard.ZstdCompressor(dict_data=_for_compression(self._dicts[key]))
             cache[key] = comp
         return comp
 
@@ -105,6 +112,16 @@ class Codec:
             return self._decompressor(dict_id).decompress(data)
         except zstandard.ZstdError as exc:
             raise CorruptObject(object_id, f"cannot decompress: {exc}") from None
+
+
+def _for_compression(dictionary: zstandard.ZstdCompressionDict) -> zstandard.ZstdCompressionDict:
+    """A copy of ``dictionary`` with its compression tables made for small objects (see DICT_HASH_LOG)."""
+    data = dictionary.as_bytes()
+    prepared = zstandard.ZstdCompressionDict(data)
+    prepared.precompute_compress(compression_params=zstandard.ZstdCompressionParameters.from_level(
+        LEVEL, source_size=4096, dict_size=len(data), hash_log=DICT_HASH_LOG, chain_log=DICT_CHAIN_LOG,
+    ))
+    return prepared
 
 
 def train_dictionary(samples: Iterable[bytes]) -> tuple[int, bytes] | None:

@@ -10,6 +10,7 @@ diffs states. Every object read is re-hashed; a mismatch raises
 from __future__ import annotations
 
 import base64
+import json
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
@@ -61,16 +62,20 @@ from .revisions import parse_revision
 from .rewrites import Rewrites
 from .state import ConversationState
 from .timeutil import parse_time, utc_now
-from .tree import NewObjects, Tree, Workspace, load_tree, tree_from_contexts
+from .tree import NewObjects, Tree, Workspace, chain_hints, count_tree, load_tree, tree_from_contexts
 
 # 2: writers move a ref together with every object their commit made, so gc
 # may run beside them, and prune records can supersede reflog values (upgrade.py).
-STORE_FORMAT = 2
+# 3: a node with many children names them through objects of kind "page" (objects.py).
+STORE_FORMAT = 3
 FORMAT_KEY = "format"
 DICT_PREFIX = "zstd_dict/"
 DICT_CURRENT_KEY = "zstd_dict_current"
 # Compare-and-swap guard so exactly one dictionary is ever installed.
 DICT_REF = "dictionaries/zstd"
+# Meta key prefix of each conversation's chain hints (tree.chain_hints): a
+# cache that lets a restart read long exchange lists in a few round trips.
+HINTS_PREFIX = "chain_hints/"
 # Train a compression dictionary once a store holds this many objects.
 DICT_TRAIN_AFTER = 2000
 DICT_SAMPLE = 4000
@@ -86,6 +91,8 @@ class CommitResult:
     root: ObjectId | None = None
     objects_written: int = 0
     bytes_written: int = 0
+    # The audit-log entry appended with the commit (see AuditEntry), if any.
+    log: LogLink | None = None
 
 
 @dataclass(frozen=True)
@@ -102,6 +109,21 @@ class PreparedCommit:
 # Called between the durable write of a snapshot's objects and the ref swap;
 # returns the audit-log entry the snapshot answers to, if any.
 BeforeRef = Callable[[PreparedCommit], LogLink | None]
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    """An audit-log entry to append in the commit's own transaction (see :mod:`snapstore.storelog`).
+
+    ``log`` is a :class:`~snapstore.storelog.StoreLog` of this store;
+    ``payload`` gets the prepared snapshot and returns the entry's payload.
+    """
+
+    log: Any
+    event_type: str
+    context_id: str
+    actor: str
+    payload: Callable[[PreparedCommit], Mapping[str, Any]]
 
 
 @dataclass(frozen=True)
@@ -202,6 +224,8 @@ class Repository:
         self.codec = Codec(self._dictionaries(), int(current) if current else None, reload=self._dictionaries)
         self._cache: OrderedDict[ObjectId, AnyObject] = OrderedDict()
         self._trees: dict[ConversationId, tuple[ObjectId, Tree]] = {}
+        # The chain hints each conversation's meta holds, as last read or written (JSON text).
+        self._hints: dict[ConversationId, str | None] = {}
         self._lock = threading.RLock()
         self._objects_since_check = 0
 
@@ -278,29 +302,37 @@ class Repository:
         wanted = list(dict.fromkeys(ids))
         out: dict[ObjectId, AnyObject] = {}
         missing = []
+        cache = self._cache
         with self._lock:
             for oid in wanted:
-                obj = self._cache.get(oid)
+                obj = cache.get(oid)
                 if obj is None:
                     missing.append(oid)
                 else:
                     out[oid] = obj
+        # The kind of each object read now: the one its row names (it was decoded and hashed as that).
+        kinds: dict[ObjectId, str] = {}
         if missing:
             found = self.backend.get_objects(missing)
+            fresh = []
             for oid in missing:
                 stored = found.get(oid)
                 if stored is None:
                     raise ObjectNotFound(oid, f"expected a {kind}" if kind else "")
                 _, obj = self._verify(stored)
                 out[oid] = obj
+                kinds[oid] = stored.kind
                 if stored.kind != "chunk":
-                    with self._lock:
-                        self._cache[oid] = obj
-                        if len(self._cache) > _CACHE_SIZE:
-                            self._cache.popitem(last=False)
+                    fresh.append((oid, obj))
+            if fresh:
+                with self._lock:
+                    for oid, obj in fresh:
+                        cache[oid] = obj
+                    while len(cache) > _CACHE_SIZE:
+                        cache.popitem(last=False)
         if kind is not None:
             for oid in wanted:
-                actual_kind = _kind_name(out[oid])
+                actual_kind = kinds.get(oid) or _kind_name(out[oid])
                 if actual_kind != kind:
                     raise CorruptObject(oid, f"is a {actual_kind}, expected a {kind}")
         return out
@@ -310,13 +342,9 @@ class Repository:
         return self.read_many([oid], kind)[oid]
 
     def _store(self, objects: NewObjects) -> list[StoredObject]:
-        """Compress the objects the backend does not have yet."""
-        present = self.backend.has_objects(objects.keys())
-        return [
-            StoredObject(oid, kind, len(body), self.codec.compress(body))
-            for oid, (kind, body) in objects.items()
-            if oid not in present
-        ]
+        """The objects compressed, ready for :meth:`Backend.write` (which skips those it has)."""
+        compress = self.codec.compress
+        return [StoredObject(oid, kind, len(body), compress(body)) for oid, (kind, body) in objects.items()]
 
     # -- refs ------------------------------------------------------------------
 
@@ -376,7 +404,8 @@ class Repository:
         snap = self.snapshot(snapshot_id)
         with self._lock:
             cached = self._trees.get(ConversationId(snap.conversation))
-        tree = self.tree_of_state(snap.root, cached[1] if cached else None)
+        hints = None if cached else self._read_hints(ConversationId(snap.conversation))
+        tree = self.tree_of_state(snap.root, cached[1] if cached else None, hints=hints)
         # Keep the newest tree loaded, head or not: it is the base the next
         # load reads on top of (a writer that keeps losing races must not
         # re-read everything since its own last commit every time).
@@ -384,12 +413,90 @@ class Repository:
             self._trees[ConversationId(snap.conversation)] = (snapshot_id, tree)
         return tree
 
-    def tree_of_state(self, state_id: ObjectId, base: Tree | None = None) -> Tree:
+    def tree_of_state(self, state_id: ObjectId, base: Tree | None = None, *,
+                      hints: Mapping[str, Any] | None = None) -> Tree:
         if base is not None and base.state_id == state_id:
             return base
         state = self.read(state_id, "state")
         assert isinstance(state, State)
-        return load_tree(self.read_many, state_id, state, base)
+        return load_tree(self.read_many, state_id, state, base, hints=hints, read_some=self._read_present)
+
+    def snapshot_state(self, snapshot_id: ObjectId) -> State:
+        """The state object a snapshot names (its roots, focus and extra keys), without loading the tree."""
+        state = self.read(self.snapshot(snapshot_id).root, "state")
+        assert isinstance(state, State)
+        return state
+
+    def _read_present(self, ids: Iterable[ObjectId], kind: str | None = None) -> dict[ObjectId, AnyObject]:
+        """Like :meth:`read_many` for guesses: ids missing, unsound or of another kind are left out."""
+        found = self.backend.get_objects([oid for oid in dict.fromkeys(ids) if is_object_id(oid)])
+        out: dict[ObjectId, AnyObject] = {}
+        for oid, stored in found.items():
+            if kind is not None and stored.kind != kind:
+                continue
+            try:
+                _, obj = self._verify(stored)
+            except SnapstoreError:
+                continue
+            out[oid] = obj
+        return out
+
+    # -- chain hints -------------------------------------------------------------
+
+    def _read_hints(self, conv: ConversationId) -> dict[str, Any] | None:
+        try:
+            text = self.backend.get_meta(HINTS_PREFIX + conv)
+        except SnapstoreError:
+            return None
+        with self._lock:
+            self._hints[conv] = text
+        try:
+            value = json.loads(text) if text else None
+        except ValueError:
+            return None
+        return value if isinstance(value, dict) else None
+
+    def chain_hint_meta(self, conversations: Iterable[str] | None = None) -> dict[str, str]:
+        """Meta values with fresh chain hints for the loaded trees whose stored hints are stale.
+
+        A caller that writes meta anyway (a clean shutdown marker) adds these
+        to the same write; :meth:`save_chain_hints` writes them alone.
+        """
+        wanted = None if conversations is None else set(conversations)
+        out: dict[str, str] = {}
+        with self._lock:
+            trees = [(conv, tree) for conv, (_, tree) in self._trees.items() if wanted is None or conv in wanted]
+        for conv, tree in trees:
+            hints = chain_hints(tree)
+            if conv not in self._hints:
+                self._read_hints(conv)
+            stored = self._hints.get(conv)
+            if not hints["lists"] and stored is None:
+                continue
+            text = json.dumps(hints, sort_keys=True, separators=(",", ":"))
+            if text != stored:
+                out[HINTS_PREFIX + conv] = text
+        return out
+
+    def hints_written(self, meta: Mapping[str, str | None]) -> None:
+        """Note chain hints a caller wrote with :meth:`chain_hint_meta` (so they count as fresh)."""
+        with self._lock:
+            for key, text in meta.items():
+                if key.startswith(HINTS_PREFIX):
+                    self._hints[ConversationId(key[len(HINTS_PREFIX):])] = text
+
+    def save_chain_hints(self, conversations: Iterable[str] | None = None) -> bool:
+        """Store fresh chain hints for the loaded trees whose stored ones are stale; whether it wrote.
+
+        The next process to load them reads each long exchange list in a few
+        round trips instead of one per exchange (:func:`snapstore.tree.chain_hints`).
+        """
+        meta = self.chain_hint_meta(conversations)
+        if not meta:
+            return False
+        self.backend.write(meta=meta)
+        self.hints_written(meta)
+        return True
 
     def snapshot(self, snapshot_id: ObjectId) -> Snapshot:
         snap = self.read(snapshot_id, "snapshot")
@@ -436,6 +543,7 @@ class Repository:
         allow_empty: bool = False,
         before_ref: BeforeRef | None = None,
         amend: bool = False,
+        audit: AuditEntry | None = None,
     ) -> CommitResult:
         """Commit what was staged; :class:`RefConflict` if the head moved meanwhile.
 
@@ -447,10 +555,14 @@ class Repository:
         there), then the ref moves in a second transaction, recording the
         entry it returns. A crash in between leaves objects no ref names:
         recovery can roll the ref forward to them.
+
+        With ``audit``, the entry is appended to the store's own audit log in
+        the same transaction as the objects and the ref move, which records it:
+        one durable write, and all of it or nothing.
         """
         tree = staging.workspace.build()
         return self._commit_tree(
-            staging, tree, staging.workspace.objects, event, log, activate, allow_empty, before_ref, amend
+            staging, tree, staging.workspace.objects, event, log, activate, allow_empty, before_ref, amend, audit
         )
 
     def _commit_tree(
@@ -464,6 +576,7 @@ class Repository:
         allow_empty: bool = False,
         before_ref: BeforeRef | None = None,
         amend: bool = False,
+        audit: AuditEntry | None = None,
     ) -> CommitResult:
         conv, head = staging.conversation, staging.head
         if head is not None and tree.state_id == staging.workspace.base.state_id and not allow_empty:
@@ -485,28 +598,40 @@ class Repository:
             log=log,
         )
         kind, body, snap_id = encode(snap)
-        objects = dict(objects)
-        objects[snap_id] = (kind, body)
-        stored = self._store(objects)
         # The ref moves together with every object this commit made, even ones
         # already stored: until the ref names them, gc may be deleting them (gc.py).
-        written = {o.id for o in stored}
-        carried = stored + [StoredObject(oid, k, len(b), self.codec.compress(b))
-                            for oid, (k, b) in objects.items() if oid not in written]
+        # Each is compressed once; the backend skips, inside its transaction, the
+        # ones it has and reports the others (no query beforehand).
+        carried = self._store(objects)
+        carried.append(StoredObject(snap_id, kind, len(body), self.codec.compress(body)))
+        new_ids: list[ObjectId] | None = None
         reason = f"{event.type}: {event.message}" if event.message else event.type
         if before_ref is not None:
             if head != self.head(conv):
                 raise RefConflict(ref_name(conv), head, self.head(conv))
-            self.backend.write(stored)
+            new_ids = self.backend.write_reporting_new(carried)[1]
             log = before_ref(
                 PreparedCommit(conv, snap_id, head, tree.state_id, dict(staging.workspace.changed_nodes))
             ) or log
+        append = None
+        if audit is not None:
+            payload = audit.payload(
+                PreparedCommit(conv, snap_id, head, tree.state_id, dict(staging.workspace.changed_nodes))
+            )
+            append = audit.log.prepare(audit.event_type, audit.context_id, audit.actor, payload)
         update = RefUpdate(
             ref_name(conv), head, snap_id, reason,
-            log.sequence if log else None, log.entry_hash if log else None,
+            log.sequence if log else None, log.entry_hash if log else None, link_appended=append is not None,
         )
         try:
-            self.backend.write(carried, [update], {ACTIVE_KEY: conv} if activate else None)
+            meta = {ACTIVE_KEY: conv} if activate else None
+            if new_ids is None:
+                appended, new_ids = self.backend.write_reporting_new(carried, [update], meta, append=append)
+            else:
+                appended = self.backend.write(carried, [update], meta, append=append)
+            if audit is not None and appended is not None:
+                audit.log.committed(appended)
+                log = LogLink(appended.sequence, appended.entry_hash)
         except RefConflict:
             # A starting replica may have rolled this very snapshot forward
             # (its log entry was already written): then it is committed.
@@ -515,9 +640,10 @@ class Repository:
         with self._lock:
             self._trees[conv] = (snap_id, tree)
             self._cache[snap_id] = snap
-        self._after_commit(len(stored))
+        new = set(new_ids or ())
+        self._after_commit(len(new))
         return CommitResult(
-            snap_id, True, tree.state_id, len(stored), sum(len(o.data) for o in stored)
+            snap_id, True, tree.state_id, len(new), sum(len(o.data) for o in carried if o.id in new), log
         )
 
     def _reaches(self, start: ObjectId | None, target: ObjectId, limit: int = 1000) -> bool:
@@ -679,10 +805,13 @@ class Repository:
             if conv is None:
                 continue
             snap = self.snapshot(head)
-            tree = self.tree(head)
-            out.append(
-                ConversationInfo(conv, head, len(tree.records), tree.exchange_count(), snap.time, conv == active)
-            )
+            with self._lock:
+                tree = next((t for s, t in self._trees.values() if s == head), None)
+            if tree is not None:
+                contexts, exchanges = len(tree.records), tree.exchange_count()
+            else:  # counted from the nodes: no exchange is read
+                contexts, exchanges = count_tree(self.read_many, self.snapshot_state(head))
+            out.append(ConversationInfo(conv, head, contexts, exchanges, snap.time, conv == active))
         out.sort(key=lambda c: c.updated, reverse=True)
         return out
 

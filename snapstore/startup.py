@@ -32,6 +32,7 @@ from .errors import InvalidInput, SnapstoreError, StoreExists, StoreNotFound
 from .orchestrator import ConversationOrchestrator
 from .ozolith import OzolithLog
 from .repository import ConversationInfo, Repository
+from .storelog import StoreAudit, StoreLog
 from .timeutil import utc_now
 
 CLEAN_SHUTDOWN_KEY = "clean_shutdown"
@@ -69,7 +70,7 @@ class StartupReport:
         }
 
 
-def inspect(repo: Repository, log: OzolithLog | None = None, *, conversation: str | None = None,
+def inspect(repo: Repository, log: OzolithLog | StoreLog | None = None, *, conversation: str | None = None,
             sample: int = DEFAULT_SAMPLE, repair: bool = False) -> StartupReport:
     """Decide the recovery status; with ``repair``, roll the store forward first."""
     # A store no session has used yet (nothing committed) has nothing to audit.
@@ -102,15 +103,16 @@ def inspect(repo: Repository, log: OzolithLog | None = None, *, conversation: st
                 checks.append(f"loaded {target}: {len(tree.records)} contexts, every object re-hashed")
             except SnapstoreError as exc:
                 problems.append(f"cannot load {target}: {exc}")
-        if log is not None and log.path.exists():
+        if log is not None and (log.exists() if isinstance(log, StoreLog) else log.path.exists()):
             try:
                 report = log.verify(sample=sample)
                 checks.append(f"log chain: {report.summary()}")
                 problems.extend(str(f) for f in report.findings)
             except SnapstoreError as exc:
-                problems.append(f"cannot verify log {log.path}: {exc}")
+                problems.append(f"cannot verify {log.where if isinstance(log, StoreLog) else log.path}: {exc}")
     if target is not None and not problems:
-        focus = repo.tree(repo.head(target)).active_context_id
+        # From the state object alone: resuming loads the tree (once), not inspecting.
+        focus = repo.snapshot_state(repo.head(target)).active_context_id
     if unresolved or problems:
         status = RecoveryStatus.RECOVERY_NEEDED
         problems = [r.message for r in unresolved] + problems
@@ -137,7 +139,12 @@ class Session:
 
     def __init__(self, location: str | None = None, *, ozolith: str | os.PathLike[str] | None = None,
                  key: str | None = None, conversation: str | None = None, sample: int = DEFAULT_SAMPLE,
-                 create: bool = True) -> None:
+                 create: bool = True, log_in_store: bool = False) -> None:
+        """``ozolith``: the path of an OZOLITH log file to write and check; or, with
+        ``log_in_store``, the store keeps the log itself and each operation's entry
+        is committed in the operation's own transaction (:mod:`snapstore.storelog`)."""
+        if log_in_store and ozolith is not None:
+            raise InvalidInput("give an OZOLITH log file or log_in_store, not both")
         try:
             self.repo = Repository.open(location)
         except StoreNotFound:
@@ -147,8 +154,14 @@ class Session:
                 self.repo = Repository.init(location)
             except StoreExists:  # another replica created it a moment ago
                 self.repo = Repository.open(location)
-        self.log = OzolithLog(ozolith, key=key) if ozolith is not None else None
-        self._audit = LinkedLog(self.log) if self.log is not None else None
+        self.log: OzolithLog | StoreLog | None
+        self._audit: LinkedLog | StoreAudit | None
+        if log_in_store:
+            self.log = StoreLog(self.repo.backend, key=key)
+            self._audit = StoreAudit(self.log)
+        else:
+            self.log = OzolithLog(ozolith, key=key) if ozolith is not None else None
+            self._audit = LinkedLog(self.log) if self.log is not None else None
         self.report = inspect(self.repo, self.log, conversation=conversation, sample=sample, repair=True)
         self.repo.backend.write(meta={CLEAN_SHUTDOWN_KEY: None, SESSION_STARTED_KEY: utc_now()})
 
@@ -162,8 +175,14 @@ class Session:
         """An orchestrator on an existing conversation, which becomes the active one."""
         if self.repo.head(conversation) is None:
             raise InvalidInput(f"unknown conversation {conversation!r}")
-        self.repo.set_active(conversation)
-        return ConversationOrchestrator(self.repo, conversation, audit=self._audit)
+        if self.repo.active_conversation != conversation:
+            self.repo.set_active(conversation)
+        orchestrator = ConversationOrchestrator(self.repo, conversation, audit=self._audit)
+        try:  # after a crash the hints are stale: the next start reads the chains in a few round trips
+            self.repo.save_chain_hints([conversation])
+        except SnapstoreError:
+            pass  # only a cache
+        return orchestrator
 
     def continue_last(self) -> ConversationOrchestrator | None:
         """The conversation startup chose (the active one, else the newest); None if there is none."""
@@ -210,7 +229,12 @@ class Session:
     def close(self, clean: bool = True) -> None:
         """Mark a clean shutdown (unless ``clean`` is False) and release the store."""
         if clean:
-            self.repo.backend.write(meta={CLEAN_SHUTDOWN_KEY: utc_now()})
+            meta: dict[str, str | None] = {CLEAN_SHUTDOWN_KEY: utc_now()}
+            try:
+                meta.update(self.repo.chain_hint_meta())
+            except SnapstoreError:
+                pass  # only a cache
+            self.repo.backend.write(meta=meta)
         self.repo.close()
 
     def __enter__(self) -> Session:

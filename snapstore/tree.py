@@ -19,23 +19,29 @@ same state gives the same ids whatever history led to it.
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from .errors import CorruptObject, InvalidInput
 from .objects import (
+    PAGE_THRESHOLD,
     AnyObject,
     Chunk,
     ContextId,
     MemoryRef,
     Node,
     ObjectId,
+    Page,
+    PageLevel,
     State,
     canonical_json,
     encode,
+    page_children,
 )
 from .refs import validate_context_id
+from .objects import hash_object, to_json
 
 ID_FIELD = "sidebar_id"
 PARENT_FIELD = "parent_context_id"
@@ -126,6 +132,10 @@ class ContextRecord:
     node_id: ObjectId
     parent: ContextId | None
     children: tuple[ContextId, ...]
+    # The node's child pages, leaf level first (objects.page_children), when
+    # it names its children through pages and they are known: the next build
+    # re-encodes only the pages that changed, the next load reads only those.
+    pages: tuple[PageLevel, ...] | None = None
 
     def exchange_count(self) -> int:
         chain = self.memory.get("local_memory")
@@ -178,17 +188,16 @@ def split_context(context: Mapping[str, Any]) -> tuple[ContextId, dict[str, Any]
     if ID_FIELD not in context:
         raise InvalidInput(f"a context has no {ID_FIELD!r}")
     cid = ContextId(validate_context_id(context[ID_FIELD]))
-    fields: dict[str, Any] = {}
+    fields: dict[str, Any] = dict(context)
+    del fields[ID_FIELD]
+    if not set(map(type, fields)) <= {str}:  # checked in C first, one by one only if needed
+        for key in fields:
+            if not isinstance(key, str):
+                raise InvalidInput(f"context {cid}: field name {key!r} is not a string")
     memory: dict[str, list] = {}
-    for key, value in context.items():
-        if not isinstance(key, str):
-            raise InvalidInput(f"context {cid}: field name {key!r} is not a string")
-        if key == ID_FIELD:
-            continue
-        if key in MEMORY_FIELDS and isinstance(value, list):
-            memory[key] = value
-        else:
-            fields[key] = value
+    for key in MEMORY_FIELDS:
+        if isinstance(fields.get(key), list):
+            memory[key] = fields.pop(key)
     parent = fields.get(PARENT_FIELD)
     if parent is not None and not isinstance(parent, str):
         raise InvalidInput(f"context {cid}: {PARENT_FIELD} must be a string or null")
@@ -198,6 +207,134 @@ def split_context(context: Mapping[str, Any]) -> tuple[ContextId, dict[str, Any]
     ):
         raise InvalidInput(f"context {cid}: {CHILDREN_FIELD} must be a list of strings")
     return cid, fields, memory
+
+
+class _Bodies:
+    """Canonical bodies of recently made nodes and states by id, up to a number of bytes.
+
+    Each with the canonical bytes of the node's fields when known. Ids name
+    content, so any tree may use any entry. :meth:`Workspace.build` makes a
+    node whose children's node ids or fields changed from its previous body
+    (see :func:`_reencoded`) instead of encoding it again.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._bytes = 0
+        self._bodies: dict[ObjectId, tuple[bytes, bytes | None]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, oid: ObjectId) -> tuple[bytes, bytes | None] | None:
+        return self._bodies.get(oid)
+
+    def put(self, oid: ObjectId, body: bytes, fields_json: bytes | None = None) -> None:
+        with self._lock:
+            if oid in self._bodies:
+                return
+            self._bodies[oid] = (body, fields_json)
+            self._bytes += len(body) + len(fields_json or b"")
+            while self._bytes > self._limit:  # the oldest first
+                gone, gone_fields = self._bodies.pop(next(iter(self._bodies)))
+                self._bytes -= len(gone) + len(gone_fields or b"")
+
+
+_BODIES = _Bodies(16 * 1024 * 1024)
+# Stands for a node's fields while the rest of it is encoded; its JSON text
+# is then replaced by the fields' canonical bytes (see _encode_node).
+_FIELDS_MARK = "\x00snapstore fields\x00"
+_FIELDS_MARK_JSON = canonical_json(_FIELDS_MARK)
+
+
+class _Either:
+    """Membership in either of two mappings, without building the union of their keys."""
+
+    __slots__ = ("a", "b")
+
+    def __init__(self, a: Mapping[Any, Any], b: Mapping[Any, Any]) -> None:
+        self.a, self.b = a, b
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.a or key in self.b
+
+
+def _swap_ids(body: bytes, swaps: Iterable[tuple[ObjectId, ObjectId]]) -> bytes | None:
+    """``body`` with each old id replaced by its new one; None unless each old id occurs exactly once."""
+    for old, new in swaps:
+        raw = old.encode("ascii")
+        if body.count(raw) != 1:
+            return None
+        body = body.replace(raw, new.encode("ascii"))
+    return body
+
+
+def _reencoded(
+    old: ContextRecord, swaps: Iterable[tuple[ObjectId, ObjectId]], fields_json: bytes | None = None,
+    lists: Iterable[tuple[bytes, bytes]] = (),
+) -> tuple[bytes, bytes | None] | None:
+    """``(body, fields bytes)`` of ``old``'s node with some of its parts replaced, without encoding it.
+
+    For a node with ``old``'s children in order, whose children rebuilt
+    below it have new node ids (``swaps``: old id, new id); with
+    ``fields_json``, new fields (their canonical bytes); with ``lists``,
+    exchange lists grown or cut (the old and new canonical bytes of their
+    ``{"count", "head"}``). An ancestor of a change, or a context whose
+    fields or lists changed. A record's node id is the id of the node its
+    own fields, lists and children (with their node ids in the tree it
+    belongs to) make, so each part to replace occurs in that body, and a
+    part that occurs exactly once there can only be that one. None when the
+    body is not cached, a part does not occur exactly once, or the node
+    names its children through pages.
+    """
+    if getattr(old, "pages", None):
+        return None
+    cached = _BODIES.get(old.node_id)
+    if cached is None:
+        return None
+    body, old_fields = cached
+    if fields_json is not None:
+        if old_fields is None or body.count(old_fields) != 1:
+            return None
+        body, old_fields = body.replace(old_fields, fields_json), fields_json
+    for was, now in lists:
+        if body.count(was) != 1:
+            return None
+        body = body.replace(was, now)
+    body = _swap_ids(body, swaps)
+    return None if body is None else (body, old_fields)
+
+
+def _list_json(chain: Chain) -> bytes:
+    """The canonical bytes of an exchange list's entry in a node (objects.to_json's ``memory`` values)."""
+    return canonical_json({"head": chain.head, "count": chain.n})
+
+
+def _encode_node(node: Node, fields_json: bytes | None) -> tuple[str, bytes, ObjectId]:
+    """``encode(node)``; with ``fields_json`` (the canonical bytes of ``node.fields``) spliced in, not re-encoded."""
+    if fields_json is not None and not getattr(node, "pages", None):
+        value = to_json(node)
+        if value.get("fields") is node.fields:
+            value["fields"] = _FIELDS_MARK
+            text = canonical_json(value)
+            if text.count(_FIELDS_MARK_JSON) == 1:
+                body = text.replace(_FIELDS_MARK_JSON, fields_json)
+                return "node", body, hash_object("node", body)
+    return encode(node)
+
+
+def _encode_state(state: State, base: Tree) -> tuple[str, bytes, ObjectId]:
+    """``encode(state)``; ``base``'s state body with root node ids swapped when only those changed."""
+    cached = _BODIES.get(base.state_id) if base.state_id is not None else None
+    if (
+        cached is not None
+        and state.extra is base.extra
+        and state.active_context_id == base.active_context_id
+        and tuple(r for r, _ in state.roots) == base.roots
+    ):
+        body = _swap_ids(cached[0], [(base.records[r].node_id, nid) for r, nid in state.roots
+                                     if base.records[r].node_id != nid])
+        if body is not None:
+            return "state", body, hash_object("state", body)
+    return encode(state)
 
 
 class Workspace:
@@ -214,6 +351,8 @@ class Workspace:
         self.objects: NewObjects = {}
         # Node ids encoded by the last build, by context: what the change touched.
         self.changed_nodes: dict[ContextId, ObjectId] = {}
+        # Canonical bytes of staged fields, by context, with the fields they encode.
+        self._fields_json: dict[ContextId, tuple[dict[str, Any], bytes]] = {}
 
     def __contains__(self, context_id: str) -> bool:
         return self._current(ContextId(context_id)) is not None
@@ -237,7 +376,9 @@ class Workspace:
         current = self._current(cid)
         old_fields, old_memory = current if current is not None else ({}, {})
         if current is None or fields != old_fields:
-            fields = json.loads(canonical_json(fields))
+            text = canonical_json(fields)
+            fields = json.loads(text)  # a private copy; build splices ``text`` into the node
+            self._fields_json[cid] = (fields, text)
             changed = True
         else:
             fields = old_fields
@@ -245,7 +386,8 @@ class Workspace:
         memory: dict[str, Chain] = {}
         for name in MEMORY_FIELDS:
             if name in lists:
-                chain = old_memory.get(name, Chain()).sync(lists[name], self.objects)
+                chain = old_memory.get(name) or Chain()
+                chain = chain.sync(lists[name], self.objects)
                 memory[name] = chain
         if set(memory) != set(old_memory) or any(
             memory[n].head != old_memory[n].head or memory[n].n != old_memory[n].n for n in memory
@@ -365,6 +507,36 @@ class Workspace:
 
     # -- building ----------------------------------------------------------
 
+    def _remade(
+        self, cid: ContextId, old: ContextRecord, swaps: Iterable[tuple[ObjectId, ObjectId]],
+    ) -> tuple[dict[str, Any], dict[str, Chain], bytes, bytes | None] | None:
+        """``(fields, lists, body, fields bytes)`` of a context whose children are ``old``'s, from ``old``'s body.
+
+        For a context not staged (an ancestor of a change), or staged with
+        new fields (canonicalised by :meth:`put_context`) or the same
+        exchange lists, grown or cut; None otherwise, or if
+        :func:`_reencoded` cannot.
+        """
+        if cid not in self._fields:
+            made = _reencoded(old, swaps)
+            return None if made is None else (old.fields, old.memory, *made)
+        fields, memory = self._fields[cid], self._memory[cid]
+        fields_json = None
+        if fields is not old.fields:
+            staged = self._fields_json.get(cid)
+            if staged is None or staged[0] is not fields:
+                return None
+            fields_json = staged[1]
+        if memory.keys() != old.memory.keys():
+            return None
+        lists = []
+        for name, chain in memory.items():
+            was = old.memory[name]
+            if chain is not was and (chain.head != was.head or chain.n != was.n):
+                lists.append((_list_json(was), _list_json(chain)))
+        made = _reencoded(old, swaps, fields_json, lists)
+        return None if made is None else (fields, memory, *made)
+
     def build(self) -> Tree:
         """The new tree; new objects are left in :attr:`objects`.
 
@@ -384,7 +556,7 @@ class Workspace:
         for cid in self._removed:
             del records[cid]
         new_ids = [c for c in self._fields if c not in base.records]
-        alive = records.keys() | self._fields.keys()
+        alive = _Either(records, self._fields)  # no O(contexts) union per build
 
         def fields_of(c: ContextId) -> dict[str, Any]:
             return self._fields[c] if c in self._fields else records[c].fields
@@ -404,7 +576,7 @@ class Workspace:
                 r for r in base.roots if r in alive and fields_of(r).get(PARENT_FIELD) in added
             )
         parent_of: dict[ContextId, ContextId | None] = {}
-        for cid in restructure & alive:
+        for cid in [c for c in restructure if c in alive]:
             declared = fields_of(cid).get(PARENT_FIELD)
             new_parent = ContextId(declared) if declared in alive and declared != cid else None
             parent_of[cid] = new_parent
@@ -451,7 +623,9 @@ class Workspace:
 
         # Nodes to encode: touched, reshaped and moved contexts and all their ancestors.
         dirty: set[ContextId] = set()
-        for cid in (touched | children_changed | parent_of.keys()) & alive:
+        for cid in touched | children_changed | parent_of.keys():
+            if cid not in alive:
+                continue
             c: ContextId | None = cid
             while c is not None and c not in dirty:
                 dirty.add(c)
@@ -471,22 +645,51 @@ class Workspace:
                 depth[n] = d
             return depth[c]
 
+        # (old id, new id) of the children rebuilt below each context, for _reencoded.
+        swaps: dict[ContextId, list[tuple[ObjectId, ObjectId]]] = {}
         for cid in sorted(dirty, key=depth_of, reverse=True):
+            old = base.records.get(cid)
+            p = parent(cid)
+            made = self._remade(cid, old, swaps.get(cid, ())) if old is not None and cid not in children_of else None
+            if made is not None:  # the usual case: the node made from its previous body, no encoding
+                fields, memory, body, fields_json = made
+                node_id = hash_object("node", body)
+                _BODIES.put(node_id, body, fields_json)
+                self.objects[node_id] = ("node", body)
+                self.changed_nodes[cid] = node_id
+                records[cid] = ContextRecord(cid, fields, memory, node_id, p, old.children)  # type: ignore[union-attr]
+                if p is not None and old.parent == p:  # type: ignore[union-attr]
+                    swaps.setdefault(p, []).append((old.node_id, node_id))  # type: ignore[union-attr]
+                continue
             if cid in self._fields:
                 fields, memory = self._fields[cid], self._memory[cid]
             else:
                 fields, memory = records[cid].fields, records[cid].memory
             kids = children_of[cid] if cid in children_of else records[cid].children
-            node = Node(
-                id=cid,
-                fields=fields,
-                children=tuple((k, records[k].node_id) for k in kids),
-                memory={name: chain.ref() for name, chain in memory.items()},
-            )
-            kind, body, node_id = encode(node)
+            pairs = tuple((k, records[k].node_id) for k in kids)
+            levels = None
+            if len(pairs) > PAGE_THRESHOLD:
+                top, levels = page_children(pairs, old.pages if old is not None else None, self.objects)
+                # A context that lists exactly its children leaves that list to the pages.
+                listed = fields.get(CHILDREN_FIELD) == list(kids)
+                node = Node(id=cid, fields={k: v for k, v in fields.items() if k != CHILDREN_FIELD} if listed else fields,
+                            memory={name: chain.ref() for name, chain in memory.items()}, pages=top, listed=listed)
+            else:
+                node = Node(
+                    id=cid,
+                    fields=fields,
+                    children=pairs,
+                    memory={name: chain.ref() for name, chain in memory.items()},
+                )
+            staged = self._fields_json.get(cid)
+            fields_json = staged[1] if staged is not None and staged[0] is fields else None
+            kind, body, node_id = _encode_node(node, fields_json)
+            _BODIES.put(node_id, body, fields_json)
             self.objects[node_id] = (kind, body)
             self.changed_nodes[cid] = node_id
-            records[cid] = ContextRecord(cid, fields, memory, node_id, parent(cid), kids)
+            records[cid] = ContextRecord(cid, fields, memory, node_id, p, kids, levels)
+            if old is not None and p is not None and old.parent == p:
+                swaps.setdefault(p, []).append((old.node_id, node_id))
 
         roots = {r for r in base.roots if r in records and records[r].parent is None}
         roots.update(c for c, p in parent_of.items() if p is None)
@@ -496,7 +699,8 @@ class Workspace:
             active_context_id=self.active_context_id,
             extra=self.extra,
         )
-        kind, body, state_id = encode(state)
+        kind, body, state_id = _encode_state(state, base)
+        _BODIES.put(state_id, body)
         self.objects[state_id] = (kind, body)
         return Tree(records, tuple(roots), self.active_context_id, self.extra, state_id)
 
@@ -525,7 +729,8 @@ def tree_from_contexts(
     return tree, workspace.objects
 
 
-def load_tree(read_many: ReadMany, state_id: ObjectId, state: State, base: Tree | None = None) -> Tree:
+def load_tree(read_many: ReadMany, state_id: ObjectId, state: State, base: Tree | None = None, *,
+              hints: Mapping[str, Any] | None = None, read_some: ReadMany | None = None) -> Tree:
     """Read a whole tree: nodes level by level, then every exchange list.
 
     With ``base`` (an already loaded tree, typically an older state of the
@@ -533,12 +738,20 @@ def load_tree(read_many: ReadMany, state_id: ObjectId, state: State, base: Tree 
     it without a read, and an exchange list that only grew is read back only
     to where ``base`` already has it: loading a state another writer just
     committed costs what that writer changed.
+
+    Without ``base``, ``hints`` (see :func:`chain_hints`) let long exchange
+    lists be read in stretches side by side, a few round trips instead of one
+    per exchange; ``read_some`` reads those guesses, leaving out ids that are
+    missing or unsound. Hints are only a guess: each list is still walked and
+    checked from its head exactly as without them.
     """
     known = base.records if base is not None else {}
     records: dict[ContextId, ContextRecord] = {}
     nodes: dict[ContextId, Node] = {}
     parents: dict[ContextId, ContextId | None] = {}
     node_ids: dict[ContextId, ObjectId] = {}
+    kids: dict[ContextId, tuple[tuple[ContextId, ObjectId], ...]] = {}
+    levels: dict[ContextId, tuple[PageLevel, ...] | None] = {}
     frontier: list[tuple[ContextId, ObjectId, ContextId | None]] = [
         (cid, nid, None) for cid, nid in state.roots
     ]
@@ -551,6 +764,15 @@ def load_tree(read_many: ReadMany, state_id: ObjectId, state: State, base: Tree 
             else:
                 to_read.append((cid, nid, parent))
         found = read_many([nid for _, nid, _ in to_read], "node") if to_read else {}
+        # Wide nodes name their children through pages: read the pages of this
+        # level's nodes together, skipping those the base tree already holds.
+        paged = {nid: found[nid].pages for _, nid, _ in to_read if found[nid].pages}  # type: ignore[union-attr]
+        known_pages: dict[ObjectId, Page] = {}
+        for cid, nid, _ in to_read:
+            old = known.get(cid)
+            if nid in paged and old is not None and old.pages:
+                known_pages.update(pages_of_levels(old.pages))
+        pages = read_pages(read_many, paged.values(), known_pages) if paged else {}
         next_frontier = []
         for cid, nid, parent in to_read:
             node = found[nid]
@@ -562,21 +784,117 @@ def load_tree(read_many: ReadMany, state_id: ObjectId, state: State, base: Tree 
             nodes[cid] = node
             parents[cid] = parent
             node_ids[cid] = nid
-            next_frontier.extend((c, n, cid) for c, n in node.children)
+            if node.pages:
+                kids[cid] = flatten_pages(node.pages, pages, nid)
+                levels[cid] = page_levels(node.pages, pages)
+            else:
+                kids[cid], levels[cid] = node.children, None
+            next_frontier.extend((c, n, cid) for c, n in kids[cid])
         frontier = next_frontier
 
-    chains = _load_chains(read_many, nodes, known)
+    prefetched = None
+    if hints and base is None:
+        prefetched = _prefetch_chunks(read_some or read_many, nodes, hints)
+    chains = _load_chains(read_many, nodes, known, prefetched)
     for cid, node in nodes.items():
         records[cid] = ContextRecord(
             id=cid,
-            fields=node.fields,
+            fields=full_fields(node, kids[cid]),
             memory={name: chains[(cid, name)] for name in node.memory},
             node_id=node_ids[cid],
             parent=parents[cid],
-            children=tuple(c for c, _ in node.children),
+            children=tuple(c for c, _ in kids[cid]),
+            pages=levels[cid],
         )
     roots = tuple(cid for cid, _ in state.roots)
     return Tree(records, roots, state.active_context_id, state.extra, state_id)
+
+
+def read_pages(
+    read_many: ReadMany,
+    tops: Iterable[tuple[ObjectId, ...]],
+    known: Mapping[ObjectId, Page] | None = None,
+) -> dict[ObjectId, Page]:
+    """Every page under some nodes' page lists, read level by level in batches (``known`` ones are not read)."""
+    pages: dict[ObjectId, Page] = {}
+    frontier = list(dict.fromkeys(pid for top in tops for pid in top))
+    while frontier:
+        missing = []
+        for pid in frontier:
+            page = known.get(pid) if known else None
+            if page is None:
+                missing.append(pid)
+            else:
+                pages[pid] = page
+        if missing:
+            found = read_many(missing, "page")
+            for pid in missing:
+                page = found[pid]
+                assert isinstance(page, Page)
+                pages[pid] = page
+        frontier = list(dict.fromkeys(sub for pid in frontier for sub in pages[pid].pages if sub not in pages))
+    return pages
+
+
+def flatten_pages(top: tuple[ObjectId, ...], pages: Mapping[ObjectId, Page],
+                  node_id: str = "?") -> tuple[tuple[ContextId, ObjectId], ...]:
+    """A paged node's children in order, from its page list and its pages (see :func:`read_pages`)."""
+    out: list[tuple[ContextId, ObjectId]] = []
+    seen: set[ObjectId] = set()
+    stack = list(reversed(top))
+    while stack:
+        pid = stack.pop()
+        if pid in seen:
+            raise CorruptObject(pid, f"page appears twice under node {node_id}")
+        seen.add(pid)
+        page = pages[pid]
+        if page.pages:
+            stack.extend(reversed(page.pages))
+        else:
+            out.extend(page.children)
+    return tuple(out)
+
+
+def page_levels(top: tuple[ObjectId, ...], pages: Mapping[ObjectId, Page]) -> tuple[PageLevel, ...] | None:
+    """A node's pages as levels, leaf level first (as :func:`~snapstore.objects.page_children` gives
+    them), or None if its leaves are not all at one depth."""
+    out: list[PageLevel] = []
+    level = list(top)
+    while True:
+        found = [pages[pid] for pid in level]
+        if all(p.pages for p in found):
+            out.append(tuple((pid, p.pages) for pid, p in zip(level, found)))
+            level = [sub for p in found for sub in p.pages]
+        elif not any(p.pages for p in found):
+            out.append(tuple((pid, p.children) for pid, p in zip(level, found)))
+            return tuple(reversed(out))
+        else:
+            return None
+
+
+def pages_of_levels(levels: tuple[PageLevel, ...]) -> dict[ObjectId, Page]:
+    """The pages of :func:`page_levels` / :func:`~snapstore.objects.page_children` levels, by id."""
+    out: dict[ObjectId, Page] = {}
+    for depth, level in enumerate(levels):
+        for pid, entries in level:
+            out[pid] = Page(children=entries) if depth == 0 else Page(pages=entries)
+    return out
+
+
+def full_fields(node: Node, children: Iterable[tuple[ContextId, ObjectId]]) -> dict[str, Any]:
+    """A node's fields as the context has them: a listed node's ``child_sidebar_ids`` put back from its children."""
+    if not node.listed:
+        return node.fields
+    fields = dict(node.fields)
+    fields[CHILDREN_FIELD] = [cid for cid, _ in children]
+    return dict(sorted(fields.items()))
+
+
+def resolve_children(read_many: ReadMany, nodes: list[Node]) -> list[tuple[tuple[ContextId, ObjectId], ...]]:
+    """The children of each node, in order, reading the pages of paged ones (all in a few batches)."""
+    tops = [node.pages for node in nodes if node.pages]
+    pages = read_pages(read_many, tops) if tops else {}
+    return [flatten_pages(node.pages, pages) if node.pages else node.children for node in nodes]
 
 
 def _reuse_subtree(known: Mapping[ContextId, ContextRecord], cid: ContextId, parent: ContextId | None,
@@ -587,13 +905,15 @@ def _reuse_subtree(known: Mapping[ContextId, ContextRecord], cid: ContextId, par
         c, p = stack.pop()
         record = known[c]
         if record.parent != p:
-            record = ContextRecord(record.id, record.fields, record.memory, record.node_id, p, record.children)
+            record = ContextRecord(record.id, record.fields, record.memory, record.node_id, p, record.children,
+                                   record.pages)
         records[c] = record
         stack.extend((k, c) for k in record.children)
 
 
 def _load_chains(
-    read_many: ReadMany, nodes: Mapping[ContextId, Node], known: Mapping[ContextId, ContextRecord]
+    read_many: ReadMany, nodes: Mapping[ContextId, Node], known: Mapping[ContextId, ContextRecord],
+    prefetched: Mapping[ObjectId, Chunk] | None = None,
 ) -> dict[tuple[ContextId, str], Chain]:
     """Walk every exchange list back from its head, all lists in step.
 
@@ -630,7 +950,14 @@ def _load_chains(
                 prefix[key] = old._prefix(index + 1)
             else:
                 to_read[key] = (oid, index)
-        found = read_many(list({oid for oid, _ in to_read.values()}), "chunk") if to_read else {}
+        wanted = list({oid for oid, _ in to_read.values()})
+        if prefetched:
+            found = {oid: prefetched[oid] for oid in wanted if oid in prefetched}
+            rest = [oid for oid in wanted if oid not in found]
+            if rest:
+                found.update(read_many(rest, "chunk"))
+        else:
+            found = read_many(wanted, "chunk") if wanted else {}
         for key, (oid, index) in to_read.items():
             chunk = found[oid]
             assert isinstance(chunk, Chunk)
@@ -655,3 +982,93 @@ def _load_chains(
         else:
             chains[key] = Chain(items[key], links[key])
     return chains
+
+
+# -- restarting fast ----------------------------------------------------------------
+
+# Chain hints name the chunk at every HINT_STRIDE-th position of a long list.
+HINT_STRIDE = 32
+HINTS_VERSION = 1
+
+
+def chain_hints(tree: Tree, stride: int = HINT_STRIDE) -> dict[str, Any]:
+    """Where to start reading a tree's long exchange lists side by side (plain JSON).
+
+    For every list longer than ``stride``, the ids of the chunks at positions
+    ``stride - 1``, ``2 * stride - 1``, ... below its head. A cache kept
+    outside the objects (:meth:`snapstore.repository.Repository.save_chain_hints`):
+    a load that is given them still checks every chunk and link, and a stale
+    or wrong hint only costs the reads it wasted.
+    """
+    lists: dict[str, dict[str, list[str]]] = {}
+    for cid, record in tree.records.items():
+        for name, chain in record.memory.items():
+            if chain.n > stride:
+                lists.setdefault(cid, {})[name] = [chain._links[p] for p in range(stride - 1, chain.n - 1, stride)]
+    return {"v": HINTS_VERSION, "stride": stride, "lists": lists}
+
+
+def _prefetch_chunks(read_some: ReadMany, nodes: Mapping[ContextId, Node],
+                     hints: Mapping[str, Any]) -> dict[ObjectId, Chunk]:
+    """Read the chunks of long lists in stretches side by side, starting at the hinted ids.
+
+    Each hinted chunk starts a walk down to the stretch below it, all walks
+    (and the walk from each head, down to its top hint or to the start of a
+    list without hints) in step: about ``stride`` round trips whatever the
+    length. What this returns is not trusted: the walk from the
+    head (:func:`_load_chains`) takes a chunk from it only where the links
+    lead to it, and checks it as it would any chunk it read.
+    """
+    stride, lists = hints.get("stride"), hints.get("lists")
+    if hints.get("v") != HINTS_VERSION or not isinstance(stride, int) or stride < 1 or not isinstance(lists, dict):
+        return {}
+    # (chunk id, its position, the lowest position this walk reads)
+    walks: list[tuple[ObjectId, int, int]] = []
+    for cid, node in nodes.items():
+        by_name = lists.get(cid)
+        for name, ref in node.memory.items():
+            if ref.head is None or ref.count < 1:
+                continue
+            ids = by_name.get(name) if isinstance(by_name, dict) else None
+            low = 0
+            for k, oid in enumerate(ids if isinstance(ids, list) else ()):
+                position = (k + 1) * stride - 1
+                if position >= ref.count - 1 or not isinstance(oid, str):
+                    break
+                walks.append((ObjectId(oid), position, low))
+                low = position + 1
+            # From the head down to the top hint (a list without hints: all of it, like the others).
+            walks.append((ref.head, ref.count - 1, low))
+    fetched: dict[ObjectId, Chunk] = {}
+    while walks:
+        found = read_some(list({oid for oid, _, _ in walks}), "chunk")
+        next_walks = []
+        for oid, position, low in walks:
+            chunk = found.get(oid)
+            if not isinstance(chunk, Chunk) or chunk.index != position:
+                continue  # a wrong or stale hint: the walk from the head reads what it needs
+            fetched[oid] = chunk
+            if position > low and chunk.prev is not None and chunk.prev not in fetched:
+                next_walks.append((chunk.prev, position - 1, low))
+        walks = next_walks
+    return fetched
+
+
+def count_tree(read_many: ReadMany, state: State) -> tuple[int, int]:
+    """``(contexts, exchanges)`` of a state from its nodes alone, reading no chunk.
+
+    Exchanges are the lengths of the ``local_memory`` lists, as
+    :meth:`Tree.exchange_count` counts them.
+    """
+    contexts = exchanges = 0
+    frontier = [nid for _, nid in state.roots]
+    while frontier:
+        found = read_many(frontier, "node")
+        nodes = [found[nid] for nid in frontier]
+        contexts += len(nodes)
+        for node in nodes:
+            assert isinstance(node, Node)
+            ref = node.memory.get("local_memory")
+            exchanges += ref.count if ref is not None else 0
+        frontier = [nid for kids in resolve_children(read_many, nodes) for _, nid in kids]
+    return contexts, exchanges

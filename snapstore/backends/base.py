@@ -21,8 +21,10 @@ Backends turn their engine's errors into :mod:`snapstore.errors` at their edge.
 from __future__ import annotations
 
 import enum
+import threading
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 from ..errors import RefConflict
@@ -52,6 +54,8 @@ class RefUpdate:
     """Set ``name`` from ``old`` to ``new`` (None means absent), recording ``reason``.
 
     ``log_sequence`` / ``log_hash`` link the change to an audit-log entry.
+    With ``link_appended``, they are filled in by the backend with the entry
+    the same :meth:`Backend.write` appends (see :class:`LogAppend`).
     """
 
     name: str
@@ -60,6 +64,7 @@ class RefUpdate:
     reason: str
     log_sequence: int | None = None
     log_hash: str | None = None
+    link_appended: bool = False
 
 
 @dataclass(frozen=True)
@@ -73,6 +78,50 @@ class ReflogEntry:
     reason: str
     log_sequence: int | None = None
     log_hash: str | None = None
+
+
+_LOCAL_GUARD = threading.Lock()
+_LOCAL_LOCKS: dict[tuple[int, str], threading.Lock] = {}
+
+
+@contextmanager
+def _held(lock: threading.Lock) -> Iterator[None]:
+    with lock:
+        yield
+
+
+#: The meta key holding the signing key of the audit log kept in the store.
+LOG_KEY_META = "ozolith/key"
+
+
+@dataclass(frozen=True)
+class AppendedEntry:
+    """An audit-log entry as a backend stores it: one line of the client's JSON Lines format."""
+
+    sequence: int
+    entry_hash: str
+    line: str
+
+
+@dataclass(frozen=True)
+class LogAppend:
+    """An audit-log entry to append inside a :meth:`Backend.write` transaction.
+
+    The backend serialises appenders (the log is one chain), reads the last
+    stored line and the stored signing key (meta :data:`LOG_KEY_META`), and
+    calls ``build(last_line, key)``, which returns the new entry and, when
+    there was no key yet, the key to store with it. ``build`` may run more
+    than once if the transaction is retried; only the committed result counts.
+    """
+
+    build: Callable[[str | None, str | None], tuple[AppendedEntry, str | None]]
+
+
+def link(update: RefUpdate, entry: AppendedEntry | None) -> RefUpdate:
+    """``update`` with its audit-log link filled in from ``entry`` if it asks for it."""
+    if not update.link_appended or entry is None:
+        return update
+    return RefUpdate(update.name, update.old, update.new, update.reason, entry.sequence, entry.entry_hash)
 
 
 def check_fence(current: Mapping[str, tuple[ObjectId, int]], fence: Mapping[str, tuple[ObjectId, int]]) -> None:
@@ -152,13 +201,58 @@ class Backend(ABC):
         objects: Sequence[StoredObject] = (),
         ref_updates: Sequence[RefUpdate] = (),
         meta: Mapping[str, str | None] | None = None,
-    ) -> None:
+        append: LogAppend | None = None,
+    ) -> AppendedEntry | None:
         """Atomically and durably store objects, apply ref CAS updates and meta.
 
         Objects already stored are skipped. A meta value of None deletes the key.
         Raises :class:`RefConflict` (and applies nothing) when a ref does not
-        hold its update's ``old`` value.
+        hold its update's ``old`` value. With ``append``, one audit-log entry
+        is appended to the store's log in the same transaction and returned
+        (see :class:`LogAppend`); ref updates with ``link_appended`` record it.
         """
+
+    def write_reporting_new(
+        self,
+        objects: Sequence[StoredObject] = (),
+        ref_updates: Sequence[RefUpdate] = (),
+        meta: Mapping[str, str | None] | None = None,
+        append: LogAppend | None = None,
+    ) -> tuple[AppendedEntry | None, list[ObjectId]]:
+        """:meth:`write`, also returning the ids of the objects it stored that were absent before.
+
+        This default asks :meth:`has_objects` first, outside the transaction
+        (the list may then name an object another writer stored meanwhile);
+        a backend that can tell inside its transaction overrides it, which
+        saves a commit that query.
+        """
+        present = self.has_objects([o.id for o in objects]) if objects else set()
+        entry = self.write(objects, ref_updates, meta, append=append)
+        return entry, list(dict.fromkeys(o.id for o in objects if o.id not in present))
+
+    # -- fairness between writers of one conversation ---------------------------
+
+    def writer_lock(self, name: str) -> AbstractContextManager[None]:
+        """An advisory lock on one ref shared by every process using the store.
+
+        Correctness never depends on it (refs change only by compare-and-swap);
+        a writer that lost a race takes it for its retries, so that losers queue
+        instead of losing again and again to writers that happen to be faster.
+        The default serialises the threads of this process only.
+        """
+        with _LOCAL_GUARD:
+            lock = _LOCAL_LOCKS.setdefault((id(self), name), threading.Lock())
+        return _held(lock)
+
+    # -- the audit log kept in the store -------------------------------------
+
+    def log_lines(self, after: int = 0, limit: int | None = None) -> list[tuple[int, str]]:
+        """``(sequence, line)`` of the store's audit log past ``after``, in order."""
+        return []
+
+    def log_tail(self) -> tuple[int, str] | None:
+        """The last ``(sequence, line)`` of the store's audit log, or None."""
+        return None
 
     @abstractmethod
     def close(self) -> None:

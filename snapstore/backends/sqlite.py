@@ -7,13 +7,22 @@ file fsync plus a directory fsync per object. SQLite also gives several
 processes safe concurrent access (one writer at a time, readers never
 blocked) and readers see only committed transactions, never half of one.
 
-Ids are stored as 32 raw bytes; the table is ``WITHOUT ROWID`` so an object
-costs one b-tree entry.
+Ids are stored as 32 raw bytes. New stores keep objects in a rowid table
+with a unique index on the id: rows go to the end of the table and only the
+small index entries land at random, where a ``WITHOUT ROWID`` table keyed by
+the id (stores made before) keeps whole rows in its interior pages, spills
+them to overflow pages and dirties more pages per commit (docs/benchmarks.md,
+"The SQLite schema"). The reflog's ``seq`` is a plain rowid (no reflog row is
+ever deleted, so it only grows), which spares a commit the ``sqlite_sequence``
+update. Every query works on both schemas.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import hashlib
+import os
 import sqlite3
 import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -22,21 +31,24 @@ from pathlib import Path
 from ..errors import BackendError, RefConflict, StoreNotFound
 from ..objects import ObjectId
 from ..timeutil import utc_now
-from .base import Backend, Capability, RefUpdate, ReflogEntry, StoredObject, check_fence
+from .base import (
+    LOG_KEY_META, AppendedEntry, Backend, Capability, LogAppend, RefUpdate, ReflogEntry, StoredObject,
+    check_fence, link,
+)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS objects (
-    id BLOB PRIMARY KEY,
+    id BLOB NOT NULL UNIQUE,
     kind TEXT NOT NULL,
     size INTEGER NOT NULL,
     data BLOB NOT NULL
-) WITHOUT ROWID;
+);
 CREATE TABLE IF NOT EXISTS refs (
     name TEXT PRIMARY KEY,
     target BLOB NOT NULL
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS reflog (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    seq INTEGER PRIMARY KEY,
     name TEXT NOT NULL,
     old BLOB,
     new BLOB,
@@ -52,8 +64,18 @@ CREATE TABLE IF NOT EXISTS meta (
 ) WITHOUT ROWID;
 """
 
+# The audit log kept in the store (snapstore/storelog.py): one row per entry,
+# the exact line of the client's JSON Lines format. Created by the first
+# append, so stores made before it need no upgrade.
+_LOG_SCHEMA = """CREATE TABLE IF NOT EXISTS ozolith (
+    sequence INTEGER PRIMARY KEY,
+    entry_hash TEXT NOT NULL,
+    line TEXT NOT NULL
+)"""
+
 _BATCH = 500
 DB_NAME = "store.sqlite"
+_INSERT_OBJECT = "INSERT OR IGNORE INTO objects (id, kind, size, data) VALUES (?, ?, ?, ?)"
 
 
 def _raw(oid: str | None) -> bytes | None:
@@ -75,6 +97,7 @@ class SqliteBackend(Backend):
         if not create and not self.path.is_file():
             raise StoreNotFound(f"{self.path} does not exist")
         self._lock = threading.RLock()
+        self._log_table = False
         with self._errors():
             self._db = sqlite3.connect(
                 self.path, isolation_level=None, check_same_thread=False, timeout=30.0
@@ -86,7 +109,7 @@ class SqliteBackend(Backend):
                     raise BackendError(f"{self.path}: cannot enable WAL mode (got {mode})")
                 self._db.execute("PRAGMA synchronous = FULL")
                 if create:
-                    self._db.executescript(_SCHEMA)
+                    self._db.executescript(_SCHEMA + ";" + _LOG_SCHEMA)
                 else:
                     self._db.execute("SELECT 1 FROM objects LIMIT 1")
             except BaseException:
@@ -225,10 +248,13 @@ class SqliteBackend(Backend):
         objects: Sequence[StoredObject] = (),
         ref_updates: Sequence[RefUpdate] = (),
         meta: Mapping[str, str | None] | None = None,
-    ) -> None:
+        append: LogAppend | None = None,
+        new_ids: list[ObjectId] | None = None,
+    ) -> AppendedEntry | None:
         with self._lock, self._errors():
             db = self._db
             db.execute("BEGIN IMMEDIATE")
+            entry = None
             try:
                 for update in ref_updates:
                     row = db.execute(
@@ -237,11 +263,18 @@ class SqliteBackend(Backend):
                     actual = _hex(row[0]) if row else None
                     if actual != update.old:
                         raise RefConflict(update.name, update.old, actual)
-                if objects:
-                    db.executemany(
-                        "INSERT OR IGNORE INTO objects (id, kind, size, data) VALUES (?, ?, ?, ?)",
-                        [(bytes.fromhex(o.id), o.kind, o.size, o.data) for o in objects],
-                    )
+                if append is not None:
+                    # BEGIN IMMEDIATE holds the database's write lock: appenders take turns.
+                    entry = self._append_locked(db, append)
+                    ref_updates = [link(u, entry) for u in ref_updates]
+                if objects and new_ids is None:
+                    db.executemany(_INSERT_OBJECT, [(bytes.fromhex(o.id), o.kind, o.size, o.data) for o in objects])
+                elif objects:
+                    # One statement per object: its change count says whether the object was new,
+                    # inside the transaction, so a commit needs no query beforehand.
+                    for o in objects:
+                        if db.execute(_INSERT_OBJECT, (bytes.fromhex(o.id), o.kind, o.size, o.data)).rowcount:
+                            new_ids.append(o.id)
                 now = utc_now()
                 for update in ref_updates:
                     if update.new is None:
@@ -264,9 +297,10 @@ class SqliteBackend(Backend):
                     if value is None:
                         db.execute("DELETE FROM meta WHERE key = ?", (key,))
                     else:
+                        # An unchanged value writes nothing (a commit re-sends the active conversation).
                         db.execute(
-                            "INSERT INTO meta (key, value) VALUES (?, ?) "
-                            "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                            "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) "
+                            "DO UPDATE SET value = excluded.value WHERE value IS NOT excluded.value",
                             (key, value),
                         )
                 db.execute("COMMIT")
@@ -274,6 +308,72 @@ class SqliteBackend(Backend):
                 if db.in_transaction:
                     db.execute("ROLLBACK")
                 raise
+            if append is not None:
+                self._log_table = True
+        return entry
+
+    def write_reporting_new(
+        self,
+        objects: Sequence[StoredObject] = (),
+        ref_updates: Sequence[RefUpdate] = (),
+        meta: Mapping[str, str | None] | None = None,
+        append: LogAppend | None = None,
+    ) -> tuple[AppendedEntry | None, list[ObjectId]]:
+        new_ids: list[ObjectId] = []
+        return self.write(objects, ref_updates, meta, append, new_ids=new_ids), new_ids
+
+    def _append_locked(self, db: sqlite3.Connection, append: LogAppend) -> AppendedEntry:
+        if not self._log_table:
+            db.execute(_LOG_SCHEMA)
+        row = db.execute("SELECT line FROM ozolith ORDER BY sequence DESC LIMIT 1").fetchone()
+        key_row = db.execute("SELECT value FROM meta WHERE key = ?", (LOG_KEY_META,)).fetchone()
+        entry, new_key = append.build(row[0] if row else None, key_row[0] if key_row else None)
+        db.execute("INSERT INTO ozolith (sequence, entry_hash, line) VALUES (?, ?, ?)",
+                   (entry.sequence, entry.entry_hash, entry.line))
+        if new_key is not None:
+            db.execute("INSERT INTO meta (key, value) VALUES (?, ?)", (LOG_KEY_META, new_key))
+        return entry
+
+    def writer_lock(self, name: str) -> contextlib.AbstractContextManager[None]:
+        """A byte-range lock on ``writer.lock`` in the store folder, one byte per ref name (hashed).
+
+        POSIX record locks belong to the process, so threads of one process
+        queue on the in-process lock first.
+        """
+        return self._writer_lock(name)
+
+    @contextlib.contextmanager
+    def _writer_lock(self, name: str) -> Iterator[None]:
+        offset = int.from_bytes(hashlib.blake2b(name.encode(), digest_size=4).digest(), "big") & 0x3FFFFFFF
+        with super().writer_lock(name):
+            fd = os.open(self.path.parent / "writer.lock", os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                fcntl.lockf(fd, fcntl.LOCK_EX, 1, offset)
+                try:
+                    yield
+                finally:
+                    fcntl.lockf(fd, fcntl.LOCK_UN, 1, offset)
+            finally:
+                os.close(fd)
+
+    def _has_log(self) -> bool:
+        if not self._log_table:
+            self._log_table = bool(self._query("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'ozolith'"))
+        return self._log_table
+
+    def log_lines(self, after: int = 0, limit: int | None = None) -> list[tuple[int, str]]:
+        if not self._has_log():
+            return []
+        return [(s, line) for s, line in self._query(
+            "SELECT sequence, line FROM ozolith WHERE sequence > ? ORDER BY sequence LIMIT ?",
+            (after, -1 if limit is None else limit),
+        )]
+
+    def log_tail(self) -> tuple[int, str] | None:
+        if not self._has_log():
+            return None
+        rows = self._query("SELECT sequence, line FROM ozolith ORDER BY sequence DESC LIMIT 1")
+        return (rows[0][0], rows[0][1]) if rows else None
 
     def close(self) -> None:
         with self._lock:
