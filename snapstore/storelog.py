@@ -37,7 +37,6 @@ import secrets
 import tempfile
 import threading
 from collections.abc import Iterator, Mapping
-from datetime import datetime
 from enum import Enum
 from pathlib import Path
 from typing import Any
@@ -48,13 +47,13 @@ from .ozolith.anchors import Anchor
 from .ozolith.entry import EventType, LogEntry, check_sealed, key_bytes, make_entry
 from .ozolith.files import fsync_dir
 from .ozolith.keys import KEY_FILE_NAME
-from .ozolith.log import CorruptEntry, LoadResult, UnparsableLine, WrongKey, _as_utc, _entry_from_line
+from .ozolith.log import CorruptEntry, EntryQueries, LoadResult, UnparsableLine, WrongKey, _entry_from_line
 from .ozolith.verify import ChainReport, Finding, FindingKind, verify_data
 
 _PAGE = 5000
 
 
-class StoreLog:
+class StoreLog(EntryQueries):
     """The audit log a store keeps: the reading interface of :class:`~snapstore.ozolith.OzolithLog`, plus appends
     that ride in a store write (:meth:`prepare`)."""
 
@@ -201,19 +200,6 @@ class StoreLog:
         if not rows or rows[0][0] != sequence:
             return None
         return _entry_from_line(rows[0][1].encode("utf-8"))
-
-    def by_context(self, context_id: str) -> list[LogEntry]:
-        return [entry for entry in self.entries() if entry.context_id == context_id]
-
-    def by_type(self, event_type: str | EventType) -> list[LogEntry]:
-        wanted = event_type.value if isinstance(event_type, Enum) else event_type
-        return [entry for entry in self.entries() if entry.event_type == wanted]
-
-    def between(self, since: datetime | None = None, until: datetime | None = None) -> list[LogEntry]:
-        low = _as_utc(since) if since else None
-        high = _as_utc(until) if until else None
-        return [e for e in self.entries()
-                if (low is None or e.time >= low) and (high is None or e.time <= high)]
 
     def anchors(self) -> list[Anchor]:
         return []

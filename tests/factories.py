@@ -134,3 +134,28 @@ def mutated(draw, state: dict[str, Any]) -> dict[str, Any]:
         elif op == "focus":
             new["active_context_id"] = draw(st.sampled_from([c["sidebar_id"] for c in contexts]))
     return new
+
+
+def run_replicas(target, args: list[tuple]) -> list[Any]:
+    """Run ``target(*arg, out)`` in one spawned process per ``arg``; each puts one result on ``out``.
+
+    Returns the results (in finishing order) once every process exited 0; fails as soon as one dies.
+    """
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    out = ctx.Queue()
+    procs = [ctx.Process(target=target, args=(*arg, out)) for arg in args]
+    for p in procs:
+        p.start()
+    results: list[Any] = []
+    while len(results) < len(procs):
+        try:
+            results.append(out.get(timeout=5))
+        except Exception:
+            dead = [p.exitcode for p in procs if p.exitcode not in (None, 0)]
+            assert not dead, f"a replica failed: exit codes {dead}"
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    return results

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import multiprocessing as mp
 import os
 import random
 
@@ -18,7 +17,7 @@ from snapstore.verify import verify
 
 from .conftest import BACKEND_FACTORIES, DURABLE_BACKENDS
 
-from .factories import sample_state
+from .factories import run_replicas, sample_state
 
 OPS_PER_PROCESS = int(os.environ.get("SNAPSTORE_CONCURRENCY_OPS", "200"))
 S3_OPS_PER_PROCESS = int(os.environ.get("SNAPSTORE_CONCURRENCY_OPS_S3", "40"))
@@ -128,21 +127,7 @@ def test_eight_replicas_two_hundred_operations_each(replica_store):
     with _open_session(location, log) as s:
         orch = s.start_new("shared", "shared root")
         orch.spawn_sidebar("SB-1", "first sidebar")
-    ctx = mp.get_context("spawn")
-    out = ctx.Queue()
-    procs = [ctx.Process(target=_replica, args=(location, log, seed, ops, out)) for seed in range(8)]
-    for p in procs:
-        p.start()
-    results = []
-    while len(results) < len(procs):
-        try:
-            results.append(out.get(timeout=5))
-        except Exception:
-            dead = [p.exitcode for p in procs if p.exitcode not in (None, 0)]
-            assert not dead, f"a replica failed: exit codes {dead}"
-    for p in procs:
-        p.join(60)
-        assert p.exitcode == 0
+    results = run_replicas(_replica, [(location, log, seed, ops) for seed in range(8)])
     repo = Repository.open(location)
     history = {info.id for info in repo.log("shared")}
     state = repo.load("shared")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import multiprocessing as mp
 import sqlite3
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from snapstore.startup import RecoveryStatus, Session
 from snapstore.storelog import StoreAudit, StoreLog
 from snapstore.verify import verify
 
+from .factories import run_replicas
 from .ozolith_client_reference import reference_verify
 
 
@@ -156,21 +156,7 @@ def test_replicas_write_one_chain(durable_store):
     with Session(location, log_in_store=True) as s:
         orch = s.start_new("shared", "shared root")
         orch.spawn_sidebar(orch.active_context_id, "a sidebar")
-    ctx = mp.get_context("spawn")
-    out = ctx.Queue()
-    procs = [ctx.Process(target=_replica, args=(location, seed, 25, out)) for seed in range(4)]
-    for p in procs:
-        p.start()
-    acked: list = []
-    while len(acked) < len(procs):
-        try:
-            acked.append(out.get(timeout=5))
-        except Exception:
-            dead = [p.exitcode for p in procs if p.exitcode not in (None, 0)]
-            assert not dead, f"a replica failed: exit codes {dead}"
-    for p in procs:
-        p.join(60)
-        assert p.exitcode == 0
+    acked = run_replicas(_replica, [(location, seed, 25) for seed in range(4)])
     repo = Repository.open(location)
     log = StoreLog(repo.backend)
     entries = list(log.entries())

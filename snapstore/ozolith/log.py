@@ -81,7 +81,40 @@ def _parse_entry(raw: bytes, where: str, line: int | None, sequence: int | None)
         raise UnparsableLine(f"{where} is not an entry: {exc}", sequence, line) from exc
 
 
-class OzolithLog:
+class EntryQueries:
+    """Filters over ``entries()``, shared by the log file and the log kept in a store."""
+
+    where: str
+
+    def entries(self) -> Iterator[LogEntry]:
+        raise NotImplementedError
+
+    def by_context(self, context_id: str) -> list[LogEntry]:
+        """Entries about one context, oldest first."""
+        return [entry for entry in self.entries() if entry.context_id == context_id]
+
+    def by_type(self, event_type: str | EventType) -> list[LogEntry]:
+        """Entries of one event type, oldest first."""
+        wanted = event_type.value if isinstance(event_type, Enum) else event_type
+        return [entry for entry in self.entries() if entry.event_type == wanted]
+
+    def between(self, since: datetime | None = None, until: datetime | None = None) -> list[LogEntry]:
+        """Entries with ``since <= time <= until``; naive datetimes are taken as UTC."""
+        low = _as_utc(since) if since else None
+        high = _as_utc(until) if until else None
+        found = []
+        for entry in self.entries():
+            try:
+                moment = entry.time
+            except ValueError as exc:
+                raise UnparsableLine(f"entry {entry.sequence} of {self.where} has a malformed timestamp "
+                                     f"{entry.timestamp!r}", entry.sequence) from exc
+            if (low is None or moment >= low) and (high is None or moment <= high):
+                found.append(entry)
+        return found
+
+
+class OzolithLog(EntryQueries):
     """One OZOLITH log: a JSON Lines file, its anchors file and its key.
 
     The key is ``key`` if given (a str is used as the client does, encoded,
@@ -100,6 +133,11 @@ class OzolithLog:
 
     def __repr__(self) -> str:
         return f"OzolithLog({str(self.path)!r})"
+
+    @property
+    def where(self) -> str:
+        """How messages name this log."""
+        return str(self.path)
 
     def _signing_key(self, *, create: bool) -> bytes:
         if self._key is None:
@@ -304,30 +342,6 @@ class OzolithLog:
             if entry.sequence == sequence:
                 return entry
         return None
-
-    def by_context(self, context_id: str) -> list[LogEntry]:
-        """Entries about one context, oldest first."""
-        return [entry for entry in self.entries() if entry.context_id == context_id]
-
-    def by_type(self, event_type: str | EventType) -> list[LogEntry]:
-        """Entries of one event type, oldest first."""
-        wanted = event_type.value if isinstance(event_type, Enum) else event_type
-        return [entry for entry in self.entries() if entry.event_type == wanted]
-
-    def between(self, since: datetime | None = None, until: datetime | None = None) -> list[LogEntry]:
-        """Entries with ``since <= time <= until``; naive datetimes are taken as UTC."""
-        low = _as_utc(since) if since else None
-        high = _as_utc(until) if until else None
-        found = []
-        for entry in self.entries():
-            try:
-                moment = entry.time
-            except ValueError as exc:
-                raise UnparsableLine(f"entry {entry.sequence} of {self.path} has a malformed timestamp "
-                                     f"{entry.timestamp!r}", entry.sequence) from exc
-            if (low is None or moment >= low) and (high is None or moment <= high):
-                found.append(entry)
-        return found
 
     def anchors(self) -> list[Anchor]:
         """The anchors recorded for this log, oldest first."""
