@@ -20,7 +20,7 @@ from .conftest import BACKEND_FACTORIES, DURABLE_BACKENDS
 from .factories import run_replicas, sample_state
 
 OPS_PER_PROCESS = int(os.environ.get("SNAPSTORE_CONCURRENCY_OPS", "200"))
-S3_OPS_PER_PROCESS = int(os.environ.get("SNAPSTORE_CONCURRENCY_OPS_S3", "40"))
+S3_OPS_PER_PROCESS = int(os.environ.get("SNAPSTORE_CONCURRENCY_OPS_S3", "25"))
 
 
 def test_merge_of_changes_to_different_contexts(tmp_path):
@@ -115,7 +115,7 @@ def replica_store(request, tmp_path):
     durable store keeping the log itself (what replicas on several machines share)."""
     name, how = request.param.split("+", 1)
     # S3 + PostgreSQL commits ~5 operations/s with 8 writers on one conversation on the CI machine
-    # (SeaweedFS on the same 2 cores): 8 x 40 there keeps CI under its budget; 8 x 200 everywhere else.
+    # (SeaweedFS on the same 2 cores): 8 x 25 there keeps CI under its budget; 8 x 200 everywhere else.
     ops = min(OPS_PER_PROCESS, S3_OPS_PER_PROCESS) if name == "s3" else OPS_PER_PROCESS
     for factory in BACKEND_FACTORIES[name](tmp_path):
         factory.init().close()

@@ -8,7 +8,7 @@ from tests.crash.harness import run_kills
 
 # CI runs at least 100 kills; benchmarks/soak.py runs 1,000 or more.
 KILLS = int(os.environ.get("SNAPSTORE_CRASH_KILLS", "100"))
-KILLS_LOG_IN_STORE = int(os.environ.get("SNAPSTORE_CRASH_KILLS_LOG_IN_STORE", "30"))
+KILLS_LOG_IN_STORE = int(os.environ.get("SNAPSTORE_CRASH_KILLS_LOG_IN_STORE", "20"))
 
 
 def test_sigkill_at_random_moments_loses_nothing_acknowledged(tmp_path):

@@ -360,13 +360,20 @@ def test_checkout_then_commit_from_gives_the_identical_root(tmp_path):
 
 
 def test_fsck_gc_stats_bundle_and_transfer_follow_pages(repo, tmp_path):
-    state = wide_state(1100, listed=True, grandchildren=4)
+    """Every reader follows pages (pages of 4 here, so that a small tree has two levels of them:
+    the test runs on every backend, and on S3 each object is a request)."""
+    with tiny_pages(4):
+        _follow_pages(repo, tmp_path)
+
+
+def _follow_pages(repo: Repository, tmp_path) -> None:
+    state = wide_state(40, listed=True, grandchildren=4)
     repo.commit("c", state)
     state["contexts"][5]["local_memory"].append(exchange(7, "C-00004"))
     repo.commit("c", state)
     repo.commit("small", {"conversation_id": "small", "active_context_id": None, "contexts": [context("S-1")]})
     pages = [o for o in repo.backend.iter_objects(kind="page")]
-    assert len(pages) == 35 + 2 + 2  # 35 leaves and 2 interior pages, then one of each again
+    assert len(pages) == 10 + 3 + 2  # 10 leaves and 3 interior pages, then one of each again
 
     report = repo.fsck()
     assert report.ok and report.reachable == report.objects

@@ -138,6 +138,9 @@ def test_an_explicit_key_must_match_the_chain(store):
         intruder.add_exchange("SB-1", "x", "y")
 
 
+OPS = 15  # per replica process
+
+
 def _replica(location: str, seed: int, ops: int, out) -> None:
     session = Session(location, log_in_store=True)
     orch = session.resume("shared")
@@ -156,11 +159,11 @@ def test_replicas_write_one_chain(durable_store):
     with Session(location, log_in_store=True) as s:
         orch = s.start_new("shared", "shared root")
         orch.spawn_sidebar(orch.active_context_id, "a sidebar")
-    acked = run_replicas(_replica, [(location, seed, 25) for seed in range(4)])
+    acked = run_replicas(_replica, [(location, seed, OPS) for seed in range(4)])
     repo = Repository.open(location)
     log = StoreLog(repo.backend)
     entries = list(log.entries())
-    assert [e.sequence for e in entries] == list(range(1, 2 + 4 * 25 + 1))
+    assert [e.sequence for e in entries] == list(range(1, 2 + 4 * OPS + 1))
     history = {info.id for info in repo.log("shared")}
     linked = {e.payload["snapstore"]["snapshot"] for e in entries}
     for heads in acked:
