@@ -173,6 +173,36 @@ def test_replicas_write_one_chain(durable_store):
     repo.close()
 
 
+def _own_conversation(location: str, seed: int, ops: int, out) -> None:
+    session = Session(location, log_in_store=True)
+    orch = session.start_new(f"conv-{seed}", f"replica {seed}")
+    heads = [orch.head]
+    for i in range(ops):
+        orch.add_exchange(orch.active_context_id, f"replica {seed} op {i}", "ok")
+        heads.append(orch.head)
+    session.close()
+    out.put((f"conv-{seed}", heads))
+
+
+def test_replicas_on_different_conversations_share_one_chain(durable_store):
+    """Each process its own conversation, all of them one audit log: nothing lost, nothing interleaved wrongly."""
+    location = durable_store.location
+    durable_store.init().close()
+    results = run_replicas(_own_conversation, [(location, seed, OPS) for seed in range(4)])
+    repo = Repository.open(location)
+    log = StoreLog(repo.backend)
+    entries = list(log.entries())
+    assert [e.sequence for e in entries] == list(range(1, 4 * (OPS + 1) + 1))
+    for conversation, heads in results:
+        assert heads[-1] == repo.head(conversation)
+        assert set(heads) <= {info.id for info in repo.log(conversation)}
+        mine = [e for e in entries if e.payload["snapstore"]["conversation"] == conversation]
+        assert [e.payload["snapstore"]["snapshot"] for e in mine] == heads  # in order, one per operation
+    report = verify(repo, log)
+    assert report.ok, report.problems[:5]
+    repo.close()
+
+
 def test_session_with_the_log_in_the_store(tmp_path):
     location = str(tmp_path / "store")
     with Session(location, log_in_store=True) as s:
