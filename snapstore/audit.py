@@ -94,10 +94,7 @@ def pending_entries(repo: Repository, log: OzolithLog) -> list[tuple[LogEntry, d
     """Linked entries newer than what the store's reflogs record, oldest first."""
     newest = linked_sequences(repo)
     floor = min(newest.values(), default=0)
-    if hasattr(log, "entries_after"):  # the log in the store reads only what is newer
-        recent = list(log.entries_after(floor))
-    else:
-        recent = [e for e in log.entries() if e.sequence > floor]
+    recent = list(log.entries_after(floor))  # both kinds of log read only what is newer
     voided = voided_sequences(recent)
     out = []
     for entry in recent:

@@ -81,7 +81,6 @@ class ReflogEntry:
 
 
 _LOCAL_GUARD = threading.Lock()
-_LOCAL_LOCKS: dict[tuple[int, str], threading.Lock] = {}
 
 
 @contextmanager
@@ -241,7 +240,8 @@ class Backend(ABC):
         The default serialises the threads of this process only.
         """
         with _LOCAL_GUARD:
-            lock = _LOCAL_LOCKS.setdefault((id(self), name), threading.Lock())
+            locks = self.__dict__.setdefault("_writer_locks", {})
+            lock = locks.setdefault(name, threading.Lock())
         return _held(lock)
 
     # -- the audit log kept in the store -------------------------------------
