@@ -151,6 +151,11 @@ class ConversationOrchestrator:
             raise InvalidInput(f"no context {context_id!r} in conversation {self.conversation!r}")
         return fields
 
+    def _require_present(self, workspace: Workspace, context_id: str) -> None:
+        """As :meth:`_require`, for a caller that needs no copy of the fields."""
+        if context_id not in workspace:
+            raise InvalidInput(f"no context {context_id!r} in conversation {self.conversation!r}")
+
     # -- the one write path --------------------------------------------------
 
     def _sync(self, staging: Staging) -> None:
@@ -314,7 +319,7 @@ class ConversationOrchestrator:
         def change(ws: Workspace) -> dict[str, Any]:
             exchange_id = f"EXCH-{self._next_exchange}"
             made[:] = [exchange_id]
-            self._require(ws, context_id)
+            self._require_present(ws, context_id)
             item = {"exchange_id": exchange_id, "user": user, "assistant": assistant,
                     "timestamp": stamp, "context_id": context_id, **metadata}
             ws.append_exchange(context_id, item)
@@ -399,7 +404,7 @@ class ConversationOrchestrator:
 
     def switch_focus(self, context_id: str) -> None:
         def change(ws: Workspace) -> dict[str, Any]:
-            self._require(ws, context_id)
+            self._require_present(ws, context_id)
             old = ws.active_context_id
             ws.set_active(context_id)
             return {"from": old, "to": context_id}

@@ -60,7 +60,11 @@ class StoreLog(EntryQueries):
     def __init__(self, backend: Backend, key: str | None = None) -> None:
         self.backend = backend
         self._key_arg = key
-        self._checked_tail: str | None = None  # the last line this process verified or wrote
+        # The last entry this process wrote, and the key it was signed with: when the stored
+        # last line is exactly that line, its sequence and hash are known without parsing or
+        # re-verifying it. Any other line (another process's, or one changed in the table) is checked.
+        self._checked_tail: tuple[AppendedEntry, str] | None = None
+        self._last_built: tuple[AppendedEntry, str] | None = None  # the newest entry built, and its key
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -105,40 +109,46 @@ class StoreLog(EntryQueries):
         def build(last_line: str | None, stored_key: str | None) -> tuple[AppendedEntry, str | None]:
             text, new_key = self._key_text(stored_key)
             key = key_bytes(text)
-            last = self._tail_entry(last_line, key) if last_line is not None else None
+            sequence, previous_hash = self._tail_entry(last_line, text) if last_line is not None else (0, "")
             entry = make_entry(
                 key,
-                sequence=last.sequence + 1 if last else 1,
-                previous_hash=last.entry_hash if last else "",
+                sequence=sequence + 1, previous_hash=previous_hash,
                 event_type=kind, context_id=context_id, actor=actor, payload=payload,
             )
-            line = entry.to_line()
-            return AppendedEntry(entry.sequence, entry.entry_hash, line), new_key
+            appended = AppendedEntry(entry.sequence, entry.entry_hash, entry.to_line())
+            with self._lock:
+                self._last_built = (appended, text)
+            return appended, new_key
 
         return LogAppend(build)
 
-    def _tail_entry(self, line: str, key: bytes) -> LogEntry:
-        """The last entry, if it is safe to chain onto; otherwise raise naming its sequence."""
+    def _tail_entry(self, line: str, key_text: str) -> tuple[int, str]:
+        """``(sequence, entry_hash)`` of the last entry, if it is safe to chain onto; otherwise raise
+        naming its sequence."""
+        with self._lock:
+            known = self._checked_tail
+        if known is not None and known[0].line == line and known[1] == key_text:
+            # The very line this process wrote (compared in full), under the same key.
+            return known[0].sequence, known[0].entry_hash
         try:
             entry = _entry_from_line(line.encode("utf-8"))
         except ValueError as exc:
             raise UnparsableLine(f"the last entry of {self.where} is not an entry: {exc}") from exc
-        with self._lock:
-            known = self._checked_tail == line
-        if not known:
-            hash_ok, signature_ok, _ = check_sealed(key, entry.to_dict())
-            if not hash_ok:
-                raise CorruptEntry(f"last entry (sequence {entry.sequence}) of {self.where} fails its hash; "
-                                   "verify the log before appending", entry.sequence)
-            if not signature_ok:
-                raise WrongKey(f"last entry (sequence {entry.sequence}) of {self.where} is not signed by this key",
-                               entry.sequence)
-        return entry
+        hash_ok, signature_ok, _ = check_sealed(key_bytes(key_text), entry.to_dict())
+        if not hash_ok:
+            raise CorruptEntry(f"last entry (sequence {entry.sequence}) of {self.where} fails its hash; "
+                               "verify the log before appending", entry.sequence)
+        if not signature_ok:
+            raise WrongKey(f"last entry (sequence {entry.sequence}) of {self.where} is not signed by this key",
+                           entry.sequence)
+        return entry.sequence, entry.entry_hash
 
     def _written(self, entry: AppendedEntry | None) -> None:
         if entry is not None:
             with self._lock:
-                self._checked_tail = entry.line
+                built = self._last_built
+                # Only an entry whose key is known is remembered (another thread may have built since).
+                self._checked_tail = built if built is not None and built[0] == entry else None
 
     def append(self, event_type: str | EventType, context_id: str, actor: str,
                payload: Mapping[str, Any]) -> LogEntry:

@@ -40,6 +40,7 @@ from .objects import (
     encode,
     page_children,
 )
+from .ozolith.canonical import NotPlain, plain_copy
 from .refs import validate_context_id
 from .objects import hash_object, to_json
 
@@ -94,7 +95,10 @@ class Chain:
         """A chain one item longer; the new chunk goes into ``new_objects``."""
         kind, body, oid = encode(Chunk(prev=self.head, index=self.n, item=item))
         new_objects[oid] = (kind, body)
-        own_copy = json.loads(body)["item"]
+        try:
+            own_copy = plain_copy(item, sort_keys=True)  # what json.loads(body)["item"] gives, without parsing
+        except NotPlain:
+            own_copy = json.loads(body)["item"]
         if len(self._items) == self.n:
             items, links = self._items, self._links
         else:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from snapstore.backends.base import LOG_KEY_META, Backend
+from snapstore.backends.base import LOG_KEY_META, AppendedEntry, Backend, LogAppend
 from snapstore.errors import InvalidInput, RefConflict
 from snapstore.objects import Event
 from snapstore.orchestrator import ConversationOrchestrator
@@ -218,3 +218,57 @@ def test_session_with_the_log_in_the_store(tmp_path):
     third.close()
     with pytest.raises(InvalidInput, match="not both"):
         Session(location, ozolith=str(tmp_path / "log.jsonl"), log_in_store=True)
+
+
+# -- the tail this process wrote is remembered, and only by its exact line ------------------------------
+
+
+def test_a_line_built_on_the_remembered_tail_is_the_line_built_on_a_verified_one(store, monkeypatch):
+    repo = store.init()
+    _, log = _orchestrate(repo)  # log wrote the last line itself: it chains without parsing it
+    monkeypatch.setattr("snapstore.ozolith.entry.utc_timestamp", lambda: "2025-12-05T09:30:01.123456Z")
+    last_line, stored_key = repo.backend.log_tail()[1], repo.backend.get_meta(LOG_KEY_META)
+    payload = {"n": 1, "text": "caf\u00e9 \U0001f600", "nested": {"b": [1, 2.5, None, True], "a": "x"}}
+    remembered, _ = log.prepare("exchange", "SB-1", "system", payload).build(last_line, stored_key)
+    fresh = StoreLog(repo.backend)  # parses and verifies the same line
+    verified, _ = fresh.prepare("exchange", "SB-1", "system", payload).build(last_line, stored_key)
+    assert remembered == verified
+    assert remembered.sequence == 6 and remembered.line.startswith('{"sequence": 6, "timestamp": "2025-12-05T09')
+
+
+def test_the_writer_itself_refuses_its_last_line_once_changed_in_the_table(store):
+    repo = store.init()
+    orch, log = _orchestrate(repo)
+    forged = log.get(5).to_line().replace("it was fine", "it was awful")
+    _tamper(store, repo.backend, 5, forged)  # behind the back of the very log that wrote line 5
+    head = repo.head("c")
+    with pytest.raises(CorruptEntry, match="sequence 5"):
+        orch.add_exchange("SB-1", "on a forged log", "no")
+    assert repo.head("c") == head and repo.backend.log_tail()[1] == forged
+
+
+def test_a_tail_another_writer_appended_is_verified_then_chained(store):
+    repo = store.init()
+    orch, log = _orchestrate(repo)
+    other = ConversationOrchestrator(repo, "c", audit=StoreAudit(StoreLog(repo.backend)))
+    other.add_exchange("SB-1", "from another process", "ok")  # entry 6, not written by ``log``
+    orch.add_exchange("SB-1", "back here", "ok")  # chains onto entry 6 after checking it
+    entries = list(log.entries())
+    assert [e.sequence for e in entries] == [1, 2, 3, 4, 5, 6, 7]
+    assert entries[6].previous_hash == entries[5].entry_hash
+    assert log.verify().ok
+    # Another process appends a forged entry 8 after our line 7: it is refused, not chained onto.
+    forged = entries[6].to_line().replace("back here", "not here").replace('"sequence": 7', '"sequence": 8')
+    repo.backend.write(append=LogAppend(lambda last, key: (AppendedEntry(8, entries[6].entry_hash, forged), None)))
+    head = repo.head("c")
+    with pytest.raises(CorruptEntry, match="sequence 8"):
+        orch.add_exchange("SB-1", "on a forged entry", "no")
+    assert repo.head("c") == head
+
+
+def test_the_remembered_tail_is_checked_again_under_another_key(store):
+    repo = store.init()
+    orch, _ = _orchestrate(repo)
+    repo.backend.write(meta={LOG_KEY_META: "a key that did not sign the chain"})  # the last line is still ours
+    with pytest.raises(Exception, match="not signed by this key"):
+        orch.add_exchange("SB-1", "x", "y")

@@ -69,6 +69,62 @@ def entry_head_tail(fields: Mapping[str, Any]) -> tuple[str, str]:
     return head, f'"timestamp":{encode_string(fields["timestamp"])}}}'
 
 
+class NotPlain(ValueError):
+    """A value :func:`plain_copy` leaves to a JSON round trip."""
+
+
+# Ints up to this many bits: far below the 4,300 digits that int <-> str converts by default.
+_PLAIN_INT_BITS = 4000
+
+
+def _plain_copy(value: Any, sort_keys: bool) -> Any:
+    kind = type(value)
+    if kind is str:
+        if not value.isascii():
+            value.encode()  # surrogates (which a round trip may pair up) raise UnicodeEncodeError
+        return value
+    if kind is dict:
+        copy = {}
+        for name in sorted(value) if sort_keys else value:  # mixed key types: TypeError
+            if type(name) is not str:
+                raise NotPlain
+            if not name.isascii():
+                name.encode()
+            copy[name] = _plain_copy(value[name], sort_keys)
+        return copy
+    if kind is list:
+        return [_plain_copy(item, sort_keys) for item in value]
+    if value is None or kind is bool or (kind is int and value.bit_length() <= _PLAIN_INT_BITS):
+        return value
+    if kind is float and value - value == 0.0:  # finite: its repr round-trips exactly
+        return value
+    raise NotPlain
+
+
+def plain_copy(value: Any, *, sort_keys: bool = False) -> Any:
+    """``json.loads(json.dumps(value, sort_keys=sort_keys))`` (any separators, ASCII escaping) built directly.
+
+    Only for a value made of dicts with str keys, lists, strs without
+    surrogates, bools, None, ints of moderate size and finite floats, nothing
+    circular or nested too deeply: the round trip gives such a value back
+    equal, with the same types and key order, so a deep copy is the same.
+    Anything else (tuples, other key types, subclasses, NaN, ...) raises
+    :class:`NotPlain`: do the round trip itself.
+    """
+    try:
+        return _plain_copy(value, sort_keys)
+    except (UnicodeEncodeError, TypeError, RecursionError) as exc:
+        raise NotPlain from exc
+
+
+def json_round_trip(value: Any) -> Any:
+    """``json.loads(json.dumps(value))``: the same result or the same exception, faster for plain values."""
+    try:
+        return plain_copy(value)
+    except NotPlain:
+        return json.loads(json.dumps(value))
+
+
 _decoder = json.JSONDecoder()
 #: ``scan_value(text, 0) -> (value, end)``: the decoder's scanner; StopIteration if no value starts there.
 scan_value = c_make_scanner(_decoder) if c_make_scanner is not None else json.scanner.make_scanner(_decoder)  # type: ignore[arg-type]

@@ -15,6 +15,7 @@ separators=(',', ':'))`` with ASCII escaping, encoded UTF-8.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from collections.abc import Mapping
@@ -25,7 +26,13 @@ from typing import Any, NewType
 
 from snapstore.errors import InvalidInput
 
-from .canonical import canonical_text, encode_string, entry_head_tail, line_text
+from .canonical import (
+    canonical_text,
+    encode_string,
+    entry_head_tail,
+    json_round_trip,
+    line_text,
+)
 
 EntryHash = NewType("EntryHash", str)
 
@@ -85,7 +92,9 @@ def utc_timestamp(now: datetime | None = None) -> str:
     Like the client's ``datetime.utcnow().isoformat() + "Z"``, the fraction is
     left out when the microseconds are zero.
     """
-    moment = now or datetime.now(UTC)
+    if now is None:
+        return datetime.now(UTC).isoformat()[:-6] + "Z"  # an aware UTC isoformat() ends in "+00:00"
+    moment = now
     if moment.tzinfo is not None:
         moment = moment.astimezone(UTC).replace(tzinfo=None)
     return moment.isoformat() + "Z"
@@ -168,14 +177,20 @@ class Sealer:
         return recomputed == fields["entry_hash"], signature_ok, recomputed, line_ok
 
 
+@functools.lru_cache(maxsize=8)
+def _sealer(key: bytes) -> Sealer:
+    """A :class:`Sealer` for ``key``, kept for the next entry under the same key."""
+    return Sealer(key)
+
+
 def seal(key: bytes, content: Mapping[str, Any]) -> tuple[str, str]:
     """Return ``(signature, entry_hash)`` for the seven content fields."""
-    return Sealer(key).seal(content)
+    return (_sealer(key) if type(key) is bytes else Sealer(key)).seal(content)
 
 
 def check_sealed(key: bytes, fields: Mapping[str, Any]) -> tuple[bool, bool, str]:
     """Check the nine fields of a well-typed entry: ``(hash_ok, signature_ok, recomputed_hash)``."""
-    return Sealer(key).check(fields)[:3]
+    return (_sealer(key) if type(key) is bytes else Sealer(key)).check(fields)[:3]
 
 
 def _check_type(name: str, value: Any, kind: type) -> None:
@@ -309,7 +324,7 @@ def make_entry(
         "payload": dict(payload),
     }
     try:
-        content = json.loads(json.dumps(content))
+        content = json_round_trip(content)
     except (TypeError, ValueError, RecursionError) as exc:
         raise InvalidInput(f"payload is not JSON-serialisable: {exc}") from exc
     signature, entry_hash = seal(key, content)
