@@ -34,6 +34,7 @@ from .errors import (
     StoreNotFound,
     UnknownRevision,
 )
+from . import packing
 from .findings import Finding
 from .location import default_location, open_backend, redact
 from .objects import (
@@ -67,7 +68,8 @@ from .tree import NewObjects, Tree, Workspace, chain_hints, count_tree, load_tre
 # 2: writers move a ref together with every object their commit made, so gc
 # may run beside them, and prune records can supersede reflog values (upgrade.py).
 # 3: a node with many children names them through objects of kind "page" (objects.py).
-STORE_FORMAT = 3
+# 4: the embedded store may keep cold objects, log lines and reflog rows in packs (packs.py).
+STORE_FORMAT = 4
 FORMAT_KEY = "format"
 DICT_PREFIX = "zstd_dict/"
 DICT_CURRENT_KEY = "zstd_dict_current"
@@ -228,6 +230,7 @@ class Repository:
         self._hints: dict[ConversationId, str | None] = {}
         self._lock = threading.RLock()
         self._objects_since_check = 0
+        self._objects_since_pack = 0
 
     def _dictionaries(self) -> dict[int, bytes]:
         return {
@@ -288,13 +291,18 @@ class Repository:
 
     # -- objects ---------------------------------------------------------------
 
-    def _verify(self, stored: StoredObject) -> tuple[bytes, AnyObject]:
+    def verified_body(self, stored: StoredObject) -> bytes:
+        """The decompressed body of a stored object, checked against its id and size."""
         body = self.codec.decompress(stored.data, stored.id)
         actual = hash_object(stored.kind, body)
         if actual != stored.id:
             raise CorruptObject(stored.id, f"content hashes to {actual}", actual)
         if len(body) != stored.size:
             raise CorruptObject(stored.id, f"size is {len(body)}, recorded {stored.size}")
+        return body
+
+    def _verify(self, stored: StoredObject) -> tuple[bytes, AnyObject]:
+        body = self.verified_body(stored)
         return body, decode(stored.kind, body, stored.id)
 
     def read_many(self, ids: Iterable[ObjectId], kind: str | None = None) -> dict[ObjectId, AnyObject]:
@@ -661,6 +669,10 @@ class Repository:
     # -- compression dictionary -------------------------------------------------
 
     def _after_commit(self, written: int) -> None:
+        self._objects_since_pack += written
+        if self._objects_since_pack >= packing.AUTO_PACK_CHECK:
+            self._objects_since_pack = 0
+            packing.auto_pack(self)
         if self.codec.current is not None:
             return
         self._objects_since_check += written
@@ -854,7 +866,10 @@ class Repository:
         problems: list[Problem] = []
         named: dict[ObjectId, tuple[str, list[tuple[ObjectId, str]]]] = {}
         count = 0
-        for stored in self.backend.iter_objects():
+        damaged: list[tuple[int, str]] = []
+        stored_objects = (self.backend.iter_objects(damaged=damaged)  # type: ignore[call-arg]
+                          if packing.supports_packs(self) else self.backend.iter_objects())
+        for stored in stored_objects:
             count += 1
             try:
                 _, obj = self._verify(stored)
@@ -865,6 +880,10 @@ class Repository:
                 named[stored.id] = (stored.kind, list(references(obj)))
             if progress is not None:
                 progress(1)
+        for pack_id, message in damaged:
+            reason = message.removeprefix("stored in a damaged pack: ")
+            problems.append(Problem("corrupt-pack", f"{reason}; what pack {pack_id} held is reported missing",
+                                    object=None))
         starts: list[tuple[ObjectId, str, str]] = []
         rewrites = Rewrites.load(self.backend)
         for ref, target in self.backend.list_refs(REF_PREFIX).items():

@@ -30,6 +30,7 @@ from typing import Any
 from .audit import LinkedLog, Recovery, pending_entries, roll_forward
 from .errors import InvalidInput, SnapstoreError, StoreExists, StoreNotFound
 from .orchestrator import ConversationOrchestrator
+from .packing import shutdown_pack
 from .ozolith import OzolithLog
 from .repository import ConversationInfo, Repository
 from .storelog import StoreAudit, StoreLog
@@ -229,6 +230,7 @@ class Session:
     def close(self, clean: bool = True) -> None:
         """Mark a clean shutdown (unless ``clean`` is False) and release the store."""
         if clean:
+            shutdown_pack(self.repo)
             meta: dict[str, str | None] = {CLEAN_SHUTDOWN_KEY: utc_now()}
             try:
                 meta.update(self.repo.chain_hint_meta())

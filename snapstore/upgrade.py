@@ -30,6 +30,12 @@ Format history:
    keeps its id until a commit changes it or anything below it; that commit
    writes it paged (a new id for the same content), as every later commit
    does. Stores are never rewritten to page old nodes.
+4. the embedded SQLite store may keep cold objects, audit-log lines and
+   reflog rows in packs (snapstore/packs.py, docs/format.md): a format-3
+   snapstore would find packed objects missing, so the bump keeps it away
+   from stores that may hold packs. No data changes: packs are made by
+   ``snap pack``, at clean shutdowns and after many commits, never by the
+   upgrade itself.
 """
 
 from __future__ import annotations
@@ -64,9 +70,14 @@ def _paged_children(backend: Backend) -> Mapping[str, str | None]:
     return {}  # format-2 nodes stay readable as they are: nothing stored changes
 
 
+def _packs(backend: Backend) -> Mapping[str, str | None]:
+    return {}  # loose objects stay readable as they are: packing moves them later
+
+
 STEPS: tuple[Step, ...] = (
     Step(2, "gc-safe writers and prune records", _writers_carry_objects),
     Step(3, "wide nodes name their children through pages", _paged_children),
+    Step(4, "cold objects, log lines and reflog rows kept in packs", _packs),
 )
 assert [s.version for s in STEPS] == list(range(2, STORE_FORMAT + 1)), "one step per format version"
 

@@ -485,8 +485,10 @@ class SidebarPersistence:
 
     def mark_clean_shutdown(self) -> None:
         """Record a clean shutdown: the next start is CLEAN instead of AUDIT_RECOMMENDED."""
+        from ..packing import shutdown_pack
         from ..timeutil import utc_now
 
+        shutdown_pack(self.repo)
         self.repo.backend.write(meta={CLEAN_SHUTDOWN_KEY: utc_now(), **self._hint_meta()})
 
     def _hint_meta(self) -> dict[str, str]:

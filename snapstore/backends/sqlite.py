@@ -22,14 +22,17 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import json
 import os
 import sqlite3
 import threading
+from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 
-from ..errors import BackendError, RefConflict, StoreNotFound
+from ..errors import BackendError, CorruptObject, LogError, RefConflict, StoreNotFound
 from ..objects import ObjectId
+from ..packs import Pack, decode_lines, decode_objects, encode_lines, prefix_key, prefix_range, raw_frame
 from ..timeutil import utc_now
 from .base import (
     LOG_KEY_META, AppendedEntry, Backend, Capability, LogAppend, RefUpdate, ReflogEntry, StoredObject,
@@ -73,7 +76,48 @@ _LOG_SCHEMA = """CREATE TABLE IF NOT EXISTS ozolith (
     line TEXT NOT NULL
 )"""
 
+# Packs (snapstore/packs.py), created by the first ``pack``: cold objects
+# compressed together, found through ``packed`` by the first 8 bytes of their
+# id (an id whose 8-byte prefix is taken by another stays loose); log lines
+# compressed together by sequence range. A pack id is never reused
+# (AUTOINCREMENT), so a process may cache a pack's content for good.
+_PACK_SCHEMA = """
+CREATE TABLE IF NOT EXISTS packs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    members INTEGER NOT NULL,
+    live INTEGER NOT NULL,
+    live_size INTEGER NOT NULL,
+    data BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS packed (
+    prefix INTEGER PRIMARY KEY,
+    pack INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS ozolith_packs (
+    first INTEGER PRIMARY KEY,
+    last INTEGER NOT NULL,
+    data BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS reflog_packs (
+    first INTEGER PRIMARY KEY,
+    last INTEGER NOT NULL,
+    data BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS reflog_packed (
+    name TEXT PRIMARY KEY,
+    count INTEGER NOT NULL
+) WITHOUT ROWID;
+"""
+
+# What gc's fence compares: each ref's target and how many reflog rows it has (loose and packed).
+_FENCE_QUERY = "SELECT name, target, (SELECT count(*) FROM reflog WHERE reflog.name = refs.name) FROM refs"
+_FENCE_QUERY_PACKED = (
+    "SELECT name, target, (SELECT count(*) FROM reflog WHERE reflog.name = refs.name)"
+    " + coalesce((SELECT count FROM reflog_packed WHERE reflog_packed.name = refs.name), 0) FROM refs"
+)
 _BATCH = 500
+# Decompressed packs kept per backend (they never change): bytes of content.
+PACK_CACHE_BYTES = 64 << 20
 DB_NAME = "store.sqlite"
 _INSERT_OBJECT = "INSERT OR IGNORE INTO objects (id, kind, size, data) VALUES (?, ?, ?, ?)"
 
@@ -98,6 +142,11 @@ class SqliteBackend(Backend):
             raise StoreNotFound(f"{self.path} does not exist")
         self._lock = threading.RLock()
         self._log_table = False
+        self._pack_tables = False
+        self._pack_cache: OrderedDict[int, Pack] = OrderedDict()
+        self._pack_cache_bytes = 0
+        self._log_pack_cache: OrderedDict[int, tuple[int, list[str]]] = OrderedDict()
+        self._reflog_pack_cache: dict[int, tuple[int, list[ReflogEntry]]] = {}
         with self._errors():
             self._db = sqlite3.connect(
                 self.path, isolation_level=None, check_same_thread=False, timeout=30.0
@@ -109,6 +158,9 @@ class SqliteBackend(Backend):
                     raise BackendError(f"{self.path}: cannot enable WAL mode (got {mode})")
                 self._db.execute("PRAGMA synchronous = FULL")
                 if create:
+                    # Pages freed by packing go back to the file system (PRAGMA incremental_vacuum),
+                    # which a store made before keeps until `snap compact`.
+                    self._db.execute("PRAGMA auto_vacuum = INCREMENTAL")
                     self._db.executescript(_SCHEMA + ";" + _LOG_SCHEMA)
                 else:
                     self._db.execute("SELECT 1 FROM objects LIMIT 1")
@@ -145,6 +197,9 @@ class SqliteBackend(Backend):
             for raw, kind, size, data in rows:
                 oid = ObjectId(raw.hex())
                 found[oid] = StoredObject(oid, kind, size, data)
+        if len(found) < len(wanted):
+            for oid, (kind, body) in self._packed([i for i in wanted if i not in found]).items():
+                found[oid] = StoredObject(oid, kind, len(body), raw_frame(body))
         return found
 
     def has_objects(self, ids: Iterable[ObjectId]) -> set[ObjectId]:
@@ -157,9 +212,14 @@ class SqliteBackend(Backend):
                 f"SELECT id FROM objects WHERE id IN ({marks})", [bytes.fromhex(i) for i in batch]
             )
             found.update(ObjectId(r[0].hex()) for r in rows)
+        if len(found) < len(wanted):
+            found.update(self._packed([i for i in wanted if i not in found]))
         return found
 
-    def iter_objects(self, kind: str | None = None) -> Iterator[StoredObject]:
+    def iter_objects(self, kind: str | None = None,
+                     damaged: list[tuple[int, str]] | None = None) -> Iterator[StoredObject]:
+        """Every object, loose ones first. A damaged pack raises :class:`CorruptObject`, or, given a
+        ``damaged`` list, is recorded there as ``(pack id, message)`` and skipped (fsck's way)."""
         last = b""
         while True:
             if kind is None:
@@ -174,15 +234,38 @@ class SqliteBackend(Backend):
                     (last, kind, _BATCH),
                 )
             if not rows:
-                return
+                break
             for raw, k, size, data in rows:
                 yield StoredObject(ObjectId(raw.hex()), k, size, data)
             last = rows[-1][0]
+        if not self._has_packs():
+            return
+        after = 0
+        while True:
+            rows = self._query("SELECT id FROM packs WHERE id > ? ORDER BY id LIMIT 1", (after,))
+            if not rows:
+                return
+            after = rows[0][0]
+            try:
+                members = self._live_members(after)
+            except CorruptObject as exc:
+                if damaged is None:
+                    raise
+                damaged.append((after, exc.reason))
+                continue
+            for oid, (k, body) in members.items():
+                if kind is None or k == kind:
+                    yield StoredObject(oid, k, len(body), raw_frame(body))
 
     def count_objects(self) -> tuple[int, int, int]:
         count, stored, logical = self._query(
             "SELECT count(*), coalesce(sum(length(data)), 0), coalesce(sum(size), 0) FROM objects"
         )[0]
+        if self._has_packs():
+            live, packed, size = self._query(
+                "SELECT coalesce(sum(live), 0), coalesce(sum(length(data)), 0), coalesce(sum(live_size), 0) FROM packs"
+            )[0]
+            count, stored, logical = count + live, stored + packed, logical + size
         return count, stored, logical
 
     def find_ids(self, prefix: str, limit: int = 2) -> list[ObjectId]:
@@ -192,30 +275,292 @@ class SqliteBackend(Backend):
             "SELECT id FROM objects WHERE id BETWEEN ? AND ? ORDER BY id LIMIT ?",
             (low, high, limit),
         )
-        return [ObjectId(r[0].hex()) for r in rows]
+        ids = {ObjectId(r[0].hex()) for r in rows}
+        if self._has_packs():
+            key_low, key_high = prefix_range(prefix)
+            packs = self._query(
+                "SELECT DISTINCT pack FROM packed WHERE prefix BETWEEN ? AND ? ORDER BY pack", (key_low, key_high)
+            )
+            for (pack_id,) in packs:
+                with self._lock, self._errors():
+                    candidates = self._pack(pack_id).ids_with_prefix(prefix)
+                live = self._packed([ObjectId(oid) for oid in candidates])
+                ids.update(oid for oid in candidates if oid in live)
+                if len(ids) > limit:
+                    break
+        return sorted(ids)[:limit]
 
     def delete_objects(self, ids: Iterable[ObjectId], fence: Mapping[str, tuple[ObjectId, int]] | None = None) -> int:
-        wanted = [bytes.fromhex(i) for i in dict.fromkeys(ids)]
-        removed = 0
+        wanted = list(dict.fromkeys(ids))
+        removed: set[ObjectId] = set()
         with self._lock, self._errors():
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 if fence is not None:
-                    rows = self._db.execute(
-                        "SELECT name, target, (SELECT count(*) FROM reflog WHERE reflog.name = refs.name) FROM refs"
-                    ).fetchall()
+                    rows = self._db.execute(_FENCE_QUERY if not self._has_packs() else _FENCE_QUERY_PACKED).fetchall()
                     current = {n: (ObjectId(t.hex()), c) for n, t, c in rows}
                     check_fence(current, fence)
-                for start in range(0, len(wanted), _BATCH):
-                    batch = wanted[start : start + _BATCH]
-                    marks = ",".join("?" * len(batch))
-                    cur = self._db.execute(f"DELETE FROM objects WHERE id IN ({marks})", batch)
-                    removed += cur.rowcount
+                for oid in wanted:
+                    if self._db.execute("DELETE FROM objects WHERE id = ?", (bytes.fromhex(oid),)).rowcount:
+                        removed.add(oid)
+                if self._has_packs():
+                    touched = set()
+                    for oid, pack_id, size in self._packed_rows(wanted):
+                        self._db.execute("DELETE FROM packed WHERE prefix = ?", (prefix_key(oid),))
+                        self._db.execute(
+                            "UPDATE packs SET live = live - 1, live_size = live_size - ? WHERE id = ?", (size, pack_id)
+                        )
+                        touched.add(pack_id)
+                        removed.add(oid)
+                    for pack_id in touched:
+                        self._db.execute("DELETE FROM packs WHERE id = ? AND live <= 0", (pack_id,))
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
-        return removed
+        return len(removed)
+
+    # -- packs (snapstore/packs.py) ------------------------------------------
+
+    def _has_packs(self) -> bool:
+        if not self._pack_tables:
+            self._pack_tables = bool(self._query(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'packed'"))
+        return self._pack_tables
+
+    def _pack(self, pack_id: int, wanted: str = "?") -> Pack:
+        """A pack's content, from the cache or the database (the caller holds ``self._lock``)."""
+        pack = self._pack_cache.get(pack_id)
+        if pack is not None:
+            self._pack_cache.move_to_end(pack_id)
+            return pack
+        row = self._db.execute("SELECT data FROM packs WHERE id = ?", (pack_id,)).fetchone()
+        if row is None:
+            raise CorruptObject(wanted, f"indexed in pack {pack_id}, which does not exist")
+        pack = decode_objects(row[0], pack_id, wanted)
+        self._pack_cache[pack_id] = pack
+        self._pack_cache_bytes += pack.raw_size
+        while self._pack_cache_bytes > PACK_CACHE_BYTES and len(self._pack_cache) > 1:
+            _, old = self._pack_cache.popitem(last=False)
+            self._pack_cache_bytes -= old.raw_size
+        return pack
+
+    def _packed_rows(self, ids: Sequence[ObjectId]) -> list[tuple[ObjectId, int, int]]:
+        """``(id, pack, size)`` of the ids held in packs (the caller holds the lock, in a transaction)."""
+        out = []
+        for start in range(0, len(ids), _BATCH):
+            batch = ids[start : start + _BATCH]
+            keys = {prefix_key(i): i for i in batch}
+            marks = ",".join("?" * len(keys))
+            for key, pack_id in self._db.execute(
+                f"SELECT prefix, pack FROM packed WHERE prefix IN ({marks})", list(keys)
+            ).fetchall():
+                oid = keys[key]
+                member = self._pack(pack_id, oid).get(oid)
+                if member is not None:
+                    out.append((oid, pack_id, len(member[1])))
+        return out
+
+    def _packed(self, ids: Sequence[ObjectId]) -> dict[ObjectId, tuple[str, bytes]]:
+        """Kind and body of the ids held in packs."""
+        if not ids or not self._has_packs():
+            return {}
+        found = {}
+        with self._lock, self._errors():
+            # One read transaction: the index rows and the packs they name are of one moment,
+            # even if another process repacks meanwhile.
+            self._db.execute("BEGIN")
+            try:
+                for oid, pack_id, _ in self._packed_rows(ids):
+                    member = self._pack(pack_id, oid).get(oid)
+                    assert member is not None
+                    found[oid] = member
+            finally:
+                self._db.execute("COMMIT")
+        return found
+
+    def _live_members(self, pack_id: int) -> dict[ObjectId, tuple[str, bytes]]:
+        """The members of a pack its index rows still name, with kind and body."""
+        with self._lock, self._errors():
+            self._db.execute("BEGIN")
+            try:
+                try:
+                    pack = self._pack(pack_id)
+                except CorruptObject:
+                    if self._db.execute("SELECT 1 FROM packs WHERE id = ?", (pack_id,)).fetchone() is None:
+                        return {}  # deleted since it was listed
+                    raise
+                members = pack.members()
+                ids = list(members)
+                live: dict[ObjectId, tuple[str, bytes]] = {}
+                for start in range(0, len(ids), _BATCH):
+                    keys = {prefix_key(i): i for i in ids[start : start + _BATCH]}
+                    marks = ",".join("?" * len(keys))
+                    for (key,) in self._db.execute(
+                        f"SELECT prefix FROM packed WHERE pack = ? AND prefix IN ({marks})", [pack_id, *keys]
+                    ).fetchall():
+                        oid = ObjectId(keys[key])
+                        live[oid] = members[oid]
+            finally:
+                self._db.execute("COMMIT")
+        return live
+
+    def loose_for_packing(self, keep: int, limit: int, cursor: object = None) -> tuple[list[StoredObject], object]:
+        """Loose objects to pack, oldest first: all but the ``keep`` newest (by insertion), at most
+        ``limit`` after ``cursor`` (None to start); returns them and the cursor for the next call.
+
+        Stores whose objects table has no rowid (made before format 3's schema) cannot tell
+        insertion order: their objects come in id order, and ``keep`` is ignored.
+        """
+        if self._rowid_objects():
+            rows = self._query(
+                "SELECT rowid, id, kind, size, data FROM objects WHERE rowid > ? "
+                "AND rowid <= (SELECT max(rowid) FROM objects) - ? ORDER BY rowid LIMIT ?",
+                (cursor or 0, keep, limit))
+        else:
+            rows = self._query("SELECT id, id, kind, size, data FROM objects WHERE id > ? ORDER BY id LIMIT ?",
+                               (cursor or b"", limit))
+        objects = [StoredObject(ObjectId(r.hex()), k, n, d) for _, r, k, n, d in rows]
+        return objects, (rows[-1][0] if rows else cursor)
+
+    def small_packs(self, members: int) -> list[int]:
+        """Packs serving fewer than ``members`` objects: worth merging with newly packed ones."""
+        if not self._has_packs():
+            return []
+        return [r[0] for r in self._query("SELECT id FROM packs WHERE live < ? ORDER BY id", (members,))]
+
+    def loose_count(self) -> int:
+        return self._query("SELECT count(*) FROM objects")[0][0]
+
+    def sparse_packs(self) -> list[int]:
+        """Packs of which gc left less than half: their live members are worth packing again."""
+        if not self._has_packs():
+            return []
+        return [r[0] for r in self._query("SELECT id FROM packs WHERE live * 2 < members ORDER BY id")]
+
+    def live_members(self, pack_id: int) -> list[tuple[ObjectId, str, bytes]]:
+        """Id, kind and body of the members of a pack that its index still names."""
+        return [(oid, kind, body) for oid, (kind, body) in self._live_members(pack_id).items()]
+
+    def write_packs(self, packs: Sequence[tuple[Sequence[tuple[ObjectId, str, int, int | None]], bytes]]) -> int:
+        """Store packs, each ``(members, data)``: members ``(id, kind, size, source)`` (source: None for
+        a loose object, or the pack it is moved from), data made by
+        :func:`snapstore.packs.encode_objects`; one durable transaction for all.
+
+        A member gets indexed in its new pack only if it is still where it was read from (gc may
+        have deleted it meanwhile) and its 8-byte id prefix is free; a loose object whose prefix
+        another object holds stays loose. Returns how many members the packs serve.
+        """
+        with self._lock, self._errors():
+            db = self._db
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                for statement in _PACK_SCHEMA.split(";"):
+                    if statement.strip():
+                        db.execute(statement)
+                served = sum(self._write_pack(db, members, data) for members, data in packs)
+                db.execute("COMMIT")
+            except BaseException:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                # A rolled-back pack's id may be used again: forget what was cached in the transaction.
+                self._pack_cache.clear()
+                self._pack_cache_bytes = 0
+                raise
+            self._pack_tables = True
+        return served
+
+    def _write_pack(self, db: sqlite3.Connection, members: Sequence[tuple[ObjectId, str, int, int | None]],
+                    data: bytes) -> int:
+        pack_id = db.execute(
+            "INSERT INTO packs (members, live, live_size, data) VALUES (?, 0, 0, ?)", (len(members), data)
+        ).lastrowid
+        live = live_size = 0
+        sources: set[int] = set()
+        loose = []
+        for oid, _kind, size, source in members:
+            if source is None:
+                loose.append((oid, size))
+            elif db.execute("UPDATE packed SET pack = ? WHERE prefix = ? AND pack = ?",
+                            (pack_id, prefix_key(oid), source)).rowcount:
+                db.execute("UPDATE packs SET live = live - 1, live_size = live_size - ? WHERE id = ?",
+                           (size, source))
+                sources.add(source)
+                live, live_size = live + 1, live_size + size
+        for start in range(0, len(loose), _BATCH):
+            batch = dict(loose[start : start + _BATCH])
+            keys = {prefix_key(oid): oid for oid in batch}
+            marks = ",".join("?" * len(keys))
+            taken = db.execute(f"SELECT prefix, pack FROM packed WHERE prefix IN ({marks})",
+                               list(keys)).fetchall()
+            for key, other in taken:
+                oid = keys.pop(key)
+                if self._pack(other, oid).get(oid) is not None:
+                    # Packed already (stored loose again later): the loose copy goes.
+                    db.execute("DELETE FROM objects WHERE id = ?", (bytes.fromhex(oid),))
+                # else another object has this prefix: this one stays loose
+            if not keys:
+                continue
+            marks = ",".join("?" * len(keys))
+            gone = db.execute(f"DELETE FROM objects WHERE id IN ({marks}) RETURNING id",
+                              [bytes.fromhex(oid) for oid in keys.values()]).fetchall()
+            # Only what was still loose (gc may have deleted some since they were read).
+            moved = [ObjectId(raw.hex()) for (raw,) in gone]
+            db.executemany("INSERT INTO packed (prefix, pack) VALUES (?, ?)",
+                           [(prefix_key(oid), pack_id) for oid in moved])
+            live += len(moved)
+            live_size += sum(batch[oid] for oid in moved)
+        if live:
+            db.execute("UPDATE packs SET live = ?, live_size = ? WHERE id = ?", (live, live_size, pack_id))
+        else:
+            db.execute("DELETE FROM packs WHERE id = ?", (pack_id,))
+        for source in sources:
+            db.execute("DELETE FROM packs WHERE id = ? AND live <= 0", (source,))
+        return live
+
+    def pack_log(self, keep: int, lines: int) -> int:
+        """Move the oldest ``lines`` log lines into one log pack, if there are that many besides the
+        ``keep`` newest; returns how many were packed (``lines`` or 0).
+
+        Only a run of consecutive sequences is packed (a gap, which verify reports, stays loose).
+        """
+        if not self._has_log():
+            return 0
+        keep = max(keep, 1)  # an append chains onto the newest loose line
+        with self._lock, self._errors():
+            db = self._db
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                rows = db.execute(
+                    "SELECT sequence, line FROM ozolith WHERE sequence <= (SELECT max(sequence) FROM ozolith) - ? "
+                    "ORDER BY sequence LIMIT ?", (keep, lines)).fetchall()
+                if len(rows) < lines or rows[-1][0] - rows[0][0] != lines - 1:
+                    rows = []
+                if rows:
+                    for statement in _PACK_SCHEMA.split(";"):
+                        if statement.strip():
+                            db.execute(statement)
+                    first, last = rows[0][0], rows[-1][0]
+                    db.execute("INSERT INTO ozolith_packs (first, last, data) VALUES (?, ?, ?)",
+                               (first, last, encode_lines([line for _, line in rows])))
+                    db.execute("DELETE FROM ozolith WHERE sequence BETWEEN ? AND ?", (first, last))
+                db.execute("COMMIT")
+            except BaseException:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
+            if rows:
+                self._pack_tables = True
+        return len(rows)
+
+    def release_free_pages(self) -> None:
+        """Give free pages back to the file system where the store allows it (auto_vacuum)."""
+        with self._lock, self._errors():
+            self._db.execute("PRAGMA incremental_vacuum").fetchall()
+
+    def _rowid_objects(self) -> bool:
+        sql = self._query("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'objects'")[0][0]
+        return "WITHOUT ROWID" not in sql.upper()
 
     # -- refs and meta -----------------------------------------------------
 
@@ -228,12 +573,74 @@ class SqliteBackend(Backend):
         return {n: ObjectId(t.hex()) for n, t in rows if n.startswith(prefix)}
 
     def reflog(self, name: str) -> list[ReflogEntry]:
-        rows = self._query(
-            "SELECT name, old, new, time, reason, log_sequence, log_hash FROM reflog "
-            "WHERE name = ? ORDER BY seq",
-            (name,),
-        )
-        return [ReflogEntry(n, _hex(o), _hex(w), t, r, ls, lh) for n, o, w, t, r, ls, lh in rows]
+        with self._lock, self._errors():
+            packed = self._has_packs()
+            if packed:
+                self._db.execute("BEGIN")  # packs and loose rows of one moment
+            try:
+                entries = []
+                if packed and self._db.execute("SELECT 1 FROM reflog_packed WHERE name = ?", (name,)).fetchone():
+                    for first, last in self._db.execute("SELECT first, last FROM reflog_packs ORDER BY first").fetchall():
+                        entries.extend(e for e in self._reflog_pack(first, last) if e.name == name)
+                rows = self._db.execute(
+                    "SELECT name, old, new, time, reason, log_sequence, log_hash FROM reflog "
+                    "WHERE name = ? ORDER BY seq",
+                    (name,),
+                ).fetchall()
+            finally:
+                if packed:
+                    self._db.execute("COMMIT")
+        entries.extend(ReflogEntry(n, _hex(o), _hex(w), t, r, ls, lh) for n, o, w, t, r, ls, lh in rows)
+        return entries
+
+    def _reflog_pack(self, first: int, last: int) -> list[ReflogEntry]:
+        cached = self._reflog_pack_cache.get(first)
+        if cached is not None and cached[0] == last:
+            return cached[1]
+        data = self._db.execute("SELECT data FROM reflog_packs WHERE first = ?", (first,)).fetchone()[0]
+        try:
+            entries = [ReflogEntry(*json.loads(line)) for line in decode_lines(data, 1, 0, count=False)]
+        except (ValueError, TypeError) as exc:
+            raise BackendError(f"{self.path}: the reflog pack of rows {first}-{last} is damaged: {exc}") from None
+        self._reflog_pack_cache[first] = (last, entries)
+        return entries
+
+    def pack_reflog(self, keep: int, rows: int) -> int:
+        """Move the ``rows`` oldest reflog rows into one pack, if there are that many besides the
+        ``keep`` newest; returns how many were packed (``rows`` or 0)."""
+        with self._lock, self._errors():
+            db = self._db
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                found = db.execute(
+                    "SELECT seq, name, old, new, time, reason, log_sequence, log_hash FROM reflog "
+                    "WHERE seq <= (SELECT max(seq) FROM reflog) - ? ORDER BY seq LIMIT ?", (keep, rows)).fetchall()
+                if len(found) < rows:
+                    found = []
+                if found:
+                    for statement in _PACK_SCHEMA.split(";"):
+                        if statement.strip():
+                            db.execute(statement)
+                    first, last = found[0][0], found[-1][0]
+                    lines = [json.dumps([n, _hex(o), _hex(w), t, r, ls, lh])
+                             for _, n, o, w, t, r, ls, lh in found]
+                    db.execute("INSERT INTO reflog_packs (first, last, data) VALUES (?, ?, ?)",
+                               (first, last, encode_lines(lines)))
+                    db.execute("DELETE FROM reflog WHERE seq BETWEEN ? AND ?", (first, last))
+                    counts: dict[str, int] = {}
+                    for row in found:
+                        counts[row[1]] = counts.get(row[1], 0) + 1
+                    db.executemany(
+                        "INSERT INTO reflog_packed (name, count) VALUES (?, ?) "
+                        "ON CONFLICT (name) DO UPDATE SET count = count + excluded.count", list(counts.items()))
+                db.execute("COMMIT")
+            except BaseException:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
+            if found:
+                self._pack_tables = True
+        return len(found)
 
     def get_meta(self, key: str) -> str | None:
         rows = self._query("SELECT value FROM meta WHERE key = ?", (key,))
@@ -364,16 +771,64 @@ class SqliteBackend(Backend):
     def log_lines(self, after: int = 0, limit: int | None = None) -> list[tuple[int, str]]:
         if not self._has_log():
             return []
-        return [(s, line) for s, line in self._query(
-            "SELECT sequence, line FROM ozolith WHERE sequence > ? ORDER BY sequence LIMIT ?",
-            (after, -1 if limit is None else limit),
-        )]
+        want = -1 if limit is None else limit
+        if not self._has_packs():
+            return self._query(
+                "SELECT sequence, line FROM ozolith WHERE sequence > ? ORDER BY sequence LIMIT ?", (after, want))
+        out: list[tuple[int, str]] = []
+        with self._lock, self._errors():
+            db = self._db
+            db.execute("BEGIN")  # packs and loose rows of one moment, even while another process packs
+            try:
+                position = after
+                while limit is None or len(out) < limit:
+                    row = db.execute("SELECT first, last FROM ozolith_packs WHERE last > ? ORDER BY first LIMIT 1",
+                                     (position,)).fetchone()
+                    if row is None:
+                        break
+                    first, last = row
+                    for offset, line in enumerate(self._log_pack(first, last)):
+                        if first + offset > position and (limit is None or len(out) < limit):
+                            out.append((first + offset, line))
+                    position = last
+                if limit is None or len(out) < limit:
+                    out.extend(db.execute(
+                        "SELECT sequence, line FROM ozolith WHERE sequence > ? ORDER BY sequence LIMIT ?",
+                        (position, -1 if limit is None else limit - len(out))).fetchall())
+            finally:
+                db.execute("COMMIT")
+        return out
+
+    def _log_pack(self, first: int, last: int) -> list[str]:
+        cached = self._log_pack_cache.get(first)
+        if cached is not None and cached[0] == last:
+            self._log_pack_cache.move_to_end(first)
+            return cached[1]
+        data = self._db.execute("SELECT data FROM ozolith_packs WHERE first = ?", (first,)).fetchone()[0]
+        try:
+            lines = decode_lines(data, first, last)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise LogError(f"{self.path}: log entries {first}-{last} are damaged: {exc}", first) from None
+        self._log_pack_cache[first] = (last, lines)
+        while len(self._log_pack_cache) > 8:
+            self._log_pack_cache.popitem(last=False)
+        return lines
 
     def log_tail(self) -> tuple[int, str] | None:
         if not self._has_log():
             return None
         rows = self._query("SELECT sequence, line FROM ozolith ORDER BY sequence DESC LIMIT 1")
-        return (rows[0][0], rows[0][1]) if rows else None
+        if rows:
+            return (rows[0][0], rows[0][1])
+        # Every line packed (packing keeps the newest loose, so only if told to keep none).
+        if not self._has_packs():
+            return None
+        packs = self._query("SELECT first, last FROM ozolith_packs ORDER BY first DESC LIMIT 1")
+        if not packs:
+            return None
+        with self._lock, self._errors():
+            lines = self._log_pack(*packs[0])
+        return (packs[0][1], lines[-1])
 
     def close(self) -> None:
         with self._lock:

@@ -1,0 +1,211 @@
+"""Packs: many cold objects (or audit-log lines) compressed together in one frame.
+
+A commit stores each new object on its own ("loose"), compressed with the
+store's dictionary: that keeps a commit to one small transaction. But a
+conversation's history is mostly versions of the same few nodes and pages,
+and compressed one by one every version costs nearly its full size again (a
+page of 32 child ids is ~900 bytes whichever child changed). Compressed
+together, versions of one object shrink to little more than what changed:
+on the 10,000-exchange benchmark store, 57 MB of object bodies take 22.9 MB
+loose and 4.2 MB in packs (docs/benchmarks.md).
+
+``Repository.pack`` (run by ``snap pack``, at a clean shutdown, and after
+many commits) moves cold loose objects into packs, as git's ``gc`` does.
+This module is the pack format only; where packs are kept is the backend's
+business (the embedded SQLite backend; docs/format.md).
+
+An object pack, once decompressed::
+
+    b"SNPK" version:u8 count:u32
+    count x ( id_prefix:8 bytes  kind_length:u8 kind:ascii  size:u32 )
+    the bodies, in the same order, back to back
+
+A member is named by the first 8 bytes of its id only (the full ids, 32
+random bytes each, would be a fifth of a pack): a reader finds it by the
+prefix and hashes its body to check that it is the object asked for (a
+pack never holds two members with one prefix, and the store never packs an
+object whose prefix another packed object holds).
+
+A log pack is the lines, each followed by ``\\n`` (a line of the client's
+JSON Lines format never contains one). Both are stored as a zstd frame
+(plain, no dictionary) followed by the CRC-32 of the frame, like loose
+objects (compression.py), so any change to the stored bytes is detected.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import zstandard
+
+from .errors import CorruptObject
+from .objects import hash_object
+
+MAGIC = b"SNPK"
+VERSION = 1
+LEVEL = 3
+# A pack holds at most this many objects or raw bytes: big enough that versions of one
+# node share a frame, small enough that reading one object (the whole frame is
+# decompressed, ~1 ms per MB here) stays cheap.
+MAX_MEMBERS = 1024
+MAX_BYTES = 1 << 20
+_HEAD = struct.Struct("<4sBI")
+_SIZE = struct.Struct("<I")
+
+
+@dataclass(frozen=True)
+class Member:
+    id: str
+    kind: str
+    body: bytes
+
+
+class Pack:
+    """A decompressed object pack: bodies by id prefix."""
+
+    __slots__ = ("data", "index", "_ids")
+
+    def __init__(self, data: bytes, index: dict[str, tuple[str, int, int]]) -> None:
+        self.data = data
+        self.index = index  # id prefix (16 hex digits) -> (kind, offset, size)
+        self._ids: dict[str, str] = {}  # id prefix -> the id its body hashes to
+
+    def _member(self, prefix: str) -> tuple[str, str, bytes]:
+        kind, offset, size = self.index[prefix]
+        body = self.data[offset : offset + size]
+        oid = self._ids.get(prefix)
+        if oid is None:
+            oid = self._ids[prefix] = hash_object(kind, body)
+        return oid, kind, body
+
+    def get(self, oid: str) -> tuple[str, bytes] | None:
+        """Kind and body of ``oid`` if this pack holds it."""
+        if oid[:16] not in self.index:
+            return None
+        actual, kind, body = self._member(oid[:16])
+        return (kind, body) if actual == oid else None
+
+    def members(self) -> dict[str, tuple[str, bytes]]:
+        """Every member by full id (hashing each body once)."""
+        out = {}
+        for prefix in self.index:
+            oid, kind, body = self._member(prefix)
+            out[oid] = (kind, body)
+        return out
+
+    def ids_with_prefix(self, prefix: str) -> list[str]:
+        """The full ids of the members whose id starts with the hex ``prefix``."""
+        head = prefix[:16]
+        return [oid for p in self.index if p.startswith(head)
+                for oid in [self._member(p)[0]] if oid.startswith(prefix)]
+
+    @property
+    def raw_size(self) -> int:
+        return len(self.data)
+
+
+def seal(frame: bytes) -> bytes:
+    return frame + zlib.crc32(frame).to_bytes(4, "little")
+
+
+def unseal(stored: bytes, what: str) -> bytes:
+    """The zstd frame of stored pack bytes, decompressed; ValueError naming ``what`` if damaged."""
+    if len(stored) < 5:
+        raise ValueError(f"{what} is only {len(stored)} bytes long")
+    frame, check = stored[:-4], stored[-4:]
+    if zlib.crc32(frame).to_bytes(4, "little") != check:
+        raise ValueError(f"{what} fails its CRC-32 check")
+    try:
+        return zstandard.ZstdDecompressor().decompress(frame)
+    except zstandard.ZstdError as exc:
+        raise ValueError(f"{what} cannot be decompressed: {exc}") from None
+
+
+def encode_objects(members: Sequence[Member]) -> bytes:
+    """The stored bytes of an object pack."""
+    parts = [_HEAD.pack(MAGIC, VERSION, len(members))]
+    for m in members:
+        kind = m.kind.encode("ascii")
+        parts.append(bytes.fromhex(m.id[:16]) + bytes([len(kind)]) + kind + _SIZE.pack(len(m.body)))
+    parts.extend(m.body for m in members)
+    return seal(zstandard.ZstdCompressor(level=LEVEL).compress(b"".join(parts)))
+
+
+def decode_objects(stored: bytes, pack_id: int, wanted: str = "?") -> Pack:
+    """Parse a stored object pack; :class:`CorruptObject` names ``wanted`` and the pack if it is damaged."""
+    try:
+        data = unseal(stored, f"pack {pack_id}")
+        magic, version, count = _HEAD.unpack_from(data, 0)
+        if magic != MAGIC or version != VERSION:
+            raise ValueError(f"pack {pack_id} has an unknown header")
+        pos = _HEAD.size
+        entries = []
+        for _ in range(count):
+            prefix = data[pos : pos + 8].hex()
+            klen = data[pos + 8]
+            kind = data[pos + 9 : pos + 9 + klen].decode("ascii")
+            (size,) = _SIZE.unpack_from(data, pos + 9 + klen)
+            entries.append((prefix, kind, size))
+            pos += 13 + klen
+        index: dict[str, tuple[str, int, int]] = {}
+        for prefix, kind, size in entries:
+            if prefix in index:
+                raise ValueError(f"pack {pack_id} names two members {prefix}")
+            index[prefix] = (kind, pos, size)
+            pos += size
+        if pos != len(data):
+            raise ValueError(f"pack {pack_id} is {len(data)} bytes, its index says {pos}")
+    except (ValueError, struct.error, IndexError, UnicodeDecodeError) as exc:
+        raise CorruptObject(wanted, f"stored in a damaged pack: {exc}") from None
+    return Pack(data, index)
+
+
+def encode_lines(lines: Sequence[str]) -> bytes:
+    """The stored bytes of a log pack."""
+    return seal(zstandard.ZstdCompressor(level=LEVEL).compress("".join(line + "\n" for line in lines).encode()))
+
+
+def decode_lines(stored: bytes, first: int, last: int, count: bool = True) -> list[str]:
+    """The lines of a pack of lines; with ``count``, exactly one per sequence ``first``..``last``.
+
+    ValueError (or UnicodeDecodeError) if it is damaged.
+    """
+    text = unseal(stored, "the pack").decode("utf-8")
+    lines = text.split("\n")
+    if lines[-1] != "" or (count and len(lines) - 1 != last - first + 1):
+        raise ValueError(f"the pack holds {len(lines) - 1} lines, expected {last - first + 1}")
+    return lines[:-1]
+
+
+def raw_frame(body: bytes) -> bytes:
+    """``body`` as stored loose bytes without compressing it: a zstd frame of raw blocks plus CRC.
+
+    A packed object is handed to readers in the form of a loose one, so every
+    reader (verify, transfer, fsck) works unchanged; making such a frame is a
+    copy, not a compression.
+    """
+    n = len(body)
+    out = bytearray(b"\x28\xb5\x2f\xfd\xa0")  # magic; single segment, 4-byte content size, no dictionary
+    out += _SIZE.pack(n)
+    if n == 0:
+        out += (1).to_bytes(3, "little")  # the last block: raw, empty
+    step = 1 << 17  # a block holds at most 128 KiB
+    for start in range(0, n, step):
+        block = body[start : start + step]
+        last = 1 if start + step >= n else 0
+        out += (last | (len(block) << 3)).to_bytes(3, "little") + block
+    return seal(bytes(out))
+
+
+def prefix_key(oid: str) -> int:
+    """The packed-index key of an id: its first 8 bytes as a signed 64-bit integer, order kept."""
+    return int(oid[:16], 16) - (1 << 63)
+
+
+def prefix_range(prefix: str) -> tuple[int, int]:
+    """The packed-index keys of ids starting with the hex ``prefix``."""
+    head = prefix[:16]
+    return prefix_key((head + "0" * 16)[:16]), prefix_key((head + "f" * 16)[:16])

@@ -1,0 +1,336 @@
+"""Packs: cold objects, log lines and reflog rows compressed together (embedded SQLite store).
+
+Packing must change nothing a reader can see (every object, the log, the
+reflogs, loads, diffs and revisions) while it shrinks the store; damage to a
+pack is found and named; a kill in the middle leaves everything readable.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from snapstore import packing, packs
+from snapstore.backends.memory import MemoryBackend
+from snapstore.cli.main import cli
+from snapstore.compression import Codec
+from snapstore.errors import CorruptObject
+from snapstore.gc import collect_garbage
+from snapstore.orchestrator import ConversationOrchestrator
+from snapstore.prune import prune
+from snapstore.repository import FORMAT_KEY, STORE_FORMAT, Repository
+from snapstore.startup import RecoveryStatus, Session
+from snapstore.storelog import StoreAudit, StoreLog
+from snapstore.verify import verify
+
+from .conftest import flip_byte
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def small_packs(monkeypatch):
+    """Packs of 8 objects and log/reflog packs of 4 lines, so a small store makes many."""
+    monkeypatch.setattr(packing, "MAX_MEMBERS", 8)
+    monkeypatch.setattr(packing, "SMALL_PACK", 2)
+    monkeypatch.setattr(packing, "LOG_PACK_LINES", 4)
+
+
+def _busy(location: Path, operations: int = 24, conversation: str = "c") -> tuple[Repository, StoreLog]:
+    """A store whose conversation went through spawns, exchanges (Unicode), a pause and a merge."""
+    repo = Repository.init(str(location))
+    log = StoreLog(repo.backend)
+    orch = ConversationOrchestrator(repo, conversation, audit=StoreAudit(log))
+    root = orch.create_root_context("root task")
+    side = orch.spawn_sidebar(root, "look into it")
+    for i in range(operations):
+        orch.add_exchange(side if i % 3 else root, f"question {i} \u00fc\u00df \u4e2d \U0001f600", f"answer {i} " * 20)
+    orch.pause_context(side)
+    orch.resume_context(side)
+    orch.merge_sidebar(side, "done")
+    return repo, log
+
+
+def _visible(repo: Repository, log: StoreLog) -> dict:
+    """Everything a reader can see of a store."""
+    objects = {o.id: (o.kind, repo.verified_body(o)) for o in repo.backend.iter_objects()}
+    return {
+        "objects": objects,
+        "count": repo.backend.count_objects()[::2],  # objects and uncompressed bytes (stored bytes shrink)
+        "state": repo.load("c").to_json(),
+        "log": repo.backend.log_lines(0),
+        "reflog": repo.reflog("c"),
+        "history": [i.id for i in repo.log("c")],
+        "ids": sorted(objects),
+    }
+
+
+def _packs(location: Path, table: str = "packs") -> int:
+    db = sqlite3.connect(location / "store.sqlite")
+    try:
+        return db.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+    finally:
+        db.close()
+
+
+def test_the_pack_format_round_trips_and_a_raw_frame_is_a_loose_object():
+    members = [packs.Member(packs.hash_object("chunk", body), "chunk", body)
+               for body in (b"", b"x", "\u00fc".encode() * 70000, bytes(range(256)) * 600)]
+    pack = packs.decode_objects(packs.encode_objects(members), 1)
+    for m in members:
+        assert pack.get(m.id) == (m.kind, m.body)
+    assert pack.members() == {m.id: (m.kind, m.body) for m in members}
+    # Only the first 8 bytes name a member: another id with that prefix is not served.
+    other = members[1].id[:16] + "0" * 48
+    assert other != members[1].id and pack.get(other) is None
+    for m in members:  # a packed object is handed out as the stored form of a loose one
+        assert Codec().decompress(packs.raw_frame(m.body), m.id) == m.body
+    ids = sorted(m.id for m in members)
+    assert sorted(ids, key=packs.prefix_key) == ids
+    low, high = packs.prefix_range(ids[0][:5])
+    assert low <= packs.prefix_key(ids[0]) <= high
+
+
+def test_packing_changes_nothing_a_reader_sees(tmp_path, small_packs):
+    location = tmp_path / "s"
+    repo, log = _busy(location)
+    before = _visible(repo, log)
+    stored_before = repo.backend.count_objects()[1]
+    report = packing.pack(repo)
+    assert report.objects == len(before["objects"]) and report.packs_written > 1 and not report.corrupt
+    # Whole packs of 4 lines, the newest line always loose.
+    assert report.log_lines == (len(before["log"]) - 1) // 4 * 4 > 0
+    assert repo.backend.loose_count() == 0 and _packs(location) == report.packs_written
+    assert repo.backend.count_objects()[1] < stored_before
+    # A fresh process sees the same, with nothing cached.
+    repo.close()
+    again = Repository.open(str(location))
+    assert _visible(again, StoreLog(again.backend)) == before
+    for oid in before["ids"][:40]:
+        assert again.backend.find_ids(oid[:7], limit=5) == [i for i in before["ids"] if i.startswith(oid[:7])][:5]
+        assert again.backend.has_objects([oid]) == {oid}
+    # An id sharing a packed object's 8-byte prefix is not that object.
+    twin = before["ids"][0][:16] + ("1" if before["ids"][0][16] != "1" else "2") + before["ids"][0][17:]
+    assert again.backend.has_objects([twin]) == set() and again.backend.get_objects([twin]) == {}
+    # Paged log reads across packs and loose rows are the slices of the whole.
+    lines = before["log"]
+    for after in (0, 1, 3, 4, 5, len(lines) - 1, len(lines)):
+        for limit in (1, 2, 4, 7, None):
+            want = [x for x in lines if x[0] > after]
+            assert again.backend.log_lines(after, limit) == (want if limit is None else want[:limit])
+    assert again.backend.log_tail() == lines[-1]
+    assert again.fsck().ok and verify(again).ok
+    # Revisions and diffs over packed history.
+    assert again.resolve("c~3") == before["history"][3]
+    assert again.diff("c~5", "c").changed
+    again.close()
+
+
+def test_the_log_export_is_byte_identical_after_packing(tmp_path, small_packs):
+    location = tmp_path / "s"
+    repo, _ = _busy(location)
+    repo.close()
+    runner = CliRunner()
+    first = runner.invoke(cli, ["--store", str(location), "export-log", "-o", str(tmp_path / "a.jsonl")])
+    assert first.exit_code == 0, first.output
+    packed = runner.invoke(cli, ["--store", str(location), "pack"])
+    assert packed.exit_code == 0 and "packed" in packed.output, packed.output
+    assert _packs(location, "ozolith_packs") > 0 and _packs(location, "reflog_packs") > 0
+    second = runner.invoke(cli, ["--store", str(location), "export-log", "-o", str(tmp_path / "b.jsonl")])
+    assert second.exit_code == 0, second.output
+    assert (tmp_path / "a.jsonl").read_bytes() == (tmp_path / "b.jsonl").read_bytes()
+    for command in (["verify"], ["fsck"]):
+        result = runner.invoke(cli, ["--store", str(location), *command])
+        assert result.exit_code == 0, result.output
+
+
+def test_commits_continue_on_top_of_packs(tmp_path, small_packs):
+    location = tmp_path / "s"
+    repo, log = _busy(location, operations=10)
+    packing.pack(repo)
+    orch = ConversationOrchestrator(repo, "c", audit=StoreAudit(log))
+    before = repo.head("c")
+    for i in range(5):
+        orch.add_exchange(orch.active_context_id, f"after packing {i}", "ok")
+    assert repo.head("c") != before and repo.backend.loose_count() > 0
+    assert [e.sequence for e in log.entries()] == list(range(1, len(log.backend.log_lines(0)) + 1))
+    assert repo.fsck().ok and verify(repo).ok
+    state = repo.load("c").to_json()
+    packing.pack(repo)  # the new loose objects join, small packs merge
+    assert repo.load("c").to_json() == state and repo.fsck().ok and verify(repo).ok
+
+
+def test_gc_deletes_packed_objects_and_packing_gives_their_space_back(tmp_path, small_packs):
+    location = tmp_path / "s"
+    repo, _ = _busy(location, operations=30)
+    state = repo.load("c").to_json()
+    packing.pack(repo)
+    prune(repo, "c", keep_last=2)
+    collect_garbage(repo, timedelta(0))
+    count, stored, _ = repo.backend.count_objects()
+    second = collect_garbage(repo, timedelta(0))
+    assert second.deleted > 0
+    after = repo.backend.count_objects()
+    assert after[0] == count - second.deleted and after[1] <= stored
+    assert repo.backend.sparse_packs(), "gc left packs less than half full"
+    report = packing.pack(repo)
+    assert report.packs_rewritten > 0 and not repo.backend.sparse_packs()
+    assert repo.backend.count_objects()[1] < after[1]
+    assert repo.load("c").to_json() == state and repo.fsck().ok and verify(repo).ok
+
+
+def _damage(location: Path, table: str, key: str) -> None:
+    db = sqlite3.connect(location / "store.sqlite")
+    (rowkey, data) = db.execute(f"SELECT {key}, data FROM {table} ORDER BY {key} LIMIT 1").fetchone()
+    db.execute(f"UPDATE {table} SET data = ? WHERE {key} = ?", (flip_byte(data), rowkey))
+    db.commit()
+    db.close()
+
+
+def test_a_damaged_pack_is_found_and_named(tmp_path):
+    location = tmp_path / "s"
+    repo, _ = _busy(location)
+    packing.pack(repo)
+    repo.close()
+    _damage(location, "packs", "id")
+    again = Repository.open(str(location))
+    with pytest.raises(CorruptObject, match="damaged pack: pack 1 fails its CRC-32 check") as caught:
+        again.load("c")
+    assert len(caught.value.object_id) == 64
+    report = again.fsck()
+    assert not report.ok
+    result = CliRunner().invoke(cli, ["--store", str(location), "fsck"])
+    assert result.exit_code != 0 and "pack 1" in result.output
+
+
+def test_a_damaged_log_pack_is_named_by_its_sequences(tmp_path, small_packs):
+    location = tmp_path / "s"
+    repo, _ = _busy(location)
+    packing.pack(repo)
+    repo.close()
+    _damage(location, "ozolith_packs", "first")
+    result = CliRunner().invoke(cli, ["--store", str(location), "verify"])
+    assert result.exit_code != 0
+    assert "log entries 1-4 are damaged" in result.output and "Traceback" not in result.output
+
+
+def test_a_corrupt_loose_object_is_not_packed(tmp_path):
+    location = tmp_path / "s"
+    repo, _ = _busy(location)
+    victim = repo.head("c")
+    repo.close()
+    db = sqlite3.connect(location / "store.sqlite")
+    (data,) = db.execute("SELECT data FROM objects WHERE id = ?", (bytes.fromhex(victim),)).fetchone()
+    db.execute("UPDATE objects SET data = ? WHERE id = ?", (flip_byte(data), bytes.fromhex(victim)))
+    db.commit()
+    db.close()
+    result = CliRunner().invoke(cli, ["--store", str(location), "pack"])
+    assert result.exit_code == 1 and f"corrupt object {victim}" in result.output
+    again = Repository.open(str(location))
+    assert again.backend.loose_count() == 1 and again.backend.has_objects([victim]) == {victim}
+
+
+def test_objects_whose_prefix_is_taken_stay_loose(tmp_path, monkeypatch):
+    import snapstore.backends.sqlite as sqlite_backend
+
+    # Only 16 index keys: most objects collide with one packed before them.
+    monkeypatch.setattr(sqlite_backend, "prefix_key", lambda oid: int(oid[0], 16))
+    location = tmp_path / "s"
+    repo, log = _busy(location)
+    before = _visible(repo, log)
+    report = packing.pack(repo)
+    assert 0 < report.objects and repo.backend.loose_count() > 0
+    assert _visible(repo, log) == before
+    assert repo.fsck().ok
+
+
+def test_readers_in_other_processes_see_every_object_while_packing(tmp_path, small_packs):
+    location = tmp_path / "s"
+    repo, log = _busy(location, operations=6)
+    reader = subprocess.Popen(
+        [sys.executable, "-c", (
+            "import sys, time\n"
+            "from snapstore.repository import Repository\n"
+            "repo = Repository.open(sys.argv[1]); end = time.time() + 3; n = 0\n"
+            "while time.time() < end:\n"
+            "    repo._cache.clear(); repo._trees.clear()\n"
+            "    repo.load('c'); [repo.snapshot(i.id) for i in repo.log('c')]; n += 1\n"
+            "print(n)\n"), str(location)],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    orch = ConversationOrchestrator(repo, "c", audit=StoreAudit(log))
+    deadline = time.time() + 3
+    while time.time() < deadline:
+        orch.add_exchange(orch.active_context_id, "more", "text")
+        packing.pack(repo)
+    out, err = reader.communicate(timeout=60)
+    assert reader.returncode == 0, err
+    assert int(out) > 0
+    assert repo.fsck().ok and verify(repo).ok
+
+
+def test_a_kill_in_the_middle_of_packing_loses_nothing(tmp_path):
+    location = tmp_path / "s"
+    repo, log = _busy(location, operations=150)
+    before = _visible(repo, log)
+    repo.close()
+    rng = random.Random(7)
+    for _ in range(5):
+        proc = subprocess.Popen([sys.executable, "-m", "snapstore.cli.main", "--store", str(location), "pack"],
+                                cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(0.3, 0.9))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        again = Repository.open(str(location))
+        assert _visible(again, StoreLog(again.backend)) == before
+        again.close()
+    again = Repository.open(str(location))
+    assert again.fsck().ok and verify(again).ok
+
+
+def test_a_clean_shutdown_packs_and_the_file_shrinks(tmp_path, monkeypatch):
+    monkeypatch.setattr(packing, "SHUTDOWN_MINIMUM", 16)
+    location = tmp_path / "s"
+    session = Session(str(location), log_in_store=True)
+    orch = session.start_new("c", "root")
+    root = orch.active_context_id
+    for i in range(120):
+        orch.add_exchange(root, f"q{i} " * 40, f"a{i} " * 80)
+    state = orch.repo.load("c").to_json()
+    db_file = location / "store.sqlite"
+    size_open = db_file.stat().st_size + Path(f"{db_file}-wal").stat().st_size
+    session.close()
+    assert _packs(location) > 0
+    assert db_file.stat().st_size < size_open / 2
+    again = Session(str(location), log_in_store=True)
+    assert again.report.status is RecoveryStatus.CLEAN
+    assert again.repo.load("c").to_json() == state
+    assert again.repo.backend.loose_count() == 0
+    again.close()
+
+
+def test_packing_runs_by_itself_after_many_commits(tmp_path, monkeypatch, small_packs):
+    monkeypatch.setattr(packing, "AUTO_PACK_CHECK", 10)
+    monkeypatch.setattr(packing, "AUTO_PACK_LOOSE", 20)
+    monkeypatch.setattr(packing, "AUTO_PACK_KEEP", 5)
+    location = tmp_path / "s"
+    repo, log = _busy(location, operations=40)
+    assert _packs(location) > 0
+    assert repo.backend.loose_count() < 20 + 5 + 20  # bounded: at most one check's worth above the limit
+    assert repo.fsck().ok and verify(repo).ok
+
+
+def test_other_backends_report_that_packing_does_not_apply():
+    backend = MemoryBackend()
+    backend.write(meta={FORMAT_KEY: str(STORE_FORMAT)})
+    report = packing.pack(Repository(backend, "memory:"))
+    assert not report.applicable and report.objects == 0
