@@ -259,7 +259,7 @@ def pack(keep: int, as_json: bool) -> None:
     A commit stores its objects one by one ("loose"); versions of the same
     node compress far better together. Packing moves loose objects into
     packs of up to 1,024 (each object re-hashed first), old audit-log lines
-    and reflog rows into packs of 1,024, and gives the freed pages back to
+    and reflog rows into packs of 128, and gives the freed pages back to
     the file system. Safe while other processes read and commit. Runs by
     itself at a clean shutdown and after many commits; embedded SQLite
     stores only. A corrupt object is left loose, named, and the exit status

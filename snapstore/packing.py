@@ -42,9 +42,8 @@ AUTO_PACK_LOOSE = 32768
 AUTO_PACK_KEEP = 1024
 # At a clean shutdown, pack only if at least this many objects are loose.
 SHUTDOWN_MINIMUM = 256
-# Log lines and reflog rows go into packs of exactly this many (the newest stay loose until there
-# are enough).
-LOG_PACK_LINES = 1024
+# Log lines and reflog rows go into packs of this many.
+LOG_PACK_LINES = 128
 # Packs serving fewer objects than this are merged into the next pack written.
 SMALL_PACK = MAX_MEMBERS // 4
 
@@ -146,9 +145,10 @@ def pack(repo: Repository, *, keep: int = 0, keep_log: int = 1, minimum: int = 1
         flush(final=False)
         loose, cursor = backend.loose_for_packing(keep, BATCH, cursor)
     flush(final=True)
-    while packed := backend.pack_log(keep_log, LOG_PACK_LINES):
+    # A short last pack is filled up by the next run, so no loose tail of lines waits for a full pack.
+    while packed := backend.pack_log(keep_log, LOG_PACK_LINES, partial=True):
         report.log_lines += packed
-    while packed := backend.pack_reflog(keep_log, LOG_PACK_LINES):
+    while packed := backend.pack_reflog(keep_log, LOG_PACK_LINES, partial=True):
         report.reflog_rows += packed
     if report.packs_written or report.log_lines or report.reflog_rows:
         backend.release_free_pages()

@@ -115,6 +115,11 @@ _FENCE_QUERY_PACKED = (
     "SELECT name, target, (SELECT count(*) FROM reflog WHERE reflog.name = refs.name)"
     " + coalesce((SELECT count FROM reflog_packed WHERE reflog_packed.name = refs.name), 0) FROM refs"
 )
+# Packs of lines: the loose table, its key, the columns that make a line, the table of packs.
+_LINE_PACKS = {
+    "log": ("ozolith", "sequence", "line", "ozolith_packs"),
+    "reflog": ("reflog", "seq", "name, old, new, time, reason, log_sequence, log_hash", "reflog_packs"),
+}
 _BATCH = 500
 # Decompressed packs kept per backend (they never change): bytes of content.
 PACK_CACHE_BYTES = 64 << 20
@@ -153,14 +158,16 @@ class SqliteBackend(Backend):
             )
             try:
                 self._db.execute("PRAGMA busy_timeout = 30000")
+                if create:
+                    # Pages freed by packing go back to the file system (PRAGMA incremental_vacuum);
+                    # a store made before keeps them until `snap compact`. Set before anything
+                    # is written: the WAL switch below writes the header.
+                    self._db.execute("PRAGMA auto_vacuum = INCREMENTAL")
                 mode = self._db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
                 if mode.lower() != "wal":
                     raise BackendError(f"{self.path}: cannot enable WAL mode (got {mode})")
                 self._db.execute("PRAGMA synchronous = FULL")
                 if create:
-                    # Pages freed by packing go back to the file system (PRAGMA incremental_vacuum),
-                    # which a store made before keeps until `snap compact`.
-                    self._db.execute("PRAGMA auto_vacuum = INCREMENTAL")
                     self._db.executescript(_SCHEMA + ";" + _LOG_SCHEMA)
                 else:
                     self._db.execute("SELECT 1 FROM objects LIMIT 1")
@@ -518,45 +525,78 @@ class SqliteBackend(Backend):
             db.execute("DELETE FROM packs WHERE id = ? AND live <= 0", (source,))
         return live
 
-    def pack_log(self, keep: int, lines: int) -> int:
-        """Move the oldest ``lines`` log lines into one log pack, if there are that many besides the
-        ``keep`` newest; returns how many were packed (``lines`` or 0).
-
-        Only a run of consecutive sequences is packed (a gap, which verify reports, stays loose).
-        """
+    def pack_log(self, keep: int, lines: int, partial: bool = False) -> int:
+        """Move the oldest log lines but the ``keep`` newest into a log pack of ``lines``; returns how
+        many moved. A pack left short (``partial``) is filled up by the next call before a new one is
+        begun. Only consecutive sequences are packed (a gap, which verify reports, stays loose)."""
         if not self._has_log():
             return 0
-        keep = max(keep, 1)  # an append chains onto the newest loose line
+        return self._pack_lines("log", max(keep, 1), lines, partial)  # an append chains onto the newest loose line
+
+    def pack_reflog(self, keep: int, rows: int, partial: bool = False) -> int:
+        """As :meth:`pack_log`, for reflog rows."""
+        return self._pack_lines("reflog", keep, rows, partial)
+
+    def _pack_lines(self, kind: str, keep: int, lines: int, partial: bool) -> int:
+        loose, key, columns, packs = _LINE_PACKS[kind]
         with self._lock, self._errors():
             db = self._db
             db.execute("BEGIN IMMEDIATE")
             try:
+                for statement in _PACK_SCHEMA.split(";"):
+                    if statement.strip():
+                        db.execute(statement)
+                carried: list[str] = []
+                tail = db.execute(f"SELECT first, last, data FROM {packs} ORDER BY first DESC LIMIT 1").fetchone()
+                if tail is not None:
+                    try:
+                        carried = decode_lines(tail[2], tail[0], tail[1], count=False)
+                    except (ValueError, UnicodeDecodeError) as exc:
+                        raise BackendError(f"{self.path}: the {kind} pack of {tail[0]}-{tail[1]} is damaged: {exc}"
+                                           ) from None
+                    if len(carried) >= lines:
+                        carried = []
                 rows = db.execute(
-                    "SELECT sequence, line FROM ozolith WHERE sequence <= (SELECT max(sequence) FROM ozolith) - ? "
-                    "ORDER BY sequence LIMIT ?", (keep, lines)).fetchall()
-                if len(rows) < lines or rows[-1][0] - rows[0][0] != lines - 1:
+                    f"SELECT {key}, {columns} FROM {loose} WHERE {key} <= (SELECT max({key}) FROM {loose}) - ? "
+                    f"ORDER BY {key} LIMIT ?", (keep, lines - len(carried))).fetchall()
+                if kind == "log":
+                    run = 1
+                    while run < len(rows) and rows[run][0] == rows[0][0] + run:
+                        run += 1
+                    rows = rows[:run]
+                    if carried and rows and rows[0][0] != tail[1] + 1:
+                        rows = []  # a gap after the short pack: left for verify to report
+                if not rows or (len(carried) + len(rows) < lines and not partial):
                     rows = []
-                if rows:
-                    for statement in _PACK_SCHEMA.split(";"):
-                        if statement.strip():
-                            db.execute(statement)
-                    first, last = rows[0][0], rows[-1][0]
-                    db.execute("INSERT INTO ozolith_packs (first, last, data) VALUES (?, ?, ?)",
-                               (first, last, encode_lines([line for _, line in rows])))
-                    db.execute("DELETE FROM ozolith WHERE sequence BETWEEN ? AND ?", (first, last))
+                else:
+                    first = tail[0] if carried else rows[0][0]
+                    if carried:
+                        db.execute(f"DELETE FROM {packs} WHERE first = ?", (first,))
+                    new = [row[1] for row in rows] if kind == "log" else [
+                        json.dumps([n, _hex(o), _hex(w), t, r, ls, lh]) for _, n, o, w, t, r, ls, lh in rows]
+                    db.execute(f"INSERT INTO {packs} (first, last, data) VALUES (?, ?, ?)",
+                               (first, rows[-1][0], encode_lines(carried + new)))
+                    db.execute(f"DELETE FROM {loose} WHERE {key} BETWEEN ? AND ?", (rows[0][0], rows[-1][0]))
+                    if kind == "reflog":
+                        counts: dict[str, int] = {}
+                        for row in rows:
+                            counts[row[1]] = counts.get(row[1], 0) + 1
+                        db.executemany(
+                            "INSERT INTO reflog_packed (name, count) VALUES (?, ?) "
+                            "ON CONFLICT (name) DO UPDATE SET count = count + excluded.count", list(counts.items()))
                 db.execute("COMMIT")
             except BaseException:
                 if db.in_transaction:
                     db.execute("ROLLBACK")
                 raise
-            if rows:
-                self._pack_tables = True
+            self._pack_tables = True
         return len(rows)
 
     def release_free_pages(self) -> None:
         """Give free pages back to the file system where the store allows it (auto_vacuum)."""
         with self._lock, self._errors():
-            self._db.execute("PRAGMA incremental_vacuum").fetchall()
+            # executescript steps the pragma to its end; execute() would free one page.
+            self._db.executescript("PRAGMA incremental_vacuum")
 
     def _rowid_objects(self) -> bool:
         sql = self._query("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'objects'")[0][0]
@@ -604,43 +644,6 @@ class SqliteBackend(Backend):
             raise BackendError(f"{self.path}: the reflog pack of rows {first}-{last} is damaged: {exc}") from None
         self._reflog_pack_cache[first] = (last, entries)
         return entries
-
-    def pack_reflog(self, keep: int, rows: int) -> int:
-        """Move the ``rows`` oldest reflog rows into one pack, if there are that many besides the
-        ``keep`` newest; returns how many were packed (``rows`` or 0)."""
-        with self._lock, self._errors():
-            db = self._db
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                found = db.execute(
-                    "SELECT seq, name, old, new, time, reason, log_sequence, log_hash FROM reflog "
-                    "WHERE seq <= (SELECT max(seq) FROM reflog) - ? ORDER BY seq LIMIT ?", (keep, rows)).fetchall()
-                if len(found) < rows:
-                    found = []
-                if found:
-                    for statement in _PACK_SCHEMA.split(";"):
-                        if statement.strip():
-                            db.execute(statement)
-                    first, last = found[0][0], found[-1][0]
-                    lines = [json.dumps([n, _hex(o), _hex(w), t, r, ls, lh])
-                             for _, n, o, w, t, r, ls, lh in found]
-                    db.execute("INSERT INTO reflog_packs (first, last, data) VALUES (?, ?, ?)",
-                               (first, last, encode_lines(lines)))
-                    db.execute("DELETE FROM reflog WHERE seq BETWEEN ? AND ?", (first, last))
-                    counts: dict[str, int] = {}
-                    for row in found:
-                        counts[row[1]] = counts.get(row[1], 0) + 1
-                    db.executemany(
-                        "INSERT INTO reflog_packed (name, count) VALUES (?, ?) "
-                        "ON CONFLICT (name) DO UPDATE SET count = count + excluded.count", list(counts.items()))
-                db.execute("COMMIT")
-            except BaseException:
-                if db.in_transaction:
-                    db.execute("ROLLBACK")
-                raise
-            if found:
-                self._pack_tables = True
-        return len(found)
 
     def get_meta(self, key: str) -> str | None:
         rows = self._query("SELECT value FROM meta WHERE key = ?", (key,))
