@@ -125,6 +125,8 @@ _BATCH = 500
 PACK_CACHE_BYTES = 64 << 20
 DB_NAME = "store.sqlite"
 _INSERT_OBJECT = "INSERT OR IGNORE INTO objects (id, kind, size, data) VALUES (?, ?, ?, ?)"
+_INSERT_OBJECTS_PREFIX = "INSERT OR IGNORE INTO objects (id, kind, size, data) VALUES "
+_INSERT_BATCH = 200  # objects per INSERT (4 parameters each, well under SQLite's limit)
 
 
 def _raw(oid: str | None) -> bytes | None:
@@ -680,11 +682,18 @@ class SqliteBackend(Backend):
                 if objects and new_ids is None:
                     db.executemany(_INSERT_OBJECT, [(bytes.fromhex(o.id), o.kind, o.size, o.data) for o in objects])
                 elif objects:
-                    # One statement per object: its change count says whether the object was new,
-                    # inside the transaction, so a commit needs no query beforehand.
-                    for o in objects:
-                        if db.execute(_INSERT_OBJECT, (bytes.fromhex(o.id), o.kind, o.size, o.data)).rowcount:
-                            new_ids.append(o.id)
+                    # RETURNING names the rows the insert stored (an ignored duplicate returns none):
+                    # which objects were new, inside the transaction, in one statement per batch.
+                    for start in range(0, len(objects), _INSERT_BATCH):
+                        batch = objects[start : start + _INSERT_BATCH]
+                        params: list[object] = []
+                        for o in batch:
+                            params += (bytes.fromhex(o.id), o.kind, o.size, o.data)
+                        rows = db.execute(
+                            _INSERT_OBJECTS_PREFIX + ",".join(["(?, ?, ?, ?)"] * len(batch)) + " RETURNING id",
+                            params).fetchall()
+                        stored = {raw.hex() for (raw,) in rows}
+                        new_ids.extend(o.id for o in batch if o.id in stored)
                 now = utc_now()
                 for update in ref_updates:
                     if update.new is None:
@@ -735,9 +744,10 @@ class SqliteBackend(Backend):
     def _append_locked(self, db: sqlite3.Connection, append: LogAppend) -> AppendedEntry:
         if not self._log_table:
             db.execute(_LOG_SCHEMA)
-        row = db.execute("SELECT line FROM ozolith ORDER BY sequence DESC LIMIT 1").fetchone()
-        key_row = db.execute("SELECT value FROM meta WHERE key = ?", (LOG_KEY_META,)).fetchone()
-        entry, new_key = append.build(row[0] if row else None, key_row[0] if key_row else None)
+        last_line, key = db.execute(
+            "SELECT (SELECT line FROM ozolith ORDER BY sequence DESC LIMIT 1),"
+            " (SELECT value FROM meta WHERE key = ?)", (LOG_KEY_META,)).fetchone()
+        entry, new_key = append.build(last_line, key)
         db.execute("INSERT INTO ozolith (sequence, entry_hash, line) VALUES (?, ?, ?)",
                    (entry.sequence, entry.entry_hash, entry.line))
         if new_key is not None:
