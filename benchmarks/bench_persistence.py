@@ -332,18 +332,33 @@ class Snapstore(System):
             free = db.execute("PRAGMA freelist_count").fetchone()[0] * page_size
         finally:
             db.close()
+        tables = set(pages)
+        packed = None
+        if "packs" in tables:  # packing (snapstore/packing.py): objects, log lines and reflog rows in packs
+            db = sqlite3.connect(f"file:{self.store}/store.sqlite?mode=ro", uri=True)
+            try:
+                packed = db.execute("SELECT count(*), coalesce(sum(live), 0), coalesce(sum(live_size), 0),"
+                                    " coalesce(sum(length(data)), 0) FROM packs").fetchone()
+                reflog_packed = db.execute("SELECT coalesce(sum(count), 0) FROM reflog_packed").fetchone()[0]
+                reflog_pack_bytes = db.execute("SELECT coalesce(sum(length(data)), 0) FROM reflog_packs").fetchone()[0]
+                reflog = (reflog[0] + reflog_packed, (reflog[1] or 0) + reflog_pack_bytes)
+            finally:
+                db.close()
         if self.log_in_store:
             db = sqlite3.connect(f"file:{self.store}/store.sqlite?mode=ro", uri=True)
             try:
                 entries, log_bytes = db.execute("SELECT count(*), sum(length(line) + 1) FROM ozolith").fetchone()
                 log_bytes = (pages.get("ozolith") or (log_bytes,))[0]  # the pages the table takes
+                if "ozolith_packs" in tables:
+                    entries += db.execute("SELECT coalesce(sum(last - first + 1), 0) FROM ozolith_packs").fetchone()[0]
+                    log_bytes += pages["ozolith_packs"][0]
             finally:
                 db.close()
         else:
             log = Path(self.log)
             entries, log_bytes = sum(1 for _ in log.open("rb")), log.stat().st_size
         return {"kinds": kinds, "pages": pages, "reflog": reflog, "meta": meta, "free": free,
-                "log": (entries, log_bytes)}
+                "log": (entries, log_bytes), "packed": packed}
 
     def restart(self) -> tuple[float, tuple]:
         start = time.perf_counter()
@@ -701,10 +716,14 @@ def report(results: list[dict[str, Any]], where: str) -> None:
         for kind, (n, raw, stored) in sorted(b["kinds"].items()):
             rows.append([f"objects: {kind}", f"{n:,}", f"{raw / n:,.0f}", f"{stored / n:,.0f}",
                          f"{stored / ops:,.0f}", mb(stored)])
+        if b.get("packed"):
+            packs, live, raw, stored = b["packed"]
+            rows.append([f"objects in {packs:,} packs", f"{live:,}", f"{raw / max(live, 1):,.0f}",
+                         f"{stored / max(live, 1):,.0f}", f"{stored / ops:,.0f}", mb(stored)])
         entries, log_bytes = b["log"]
-        rows.append(["reflog rows", f"{b['reflog'][0]:,}", "", f"{(b['reflog'][1] or 0) / max(b['reflog'][0], 1):,.0f}",
+        rows.append(["reflog rows (loose and packed)", f"{b['reflog'][0]:,}", "", f"{(b['reflog'][1] or 0) / max(b['reflog'][0], 1):,.0f}",
                      f"{(b['reflog'][1] or 0) / ops:,.0f}", mb(b["reflog"][1] or 0)])
-        rows.append(["OZOLITH log entries", f"{entries:,}", "", f"{log_bytes / entries:,.0f}",
+        rows.append(["OZOLITH log entries (loose and packed)", f"{entries:,}", "", f"{log_bytes / entries:,.0f}",
                      f"{log_bytes / ops:,.0f}", mb(log_bytes)])
         print(table(["what", "count", "raw B each", "stored B each", "stored B per op", "MB"], rows))
         rows = []

@@ -208,16 +208,22 @@ def test_gc_is_safe_while_another_process_commits(gc_safe_store, tmp_path):
     durable_store = gc_safe_store
     repo = durable_store.init()
     out = tmp_path / "commits.txt"
+    stop = tmp_path / "stop"
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     writer = subprocess.Popen(
-        # On S3 a prune takes longer than a commit: without a pause it would lose every race.
-        [sys.executable, "-m", "tests.gc_writer", durable_store.location, str(out), "8",
-         "0.02" if durable_store.name == "s3" else "0"],
+        # A prune takes longer than a commit (on S3 much longer): without a pause it would lose
+        # nearly every race. The writer runs until this test has seen prunes, deletions and
+        # several gc runs (the stop file), at most 60 s, at least 8 s.
+        [sys.executable, "-m", "tests.gc_writer", durable_store.location, str(out), "60",
+         "0.02" if durable_store.name == "s3" else "0.002", str(stop)],
         cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True,
     )
+    started = time.monotonic()
     prunes = deletions = runs = busy = 0
     try:
         while writer.poll() is None:
+            if prunes > 0 and deletions > 0 and runs > 2 and time.monotonic() - started > 8:
+                stop.touch()
             if repo.head(CONVERSATION) is None:
                 time.sleep(0.05)
                 continue

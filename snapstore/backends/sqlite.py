@@ -187,6 +187,19 @@ class SqliteBackend(Backend):
                 raise StoreNotFound(f"{self.path} is not a snapstore database ({text})") from None
             raise BackendError(f"{self.path}: {text}") from None
 
+    @contextlib.contextmanager
+    def _read_snapshot(self) -> Iterator[sqlite3.Connection]:
+        """Statements that see one moment of the database (a read transaction, unless one is open);
+        the caller holds ``self._lock``."""
+        if self._db.in_transaction:
+            yield self._db
+            return
+        self._db.execute("BEGIN")
+        try:
+            yield self._db
+        finally:
+            self._db.execute("COMMIT")
+
     def _query(self, sql: str, params: Sequence[object] = ()) -> list[tuple]:
         with self._lock, self._errors():
             return self._db.execute(sql, params).fetchall()
@@ -358,16 +371,17 @@ class SqliteBackend(Backend):
         """``(id, pack, size)`` of the ids held in packs (the caller holds the lock, in a transaction)."""
         out = []
         for start in range(0, len(ids), _BATCH):
-            batch = ids[start : start + _BATCH]
-            keys = {prefix_key(i): i for i in batch}
+            keys: dict[int, list[ObjectId]] = {}
+            for oid in ids[start : start + _BATCH]:
+                keys.setdefault(prefix_key(oid), []).append(oid)
             marks = ",".join("?" * len(keys))
             for key, pack_id in self._db.execute(
                 f"SELECT prefix, pack FROM packed WHERE prefix IN ({marks})", list(keys)
             ).fetchall():
-                oid = keys[key]
-                member = self._pack(pack_id, oid).get(oid)
-                if member is not None:
-                    out.append((oid, pack_id, len(member[1])))
+                for oid in keys[key]:  # at most one of ids sharing a prefix is the packed object
+                    member = self._pack(pack_id, oid).get(oid)
+                    if member is not None:
+                        out.append((oid, pack_id, len(member[1])))
         return out
 
     def _packed(self, ids: Sequence[ObjectId]) -> dict[ObjectId, tuple[str, bytes]]:
@@ -376,42 +390,35 @@ class SqliteBackend(Backend):
             return {}
         found = {}
         with self._lock, self._errors():
-            # One read transaction: the index rows and the packs they name are of one moment,
-            # even if another process repacks meanwhile.
-            self._db.execute("BEGIN")
-            try:
+            # The index rows and the packs they name are of one moment, even if another process
+            # repacks meanwhile.
+            with self._read_snapshot():
                 for oid, pack_id, _ in self._packed_rows(ids):
                     member = self._pack(pack_id, oid).get(oid)
                     assert member is not None
                     found[oid] = member
-            finally:
-                self._db.execute("COMMIT")
         return found
 
     def _live_members(self, pack_id: int) -> dict[ObjectId, tuple[str, bytes]]:
         """The members of a pack its index rows still name, with kind and body."""
-        with self._lock, self._errors():
-            self._db.execute("BEGIN")
+        with self._lock, self._errors(), self._read_snapshot():
             try:
-                try:
-                    pack = self._pack(pack_id)
-                except CorruptObject:
-                    if self._db.execute("SELECT 1 FROM packs WHERE id = ?", (pack_id,)).fetchone() is None:
-                        return {}  # deleted since it was listed
-                    raise
-                members = pack.members()
-                ids = list(members)
-                live: dict[ObjectId, tuple[str, bytes]] = {}
-                for start in range(0, len(ids), _BATCH):
-                    keys = {prefix_key(i): i for i in ids[start : start + _BATCH]}
-                    marks = ",".join("?" * len(keys))
-                    for (key,) in self._db.execute(
-                        f"SELECT prefix FROM packed WHERE pack = ? AND prefix IN ({marks})", [pack_id, *keys]
-                    ).fetchall():
-                        oid = ObjectId(keys[key])
-                        live[oid] = members[oid]
-            finally:
-                self._db.execute("COMMIT")
+                pack = self._pack(pack_id)
+            except CorruptObject:
+                if self._db.execute("SELECT 1 FROM packs WHERE id = ?", (pack_id,)).fetchone() is None:
+                    return {}  # deleted since it was listed
+                raise
+            members = pack.members()
+            ids = list(members)
+            live: dict[ObjectId, tuple[str, bytes]] = {}
+            for start in range(0, len(ids), _BATCH):
+                keys = {prefix_key(i): i for i in ids[start : start + _BATCH]}
+                marks = ",".join("?" * len(keys))
+                for (key,) in self._db.execute(
+                    f"SELECT prefix FROM packed WHERE pack = ? AND prefix IN ({marks})", [pack_id, *keys]
+                ).fetchall():
+                    oid = ObjectId(keys[key])
+                    live[oid] = members[oid]
         return live
 
     def loose_for_packing(self, keep: int, limit: int, cursor: object = None) -> tuple[list[StoredObject], object]:
@@ -615,23 +622,17 @@ class SqliteBackend(Backend):
         return {n: ObjectId(t.hex()) for n, t in rows if n.startswith(prefix)}
 
     def reflog(self, name: str) -> list[ReflogEntry]:
-        with self._lock, self._errors():
+        with self._lock, self._errors(), self._read_snapshot():  # packs and loose rows of one moment
             packed = self._has_packs()
-            if packed:
-                self._db.execute("BEGIN")  # packs and loose rows of one moment
-            try:
-                entries = []
-                if packed and self._db.execute("SELECT 1 FROM reflog_packed WHERE name = ?", (name,)).fetchone():
-                    for first, last in self._db.execute("SELECT first, last FROM reflog_packs ORDER BY first").fetchall():
-                        entries.extend(e for e in self._reflog_pack(first, last) if e.name == name)
-                rows = self._db.execute(
-                    "SELECT name, old, new, time, reason, log_sequence, log_hash FROM reflog "
-                    "WHERE name = ? ORDER BY seq",
-                    (name,),
-                ).fetchall()
-            finally:
-                if packed:
-                    self._db.execute("COMMIT")
+            entries = []
+            if packed and self._db.execute("SELECT 1 FROM reflog_packed WHERE name = ?", (name,)).fetchone():
+                for first, last in self._db.execute("SELECT first, last FROM reflog_packs ORDER BY first").fetchall():
+                    entries.extend(e for e in self._reflog_pack(first, last) if e.name == name)
+            rows = self._db.execute(
+                "SELECT name, old, new, time, reason, log_sequence, log_hash FROM reflog "
+                "WHERE name = ? ORDER BY seq",
+                (name,),
+            ).fetchall()
         entries.extend(ReflogEntry(n, _hex(o), _hex(w), t, r, ls, lh) for n, o, w, t, r, ls, lh in rows)
         return entries
 
@@ -784,32 +785,24 @@ class SqliteBackend(Backend):
     def log_lines(self, after: int = 0, limit: int | None = None) -> list[tuple[int, str]]:
         if not self._has_log():
             return []
-        want = -1 if limit is None else limit
-        if not self._has_packs():
-            return self._query(
-                "SELECT sequence, line FROM ozolith WHERE sequence > ? ORDER BY sequence LIMIT ?", (after, want))
         out: list[tuple[int, str]] = []
-        with self._lock, self._errors():
-            db = self._db
-            db.execute("BEGIN")  # packs and loose rows of one moment, even while another process packs
-            try:
-                position = after
-                while limit is None or len(out) < limit:
-                    row = db.execute("SELECT first, last FROM ozolith_packs WHERE last > ? ORDER BY first LIMIT 1",
-                                     (position,)).fetchone()
-                    if row is None:
-                        break
-                    first, last = row
-                    for offset, line in enumerate(self._log_pack(first, last)):
-                        if first + offset > position and (limit is None or len(out) < limit):
-                            out.append((first + offset, line))
-                    position = last
-                if limit is None or len(out) < limit:
-                    out.extend(db.execute(
-                        "SELECT sequence, line FROM ozolith WHERE sequence > ? ORDER BY sequence LIMIT ?",
-                        (position, -1 if limit is None else limit - len(out))).fetchall())
-            finally:
-                db.execute("COMMIT")
+        # Packs and loose rows of one moment, even while another process packs.
+        with self._lock, self._errors(), self._read_snapshot() as db:
+            position = after
+            while self._has_packs() and (limit is None or len(out) < limit):
+                row = db.execute("SELECT first, last FROM ozolith_packs WHERE last > ? ORDER BY first LIMIT 1",
+                                 (position,)).fetchone()
+                if row is None:
+                    break
+                first, last = row
+                for offset, line in enumerate(self._log_pack(first, last)):
+                    if first + offset > position and (limit is None or len(out) < limit):
+                        out.append((first + offset, line))
+                position = last
+            if limit is None or len(out) < limit:
+                out.extend(db.execute(
+                    "SELECT sequence, line FROM ozolith WHERE sequence > ? ORDER BY sequence LIMIT ?",
+                    (position, -1 if limit is None else limit - len(out))).fetchall())
         return out
 
     def _log_pack(self, first: int, last: int) -> list[str]:
