@@ -124,9 +124,10 @@ def pack(repo: Repository, *, keep: int = 0, keep_log: int = 1, minimum: int = 1
                 progress(sum(len(members) for members, _ in written))
         del pending[:start]
 
-    loose, cursor = backend.loose_for_packing(keep, BATCH, None)
-    if len(loose) < minimum:
-        loose = []
+    if minimum > 1 and backend.loose_count() - keep < minimum:
+        loose, cursor = [], None
+    else:
+        loose, cursor = backend.loose_for_packing(keep, BATCH, None)
     # Packs gc thinned out are packed again; small ones (a shutdown's few objects) are merged
     # with new objects rather than left to multiply.
     again = set(backend.sparse_packs()) | (set(backend.small_packs(SMALL_PACK)) if loose else set())

@@ -322,6 +322,7 @@ def test_packing_runs_by_itself_after_many_commits(tmp_path, monkeypatch, small_
     monkeypatch.setattr(packing, "AUTO_PACK_CHECK", 10)
     monkeypatch.setattr(packing, "AUTO_PACK_LOOSE", 20)
     monkeypatch.setattr(packing, "AUTO_PACK_KEEP", 5)
+    monkeypatch.setattr(packing, "BATCH", 8)  # loose objects are read in batches smaller than the threshold
     location = tmp_path / "s"
     repo, log = _busy(location, operations=40)
     assert _packs(location) > 0
