@@ -54,7 +54,7 @@ class PackReport:
 
     store: str
     applicable: bool
-    objects: int = 0            # objects moved into new packs (loose ones and survivors of sparse packs)
+    objects: int = 0            # objects the new packs serve (loose ones and survivors of packs packed again)
     packs_written: int = 0
     packs_rewritten: int = 0    # sparse packs whose survivors were packed again
     loose_bytes: int = 0        # stored bytes of the loose objects packed
@@ -114,11 +114,11 @@ def pack(repo: Repository, *, keep: int = 0, keep_log: int = 1, minimum: int = 1
             data = encode_objects([m for m, _ in batch])
             written.append(([(m.id, m.kind, len(m.body), source) for m, source in batch], data))
             report.pack_bytes += len(data)
-            report.objects += len(batch)
             start = end
         if written:
             # One transaction for the round: the id index's pages are rewritten once, not once per pack.
-            backend.write_packs(written)
+            # It counts the members it indexed (not those gc deleted meanwhile or whose prefix is taken).
+            report.objects += backend.write_packs(written)
             report.packs_written += len(written)
             if progress is not None:
                 progress(sum(len(members) for members, _ in written))
