@@ -153,7 +153,7 @@ class SqliteBackend(Backend):
         self._pack_cache: OrderedDict[int, Pack] = OrderedDict()
         self._pack_cache_bytes = 0
         self._log_pack_cache: OrderedDict[int, tuple[int, list[str]]] = OrderedDict()
-        self._reflog_pack_cache: dict[int, tuple[int, list[ReflogEntry]]] = {}
+        self._reflog_pack_cache: OrderedDict[int, tuple[int, list[ReflogEntry]]] = OrderedDict()
         with self._errors():
             self._db = sqlite3.connect(
                 self.path, isolation_level=None, check_same_thread=False, timeout=30.0
@@ -639,6 +639,7 @@ class SqliteBackend(Backend):
     def _reflog_pack(self, first: int, last: int) -> list[ReflogEntry]:
         cached = self._reflog_pack_cache.get(first)
         if cached is not None and cached[0] == last:
+            self._reflog_pack_cache.move_to_end(first)
             return cached[1]
         data = self._db.execute("SELECT data FROM reflog_packs WHERE first = ?", (first,)).fetchone()[0]
         try:
@@ -646,6 +647,8 @@ class SqliteBackend(Backend):
         except (ValueError, TypeError) as exc:
             raise BackendError(f"{self.path}: the reflog pack of rows {first}-{last} is damaged: {exc}") from None
         self._reflog_pack_cache[first] = (last, entries)
+        while len(self._reflog_pack_cache) > 256:  # ~32,000 rows
+            self._reflog_pack_cache.popitem(last=False)
         return entries
 
     def get_meta(self, key: str) -> str | None:
