@@ -83,11 +83,8 @@ class Recovery:
 
 def linked_sequences(repo: Repository) -> dict[str, int]:
     """The newest log sequence each conversation's reflog records."""
-    out: dict[str, int] = {}
-    for conv in repo.conversation_ids():
-        seqs = [e.log_sequence for e in repo.reflog(conv) if e.log_sequence is not None]
-        out[conv] = max(seqs, default=0)
-    return out
+    names = {ref_name(conv): conv for conv in repo.conversation_ids()}
+    return {names[name]: seq for name, seq in repo.backend.newest_log_sequences(list(names)).items()}
 
 
 def pending_entries(repo: Repository, log: OzolithLog) -> list[tuple[LogEntry, dict[str, Any]]]:

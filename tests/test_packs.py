@@ -335,3 +335,23 @@ def test_other_backends_report_that_packing_does_not_apply():
     backend.write(meta={FORMAT_KEY: str(STORE_FORMAT)})
     report = packing.pack(Repository(backend, "memory:"))
     assert not report.applicable and report.objects == 0
+
+
+def test_the_newest_linked_log_sequence_is_read_from_loose_and_packed_rows(tmp_path, small_packs):
+    from snapstore.audit import linked_sequences
+    from snapstore.backends.base import Backend
+
+    location = tmp_path / "s"
+    repo, log = _busy(location)
+    other = ConversationOrchestrator(repo, "d", audit=StoreAudit(log))
+    other.create_root_context("another conversation")
+    names = list(repo.backend.list_refs("conversations/"))
+    expected = Backend.newest_log_sequences(repo.backend, names)  # the default: every reflog row read
+    assert expected["conversations/c"] > 0 and expected["conversations/d"] == len(repo.backend.log_lines(0))
+    assert repo.backend.newest_log_sequences(names) == expected
+    packing.pack(repo)
+    assert repo.backend.newest_log_sequences(names) == expected
+    assert linked_sequences(repo) == {"c": expected["conversations/c"], "d": expected["conversations/d"]}
+    orch = ConversationOrchestrator(repo, "c", audit=StoreAudit(log))
+    orch.add_exchange(orch.active_context_id, "one more", "answer")
+    assert linked_sequences(repo)["c"] == len(repo.backend.log_lines(0))

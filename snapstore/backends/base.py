@@ -184,6 +184,15 @@ class Backend(ABC):
     def reflog(self, name: str) -> list[ReflogEntry]:
         """Changes of one ref, oldest first."""
 
+    def newest_log_sequences(self, names: Iterable[str]) -> dict[str, int]:
+        """For each ref name, the highest ``log_sequence`` its reflog records (0 if none).
+
+        What a startup needs to find log entries newer than the store; this
+        default reads every reflog, a backend may answer from an aggregate.
+        """
+        return {name: max((e.log_sequence for e in self.reflog(name) if e.log_sequence is not None), default=0)
+                for name in names}
+
     @abstractmethod
     def get_meta(self, key: str) -> str | None:
         """One meta value, or None."""

@@ -105,7 +105,8 @@ CREATE TABLE IF NOT EXISTS reflog_packs (
 );
 CREATE TABLE IF NOT EXISTS reflog_packed (
     name TEXT PRIMARY KEY,
-    count INTEGER NOT NULL
+    count INTEGER NOT NULL,
+    max_log_sequence INTEGER NOT NULL
 ) WITHOUT ROWID;
 """
 
@@ -587,12 +588,16 @@ class SqliteBackend(Backend):
                                (first, rows[-1][0], encode_lines(carried + new)))
                     db.execute(f"DELETE FROM {loose} WHERE {key} BETWEEN ? AND ?", (rows[0][0], rows[-1][0]))
                     if kind == "reflog":
-                        counts: dict[str, int] = {}
+                        counts: dict[str, list[int]] = {}  # name -> [rows, highest log_sequence]
                         for row in rows:
-                            counts[row[1]] = counts.get(row[1], 0) + 1
+                            count = counts.setdefault(row[1], [0, 0])
+                            count[0] += 1
+                            count[1] = max(count[1], row[6] or 0)
                         db.executemany(
-                            "INSERT INTO reflog_packed (name, count) VALUES (?, ?) "
-                            "ON CONFLICT (name) DO UPDATE SET count = count + excluded.count", list(counts.items()))
+                            "INSERT INTO reflog_packed (name, count, max_log_sequence) VALUES (?, ?, ?) "
+                            "ON CONFLICT (name) DO UPDATE SET count = count + excluded.count, "
+                            "max_log_sequence = max(max_log_sequence, excluded.max_log_sequence)",
+                            [(name, n, top) for name, (n, top) in counts.items()])
                 db.execute("COMMIT")
             except BaseException:
                 if db.in_transaction:
@@ -635,6 +640,20 @@ class SqliteBackend(Backend):
             ).fetchall()
         entries.extend(ReflogEntry(n, _hex(o), _hex(w), t, r, ls, lh) for n, o, w, t, r, ls, lh in rows)
         return entries
+
+    def newest_log_sequences(self, names: Iterable[str]) -> dict[str, int]:
+        wanted = list(names)
+        out = dict.fromkeys(wanted, 0)
+        with self._lock, self._errors(), self._read_snapshot() as db:
+            # The reflog_name index holds (name, seq) only: one aggregate over the loose rows.
+            for name, top in db.execute("SELECT name, max(log_sequence) FROM reflog GROUP BY name").fetchall():
+                if name in out and top is not None:
+                    out[name] = max(out[name], top)
+            if self._has_packs():
+                for name, top in db.execute("SELECT name, max_log_sequence FROM reflog_packed").fetchall():
+                    if name in out:
+                        out[name] = max(out[name], top)
+        return out
 
     def _reflog_pack(self, first: int, last: int) -> list[ReflogEntry]:
         cached = self._reflog_pack_cache.get(first)
