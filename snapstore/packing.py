@@ -166,9 +166,11 @@ def auto_pack(repo: Repository) -> PackReport | None:
     if not supports_packs(repo):
         return None
     try:
+        # Counted here, not by pack's ``minimum``: below the threshold nothing at all is packed
+        # (not even log lines), and one count serves.
         if repo.backend.loose_count() < AUTO_PACK_LOOSE + AUTO_PACK_KEEP:  # type: ignore[attr-defined]
             return None
-        return pack(repo, keep=AUTO_PACK_KEEP, minimum=AUTO_PACK_LOOSE)
+        return pack(repo, keep=AUTO_PACK_KEEP)
     except SnapstoreError:
         return None
 

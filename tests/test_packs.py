@@ -7,7 +7,6 @@ pack is found and named; a kill in the middle leaves everything readable.
 
 from __future__ import annotations
 
-import os
 import random
 import signal
 import sqlite3
@@ -19,10 +18,10 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from snapstore.cli.main import cli
 
 from snapstore import packing, packs
 from snapstore.backends.memory import MemoryBackend
-from snapstore.cli.main import cli
 from snapstore.compression import Codec
 from snapstore.errors import CorruptObject
 from snapstore.gc import collect_garbage
@@ -324,7 +323,7 @@ def test_packing_runs_by_itself_after_many_commits(tmp_path, monkeypatch, small_
     monkeypatch.setattr(packing, "AUTO_PACK_KEEP", 5)
     monkeypatch.setattr(packing, "BATCH", 8)  # loose objects are read in batches smaller than the threshold
     location = tmp_path / "s"
-    repo, log = _busy(location, operations=40)
+    repo, _ = _busy(location, operations=40)
     assert _packs(location) > 0
     assert repo.backend.loose_count() < 20 + 5 + 20  # bounded: at most one check's worth above the limit
     assert repo.fsck().ok and verify(repo).ok

@@ -27,8 +27,9 @@ import os
 import sqlite3
 import threading
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from ..errors import BackendError, CorruptObject, LogError, RefConflict, StoreNotFound
 from ..objects import ObjectId
@@ -130,6 +131,13 @@ _INSERT_OBJECTS_PREFIX = "INSERT OR IGNORE INTO objects (id, kind, size, data) V
 _INSERT_BATCH = 200  # objects per INSERT (4 parameters each, well under SQLite's limit)
 
 
+def _create_pack_tables(db: sqlite3.Connection) -> None:
+    """The pack tables, inside the caller's write transaction (executescript would commit it)."""
+    for statement in _PACK_SCHEMA.split(";"):
+        if statement.strip():
+            db.execute(statement)
+
+
 def _raw(oid: str | None) -> bytes | None:
     return None if oid is None else bytes.fromhex(oid)
 
@@ -153,8 +161,9 @@ class SqliteBackend(Backend):
         self._pack_tables = False
         self._pack_cache: OrderedDict[int, Pack] = OrderedDict()
         self._pack_cache_bytes = 0
-        self._log_pack_cache: OrderedDict[int, tuple[int, list[str]]] = OrderedDict()
-        self._reflog_pack_cache: OrderedDict[int, tuple[int, list[ReflogEntry]]] = OrderedDict()
+        # Parsed packs of lines by first sequence: (last, lines or reflog entries).
+        self._log_pack_cache: OrderedDict[int, tuple[int, Any]] = OrderedDict()
+        self._reflog_pack_cache: OrderedDict[int, tuple[int, Any]] = OrderedDict()
         with self._errors():
             self._db = sqlite3.connect(
                 self.path, isolation_level=None, check_same_thread=False, timeout=30.0
@@ -390,14 +399,13 @@ class SqliteBackend(Backend):
         if not ids or not self._has_packs():
             return {}
         found = {}
-        with self._lock, self._errors():
-            # The index rows and the packs they name are of one moment, even if another process
-            # repacks meanwhile.
-            with self._read_snapshot():
-                for oid, pack_id, _ in self._packed_rows(ids):
-                    member = self._pack(pack_id, oid).get(oid)
-                    assert member is not None
-                    found[oid] = member
+        # The index rows and the packs they name are of one moment, even if another process
+        # repacks meanwhile.
+        with self._lock, self._errors(), self._read_snapshot():
+            for oid, pack_id, _ in self._packed_rows(ids):
+                member = self._pack(pack_id, oid).get(oid)
+                assert member is not None
+                found[oid] = member
         return found
 
     def _live_members(self, pack_id: int) -> dict[ObjectId, tuple[str, bytes]]:
@@ -472,9 +480,7 @@ class SqliteBackend(Backend):
             db = self._db
             db.execute("BEGIN IMMEDIATE")
             try:
-                for statement in _PACK_SCHEMA.split(";"):
-                    if statement.strip():
-                        db.execute(statement)
+                _create_pack_tables(db)
                 served = sum(self._write_pack(db, members, data) for members, data in packs)
                 db.execute("COMMIT")
             except BaseException:
@@ -553,9 +559,7 @@ class SqliteBackend(Backend):
             db = self._db
             db.execute("BEGIN IMMEDIATE")
             try:
-                for statement in _PACK_SCHEMA.split(";"):
-                    if statement.strip():
-                        db.execute(statement)
+                _create_pack_tables(db)
                 carried: list[str] = []
                 tail = db.execute(f"SELECT first, last, data FROM {packs} ORDER BY first DESC LIMIT 1").fetchone()
                 if tail is not None:
@@ -656,19 +660,31 @@ class SqliteBackend(Backend):
         return out
 
     def _reflog_pack(self, first: int, last: int) -> list[ReflogEntry]:
-        cached = self._reflog_pack_cache.get(first)
+        def parse(data: bytes) -> list[ReflogEntry]:
+            try:
+                return [ReflogEntry(*json.loads(line)) for line in decode_lines(data, 1, 0, count=False)]
+            except (ValueError, TypeError) as exc:
+                raise BackendError(f"{self.path}: the reflog pack of rows {first}-{last} is damaged: {exc}") from None
+
+        return self._line_pack(self._reflog_pack_cache, 256, "reflog_packs", first, last, parse)  # ~32,000 rows
+
+    def _line_pack(self, cache: OrderedDict[int, tuple[int, Any]], keep: int, table: str, first: int, last: int,
+                   parse: Callable[[bytes], Any]) -> Any:
+        """A pack of lines, parsed, from ``cache`` (the ``keep`` most recently used) or ``table``.
+
+        A short pack grows under the same ``first``: a cached one counts only if its ``last`` matches.
+        The caller holds ``self._lock``.
+        """
+        cached = cache.get(first)
         if cached is not None and cached[0] == last:
-            self._reflog_pack_cache.move_to_end(first)
+            cache.move_to_end(first)
             return cached[1]
-        data = self._db.execute("SELECT data FROM reflog_packs WHERE first = ?", (first,)).fetchone()[0]
-        try:
-            entries = [ReflogEntry(*json.loads(line)) for line in decode_lines(data, 1, 0, count=False)]
-        except (ValueError, TypeError) as exc:
-            raise BackendError(f"{self.path}: the reflog pack of rows {first}-{last} is damaged: {exc}") from None
-        self._reflog_pack_cache[first] = (last, entries)
-        while len(self._reflog_pack_cache) > 256:  # ~32,000 rows
-            self._reflog_pack_cache.popitem(last=False)
-        return entries
+        data = self._db.execute(f"SELECT data FROM {table} WHERE first = ?", (first,)).fetchone()[0]
+        value = parse(data)
+        cache[first] = (last, value)
+        while len(cache) > keep:
+            cache.popitem(last=False)
+        return value
 
     def get_meta(self, key: str) -> str | None:
         rows = self._query("SELECT value FROM meta WHERE key = ?", (key,))
@@ -828,19 +844,13 @@ class SqliteBackend(Backend):
         return out
 
     def _log_pack(self, first: int, last: int) -> list[str]:
-        cached = self._log_pack_cache.get(first)
-        if cached is not None and cached[0] == last:
-            self._log_pack_cache.move_to_end(first)
-            return cached[1]
-        data = self._db.execute("SELECT data FROM ozolith_packs WHERE first = ?", (first,)).fetchone()[0]
-        try:
-            lines = decode_lines(data, first, last)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise LogError(f"{self.path}: log entries {first}-{last} are damaged: {exc}", first) from None
-        self._log_pack_cache[first] = (last, lines)
-        while len(self._log_pack_cache) > 8:
-            self._log_pack_cache.popitem(last=False)
-        return lines
+        def parse(data: bytes) -> list[str]:
+            try:
+                return decode_lines(data, first, last)
+            except (ValueError, UnicodeDecodeError) as exc:
+                raise LogError(f"{self.path}: log entries {first}-{last} are damaged: {exc}", first) from None
+
+        return self._line_pack(self._log_pack_cache, 8, "ozolith_packs", first, last, parse)
 
     def log_tail(self) -> tuple[int, str] | None:
         if not self._has_log():
