@@ -1,6 +1,6 @@
 """A writer process for tests/test_gc.py: commits to one conversation in a loop.
 
-    python -m tests.gc_writer LOCATION OUT_FILE SECONDS [PAUSE [STOP_FILE]]
+    python -m tests.gc_writer LOCATION OUT_FILE SECONDS [PAUSE [STOP_FILE [HOLD_FILE]]]
 
 Its states cycle, so commits keep re-creating objects that pruning made
 garbage (a context whose status toggles back gets its old node id): the
@@ -10,6 +10,8 @@ commit that creates a snapshot appends ``<snapshot id> <sha256 of the
 state's canonical JSON>`` to OUT_FILE. PAUSE seconds (default 0) pass
 between commits, so that a slow pruner also gets its turn. It stops after
 SECONDS, or earlier once STOP_FILE exists (the test has seen what it needs).
+While HOLD_FILE exists it waits before its next commit (a pruner that lost
+race after race gets one turn).
 """
 
 from __future__ import annotations
@@ -41,12 +43,15 @@ def states(n: int) -> dict:
     return state
 
 
-def main(location: str, out_path: str, seconds: float, pause: float = 0.0, stop_file: str | None = None) -> None:
+def main(location: str, out_path: str, seconds: float, pause: float = 0.0, stop_file: str | None = None,
+         hold_file: str | None = None) -> None:
     repo = Repository.open(location)
     deadline = time.monotonic() + seconds
     n = 0
     with open(out_path, "a", encoding="ascii") as out:
         while time.monotonic() < deadline and not (stop_file and os.path.exists(stop_file)):
+            while hold_file and os.path.exists(hold_file) and time.monotonic() < deadline:
+                time.sleep(0.005)
             state = states(n)
             try:
                 if n % 2:
@@ -71,4 +76,4 @@ def main(location: str, out_path: str, seconds: float, pause: float = 0.0, stop_
 
 if __name__ == "__main__":
     main(sys.argv[1], sys.argv[2], float(sys.argv[3]), float(sys.argv[4]) if len(sys.argv) > 4 else 0.0,
-         sys.argv[5] if len(sys.argv) > 5 else None)
+         sys.argv[5] if len(sys.argv) > 5 else None, sys.argv[6] if len(sys.argv) > 6 else None)

@@ -209,17 +209,18 @@ def test_gc_is_safe_while_another_process_commits(gc_safe_store, tmp_path):
     repo = durable_store.init()
     out = tmp_path / "commits.txt"
     stop = tmp_path / "stop"
+    hold = tmp_path / "hold"  # after 3 lost races in a row, the writer waits for one prune
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     writer = subprocess.Popen(
         # A prune takes longer than a commit (on S3 much longer): without a pause it would lose
         # nearly every race. The writer runs until this test has seen prunes, deletions and
         # several gc runs (the stop file), at most 60 s, at least 8 s.
         [sys.executable, "-m", "tests.gc_writer", durable_store.location, str(out), "60",
-         "0.02" if durable_store.name == "s3" else "0.002", str(stop)],
+         "0.02" if durable_store.name == "s3" else "0.002", str(stop), str(hold)],
         cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True,
     )
     started = time.monotonic()
-    prunes = deletions = runs = busy = 0
+    prunes = deletions = runs = busy = lost = 0
     try:
         while writer.poll() is None:
             if prunes > 0 and deletions > 0 and runs > 2 and time.monotonic() - started > 8:
@@ -227,10 +228,16 @@ def test_gc_is_safe_while_another_process_commits(gc_safe_store, tmp_path):
             if repo.head(CONVERSATION) is None:
                 time.sleep(0.05)
                 continue
+            if lost >= 3:
+                hold.touch()
+                time.sleep(0.2)  # a commit already under way finishes
             try:
                 prunes += prune(repo, CONVERSATION, keep_last=2).changed
+                lost = 0
             except ConversationMoved:
-                pass
+                lost += 1
+            finally:
+                hold.unlink(missing_ok=True)
             try:
                 deletions += collect_garbage(repo, timedelta(0)).deleted
                 runs += 1
