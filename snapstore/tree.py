@@ -20,12 +20,14 @@ from __future__ import annotations
 
 import json
 import threading
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from .errors import CorruptObject, InvalidInput
 from .objects import (
+    PAGE_SIZE,
     PAGE_THRESHOLD,
     AnyObject,
     Chunk,
@@ -225,7 +227,9 @@ class _Bodies:
     def __init__(self, limit: int) -> None:
         self._limit = limit
         self._bytes = 0
-        self._bodies: dict[ObjectId, tuple[bytes, bytes | None]] = {}
+        # An OrderedDict: evicting a plain dict's first key again and again makes each
+        # next(iter(...)) step over the slots already emptied (16 µs a put here once full).
+        self._bodies: OrderedDict[ObjectId, tuple[bytes, bytes | None]] = OrderedDict()
         self._lock = threading.Lock()
 
     def get(self, oid: ObjectId) -> tuple[bytes, bytes | None] | None:
@@ -238,7 +242,7 @@ class _Bodies:
             self._bodies[oid] = (body, fields_json)
             self._bytes += len(body) + len(fields_json or b"")
             while self._bytes > self._limit:  # the oldest first
-                gone, gone_fields = self._bodies.pop(next(iter(self._bodies)))
+                gone, gone_fields = self._bodies.popitem(last=False)[1]
                 self._bytes -= len(gone) + len(gone_fields or b"")
 
 
@@ -261,9 +265,13 @@ class _Either:
         return key in self.a or key in self.b
 
 
-def _swap_ids(body: bytes, swaps: Iterable[tuple[ObjectId, ObjectId]]) -> bytes | None:
+# A child rebuilt below its parent: (its old node id, its new node id, its context id).
+Swap = tuple[ObjectId, ObjectId, ContextId]
+
+
+def _swap_ids(body: bytes, swaps: Iterable[Swap]) -> bytes | None:
     """``body`` with each old id replaced by its new one; None unless each old id occurs exactly once."""
-    for old, new in swaps:
+    for old, new, _ in swaps:
         raw = old.encode("ascii")
         if body.count(raw) != 1:
             return None
@@ -272,13 +280,13 @@ def _swap_ids(body: bytes, swaps: Iterable[tuple[ObjectId, ObjectId]]) -> bytes 
 
 
 def _reencoded(
-    old: ContextRecord, swaps: Iterable[tuple[ObjectId, ObjectId]], fields_json: bytes | None = None,
-    lists: Iterable[tuple[bytes, bytes]] = (),
+    old: ContextRecord, swaps: Iterable[Swap], fields_json: bytes | None = None,
+    lists: Iterable[tuple[bytes, bytes]] = (), paged: bool = False,
 ) -> tuple[bytes, bytes | None] | None:
     """``(body, fields bytes)`` of ``old``'s node with some of its parts replaced, without encoding it.
 
     For a node with ``old``'s children in order, whose children rebuilt
-    below it have new node ids (``swaps``: old id, new id); with
+    below it have new node ids (``swaps``: old id, new id, child); with
     ``fields_json``, new fields (their canonical bytes); with ``lists``,
     exchange lists grown or cut (the old and new canonical bytes of their
     ``{"count", "head"}``). An ancestor of a change, or a context whose
@@ -286,10 +294,11 @@ def _reencoded(
     own fields, lists and children (with their node ids in the tree it
     belongs to) make, so each part to replace occurs in that body, and a
     part that occurs exactly once there can only be that one. None when the
-    body is not cached, a part does not occur exactly once, or the node
-    names its children through pages.
+    body is not cached, or a part does not occur exactly once. A node that
+    names its children through pages only with ``paged``: then ``swaps``
+    are of its top pages (:func:`_repaged`), not of its children.
     """
-    if getattr(old, "pages", None):
+    if bool(old.pages) != paged:
         return None
     cached = _BODIES.get(old.node_id)
     if cached is None:
@@ -305,6 +314,46 @@ def _reencoded(
         body = body.replace(was, now)
     body = _swap_ids(body, swaps)
     return None if body is None else (body, old_fields)
+
+
+def _repaged(
+    old: ContextRecord, swaps: Iterable[Swap], out: NewObjects,
+) -> tuple[tuple[ObjectId, ...], tuple[PageLevel, ...]] | None:
+    """``(top page ids, levels)`` of ``old``'s pages with some children's node ids replaced.
+
+    What :func:`~snapstore.objects.page_children` makes of the same children
+    list, page for page, without going over the list: a child keeps its place,
+    so its leaf page, and the page above that, are found by arithmetic, and
+    one page per level is encoded per change (into ``out``). None if ``old``'s
+    pages are unknown or a child is not where its place says.
+    """
+    levels = [list(level) for level in old.pages or ()]
+    if not levels:
+        return None
+    changed: dict[int, dict[int, Any]] = {}  # page index -> {slot: new entry}, one level at a time
+    for old_id, new_id, child in swaps:
+        try:
+            place = old.children.index(child)
+        except ValueError:
+            return None
+        page, slot = divmod(place, PAGE_SIZE)
+        if page >= len(levels[0]) or levels[0][page][1][slot] != (child, old_id):
+            return None
+        changed.setdefault(page, {})[slot] = (child, new_id)
+    for depth, level in enumerate(levels):
+        above: dict[int, dict[int, Any]] = {}
+        for index, slots in changed.items():
+            run = list(level[index][1])
+            for slot, entry in slots.items():
+                run[slot] = entry
+            entries = tuple(run)
+            kind, body, pid = encode(Page(children=entries) if depth == 0 else Page(pages=entries))
+            out[pid] = (kind, body)
+            level[index] = (pid, entries)
+            up, slot = divmod(index, PAGE_SIZE)
+            above.setdefault(up, {})[slot] = pid
+        changed = above
+    return tuple(pid for pid, _ in levels[-1]), tuple(tuple(level) for level in levels)
 
 
 def _list_json(chain: Chain) -> bytes:
@@ -334,7 +383,7 @@ def _encode_state(state: State, base: Tree) -> tuple[str, bytes, ObjectId]:
         and state.active_context_id == base.active_context_id
         and tuple(r for r, _ in state.roots) == base.roots
     ):
-        body = _swap_ids(cached[0], [(base.records[r].node_id, nid) for r, nid in state.roots
+        body = _swap_ids(cached[0], [(base.records[r].node_id, nid, r) for r, nid in state.roots
                                      if base.records[r].node_id != nid])
         if body is not None:
             return "state", body, hash_object("state", body)
@@ -512,7 +561,7 @@ class Workspace:
     # -- building ----------------------------------------------------------
 
     def _remade(
-        self, cid: ContextId, old: ContextRecord, swaps: Iterable[tuple[ObjectId, ObjectId]],
+        self, cid: ContextId, old: ContextRecord, swaps: Iterable[Swap], paged: bool = False,
     ) -> tuple[dict[str, Any], dict[str, Chain], bytes, bytes | None] | None:
         """``(fields, lists, body, fields bytes)`` of a context whose children are ``old``'s, from ``old``'s body.
 
@@ -522,7 +571,7 @@ class Workspace:
         :func:`_reencoded` cannot.
         """
         if cid not in self._fields:
-            made = _reencoded(old, swaps)
+            made = _reencoded(old, swaps, paged=paged)
             return None if made is None else (old.fields, old.memory, *made)
         fields, memory = self._fields[cid], self._memory[cid]
         fields_json = None
@@ -538,7 +587,7 @@ class Workspace:
             was = old.memory[name]
             if chain is not was and (chain.head != was.head or chain.n != was.n):
                 lists.append((_list_json(was), _list_json(chain)))
-        made = _reencoded(old, swaps, fields_json, lists)
+        made = _reencoded(old, swaps, fields_json, lists, paged)
         return None if made is None else (fields, memory, *made)
 
     def build(self) -> Tree:
@@ -649,31 +698,46 @@ class Workspace:
                 depth[n] = d
             return depth[c]
 
-        # (old id, new id) of the children rebuilt below each context, for _reencoded.
-        swaps: dict[ContextId, list[tuple[ObjectId, ObjectId]]] = {}
+        # (old id, new id, child) of the children rebuilt below each context, for _reencoded and _repaged.
+        swaps: dict[ContextId, list[Swap]] = {}
         for cid in sorted(dirty, key=depth_of, reverse=True):
             old = base.records.get(cid)
             p = parent(cid)
-            made = self._remade(cid, old, swaps.get(cid, ())) if old is not None and cid not in children_of else None
+            made = repaged = None
+            if old is not None and cid not in children_of:
+                if old.pages:
+                    # The same children in the same places: re-encode only the pages that hold
+                    # rebuilt ones, not a pass over every child; then the node names new top pages.
+                    repaged = _repaged(old, swaps.get(cid, ()), self.objects)
+                    if repaged is not None:
+                        top_swaps = [(a, b, cid) for a, b in zip((pid for pid, _ in old.pages[-1]), repaged[0])
+                                     if a != b]
+                        made = self._remade(cid, old, top_swaps, paged=True)
+                else:
+                    made = self._remade(cid, old, swaps.get(cid, ()))
             if made is not None:  # the usual case: the node made from its previous body, no encoding
                 fields, memory, body, fields_json = made
                 node_id = hash_object("node", body)
                 _BODIES.put(node_id, body, fields_json)
                 self.objects[node_id] = ("node", body)
                 self.changed_nodes[cid] = node_id
-                records[cid] = ContextRecord(cid, fields, memory, node_id, p, old.children)  # type: ignore[union-attr]
+                records[cid] = ContextRecord(cid, fields, memory, node_id, p, old.children,  # type: ignore[union-attr]
+                                             repaged[1] if repaged is not None else None)
                 if p is not None and old.parent == p:  # type: ignore[union-attr]
-                    swaps.setdefault(p, []).append((old.node_id, node_id))  # type: ignore[union-attr]
+                    swaps.setdefault(p, []).append((old.node_id, node_id, cid))  # type: ignore[union-attr]
                 continue
             if cid in self._fields:
                 fields, memory = self._fields[cid], self._memory[cid]
             else:
                 fields, memory = records[cid].fields, records[cid].memory
             kids = children_of[cid] if cid in children_of else records[cid].children
-            pairs = tuple((k, records[k].node_id) for k in kids)
             levels = None
-            if len(pairs) > PAGE_THRESHOLD:
-                top, levels = page_children(pairs, old.pages if old is not None else None, self.objects)
+            if repaged is not None or len(kids) > PAGE_THRESHOLD:
+                if repaged is not None:
+                    top, levels = repaged
+                else:
+                    pairs = tuple((k, records[k].node_id) for k in kids)
+                    top, levels = page_children(pairs, old.pages if old is not None else None, self.objects)
                 # A context that lists exactly its children leaves that list to the pages.
                 listed = fields.get(CHILDREN_FIELD) == list(kids)
                 node = Node(id=cid, fields={k: v for k, v in fields.items() if k != CHILDREN_FIELD} if listed else fields,
@@ -682,7 +746,7 @@ class Workspace:
                 node = Node(
                     id=cid,
                     fields=fields,
-                    children=pairs,
+                    children=tuple((k, records[k].node_id) for k in kids),
                     memory={name: chain.ref() for name, chain in memory.items()},
                 )
             staged = self._fields_json.get(cid)
@@ -693,7 +757,7 @@ class Workspace:
             self.changed_nodes[cid] = node_id
             records[cid] = ContextRecord(cid, fields, memory, node_id, p, kids, levels)
             if old is not None and p is not None and old.parent == p:
-                swaps.setdefault(p, []).append((old.node_id, node_id))
+                swaps.setdefault(p, []).append((old.node_id, node_id, cid))
 
         roots = {r for r in base.roots if r in records and records[r].parent is None}
         roots.update(c for c, p in parent_of.items() if p is None)

@@ -78,12 +78,12 @@ class Counting:
 @contextmanager
 def tiny_pages(size: int = 2):
     """Page every node with more than ``size`` children, ``size`` entries to a page (ids differ: tests only)."""
-    saved = objects.PAGE_SIZE, objects.PAGE_THRESHOLD, tree_module.PAGE_THRESHOLD
-    objects.PAGE_SIZE = objects.PAGE_THRESHOLD = tree_module.PAGE_THRESHOLD = size
+    saved = objects.PAGE_SIZE, objects.PAGE_THRESHOLD, tree_module.PAGE_SIZE, tree_module.PAGE_THRESHOLD
+    objects.PAGE_SIZE = objects.PAGE_THRESHOLD = tree_module.PAGE_SIZE = tree_module.PAGE_THRESHOLD = size
     try:
         yield
     finally:
-        objects.PAGE_SIZE, objects.PAGE_THRESHOLD, tree_module.PAGE_THRESHOLD = saved
+        objects.PAGE_SIZE, objects.PAGE_THRESHOLD, tree_module.PAGE_SIZE, tree_module.PAGE_THRESHOLD = saved
 
 
 # -- the layout -------------------------------------------------------------------
@@ -124,6 +124,53 @@ def test_reusing_an_earlier_layout_encodes_one_page_per_level():
     top, new_levels = page_children(tuple(after), levels, out)
     assert len(out) == 2  # the leaf holding child 1500, and the interior page above it
     assert (top, new_levels) == page_children(tuple(after))  # same ids as a layout made from nothing
+
+
+@settings(max_examples=60, deadline=None)
+@given(n=st.integers(PAGE_THRESHOLD + 1, 3000), data=st.data())
+def test_repaging_in_place_equals_paging_from_nothing(n, data):
+    """A staged change under a wide node re-encodes only the pages holding the rebuilt children
+    (tree._repaged), and gets the ids that paging the whole new list gives."""
+    before = pairs(n)
+    _, levels = page_children(before)
+    kids = tuple(c for c, _ in before)
+    old = tree_module.ContextRecord(kids[0], {}, {}, "0" * 64, None, kids, levels)
+    places = data.draw(st.lists(st.integers(0, n - 1), max_size=6, unique=True))
+    swaps = [(before[i][1], f"{i:063x}f", kids[i]) for i in places]
+    after = list(before)
+    for i in places:
+        after[i] = (kids[i], f"{i:063x}f")
+    out: dict = {}
+    top, new_levels = tree_module._repaged(old, swaps, out)
+    assert (top, new_levels) == page_children(tuple(after))
+    assert len(out) <= len(places) * len(levels)  # one page per level per change, at most
+    # A child that is not where its place says: no shortcut, the caller pages the whole list.
+    assert tree_module._repaged(old, [(before[0][1], "f" * 64, "not-a-child")], {}) is None
+    assert tree_module._repaged(old, [("e" * 64, "f" * 64, kids[0])], {}) is None
+
+
+def test_a_staged_change_under_a_wide_node_skips_the_pass_over_its_children(monkeypatch):
+    """The orchestrator's path (stage, change, commit_staged) under a wide root: no full paging,
+    and the same root ids as committing the same state from nothing."""
+    repo = fresh_repo()
+    repo.commit("c", wide_state(1100, listed=True))
+    full = []
+    real = tree_module.page_children
+    monkeypatch.setattr(tree_module, "page_children", lambda *a, **k: full.append(1) or real(*a, **k))
+    for step, cid in enumerate(["C-00700", "C-00003", "R-0", "C-01099"]):
+        staging = repo.stage("c")
+        staging.workspace.append_exchange(cid, exchange(100 + step, cid))
+        staging.workspace.update_fields(cid, {"status": "paused" if step % 2 else "active"})
+        repo.commit_staged(staging)
+    assert full == []
+    state = {"conversation_id": "c", "active_context_id": "R-0",
+             "contexts": repo.tree(repo.head("c")).materialize()}
+    assert repo.snapshot(repo.head("c")).root == fresh_repo_root(state)
+
+
+def fresh_repo_root(state: dict[str, Any]) -> str:
+    repo = fresh_repo()
+    return repo.snapshot(repo.commit("c", state).snapshot).root
 
 
 def test_up_to_the_threshold_a_node_keeps_the_inline_encoding():
