@@ -10,6 +10,8 @@ from a seeded :class:`random.Random`, so every run measures the same data.
 
 from __future__ import annotations
 
+import importlib
+import io
 import math
 import os
 import platform
@@ -17,9 +19,11 @@ import random
 import statistics
 import subprocess
 import sys
+import tarfile
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -302,3 +306,23 @@ def bare_sync(fd: int, payload: bytes, sync: Any) -> float:
     os.write(fd, payload)
     sync(fd)
     return perf_counter() - start
+
+
+def snapstore_at(revision: str, folder: Path, module: str) -> Any:
+    """A module of snapstore as of a git revision, to time it beside the working tree in one process.
+
+    The package is exported from git into ``folder`` and imported as
+    ``snapstore_against`` (snapstore's modules import each other relatively);
+    returns ``snapstore_against.<module>``.
+    """
+    root = Path(__file__).resolve().parent.parent
+    target = folder / "against"
+    if not (target / "snapstore_against").is_dir():
+        archive = subprocess.run(["git", "-C", str(root), "archive", revision, "snapstore"],
+                                 capture_output=True, check=True).stdout
+        target.mkdir(parents=True, exist_ok=True)
+        with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+            tar.extractall(target)
+        (target / "snapstore").rename(target / "snapstore_against")
+        sys.path.insert(0, str(target))
+    return importlib.import_module(f"snapstore_against.{module}")

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import base64
-import importlib
 import io
 import json
 import os
@@ -35,7 +34,6 @@ import shutil
 import sqlite3
 import subprocess
 import sys
-import tarfile
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -52,6 +50,7 @@ from _common import (  # noqa: E402
     machine,
     ms,
     ratio,
+    snapstore_at,
     table,
     us,
     verdict,
@@ -195,21 +194,8 @@ def touch_context(model: ConversationModel, rng: random.Random) -> dict[str, Any
 
 
 def repository_class_at(revision: str, folder: Path) -> Any:
-    """The ``Repository`` class of snapstore as of a git revision, to time it beside the working tree.
-
-    Its package is exported from git into ``folder`` and imported as
-    ``snapstore_against`` (snapstore's modules import each other relatively).
-    """
-    root = Path(__file__).resolve().parent.parent
-    archive = subprocess.run(["git", "-C", str(root), "archive", revision, "snapstore"],
-                             capture_output=True, check=True).stdout
-    target = folder / "against"
-    target.mkdir()
-    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
-        tar.extractall(target)
-    (target / "snapstore").rename(target / "snapstore_against")
-    sys.path.insert(0, str(target))
-    return importlib.import_module("snapstore_against.repository").Repository
+    """The ``Repository`` class of snapstore as of a git revision, to time it beside the working tree."""
+    return snapstore_at(revision, folder, "repository").Repository
 
 
 def section_a(folder: Path, commits: int, contexts: int, against: str | None = None) -> dict[str, Any]:

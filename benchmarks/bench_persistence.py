@@ -2,6 +2,7 @@
 
     python benchmarks/bench_persistence.py [--quick] [--dir DIR] [--sizes 100,1000,10000]
                                            [--window N] [--only a,c] [--no-drain] [--keep]
+                                           [--against REV]
 
 Results and their reading: docs/benchmarks.md (section "Persistence per operation"). Four systems run
 the same scripted conversation (a root, sidebars spawned from the focus,
@@ -69,7 +70,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(1, str(Path(__file__).resolve().parents[1]))
 
 import client_sqlite_layer
-from _common import SEED, Summary, machine, ms, ratio, table, text, verdict
+from _common import SEED, Summary, machine, ms, ratio, snapstore_at, table, text, verdict
 from client_orchestrator import ClientOrchestrator
 
 from snapstore.adapters import sidebar_persistence as snap_adapter
@@ -564,6 +565,19 @@ class SnapstoreFileLog(Snapstore):
 SYSTEMS: tuple[type[System], ...] = (Snapstore, SnapstoreFileLog, Adapter, ClientLayer, ClientLayerNormal, LangGraph)
 
 
+def snapstore_against(revision: str, folder: Path) -> type[System]:
+    """(a) run by snapstore as of a git revision (``--against``): the same operations, in the same rotation."""
+    session_class = snapstore_at(revision, folder, "startup").Session
+
+    class SnapstoreAgainst(Snapstore):
+        key, label = "a@", f"(a) by snapstore at {revision}"
+
+        def _session(self) -> Any:
+            return session_class(self.store, log_in_store=True)
+
+    return SnapstoreAgainst
+
+
 # -- running -----------------------------------------------------------------------
 
 
@@ -573,12 +587,12 @@ def rotated(items: Sequence[Any], i: int) -> list[Any]:
 
 
 def run_size(root: Path, n: int, window: int, seeded: bool, log: Callable[[str], None],
-             only: Sequence[str] = (), drain: bool = True) -> dict[str, Any]:
+             only: Sequence[str] = (), drain: bool = True, extra: Sequence[type[System]] = ()) -> dict[str, Any]:
     """Build every system to N exchanges, timing the last ``window`` operations interleaved."""
     ops = workload(n)
     window = min(window, len(ops))
     prefix, timed_ops = ops[: len(ops) - window], ops[len(ops) - window:]
-    systems = [cls(root / f"{n}-{cls.__name__}") for cls in SYSTEMS if not only or cls.key in only]
+    systems = [cls(root / f"{n}-{cls.__name__}") for cls in (*SYSTEMS, *extra) if not only or cls.key in only]
     # What every system must hold afterwards: the client orchestrator run in memory.
     reference = ClientOrchestrator(None)
     for op in ops:
@@ -778,10 +792,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true", help="keep the stores (except (d)'s, which are huge)")
     parser.add_argument("--only", help="comma-separated system keys to run alone, e.g. a or a,c "
                                        "(a control for interference between systems)")
+    parser.add_argument("--against", metavar="REV",
+                        help="also run (a) by snapstore as of git revision REV, key a@, in the same rotation "
+                             "(e.g. --against HEAD~1 --only a,a@: a change measured beside what it changes)")
     args = parser.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",")] if args.sizes else list(QUICK_SIZES if args.quick else SIZES)
     window = args.window or (100 if args.quick else WINDOW)
     root = Path(tempfile.mkdtemp(prefix="bench-persistence-", dir=args.dir))
+    extra = [snapstore_against(args.against, root)] if args.against else []
 
     def log(line: str) -> None:
         print(line, file=sys.stderr, flush=True)
@@ -791,7 +809,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for n in sizes:
             start = time.perf_counter()
             only = [k.strip() for k in args.only.split(",")] if args.only else []
-            results.append(run_size(root, n, window, n >= SIZES_SEEDED, log, only, not args.no_drain))
+            results.append(run_size(root, n, window, n >= SIZES_SEEDED, log, only, not args.no_drain, extra))
             log(f"N={n:,} done in {time.perf_counter() - start:.0f} s")
         project_langgraph(results)
         report(results, str(root))
