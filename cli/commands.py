@@ -136,7 +136,7 @@ def checkout(conversation: str, at: str | None, output: str | None, as_json: boo
     if output:
         state = repo.load(conv)
         write_file_atomically(output, json.dumps(state.to_json(), indent=1) + "\n")
-    tree = repo.tree(result.snapshot)
+    tree = repo.outline(result.snapshot)
     if as_json:
         click.echo(dump_json({"conversation": conv, "head": result.snapshot, "restored": result.created,
                               "tree": tree_json(tree)}))
@@ -190,7 +190,7 @@ def tree(revision: str | None, as_json: bool) -> None:
     """Show the context tree of a revision (default: the active conversation)."""
     repo = _repo()
     snapshot_id = repo.resolve(_conversation_or_active(repo, revision))
-    state_tree = repo.tree(snapshot_id)
+    state_tree = repo.outline(snapshot_id)  # the nodes only: no exchange is read
     if as_json:
         click.echo(dump_json(tree_json(state_tree)))
         return

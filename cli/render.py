@@ -9,7 +9,7 @@ import click
 
 from snapstore.diff import TreeDiff
 from snapstore.repository import SnapshotInfo
-from snapstore.tree import ContextRecord, Tree
+from snapstore.tree import ContextRecord, Outline, OutlineRecord, Tree
 
 STATUS_COLOURS = {
     "active": "green",
@@ -41,10 +41,10 @@ def _plural(n: int, word: str) -> str:
     return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
 
-def tree_json(tree: Tree) -> Any:
+def tree_json(tree: Tree | Outline) -> Any:
     """The tree as JSON: the root node, a list if there are several roots, null if empty."""
 
-    def node(record: ContextRecord) -> dict[str, Any]:
+    def node(record: ContextRecord | OutlineRecord) -> dict[str, Any]:
         return {
             "id": record.id,
             "status": record.fields.get("status"),
@@ -59,7 +59,7 @@ def tree_json(tree: Tree) -> Any:
     return roots[0] if len(roots) == 1 else roots
 
 
-def render_tree(tree: Tree) -> list[str]:
+def render_tree(tree: Tree | Outline) -> list[str]:
     """Indented lines: status, exchange count, task and a focus marker."""
     lines: list[str] = []
 

@@ -63,7 +63,9 @@ from .revisions import parse_revision
 from .rewrites import Rewrites
 from .state import ConversationState
 from .timeutil import parse_time, utc_now
-from .tree import NewObjects, Tree, Workspace, chain_hints, count_tree, load_tree, tree_from_contexts
+from .tree import (
+    NewObjects, Outline, Tree, Workspace, chain_hints, count_tree, load_tree, outline_tree, tree_from_contexts,
+)
 
 # 2: writers move a ref together with every object their commit made, so gc
 # may run beside them, and prune records can supersede reflog values (upgrade.py).
@@ -420,6 +422,20 @@ class Repository:
         with self._lock:
             self._trees[ConversationId(snap.conversation)] = (snapshot_id, tree)
         return tree
+
+    def outline(self, snapshot_id: ObjectId | None) -> Tree | Outline:
+        """A snapshot's shape (contexts, fields, places, exchange counts) read from its nodes alone.
+
+        What a tree view needs, without reading a single exchange; the loaded
+        :class:`Tree` itself when this repository holds it already.
+        """
+        if snapshot_id is None:
+            return Tree.empty()
+        with self._lock:
+            for cached_snapshot, tree in self._trees.values():
+                if cached_snapshot == snapshot_id:
+                    return tree
+        return outline_tree(self.read_many, self.snapshot_state(snapshot_id))
 
     def tree_of_state(self, state_id: ObjectId, base: Tree | None = None, *,
                       hints: Mapping[str, Any] | None = None) -> Tree:

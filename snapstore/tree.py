@@ -1122,6 +1122,56 @@ def _prefetch_chunks(read_some: ReadMany, nodes: Mapping[ContextId, Node],
     return fetched
 
 
+@dataclass(frozen=True)
+class OutlineRecord:
+    """One context of an :class:`Outline`: its fields, place and exchange count, not its exchanges."""
+
+    id: ContextId
+    fields: dict[str, Any]
+    parent: ContextId | None
+    children: tuple[ContextId, ...]
+    exchanges: int
+
+    def exchange_count(self) -> int:
+        return self.exchanges
+
+
+@dataclass(frozen=True)
+class Outline:
+    """A state's shape from its nodes alone (what ``snap tree`` shows): no exchange is read.
+
+    Has the parts of :class:`Tree` that describe the shape (``records`` with
+    ``fields``, ``children`` and ``exchange_count()``, ``roots``,
+    ``active_context_id``), and nothing that would need the exchanges.
+    """
+
+    records: dict[ContextId, OutlineRecord]
+    roots: tuple[ContextId, ...]
+    active_context_id: str | None
+
+
+def outline_tree(read_many: ReadMany, state: State) -> Outline:
+    """The :class:`Outline` of a state: its nodes and pages, level by level, no chunk."""
+    records: dict[ContextId, OutlineRecord] = {}
+    frontier: list[tuple[ContextId, ObjectId, ContextId | None]] = [(cid, nid, None) for cid, nid in state.roots]
+    while frontier:
+        found = read_many([nid for _, nid, _ in frontier], "node")
+        nodes = [found[nid] for _, nid, _ in frontier]
+        next_frontier = []
+        for (cid, nid, parent), node, children in zip(frontier, nodes, resolve_children(read_many, nodes)):
+            assert isinstance(node, Node)
+            if node.id != cid:
+                raise CorruptObject(nid, f"node holds context {node.id!r}, its parent names {cid!r}")
+            if cid in records:
+                raise CorruptObject(nid, f"context {cid!r} appears twice in the tree")
+            ref = node.memory.get("local_memory")
+            records[cid] = OutlineRecord(cid, full_fields(node, children), parent,
+                                         tuple(c for c, _ in children), ref.count if ref is not None else 0)
+            next_frontier.extend((c, n, cid) for c, n in children)
+        frontier = next_frontier
+    return Outline(records, tuple(cid for cid, _ in state.roots), state.active_context_id)
+
+
 def count_tree(read_many: ReadMany, state: State) -> tuple[int, int]:
     """``(contexts, exchanges)`` of a state from its nodes alone, reading no chunk.
 

@@ -257,6 +257,32 @@ def test_a_change_under_a_wide_node_writes_and_reads_one_page_per_level(width, l
     assert loaded.materialize() == fresh_repo_load(state)
 
 
+@pytest.mark.parametrize("listed", [False, True])
+def test_an_outline_shows_what_the_tree_shows_without_reading_an_exchange(listed):
+    """`snap tree` and `snap checkout` show Repository.outline: nodes and pages only."""
+    from snapstore.cli.render import render_tree, tree_json
+
+    repo = fresh_repo()
+    state = wide_state(1100, listed=listed, grandchildren=40)
+    state["contexts"].append(context("OTHER-ROOT", exchanges=3))  # a second root
+    state["active_context_id"] = "G-7"
+    head = repo.commit("c", state).snapshot
+    full = Repository(repo.backend, "memory:").tree(head)
+    fresh = Repository(repo.backend, "memory:")
+    counting = Counting(fresh)
+    fresh.read_many = counting  # type: ignore[method-assign]
+    outline = fresh.outline(head)
+    assert set(counting.counts) == {"snapshot", "state", "node", "page"}
+    assert render_tree(outline) == render_tree(full) and tree_json(outline) == tree_json(full)
+    assert outline.roots == full.roots and outline.active_context_id == full.active_context_id == "G-7"
+    for cid, record in full.records.items():
+        shape = outline.records[cid]
+        assert (shape.fields, shape.parent, shape.children, shape.exchange_count()) == (
+            record.fields, record.parent, record.children, record.exchange_count())
+    assert outline.records.keys() == full.records.keys()
+    assert repo.outline(head) is repo.tree(head)  # a tree already loaded is used as it is
+
+
 def _ids_of_first_commit(repo: Repository) -> set[str]:
     first = repo.log("c")[-1].id
     seen, stack = set(), [first]
