@@ -407,10 +407,9 @@ class Repository:
         """
         if snapshot_id is None:
             return Tree.empty()
-        with self._lock:
-            for cached_snapshot, tree in self._trees.values():
-                if cached_snapshot == snapshot_id:
-                    return tree
+        held = self._held_tree(snapshot_id)
+        if held is not None:
+            return held
         snap = self.snapshot(snapshot_id)
         with self._lock:
             cached = self._trees.get(ConversationId(snap.conversation))
@@ -431,11 +430,16 @@ class Repository:
         """
         if snapshot_id is None:
             return Tree.empty()
+        held = self._held_tree(snapshot_id)
+        return held if held is not None else outline_tree(self.read_many, self.snapshot_state(snapshot_id))
+
+    def _held_tree(self, snapshot_id: ObjectId) -> Tree | None:
+        """The tree of ``snapshot_id`` if it is one this repository keeps loaded."""
         with self._lock:
             for cached_snapshot, tree in self._trees.values():
                 if cached_snapshot == snapshot_id:
                     return tree
-        return outline_tree(self.read_many, self.snapshot_state(snapshot_id))
+        return None
 
     def tree_of_state(self, state_id: ObjectId, base: Tree | None = None, *,
                       hints: Mapping[str, Any] | None = None) -> Tree:
@@ -833,8 +837,7 @@ class Repository:
             if conv is None:
                 continue
             snap = self.snapshot(head)
-            with self._lock:
-                tree = next((t for s, t in self._trees.values() if s == head), None)
+            tree = self._held_tree(head)
             if tree is not None:
                 contexts, exchanges = len(tree.records), tree.exchange_count()
             else:  # counted from the nodes: no exchange is read
