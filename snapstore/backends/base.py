@@ -25,7 +25,7 @@ import threading
 from abc import ABC, abstractmethod
 from contextlib import AbstractContextManager, contextmanager
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..errors import RefConflict
 from ..objects import ObjectId
@@ -41,12 +41,19 @@ class Capability(enum.Enum):
 
 @dataclass(frozen=True)
 class StoredObject:
-    """One object as a backend stores it."""
+    """One object as a backend stores it.
+
+    ``body``: its plain body when the backend has it at hand and has checked
+    that it hashes to ``id`` (an object read from a pack: the pack reader
+    hashes each member it hands out), so that a reader need not unwrap and
+    hash ``data`` again. Never set from untrusted input.
+    """
 
     id: ObjectId
     kind: str
     size: int
     data: bytes
+    body: bytes | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)

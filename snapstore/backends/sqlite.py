@@ -231,7 +231,8 @@ class SqliteBackend(Backend):
                 found[oid] = StoredObject(oid, kind, size, data)
         if len(found) < len(wanted):
             for oid, (kind, body) in self._packed([i for i in wanted if i not in found]).items():
-                found[oid] = StoredObject(oid, kind, len(body), raw_frame(body))
+                # The pack reader checked that the body hashes to oid (Pack.get).
+                found[oid] = StoredObject(oid, kind, len(body), raw_frame(body), body)
         return found
 
     def has_objects(self, ids: Iterable[ObjectId]) -> set[ObjectId]:
@@ -337,10 +338,11 @@ class SqliteBackend(Backend):
                         removed.add(oid)
                 if self._has_packs():
                     touched = set()
-                    for oid, pack_id, size in self._packed_rows(wanted):
+                    for oid, pack_id, _, body in self._packed_rows(wanted):
                         self._db.execute("DELETE FROM packed WHERE prefix = ?", (prefix_key(oid),))
                         self._db.execute(
-                            "UPDATE packs SET live = live - 1, live_size = live_size - ? WHERE id = ?", (size, pack_id)
+                            "UPDATE packs SET live = live - 1, live_size = live_size - ? WHERE id = ?",
+                            (len(body), pack_id),
                         )
                         touched.add(pack_id)
                         removed.add(oid)
@@ -377,8 +379,8 @@ class SqliteBackend(Backend):
             self._pack_cache_bytes -= old.raw_size
         return pack
 
-    def _packed_rows(self, ids: Sequence[ObjectId]) -> list[tuple[ObjectId, int, int]]:
-        """``(id, pack, size)`` of the ids held in packs (the caller holds the lock, in a transaction)."""
+    def _packed_rows(self, ids: Sequence[ObjectId]) -> list[tuple[ObjectId, int, str, bytes]]:
+        """``(id, pack, kind, body)`` of the ids held in packs (the caller holds the lock, in a transaction)."""
         out = []
         for start in range(0, len(ids), _BATCH):
             keys: dict[int, list[ObjectId]] = {}
@@ -391,7 +393,7 @@ class SqliteBackend(Backend):
                 for oid in keys[key]:  # at most one of ids sharing a prefix is the packed object
                     member = self._pack(pack_id, oid).get(oid)
                     if member is not None:
-                        out.append((oid, pack_id, len(member[1])))
+                        out.append((oid, pack_id, *member))
         return out
 
     def _packed(self, ids: Sequence[ObjectId]) -> dict[ObjectId, tuple[str, bytes]]:
@@ -402,10 +404,8 @@ class SqliteBackend(Backend):
         # The index rows and the packs they name are of one moment, even if another process
         # repacks meanwhile.
         with self._lock, self._errors(), self._read_snapshot():
-            for oid, pack_id, _ in self._packed_rows(ids):
-                member = self._pack(pack_id, oid).get(oid)
-                assert member is not None
-                found[oid] = member
+            for oid, _, kind, body in self._packed_rows(ids):
+                found[oid] = (kind, body)
         return found
 
     def _live_members(self, pack_id: int) -> dict[ObjectId, tuple[str, bytes]]:
