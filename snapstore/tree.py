@@ -324,35 +324,39 @@ def _repaged(
     What :func:`~snapstore.objects.page_children` makes of the same children
     list, page for page, without going over the list: a child keeps its place,
     so its leaf page, and the page above that, are found by arithmetic, and
-    one page per level is encoded per change (into ``out``). None if ``old``'s
-    pages are unknown or a child is not where its place says.
+    one page per level is encoded per change (into ``out``). None, with nothing
+    added to ``out``, if ``old``'s pages are unknown or do not hold a child
+    where its place says.
     """
     levels = [list(level) for level in old.pages or ()]
     if not levels:
         return None
-    changed: dict[int, dict[int, Any]] = {}  # page index -> {slot: new entry}, one level at a time
+    # page index -> {slot: (the entry there now, its replacement)}, one level at a time
+    changed: dict[int, dict[int, tuple[Any, Any]]] = {}
     for old_id, new_id, child in swaps:
         try:
             place = old.children.index(child)
         except ValueError:
             return None
         page, slot = divmod(place, PAGE_SIZE)
-        if page >= len(levels[0]) or levels[0][page][1][slot] != (child, old_id):
-            return None
-        changed.setdefault(page, {})[slot] = (child, new_id)
+        changed.setdefault(page, {})[slot] = ((child, old_id), (child, new_id))
+    made: NewObjects = {}
     for depth, level in enumerate(levels):
-        above: dict[int, dict[int, Any]] = {}
+        above: dict[int, dict[int, tuple[Any, Any]]] = {}
         for index, slots in changed.items():
-            run = list(level[index][1])
-            for slot, entry in slots.items():
+            run = list(level[index][1]) if index < len(level) else []
+            for slot, (was, entry) in slots.items():
+                if slot >= len(run) or run[slot] != was:
+                    return None  # pages that do not say what their place says: page the whole list
                 run[slot] = entry
             entries = tuple(run)
             kind, body, pid = encode(Page(children=entries) if depth == 0 else Page(pages=entries))
-            out[pid] = (kind, body)
-            level[index] = (pid, entries)
+            made[pid] = (kind, body)
             up, slot = divmod(index, PAGE_SIZE)
-            above.setdefault(up, {})[slot] = pid
+            above.setdefault(up, {})[slot] = (level[index][0], pid)
+            level[index] = (pid, entries)
         changed = above
+    out.update(made)
     return tuple(pid for pid, _ in levels[-1]), tuple(tuple(level) for level in levels)
 
 

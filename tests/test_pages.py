@@ -145,8 +145,10 @@ def test_repaging_in_place_equals_paging_from_nothing(n, data):
     assert (top, new_levels) == page_children(tuple(after))
     assert len(out) <= len(places) * len(levels)  # one page per level per change, at most
     # A child that is not where its place says: no shortcut, the caller pages the whole list.
-    assert tree_module._repaged(old, [(before[0][1], "f" * 64, "not-a-child")], {}) is None
-    assert tree_module._repaged(old, [("e" * 64, "f" * 64, kids[0])], {}) is None
+    untouched: dict = {}
+    assert tree_module._repaged(old, [(before[0][1], "f" * 64, "not-a-child")], untouched) is None
+    assert tree_module._repaged(old, [*swaps, ("e" * 64, "f" * 64, kids[-1])], untouched) is None
+    assert untouched == {}  # nothing encoded for a shortcut not taken
 
 
 def test_a_staged_change_under_a_wide_node_skips_the_pass_over_its_children(monkeypatch):
