@@ -72,6 +72,8 @@ from .tree import (
 # 3: a node with many children names them through objects of kind "page" (objects.py).
 # 4: the embedded store may keep cold objects, log lines and reflog rows in packs (packs.py).
 STORE_FORMAT = 4
+# Reflog rows read beyond ``limit`` by a limited log (a ref moved back and forth has more rows than snapshots).
+_REFLOG_SLACK = 16
 FORMAT_KEY = "format"
 DICT_PREFIX = "zstd_dict/"
 DICT_CURRENT_KEY = "zstd_dict_current"
@@ -810,14 +812,28 @@ class Repository:
 
     def log(self, revision: str, limit: int | None = None) -> list[SnapshotInfo]:
         """Snapshots from a revision back along first parents, newest first."""
-        out: list[SnapshotInfo] = []
-        current: ObjectId | None = self.resolve(revision)
-        links: dict[ObjectId, LogLink] = {}
+        start = self.resolve(revision)
         named = _as_conversation(parse_revision(revision).base)
-        if named is not None and self.backend.get_ref(ref_name(named)) is not None:
-            for change in self.backend.reflog(ref_name(named)):
-                if change.new is not None and change.log_sequence is not None and change.log_hash:
-                    links[change.new] = LogLink(change.log_sequence, change.log_hash)
+        if named is None or self.backend.get_ref(ref_name(named)) is None:
+            return self._walk(start, limit, ())
+        if limit is None:
+            return self._walk(start, limit, self.backend.reflog(ref_name(named)))
+        # The newest snapshots are the reflog's newest rows: read its end first.
+        changes = self.backend.reflog_newest(ref_name(named), limit + _REFLOG_SLACK)
+        out = self._walk(start, limit, changes)
+        if len(changes) == limit + _REFLOG_SLACK:
+            seen = {change.new for change in changes}
+            if any(info.log is None and info.id not in seen for info in out):
+                # A snapshot older than the rows read (or never a head here): the whole reflog.
+                out = self._walk(start, limit, self.backend.reflog(ref_name(named)))
+        return out
+
+    def _walk(self, current: ObjectId | None, limit: int | None,
+              changes: Iterable[ReflogEntry]) -> list[SnapshotInfo]:
+        """Snapshots back along first parents from ``current``, with log links from reflog ``changes``."""
+        links = {change.new: LogLink(change.log_sequence, change.log_hash) for change in changes
+                 if change.new is not None and change.log_sequence is not None and change.log_hash}
+        out: list[SnapshotInfo] = []
         while current is not None and (limit is None or len(out) < limit):
             snap = self.snapshot(current)
             out.append(SnapshotInfo(current, snap, snap.log or links.get(current)))

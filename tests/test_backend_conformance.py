@@ -125,6 +125,21 @@ def test_reflog_carries_log_link(store):
     assert (entry.log_sequence, entry.log_hash) == (7, "ab" * 32)
 
 
+def test_the_newest_reflog_rows_are_the_end_of_the_reflog(store):
+    backend = store.backend(create=True)
+    previous = {"conversations/x": None, "conversations/y": None}
+    for i in range(7):
+        name = "conversations/x" if i % 3 else "conversations/y"
+        a = obj(i, "snapshot")
+        backend.write([a], [RefUpdate(name, previous[name], a.id, f"step {i}", i, "ab" * 32)])
+        previous[name] = a.id
+    for name in previous:
+        whole = backend.reflog(name)
+        assert [backend.reflog_newest(name, n) for n in range(len(whole) + 3)] == [
+            whole[max(0, len(whole) - n):] if n else [] for n in range(len(whole) + 3)]
+    assert backend.reflog_newest("conversations/none", 3) == []
+
+
 def test_list_refs_and_meta(store):
     backend = store.backend(create=True)
     a = obj(1, "snapshot")

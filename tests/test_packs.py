@@ -354,3 +354,36 @@ def test_the_newest_linked_log_sequence_is_read_from_loose_and_packed_rows(tmp_p
     orch = ConversationOrchestrator(repo, "c", audit=StoreAudit(log))
     orch.add_exchange(orch.active_context_id, "one more", "answer")
     assert linked_sequences(repo)["c"] == len(repo.backend.log_lines(0))
+
+
+def test_a_limited_log_reads_the_end_of_the_reflog_and_gives_what_the_whole_log_gives(tmp_path, small_packs,
+                                                                                      monkeypatch):
+    from snapstore.backends.base import Backend, RefUpdate
+
+    location = tmp_path / "s"
+    repo, log = _busy(location, operations=60)
+    other = ConversationOrchestrator(repo, "d", audit=StoreAudit(log))
+    other.create_root_context("another conversation")  # rows of another ref among the packed ones
+    for _ in range(3):
+        other.add_exchange(other.active_context_id, "q", "a")
+    full = repo.log("c")
+    assert all(info.log is not None for info in full)  # every snapshot linked through its reflog row
+    for packed in (False, True):
+        if packed:
+            packing.pack(repo)
+            assert _packs(location, "reflog_packs") > 3
+        for name in ("conversations/c", "conversations/d"):
+            whole = repo.backend.reflog(name)
+            for count in (1, 2, 5, 17, len(whole), len(whole) + 5):
+                assert repo.backend.reflog_newest(name, count) == whole[-count:]
+                assert Backend.reflog_newest(repo.backend, name, count) == whole[-count:]
+        read: list[str] = []
+        with monkeypatch.context() as patched:
+            patched.setattr(type(repo.backend), "reflog", lambda self, name: read.append(name) or [])
+            for limit in (1, 3, 10):
+                assert repo.log("c", limit) == full[:limit]
+        assert read == []  # the end of the reflog was enough
+    # Snapshots that were never a head in this store (the reflog has no row for them): the whole reflog.
+    repo.backend.write(ref_updates=[RefUpdate("conversations/c", full[0].id, full[40].id, "reset: test")])
+    assert [i.id for i in repo.log("c", 5)] == [i.id for i in full[40:45]]
+    assert repo.log("c", 5) == repo.log("c")[:5]

@@ -191,6 +191,14 @@ class Backend(ABC):
     def reflog(self, name: str) -> list[ReflogEntry]:
         """Changes of one ref, oldest first."""
 
+    def reflog_newest(self, name: str, count: int) -> list[ReflogEntry]:
+        """The newest ``count`` changes of one ref (all if it has fewer), oldest first.
+
+        What ``snap log -n N`` needs; this default reads the whole reflog, a
+        backend may read only its end.
+        """
+        return self.reflog(name)[-count:] if count > 0 else []
+
     def newest_log_sequences(self, names: Iterable[str]) -> dict[str, int]:
         """For each ref name, the highest ``log_sequence`` its reflog records (0 if none).
 

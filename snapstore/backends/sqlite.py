@@ -645,6 +645,27 @@ class SqliteBackend(Backend):
         entries.extend(ReflogEntry(n, _hex(o), _hex(w), t, r, ls, lh) for n, o, w, t, r, ls, lh in rows)
         return entries
 
+    def reflog_newest(self, name: str, count: int) -> list[ReflogEntry]:
+        if count <= 0:
+            return []
+        with self._lock, self._errors(), self._read_snapshot():  # packs and loose rows of one moment
+            rows = self._db.execute(
+                "SELECT name, old, new, time, reason, log_sequence, log_hash FROM reflog "
+                "WHERE name = ? ORDER BY seq DESC LIMIT ?",
+                (name, count),
+            ).fetchall()
+            entries = [ReflogEntry(n, _hex(o), _hex(w), t, r, ls, lh) for n, o, w, t, r, ls, lh in reversed(rows)]
+            if len(entries) < count and self._has_packs() and self._db.execute(
+                    "SELECT 1 FROM reflog_packed WHERE name = ?", (name,)).fetchone():
+                # Packed rows are older than every loose one: the newest packs first, until enough.
+                for first, last in self._db.execute(
+                        "SELECT first, last FROM reflog_packs ORDER BY first DESC").fetchall():
+                    older = [e for e in self._reflog_pack(first, last) if e.name == name]
+                    entries[:0] = older[-(count - len(entries)):] if older else []
+                    if len(entries) >= count:
+                        break
+        return entries
+
     def newest_log_sequences(self, names: Iterable[str]) -> dict[str, int]:
         wanted = list(names)
         out = dict.fromkeys(wanted, 0)
