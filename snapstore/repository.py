@@ -814,18 +814,19 @@ class Repository:
         """Snapshots from a revision back along first parents, newest first."""
         start = self.resolve(revision)
         named = _as_conversation(parse_revision(revision).base)
-        if named is None or self.backend.get_ref(ref_name(named)) is None:
+        name = ref_name(named) if named is not None else None
+        if name is None or self.backend.get_ref(name) is None:
             return self._walk(start, limit, ())
         if limit is None:
-            return self._walk(start, limit, self.backend.reflog(ref_name(named)))
+            return self._walk(start, limit, self.backend.reflog(name))
         # The newest snapshots are the reflog's newest rows: read its end first.
-        changes = self.backend.reflog_newest(ref_name(named), limit + _REFLOG_SLACK)
+        changes = self.backend.reflog_newest(name, limit + _REFLOG_SLACK)
         out = self._walk(start, limit, changes)
         if len(changes) == limit + _REFLOG_SLACK:
             seen = {change.new for change in changes}
             if any(info.log is None and info.id not in seen for info in out):
                 # A snapshot older than the rows read (or never a head here): the whole reflog.
-                out = self._walk(start, limit, self.backend.reflog(ref_name(named)))
+                out = self._walk(start, limit, self.backend.reflog(name))
         return out
 
     def _walk(self, current: ObjectId | None, limit: int | None,

@@ -801,6 +801,16 @@ def tree_from_contexts(
     return tree, workspace.objects
 
 
+def _placed(node: AnyObject, cid: ContextId, nid: ObjectId, seen: bool) -> Node:
+    """``node``, which must hold the context its parent names it for, met once; else :class:`CorruptObject`."""
+    assert isinstance(node, Node)
+    if node.id != cid:
+        raise CorruptObject(nid, f"node holds context {node.id!r}, its parent names {cid!r}")
+    if seen:
+        raise CorruptObject(nid, f"context {cid!r} appears twice in the tree")
+    return node
+
+
 def load_tree(read_many: ReadMany, state_id: ObjectId, state: State, base: Tree | None = None, *,
               hints: Mapping[str, Any] | None = None, read_some: ReadMany | None = None) -> Tree:
     """Read a whole tree: nodes level by level, then every exchange list.
@@ -847,12 +857,7 @@ def load_tree(read_many: ReadMany, state_id: ObjectId, state: State, base: Tree 
         pages = read_pages(read_many, paged.values(), known_pages) if paged else {}
         next_frontier = []
         for cid, nid, parent in to_read:
-            node = found[nid]
-            assert isinstance(node, Node)
-            if node.id != cid:
-                raise CorruptObject(nid, f"node holds context {node.id!r}, its parent names {cid!r}")
-            if cid in nodes or cid in records:
-                raise CorruptObject(nid, f"context {cid!r} appears twice in the tree")
+            node = _placed(found[nid], cid, nid, cid in nodes or cid in records)
             nodes[cid] = node
             parents[cid] = parent
             node_ids[cid] = nid
@@ -1162,12 +1167,8 @@ def outline_tree(read_many: ReadMany, state: State) -> Outline:
         found = read_many([nid for _, nid, _ in frontier], "node")
         nodes = [found[nid] for _, nid, _ in frontier]
         next_frontier = []
-        for (cid, nid, parent), node, children in zip(frontier, nodes, resolve_children(read_many, nodes)):
-            assert isinstance(node, Node)
-            if node.id != cid:
-                raise CorruptObject(nid, f"node holds context {node.id!r}, its parent names {cid!r}")
-            if cid in records:
-                raise CorruptObject(nid, f"context {cid!r} appears twice in the tree")
+        for (cid, nid, parent), found_node, children in zip(frontier, nodes, resolve_children(read_many, nodes)):
+            node = _placed(found_node, cid, nid, cid in records)
             ref = node.memory.get("local_memory")
             records[cid] = OutlineRecord(cid, full_fields(node, children), parent,
                                          tuple(c for c, _ in children), ref.count if ref is not None else 0)

@@ -632,31 +632,19 @@ class SqliteBackend(Backend):
 
     def reflog(self, name: str) -> list[ReflogEntry]:
         with self._lock, self._errors(), self._read_snapshot():  # packs and loose rows of one moment
-            packed = self._has_packs()
             entries = []
-            if packed and self._db.execute("SELECT 1 FROM reflog_packed WHERE name = ?", (name,)).fetchone():
+            if self._has_packed_reflog(name):
                 for first, last in self._db.execute("SELECT first, last FROM reflog_packs ORDER BY first").fetchall():
                     entries.extend(e for e in self._reflog_pack(first, last) if e.name == name)
-            rows = self._db.execute(
-                "SELECT name, old, new, time, reason, log_sequence, log_hash FROM reflog "
-                "WHERE name = ? ORDER BY seq",
-                (name,),
-            ).fetchall()
-        entries.extend(ReflogEntry(n, _hex(o), _hex(w), t, r, ls, lh) for n, o, w, t, r, ls, lh in rows)
+            entries.extend(self._loose_reflog(name, "ORDER BY seq", ()))
         return entries
 
     def reflog_newest(self, name: str, count: int) -> list[ReflogEntry]:
         if count <= 0:
             return []
         with self._lock, self._errors(), self._read_snapshot():  # packs and loose rows of one moment
-            rows = self._db.execute(
-                "SELECT name, old, new, time, reason, log_sequence, log_hash FROM reflog "
-                "WHERE name = ? ORDER BY seq DESC LIMIT ?",
-                (name, count),
-            ).fetchall()
-            entries = [ReflogEntry(n, _hex(o), _hex(w), t, r, ls, lh) for n, o, w, t, r, ls, lh in reversed(rows)]
-            if len(entries) < count and self._has_packs() and self._db.execute(
-                    "SELECT 1 FROM reflog_packed WHERE name = ?", (name,)).fetchone():
+            entries = self._loose_reflog(name, "ORDER BY seq DESC LIMIT ?", (count,))[::-1]
+            if len(entries) < count and self._has_packed_reflog(name):
                 # Packed rows are older than every loose one: the newest packs first, until enough.
                 for first, last in self._db.execute(
                         "SELECT first, last FROM reflog_packs ORDER BY first DESC").fetchall():
@@ -665,6 +653,19 @@ class SqliteBackend(Backend):
                     if len(entries) >= count:
                         break
         return entries
+
+    def _loose_reflog(self, name: str, order: str, params: Sequence[object]) -> list[ReflogEntry]:
+        """The loose reflog rows of ``name`` in ``order`` (an ORDER BY clause, maybe with LIMIT ?)."""
+        rows = self._db.execute(
+            "SELECT name, old, new, time, reason, log_sequence, log_hash FROM reflog WHERE name = ? " + order,
+            (name, *params),
+        ).fetchall()
+        return [ReflogEntry(n, _hex(o), _hex(w), t, r, ls, lh) for n, o, w, t, r, ls, lh in rows]
+
+    def _has_packed_reflog(self, name: str) -> bool:
+        """Whether packs hold reflog rows of ``name`` (the caller holds the lock)."""
+        return self._has_packs() and self._db.execute(
+            "SELECT 1 FROM reflog_packed WHERE name = ?", (name,)).fetchone() is not None
 
     def newest_log_sequences(self, names: Iterable[str]) -> dict[str, int]:
         wanted = list(names)
