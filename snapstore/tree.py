@@ -515,6 +515,8 @@ class Workspace:
         merged.update(json.loads(canonical_json(dict(changes))))
         if merged != fields:
             split_context({ID_FIELD: cid, **merged})
+            # Their canonical bytes, for build to splice into the node's previous body (as put_context does).
+            self._fields_json[cid] = (merged, canonical_json(merged))
             self._fields[cid] = merged
             self._memory[cid] = chains
 
@@ -754,7 +756,8 @@ class Workspace:
                     memory={name: chain.ref() for name, chain in memory.items()},
                 )
             staged = self._fields_json.get(cid)
-            fields_json = staged[1] if staged is not None and staged[0] is fields else None
+            # Only bytes the body holds: a paged node that leaves its children list to the pages does not.
+            fields_json = staged[1] if staged is not None and staged[0] is fields and node.fields is fields else None
             kind, body, node_id = _encode_node(node, fields_json)
             _BODIES.put(node_id, body, fields_json)
             self.objects[node_id] = (kind, body)

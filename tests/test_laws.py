@@ -10,9 +10,9 @@ from hypothesis import strategies as st
 from snapstore.backends.memory import MemoryBackend
 from snapstore.errors import InvalidInput
 from snapstore.repository import FORMAT_KEY, STORE_FORMAT, Repository
-from snapstore.tree import tree_from_contexts
+from snapstore.tree import Workspace, tree_from_contexts
 
-from .factories import mutated, states
+from .factories import exchange, json_values, mutated, states
 
 
 def fresh_repo() -> Repository:
@@ -180,6 +180,31 @@ def test_a_chain_of_incremental_builds_equals_fresh_builds(data):
         assert tree.state_id == fresh.state_id
         assert tree.materialize() == fresh.materialize()
         state = new
+
+
+@given(data=st.data())
+def test_staged_field_updates_and_appends_equal_fresh_builds(data):
+    """The orchestrator's path: update_fields and append_exchange on a workspace, built from the
+    previous build's bodies (the fields' canonical bytes spliced in), step after step."""
+    state = data.draw(states())
+    assume(not has_cycle(state))
+    assume(state["contexts"])
+    tree, _ = tree_from_contexts(state["contexts"], state["active_context_id"])
+    ids = sorted(tree.records)
+    for step in range(data.draw(st.integers(min_value=1, max_value=6))):
+        workspace = Workspace(tree)
+        for cid in data.draw(st.lists(st.sampled_from(ids), min_size=1, max_size=3)):
+            if data.draw(st.booleans()):
+                workspace.append_exchange(cid, exchange(step, cid))
+            changes = data.draw(st.dictionaries(st.sampled_from(["status", "priority", "tags", "x"]),
+                                                json_values, min_size=1, max_size=2))
+            workspace.update_fields(cid, changes)
+        tree = workspace.build()
+        contexts = tree.materialize()
+        fresh, _ = tree_from_contexts(contexts, tree.active_context_id)
+        assert tree.state_id == fresh.state_id
+        for cid, record in tree.records.items():
+            assert record.node_id == fresh.records[cid].node_id, cid
 
 
 def test_reused_bodies_fall_back_where_a_part_occurs_twice():
