@@ -204,6 +204,12 @@ def split_context(context: Mapping[str, Any]) -> tuple[ContextId, dict[str, Any]
     for key in MEMORY_FIELDS:
         if isinstance(fields.get(key), list):
             memory[key] = fields.pop(key)
+    _check_links(cid, fields)
+    return cid, fields, memory
+
+
+def _check_links(cid: ContextId, fields: Mapping[str, Any]) -> None:
+    """The parent and children fields, where present, have the types the tree needs."""
     parent = fields.get(PARENT_FIELD)
     if parent is not None and not isinstance(parent, str):
         raise InvalidInput(f"context {cid}: {PARENT_FIELD} must be a string or null")
@@ -212,7 +218,6 @@ def split_context(context: Mapping[str, Any]) -> tuple[ContextId, dict[str, Any]
         isinstance(children, list) and all(isinstance(c, str) for c in children)
     ):
         raise InvalidInput(f"context {cid}: {CHILDREN_FIELD} must be a list of strings")
-    return cid, fields, memory
 
 
 class _Bodies:
@@ -511,10 +516,15 @@ class Workspace:
         fields, chains = current
         if ID_FIELD in changes or any(k in chains or k in MEMORY_FIELDS for k in changes):
             raise InvalidInput("update_fields cannot change the id or an exchange list")
+        try:
+            # What the JSON round trip below gives, built directly (str keys, sorted: as loaded fields are).
+            copied = plain_copy(dict(changes), sort_keys=True)
+        except NotPlain:
+            copied = json.loads(canonical_json(dict(changes)))
         merged = dict(fields)
-        merged.update(json.loads(canonical_json(dict(changes))))
+        merged.update(copied)
         if merged != fields:
-            split_context({ID_FIELD: cid, **merged})
+            _check_links(cid, copied)  # the other fields were checked when staged or committed
             # Their canonical bytes, for build to splice into the node's previous body (as put_context does).
             self._fields_json[cid] = (merged, canonical_json(merged))
             self._fields[cid] = merged

@@ -223,3 +223,27 @@ def test_reused_bodies_fall_back_where_a_part_occurs_twice():
     fresh, _ = tree_from_contexts(contexts, None)
     assert tree.state_id == fresh.state_id
     assert tree.records["P"].fields["see"] != tree.records["K"].node_id
+
+
+def test_update_fields_stages_what_a_json_round_trip_gives_and_checks_the_links():
+    """Values are copied as JSON would give them back (tuples as lists, int keys as strings);
+    a parent or children list of the wrong type, or a value JSON cannot hold, is refused."""
+    tree, _ = tree_from_contexts([{"sidebar_id": "A", "status": "active"}], None)
+    workspace = Workspace(tree)
+    tags = ["x"]
+    workspace.update_fields("A", {"tags": tags, "pair": (1, 2), "by_id": {1: "one"}, "n": 1.5})
+    tags.append("changed later")  # the workspace holds its own copy
+    fields = workspace.fields("A")
+    assert fields == {"status": "active", "tags": ["x"], "pair": [1, 2], "by_id": {"1": "one"}, "n": 1.5}
+    for bad in ({"parent_context_id": 7}, {"child_sidebar_ids": "B"}, {"child_sidebar_ids": [1]},
+                {"n": float("nan")}, {"x": object()}):
+        try:
+            workspace.update_fields("A", bad)
+        except InvalidInput:
+            pass
+        else:
+            raise AssertionError(f"{bad} was accepted")
+    assert workspace.fields("A") == fields
+    built = workspace.build()
+    fresh, _ = tree_from_contexts(built.materialize(), None)
+    assert built.state_id == fresh.state_id
