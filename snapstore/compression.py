@@ -36,6 +36,14 @@ DICT_HASH_LOG = 13
 DICT_CHAIN_LOG = 12
 # Training needs a fair sample of objects to beat plain zstd; below this, skip.
 MIN_TRAINING_SAMPLES = 256
+# FastCOVER's segment and d-mer sizes, fixed. Left at 0, zstd searches k over
+# [50, 2000] and d over {6, 8}, training once per pair: 170-260 ms on 2,000
+# objects, inside the commit that crosses DICT_TRAIN_AFTER. Fixed at what that
+# search chose on this project's objects (k 1,511-1,998, d 8): 45-60 ms, and
+# held-out objects compress 5.24x against the search's 5.27x
+# (docs/benchmarks.md, "Fifth session").
+TRAIN_K = 2000
+TRAIN_D = 8
 
 
 class Codec:
@@ -130,7 +138,7 @@ def train_dictionary(samples: Iterable[bytes]) -> tuple[int, bytes] | None:
     if len(sample_list) < MIN_TRAINING_SAMPLES:
         return None
     try:
-        trained = zstandard.train_dictionary(DICTIONARY_SIZE, sample_list, level=LEVEL)
+        trained = zstandard.train_dictionary(DICTIONARY_SIZE, sample_list, level=LEVEL, k=TRAIN_K, d=TRAIN_D)
     except zstandard.ZstdError:
         return None
     return trained.dict_id(), trained.as_bytes()
