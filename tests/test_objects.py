@@ -104,3 +104,34 @@ def test_a_page_or_node_cannot_be_encoded_ambiguously():
                 Node(id="SB-1", fields={"child_sidebar_ids": ["SB-2"]}, pages=(H,), listed=True)):
         with pytest.raises(InvalidInput):
             encode(obj)
+
+
+def test_a_trained_dictionary_compresses_objects_it_never_saw_better_than_plain_zstd():
+    """The store's dictionary (fixed FastCOVER parameters, no search) earns its place on new objects."""
+    import random
+
+    import zstandard
+
+    from snapstore.compression import DICTIONARY_SIZE, LEVEL, train_dictionary
+
+    from .factories import context, exchange
+
+    rng = random.Random(7)
+    words = ["context", "sidebar", "merge", "résumé", "данные", "测试", "🙂", "def f(x):", "return", "the"]
+    bodies = []
+    for n in range(1600):
+        cid = f"SB-{n % 40}"
+        text = " ".join(rng.choice(words) for _ in range(rng.randint(20, 120)))
+        bodies.append(encode(Chunk(prev="ab" * 32, index=n, item=exchange(n, cid, text)))[1])
+        node = context(cid, parent="SB-0", exchanges=0, status=rng.choice(["active", "paused", "merged"]))
+        bodies.append(canonical_json(node))
+    rng.shuffle(bodies)
+    sample, held_out = bodies[:2000], bodies[2000:]
+    trained = train_dictionary(sample)
+    assert trained is not None
+    dict_id, data = trained
+    assert 0 < len(data) <= DICTIONARY_SIZE and dict_id == zstandard.ZstdCompressionDict(data).dict_id()
+    with_dict = zstandard.ZstdCompressor(level=LEVEL, dict_data=zstandard.ZstdCompressionDict(data))
+    plain = zstandard.ZstdCompressor(level=LEVEL)
+    assert sum(len(with_dict.compress(b)) for b in held_out) < 0.8 * sum(len(plain.compress(b)) for b in held_out)
+    assert train_dictionary(bodies[:100]) is None  # too few samples to be worth it
