@@ -36,9 +36,13 @@ if TYPE_CHECKING:
 # Read this many loose objects at a time while packing.
 BATCH = 8192
 # Packing after commits: a process that wrote AUTO_PACK_CHECK objects since it last looked packs
-# once AUTO_PACK_LOOSE loose objects are older than the newest AUTO_PACK_KEEP.
+# once AUTO_PACK_LOOSE loose objects are older than the newest AUTO_PACK_KEEP. The commit that
+# packs waits for it (~60 µs an object): rounds of ~8,000 objects pause it ~0.5 s, where rounds of
+# 32,768 paused it 2.1 s, for the same work in all, and keep the open store half as large
+# (docs/benchmarks.md, "Auto-pack in smaller rounds"). Much smaller rounds would rewrite the pack
+# index's leaves more often for the same objects once a store holds hundreds of thousands.
 AUTO_PACK_CHECK = 4096
-AUTO_PACK_LOOSE = 32768
+AUTO_PACK_LOOSE = 8192
 AUTO_PACK_KEEP = 1024
 # At a clean shutdown, pack only if at least this many objects are loose.
 SHUTDOWN_MINIMUM = 256
