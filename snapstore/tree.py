@@ -525,8 +525,6 @@ class Workspace:
         merged.update(copied)
         if merged != fields:
             _check_links(cid, copied)  # the other fields were checked when staged or committed
-            # Their canonical bytes, for build to splice into the node's previous body (as put_context does).
-            self._fields_json[cid] = (merged, canonical_json(merged))
             self._fields[cid] = merged
             self._memory[cid] = chains
 
@@ -582,9 +580,9 @@ class Workspace:
         """``(fields, lists, body, fields bytes)`` of a context whose children are ``old``'s, from ``old``'s body.
 
         For a context not staged (an ancestor of a change), or staged with
-        new fields (canonicalised by :meth:`put_context`) or the same
-        exchange lists, grown or cut; None otherwise, or if
-        :func:`_reencoded` cannot.
+        new fields (their canonical bytes: those :meth:`put_context` kept, or
+        made here) or the same exchange lists, grown or cut; None otherwise,
+        or if :func:`_reencoded` cannot.
         """
         if cid not in self._fields:
             made = _reencoded(old, swaps, paged=paged)
@@ -593,9 +591,13 @@ class Workspace:
         fields_json = None
         if fields is not old.fields:
             staged = self._fields_json.get(cid)
-            if staged is None or staged[0] is not fields:
-                return None
-            fields_json = staged[1]
+            if staged is not None and staged[0] is fields:
+                fields_json = staged[1]
+            else:
+                cached = _BODIES.get(old.node_id)
+                if cached is None or cached[1] is None:
+                    return None  # no body, or no fields bytes in it, to splice into: encode
+                fields_json = canonical_json(fields)
         if memory.keys() != old.memory.keys():
             return None
         lists = []
@@ -766,8 +768,12 @@ class Workspace:
                     memory={name: chain.ref() for name, chain in memory.items()},
                 )
             staged = self._fields_json.get(cid)
-            # Only bytes the body holds: a paged node that leaves its children list to the pages does not.
-            fields_json = staged[1] if staged is not None and staged[0] is fields and node.fields is fields else None
+            if node.fields is not fields:
+                fields_json = None  # a paged node that leaves its children list to the pages holds other bytes
+            elif staged is not None and staged[0] is fields:
+                fields_json = staged[1]
+            else:
+                fields_json = canonical_json(fields)  # spliced in, and kept with the body for the next build
             kind, body, node_id = _encode_node(node, fields_json)
             _BODIES.put(node_id, body, fields_json)
             self.objects[node_id] = (kind, body)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from hypothesis import assume, given
@@ -247,3 +248,31 @@ def test_update_fields_stages_what_a_json_round_trip_gives_and_checks_the_links(
     built = workspace.build()
     fresh, _ = tree_from_contexts(built.materialize(), None)
     assert built.state_id == fresh.state_id
+
+
+def test_a_node_once_encoded_is_spliced_from_then_on(monkeypatch):
+    """Whatever staged a context's new fields (put_context, update_fields, put_record), a node
+    encoded once keeps its fields' bytes, and later changes to it or below it encode no node."""
+    from snapstore import tree as tree_module
+
+    contexts = [{"sidebar_id": "P", "parent_context_id": None, "child_sidebar_ids": ["K"], "status": "active"},
+                {"sidebar_id": "K", "parent_context_id": "P", "child_sidebar_ids": [], "status": "active",
+                 "local_memory": [exchange(0, "K")]}]
+    tree, _ = tree_from_contexts(contexts, None)
+    encoded: list[str] = []
+    real = tree_module._encode_node
+    monkeypatch.setattr(tree_module, "_encode_node", lambda node, fields_json: encoded.append(node.id)
+                        or real(node, fields_json))
+    for step, stage in enumerate([
+        lambda ws: ws.update_fields("K", {"status": "paused"}),
+        lambda ws: ws.put_record(replace(ws.record("P"), fields={**ws.record("P").fields, "tags": ["t"]}),
+                                 changed=True),
+        lambda ws: (ws.append_exchange("K", exchange(1, "K")), ws.update_fields("P", {"status": "merged"})),
+    ]):
+        workspace = Workspace(tree)
+        stage(workspace)
+        tree = workspace.build()
+        assert encoded == [], step
+        fresh, _ = tree_from_contexts(tree.materialize(), None)
+        assert tree.state_id == fresh.state_id, step
+        encoded.clear()  # the fresh build encodes every node
