@@ -181,6 +181,14 @@ class ConversationOrchestrator:
         """
         with self._lock, contextlib.ExitStack() as queued:
             self._write_pending_voids()
+            if self._head is not None:
+                # Optimistic: stage on the head this orchestrator committed last, without
+                # reading the ref. The commit's compare-and-swap catches a head another writer
+                # moved since; then the operation starts over from a fresh read, as if this
+                # attempt had never been (so ``watch`` compares from that read, as always).
+                result = self._operate_on_cache(event_type, context_id, message, change, actor)
+                if result is not None:
+                    return result
             staging = self.repo.stage(self.conversation)
             self._sync(staging)
             payload = change(staging.workspace)
@@ -205,9 +213,31 @@ class ConversationOrchestrator:
                     staging = theirs
                     self._sync(staging)
                     payload = change(staging.workspace)
-            self._tree = self.repo.tree(result.snapshot)
-            self._head = result.snapshot
-            return result
+            return self._committed(result)
+
+    def _operate_on_cache(self, event_type: str, context_id: str | Callable[[], str],
+                          message: str | Callable[[], str], change: Callable[[Workspace], dict[str, Any]],
+                          actor: str | None) -> CommitResult | None:
+        """One attempt on the cached head; None if that head turned out stale (nothing was written)."""
+        staging = Staging(self.conversation, self._head, self._tree)
+        try:
+            payload = change(staging.workspace)
+        except Exception:
+            # Refused on this view (say, a context another writer made is not in it yet): final only
+            # if the view is the stored head.
+            if self.repo.head(self.conversation) == self._head:
+                raise
+            return None
+        try:
+            result = self._commit(staging, event_type, context_id, message, payload, actor)
+        except RefConflict:
+            return None
+        return self._committed(result)
+
+    def _committed(self, result: CommitResult) -> CommitResult:
+        self._tree = self.repo.tree(result.snapshot)
+        self._head = result.snapshot
+        return result
 
     def _commit(self, staging: Staging, event_type: str, context_id: str | Callable[[], str],
                 message: str | Callable[[], str],

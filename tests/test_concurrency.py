@@ -73,6 +73,48 @@ def test_orchestrators_on_one_conversation_merge_instead_of_overwriting(tmp_path
     assert by_id[root]["status"] == "paused"
 
 
+def test_an_operation_on_an_unmoved_head_reads_no_ref(tmp_path, monkeypatch):
+    # The orchestrator stages on the head it committed last; the commit's compare-and-swap is
+    # the only read of the ref.
+    repo = Repository.init(str(tmp_path / "store"))
+    orchestrator = ConversationOrchestrator(repo, "c")
+    root = orchestrator.create_root_context("root")
+    reads = []
+    original = type(repo.backend).get_ref
+    monkeypatch.setattr(type(repo.backend), "get_ref", lambda self, name: reads.append(name) or original(self, name))
+    orchestrator.add_exchange(root, "hello", "hi")
+    orchestrator.pause_context(root)
+    assert reads == []
+    assert repo.head("c") == orchestrator.head
+
+
+def test_a_stale_view_starts_over_from_a_fresh_read(tmp_path):
+    # b's cached head is stale at each of its operations: each must act on the stored state,
+    # as if it had read the ref first.
+    repo = Repository.init(str(tmp_path / "store"))
+    a = ConversationOrchestrator(repo, "c")
+    root = a.create_root_context("root")
+    b = ConversationOrchestrator(Repository.open(str(tmp_path / "store")), "c")
+    side = a.spawn_sidebar(root, "made by a")  # not in b's view
+    b.add_exchange(side, "b writes to a's sidebar", "ok")  # refused on b's view, done on a fresh read
+    a.pause_context(side)
+    b.resume_context(side)  # a's pause came before b's resume: no conflict on the watched status
+    a.add_exchange(root, "from a", "x")
+    b_exchange = b.add_exchange(root, "from b", "y")
+    state = Repository.open(str(tmp_path / "store")).load("c")
+    by_id = {c["sidebar_id"]: c for c in state.contexts}
+    assert [e["user"] for e in by_id[side]["local_memory"]][-1] == "b writes to a's sidebar"
+    assert by_id[side]["status"] == "active"
+    assert [e["user"] for e in by_id[root]["local_memory"]][-2:] == ["from a", "from b"]
+    assert len({e["exchange_id"] for c in state.contexts for e in c["local_memory"]}) == \
+        sum(len(c["local_memory"]) for c in state.contexts)
+    assert b_exchange == by_id[root]["local_memory"][-1]["exchange_id"]
+    assert b.head == repo.head("c") and b.tree.state_id == Repository.open(str(tmp_path / "store")).tree(
+        repo.head("c")).state_id
+    with pytest.raises(Exception, match="no context"):
+        b.add_exchange("SB-404", "nobody", "here")  # refused on the stored head too: the error stands
+
+
 def _open_session(location: str, log: str | None) -> Session:
     """A replica's session: with the log file ``log``, or (None) with the log kept in the store."""
     return Session(location, ozolith=log) if log is not None else Session(location, log_in_store=True)
