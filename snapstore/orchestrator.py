@@ -218,7 +218,8 @@ class ConversationOrchestrator:
     def _operate_on_cache(self, event_type: str, context_id: str | Callable[[], str],
                           message: str | Callable[[], str], change: Callable[[Workspace], dict[str, Any]],
                           actor: str | None) -> CommitResult | None:
-        """One attempt on the cached head; None if that head turned out stale (nothing was written)."""
+        """One attempt on the cached head; None if that head turned out stale (the compare-and-swap refused the
+        commit, or the change was refused on a view that is not the stored head)."""
         staging = Staging(self.conversation, self._head, self._tree)
         try:
             payload = change(staging.workspace)
