@@ -7,6 +7,7 @@ import random
 
 import pytest
 
+from snapstore.errors import InvalidInput
 from snapstore.merge import MergeConflict, merge_trees
 from snapstore.orchestrator import ConversationOrchestrator
 from snapstore.ozolith import OzolithLog
@@ -111,7 +112,7 @@ def test_a_stale_view_starts_over_from_a_fresh_read(tmp_path):
     assert b_exchange == by_id[root]["local_memory"][-1]["exchange_id"]
     assert b.head == repo.head("c") and b.tree.state_id == Repository.open(str(tmp_path / "store")).tree(
         repo.head("c")).state_id
-    with pytest.raises(Exception, match="no context"):
+    with pytest.raises(InvalidInput, match="no context"):
         b.add_exchange("SB-404", "nobody", "here")  # refused on the stored head too: the error stands
 
 
