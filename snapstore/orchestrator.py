@@ -117,6 +117,9 @@ class ConversationOrchestrator:
         self._next_exchange = self._highest_exchange_number() + 1
         # Log entries of operations that failed after their entry was written.
         self._pending_voids: list[tuple[int, str, str]] = []
+        # Whether the next operation may skip reading the ref (see _operate): off once another
+        # writer is seen moving it, back on once a fresh read finds it where this one left it.
+        self._optimistic = True
 
     # -- state -----------------------------------------------------------------
 
@@ -181,7 +184,7 @@ class ConversationOrchestrator:
         """
         with self._lock, contextlib.ExitStack() as queued:
             self._write_pending_voids()
-            if self._head is not None:
+            if self._head is not None and self._optimistic:
                 # Optimistic: stage on the head this orchestrator committed last, without
                 # reading the ref. The commit's compare-and-swap catches a head another writer
                 # moved since; then the operation starts over from a fresh read, as if this
@@ -190,6 +193,9 @@ class ConversationOrchestrator:
                 if result is not None:
                     return result
             staging = self.repo.stage(self.conversation)
+            # While other writers keep moving the head, read it first (an attempt on a stale
+            # head costs a whole build); trust the cache again once nobody else wrote.
+            self._optimistic = staging.head == self._head
             self._sync(staging)
             payload = change(staging.workspace)
             for attempt in range(MAX_ATTEMPTS):

@@ -89,31 +89,68 @@ def test_an_operation_on_an_unmoved_head_reads_no_ref(tmp_path, monkeypatch):
     assert repo.head("c") == orchestrator.head
 
 
-def test_a_stale_view_starts_over_from_a_fresh_read(tmp_path):
-    # b's cached head is stale at each of its operations: each must act on the stored state,
-    # as if it had read the ref first.
+def test_a_stale_view_starts_over_from_a_fresh_read(tmp_path, monkeypatch):
+    # Each of b's operations marked "stale" is tried on b's cached head after a moved it: each
+    # must act on the stored state, as if it had read the ref first. b's solo operations in
+    # between find the head where b left it, so b trusts its cache again for the next one.
     repo = Repository.init(str(tmp_path / "store"))
     a = ConversationOrchestrator(repo, "c")
     root = a.create_root_context("root")
-    b = ConversationOrchestrator(Repository.open(str(tmp_path / "store")), "c")
-    side = a.spawn_sidebar(root, "made by a")  # not in b's view
-    b.add_exchange(side, "b writes to a's sidebar", "ok")  # refused on b's view, done on a fresh read
+    b_repo = Repository.open(str(tmp_path / "store"))
+    b = ConversationOrchestrator(b_repo, "c")
+    attempts = []
+    original = b_repo.commit_staged
+    monkeypatch.setattr(b_repo, "commit_staged", lambda *args, **kw: attempts.append(1) or original(*args, **kw))
+    side = a.spawn_sidebar(root, "made by a")
+    b.add_exchange(side, "b writes to a's sidebar", "ok")  # stale: refused on b's view, done on a fresh read
+    b.add_exchange(root, "b solo 1", "-")
     a.pause_context(side)
-    b.resume_context(side)  # a's pause came before b's resume: no conflict on the watched status
+    b.resume_context(side)  # stale: a's pause came before b's resume, so no conflict on the watched status
+    b.add_exchange(root, "b solo 2", "-")
     a.add_exchange(root, "from a", "x")
-    b_exchange = b.add_exchange(root, "from b", "y")
+    b_exchange = b.add_exchange(root, "from b", "y")  # stale
     state = Repository.open(str(tmp_path / "store")).load("c")
     by_id = {c["sidebar_id"]: c for c in state.contexts}
     assert [e["user"] for e in by_id[side]["local_memory"]][-1] == "b writes to a's sidebar"
     assert by_id[side]["status"] == "active"
-    assert [e["user"] for e in by_id[root]["local_memory"]][-2:] == ["from a", "from b"]
+    assert [e["user"] for e in by_id[root]["local_memory"]][-4:] == ["b solo 1", "b solo 2", "from a", "from b"]
     assert len({e["exchange_id"] for c in state.contexts for e in c["local_memory"]}) == \
         sum(len(c["local_memory"]) for c in state.contexts)
     assert b_exchange == by_id[root]["local_memory"][-1]["exchange_id"]
     assert b.head == repo.head("c") and b.tree.state_id == Repository.open(str(tmp_path / "store")).tree(
         repo.head("c")).state_id
+    b.add_exchange(root, "b solo 3", "-")
     with pytest.raises(InvalidInput, match="no context"):
-        b.add_exchange("SB-404", "nobody", "here")  # refused on the stored head too: the error stands
+        b.add_exchange("SB-404", "nobody", "here")  # refused on b's cached head, which is the stored one
+    # Six commits, and two attempts the compare-and-swap refused (the resume and "from b"; the
+    # first stale operation was refused before any commit).
+    assert len(attempts) == 8
+
+
+def test_a_writer_that_keeps_finding_the_head_moved_reads_it_first(tmp_path, monkeypatch):
+    # Alternating with another writer, only the first operation is tried on the cached head
+    # (and refused); the next ones read the ref first. Alone again, the cache is trusted again.
+    repo = Repository.init(str(tmp_path / "store"))
+    a = ConversationOrchestrator(repo, "c")
+    root = a.create_root_context("root")
+    b_repo = Repository.open(str(tmp_path / "store"))
+    b = ConversationOrchestrator(b_repo, "c")
+    attempts = []
+    original = b_repo.commit_staged
+    monkeypatch.setattr(b_repo, "commit_staged", lambda *args, **kw: attempts.append(1) or original(*args, **kw))
+    for i in range(5):
+        a.add_exchange(root, f"a{i}", "x")
+        b.add_exchange(root, f"b{i}", "y")
+    assert len(attempts) == 6  # five commits and one refused attempt on a stale head
+    reads = []
+    original_get_ref = type(b_repo.backend).get_ref
+    monkeypatch.setattr(type(b_repo.backend), "get_ref",
+                        lambda self, name: reads.append(name) or original_get_ref(self, name))
+    b.add_exchange(root, "b alone", "z")  # reads the ref: finds it where b left it
+    b.add_exchange(root, "b alone again", "z")  # trusts its cache again
+    assert len(reads) == 1 and len(attempts) == 8
+    users = [e["user"] for e in Repository.open(str(tmp_path / "store")).load("c").contexts[0]["local_memory"]]
+    assert users == [u for i in range(5) for u in (f"a{i}", f"b{i}")] + ["b alone", "b alone again"]
 
 
 def _open_session(location: str, log: str | None) -> Session:
