@@ -74,15 +74,31 @@ def test_orchestrators_on_one_conversation_merge_instead_of_overwriting(tmp_path
     assert by_id[root]["status"] == "paused"
 
 
+def _counting(monkeypatch, owner, name: str) -> list:
+    """Patch ``owner.name`` to record each call's arguments in the list returned."""
+    calls: list = []
+    original = getattr(owner, name)
+    monkeypatch.setattr(owner, name, lambda *args, **kw: calls.append(args) or original(*args, **kw))
+    return calls
+
+
+def _two_writers(tmp_path, monkeypatch):
+    """Orchestrators a and b on one conversation (b on its own Repository), a root context, and the
+    list of b's commit attempts."""
+    repo = Repository.init(str(tmp_path / "store"))
+    a = ConversationOrchestrator(repo, "c")
+    root = a.create_root_context("root")
+    b = ConversationOrchestrator(Repository.open(str(tmp_path / "store")), "c")
+    return repo, a, root, b, _counting(monkeypatch, b.repo, "commit_staged")
+
+
 def test_an_operation_on_an_unmoved_head_reads_no_ref(tmp_path, monkeypatch):
     # The orchestrator stages on the head it committed last; the commit's compare-and-swap is
     # the only read of the ref.
     repo = Repository.init(str(tmp_path / "store"))
     orchestrator = ConversationOrchestrator(repo, "c")
     root = orchestrator.create_root_context("root")
-    reads = []
-    original = type(repo.backend).get_ref
-    monkeypatch.setattr(type(repo.backend), "get_ref", lambda self, name: reads.append(name) or original(self, name))
+    reads = _counting(monkeypatch, type(repo.backend), "get_ref")
     orchestrator.add_exchange(root, "hello", "hi")
     orchestrator.pause_context(root)
     assert reads == []
@@ -93,14 +109,7 @@ def test_a_stale_view_starts_over_from_a_fresh_read(tmp_path, monkeypatch):
     # Each of b's operations marked "stale" is tried on b's cached head after a moved it: each
     # must act on the stored state, as if it had read the ref first. b's solo operations in
     # between find the head where b left it, so b trusts its cache again for the next one.
-    repo = Repository.init(str(tmp_path / "store"))
-    a = ConversationOrchestrator(repo, "c")
-    root = a.create_root_context("root")
-    b_repo = Repository.open(str(tmp_path / "store"))
-    b = ConversationOrchestrator(b_repo, "c")
-    attempts = []
-    original = b_repo.commit_staged
-    monkeypatch.setattr(b_repo, "commit_staged", lambda *args, **kw: attempts.append(1) or original(*args, **kw))
+    repo, a, root, b, attempts = _two_writers(tmp_path, monkeypatch)
     side = a.spawn_sidebar(root, "made by a")
     b.add_exchange(side, "b writes to a's sidebar", "ok")  # stale: refused on b's view, done on a fresh read
     b.add_exchange(root, "b solo 1", "-")
@@ -130,22 +139,12 @@ def test_a_stale_view_starts_over_from_a_fresh_read(tmp_path, monkeypatch):
 def test_a_writer_that_keeps_finding_the_head_moved_reads_it_first(tmp_path, monkeypatch):
     # Alternating with another writer, only the first operation is tried on the cached head
     # (and refused); the next ones read the ref first. Alone again, the cache is trusted again.
-    repo = Repository.init(str(tmp_path / "store"))
-    a = ConversationOrchestrator(repo, "c")
-    root = a.create_root_context("root")
-    b_repo = Repository.open(str(tmp_path / "store"))
-    b = ConversationOrchestrator(b_repo, "c")
-    attempts = []
-    original = b_repo.commit_staged
-    monkeypatch.setattr(b_repo, "commit_staged", lambda *args, **kw: attempts.append(1) or original(*args, **kw))
+    repo, a, root, b, attempts = _two_writers(tmp_path, monkeypatch)
     for i in range(5):
         a.add_exchange(root, f"a{i}", "x")
         b.add_exchange(root, f"b{i}", "y")
     assert len(attempts) == 6  # five commits and one refused attempt on a stale head
-    reads = []
-    original_get_ref = type(b_repo.backend).get_ref
-    monkeypatch.setattr(type(b_repo.backend), "get_ref",
-                        lambda self, name: reads.append(name) or original_get_ref(self, name))
+    reads = _counting(monkeypatch, type(b.repo.backend), "get_ref")
     b.add_exchange(root, "b alone", "z")  # reads the ref: finds it where b left it
     b.add_exchange(root, "b alone again", "z")  # trusts its cache again
     assert len(reads) == 1 and len(attempts) == 8
