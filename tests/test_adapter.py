@@ -233,3 +233,46 @@ def test_two_replicas_saving_different_contexts_merge(tmp_path):
     with pytest.raises(MergeConflict) as info:
         third.save_context(y)
     assert info.value.context_id == "SB-3"
+
+
+def test_a_save_reads_the_ref_once_besides_its_compare_and_swap(tmp_path, monkeypatch):
+    instance = sp.SidebarPersistence(str(tmp_path / "store"), context_class=SidebarContext)
+    context = rich_context("SB-1")
+    instance.save_context(context)
+    reads = []
+    backend = type(instance.repo.backend)
+    original = backend.get_ref
+    monkeypatch.setattr(backend, "get_ref", lambda self, name: reads.append(name) or original(self, name))
+    context.local_memory.append({"exchange_id": "EXCH-9", "user": "more", "assistant": "yes"})
+    instance.save_context(context)
+    assert len(reads) == 1
+    assert [e["exchange_id"] for e in instance.load_context("SB-1").local_memory][-1] == "EXCH-9"
+
+
+def test_a_change_another_replica_commits_right_after_a_save_is_kept_by_the_next_save(tmp_path, monkeypatch):
+    # The version a save remembers as seen is the one it committed, not a newer head: a field the
+    # other replica changed in between is merged into the next save, never overwritten.
+    store = str(tmp_path / "shared")
+    mine = sp.SidebarPersistence(store, context_class=SidebarContext)
+    context = rich_context("SB-1")
+    mine.save_context(context)
+    other = sp.SidebarPersistence(store, context_class=SidebarContext)
+    theirs = other.load_context("SB-1")
+    theirs.tags = ["set by the other replica"]
+    committed = mine.repo.commit_staged
+
+    def commit_then_race(*args, **kwargs):
+        result = committed(*args, **kwargs)
+        if theirs.tags and not getattr(commit_then_race, "done", False):
+            commit_then_race.done = True
+            other.save_context(theirs)  # lands between this save's commit and what it remembers
+        return result
+
+    monkeypatch.setattr(mine.repo, "commit_staged", commit_then_race)
+    context.status = SidebarStatus.PAUSED
+    mine.save_context(context)
+    context.failure_reason = "a later save of the same object"
+    mine.save_context(context)  # the caller's object still has the old tags
+    stored = sp.SidebarPersistence(store, context_class=SidebarContext).load_context("SB-1")
+    assert stored.tags == ["set by the other replica"]
+    assert stored.status is SidebarStatus.PAUSED and stored.failure_reason == "a later save of the same object"

@@ -194,9 +194,15 @@ class SidebarPersistence:
                                   "", LogLink(last.sequence, last.entry_hash))
         return _Operation(("save", next(self._ops)), fallback_type, context_id, "")
 
-    def _commit(self, conv: ConversationId, change, fallback_type: str, context_id: str) -> None:
+    def _commit(self, conv: ConversationId, change, fallback_type: str, context_id: str,
+                head: tuple[str | None] | None = None) -> CommitResult:
+        """Stage ``change`` on the head (as read just now by the caller when ``head`` holds it) and commit
+        it; if another replica moved the head meanwhile, merge three ways onto theirs."""
         op = self._operation(fallback_type, context_id)
-        staging = self.repo.stage(conv)
+        if head is None:
+            staging = self.repo.stage(conv)
+        else:
+            staging = Staging(conv, head[0], self.repo.tree(head[0]))
         change(staging.workspace)
         amend = staging.head is not None and self._last.get(conv) == (op.key, staging.head)
         if context_id not in op.touched:
@@ -211,6 +217,7 @@ class SidebarPersistence:
             self._last.pop(conv, None)
         else:
             self._last[conv] = (op.key, result.snapshot)
+        return result
 
     def _merge_and_commit(self, conv: ConversationId, staging: Staging, event: Event,
                           log: LogLink | None) -> CommitResult:
@@ -279,7 +286,8 @@ class SidebarPersistence:
     def save_context(self, context: Any) -> bool:
         """Upsert one whole context; durable when it returns."""
         mirrors: dict[str, list[Any] | None] = {}
-        data = typed.to_json(context, self._stored_lists(context), mirrors)
+        stored, read = self._stored_lists(context)
+        data = typed.to_json(context, stored, mirrors)
         if ID_FIELD not in data:
             raise InvalidInput(f"context has no {ID_FIELD}")
         cid = data[ID_FIELD]
@@ -297,9 +305,12 @@ class SidebarPersistence:
             current = self._where.get(cid)
             if current is not None and current != target:
                 self._move(cid, current, target)
-            self._commit(target, change, "save_context", cid)
+            # The head _stored_lists read is the base (one read of the ref per save): a replica that
+            # moved it since makes the commit merge, as one that moves it during the save does.
+            head = read[1] if read is not None and read[0] == target and current == target else None
+            result = self._commit(target, change, "save_context", cid, head)
             self._where[cid] = target
-            record = self._remember(target, cid)
+            record = self._remember(cid, result.snapshot)
             # Keep the mirror of each list the head now holds exactly as this save encoded it.
             self._mirrors.pop(cid, None)
             if record is not None:
@@ -309,7 +320,8 @@ class SidebarPersistence:
                     self._mirrors[cid] = memo
         return True
 
-    def _stored_lists(self, context: Any) -> dict[str, typed.KnownList]:
+    def _stored_lists(self, context: Any) -> tuple[dict[str, typed.KnownList],
+                                                   tuple[ConversationId, tuple[str | None]] | None]:
         """The context's exchange lists as its conversation's head holds them.
 
         A save then encodes only what was appended since, and compares the
@@ -320,21 +332,24 @@ class SidebarPersistence:
         with self._lock:
             conv = self._where.get(cid) if isinstance(cid, str) else None
             if conv is None:
-                return {}
-            record = self.repo.tree(self.repo.head(conv)).records.get(cid)  # type: ignore[call-overload]
+                return {}, None
+            head = self.repo.head(conv)
+            record = self.repo.tree(head).records.get(cid)  # type: ignore[call-overload]
             memo = self._mirrors.get(cid, {})
+        read = (conv, (head,))
         if record is None:
-            return {}
+            return {}, read
         out = {}
         for name, chain in record.memory.items():
             kept = memo.get(name)
             mirror = kept[2] if kept is not None and (kept[0], kept[1]) == (chain.head, chain.n) else None
             out[name] = typed.KnownList(chain.items, mirror)
-        return out
+        return out, read
 
-    def _remember(self, conv: ConversationId, cid: str) -> ContextRecord | None:
-        """Note the version of a context this instance has seen (its base for the next save)."""
-        record = self.repo.tree(self.repo.head(conv)).records.get(cid)  # type: ignore[call-overload]
+    def _remember(self, cid: str, snapshot: str) -> ContextRecord | None:
+        """Note the version of a context this instance has seen (its base for the next save): the one
+        in ``snapshot``, the commit of its save (not a later head another replica may have made)."""
+        record = self.repo.tree(snapshot).records.get(cid)  # type: ignore[call-overload]
         if record is not None:
             self._seen[cid] = record
         return record
