@@ -276,3 +276,40 @@ def test_a_change_another_replica_commits_right_after_a_save_is_kept_by_the_next
     stored = sp.SidebarPersistence(store, context_class=SidebarContext).load_context("SB-1")
     assert stored.tags == ["set by the other replica"]
     assert stored.status is SidebarStatus.PAUSED and stored.failure_reason == "a later save of the same object"
+
+
+def _their_tags_then_my_two_saves(tmp_path, monkeypatch, race: bool) -> SidebarContext:
+    """Another replica sets the tags; this one, unaware, saves a status, then saves again from the same
+    object. With ``race`` the other save lands between this save's read of the head and its commit
+    (the commit is refused and merged); without, before the save begins (the save itself merges)."""
+    store = str(tmp_path / "shared")
+    mine = sp.SidebarPersistence(store, context_class=SidebarContext)
+    context = rich_context("SB-1")
+    mine.save_context(context)
+    other = sp.SidebarPersistence(store, context_class=SidebarContext)
+    theirs = other.load_context("SB-1")
+    theirs.tags = ["set by the other replica"]
+    if race:
+        committed = mine.repo.commit_staged
+        pending = [theirs]
+
+        def race_then_commit(*args, **kwargs):
+            while pending:
+                other.save_context(pending.pop())
+            return committed(*args, **kwargs)
+
+        monkeypatch.setattr(mine.repo, "commit_staged", race_then_commit)
+    else:
+        other.save_context(theirs)
+    context.status = SidebarStatus.PAUSED
+    mine.save_context(context)  # merged with the other replica's tags
+    context.failure_reason = "saved again"
+    mine.save_context(context)  # the object still has the old tags
+    return sp.SidebarPersistence(store, context_class=SidebarContext).load_context("SB-1")
+
+
+@pytest.mark.parametrize("race", [False, True], ids=["merged-by-the-save", "merged-by-the-commit"])
+def test_after_a_merged_save_the_next_save_keeps_what_was_merged_in(tmp_path, monkeypatch, race):
+    stored = _their_tags_then_my_two_saves(tmp_path, monkeypatch, race)
+    assert stored.status is SidebarStatus.PAUSED and stored.failure_reason == "saved again"
+    assert stored.tags == ["set by the other replica"]

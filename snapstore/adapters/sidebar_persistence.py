@@ -195,9 +195,10 @@ class SidebarPersistence:
         return _Operation(("save", next(self._ops)), fallback_type, context_id, "")
 
     def _commit(self, conv: ConversationId, change, fallback_type: str, context_id: str,
-                head: tuple[str | None] | None = None) -> CommitResult:
+                head: tuple[str | None] | None = None) -> tuple[CommitResult, Tree | None]:
         """Stage ``change`` on the head (as read just now by the caller when ``head`` holds it) and commit
-        it; if another replica moved the head meanwhile, merge three ways onto theirs."""
+        it; if another replica moved the head meanwhile, merge three ways onto theirs. Returns the commit
+        and, when it had to merge, the tree as staged (what this instance's change made of the head)."""
         op = self._operation(fallback_type, context_id)
         if head is None:
             staging = self.repo.stage(conv)
@@ -209,15 +210,17 @@ class SidebarPersistence:
             op.touched.append(context_id)
         message = op.message or f"{fallback_type} {', '.join(op.touched)}"
         event = Event(op.event_type, op.context_id, message)
+        staged = None
         try:
             result = self.repo.commit_staged(staging, event=event, log=op.log, activate=True, amend=amend)
         except RefConflict:
+            staged = staging.workspace.build()
             result = self._merge_and_commit(conv, staging, event, op.log)
         if self._explicit is None and op.key[0] == "save":
             self._last.pop(conv, None)
         else:
             self._last[conv] = (op.key, result.snapshot)
-        return result
+        return result, staged
 
     def _merge_and_commit(self, conv: ConversationId, staging: Staging, event: Event,
                           log: LogLink | None) -> CommitResult:
@@ -293,9 +296,13 @@ class SidebarPersistence:
         cid = data[ID_FIELD]
         # The lists as this save staged them, when it staged the context as it is (no merge).
         built: dict[str, tuple[str | None, int]] = {}
+        # The caller's context as a record, when _put_seen had to merge it with another replica's change.
+        given: list[ContextRecord | None] = []
 
         def change(ws: Workspace) -> None:
-            if self._put_seen(ws, data):
+            mine = self._put_seen(ws, data)
+            given[:] = [mine]
+            if mine is None:
                 record = ws.record(cid)
                 if record is not None:
                     built.update((name, (chain.head, chain.n)) for name, chain in record.memory.items())
@@ -308,9 +315,17 @@ class SidebarPersistence:
             # The head _stored_lists read is the base (one read of the ref per save): a replica that
             # moved it since makes the commit merge, as one that moves it during the save does.
             head = read[1] if read is not None and read[0] == target and current == target else None
-            result = self._commit(target, change, "save_context", cid, head)
+            result, staged = self._commit(target, change, "save_context", cid, head)
             self._where[cid] = target
-            record = self._remember(cid, result.snapshot)
+            # What the caller now holds, as the base of its next save: the context as given, not a merge
+            # of it with what another replica changed (the caller never saw that; the next save must
+            # keep it, not write the caller's older values over it).
+            if given and given[0] is not None:
+                record = self._remember(cid, given[0])
+            elif staged is not None:
+                record = self._remember(cid, staged.records.get(cid))  # type: ignore[call-overload]
+            else:
+                record = self._remember(cid, self.repo.tree(result.snapshot).records.get(cid))  # type: ignore[call-overload]
             # Keep the mirror of each list the head now holds exactly as this save encoded it.
             self._mirrors.pop(cid, None)
             if record is not None:
@@ -346,18 +361,17 @@ class SidebarPersistence:
             out[name] = typed.KnownList(chain.items, mirror)
         return out, read
 
-    def _remember(self, cid: str, snapshot: str) -> ContextRecord | None:
-        """Note the version of a context this instance has seen (its base for the next save): the one
-        in ``snapshot``, the commit of its save (not a later head another replica may have made)."""
-        record = self.repo.tree(snapshot).records.get(cid)  # type: ignore[call-overload]
+    def _remember(self, cid: str, record: ContextRecord | None) -> ContextRecord | None:
+        """Note the version of a context this instance's caller holds (the base of its next save)."""
         if record is not None:
             self._seen[cid] = record
         return record
 
-    def _put_seen(self, ws: Workspace, data: dict[str, Any]) -> bool:
+    def _put_seen(self, ws: Workspace, data: dict[str, Any]) -> ContextRecord | None:
         """Stage a whole context; if another replica changed it since we saw it, merge three ways.
 
-        Returns whether the context was staged as given (False: merged).
+        Returns None if the context was staged as given; if it was merged, the record of the
+        context as given (built on its own).
         """
         cid = data[ID_FIELD]
         seen = self._seen.get(cid)
@@ -368,7 +382,7 @@ class SidebarPersistence:
                 for n, c in current.memory.items())
         ):
             ws.put_context(data)
-            return True
+            return None
         mine = Workspace(ws.base)
         mine.put_context(data)
         ours = mine.build()
@@ -380,7 +394,7 @@ class SidebarPersistence:
         record = merged.record(cid)
         if record is not None:
             ws.put_record(record, changed=True)
-        return False
+        return ours.records.get(cid)  # type: ignore[call-overload]
 
     def load_context(self, sidebar_id: str) -> Any:
         """The context as an instance of the caller's class (a dict if none was configured), or None."""
