@@ -249,39 +249,11 @@ def test_a_save_reads_the_ref_once_besides_its_compare_and_swap(tmp_path, monkey
     assert [e["exchange_id"] for e in instance.load_context("SB-1").local_memory][-1] == "EXCH-9"
 
 
-def test_a_change_another_replica_commits_right_after_a_save_is_kept_by_the_next_save(tmp_path, monkeypatch):
-    # The version a save remembers as seen is the one it committed, not a newer head: a field the
-    # other replica changed in between is merged into the next save, never overwritten.
-    store = str(tmp_path / "shared")
-    mine = sp.SidebarPersistence(store, context_class=SidebarContext)
-    context = rich_context("SB-1")
-    mine.save_context(context)
-    other = sp.SidebarPersistence(store, context_class=SidebarContext)
-    theirs = other.load_context("SB-1")
-    theirs.tags = ["set by the other replica"]
-    committed = mine.repo.commit_staged
-
-    def commit_then_race(*args, **kwargs):
-        result = committed(*args, **kwargs)
-        if theirs.tags and not getattr(commit_then_race, "done", False):
-            commit_then_race.done = True
-            other.save_context(theirs)  # lands between this save's commit and what it remembers
-        return result
-
-    monkeypatch.setattr(mine.repo, "commit_staged", commit_then_race)
-    context.status = SidebarStatus.PAUSED
-    mine.save_context(context)
-    context.failure_reason = "a later save of the same object"
-    mine.save_context(context)  # the caller's object still has the old tags
-    stored = sp.SidebarPersistence(store, context_class=SidebarContext).load_context("SB-1")
-    assert stored.tags == ["set by the other replica"]
-    assert stored.status is SidebarStatus.PAUSED and stored.failure_reason == "a later save of the same object"
-
-
-def _their_tags_then_my_two_saves(tmp_path, monkeypatch, race: bool) -> SidebarContext:
+def _their_tags_then_my_two_saves(tmp_path, monkeypatch, when: str) -> SidebarContext:
     """Another replica sets the tags; this one, unaware, saves a status, then saves again from the same
-    object. With ``race`` the other save lands between this save's read of the head and its commit
-    (the commit is refused and merged); without, before the save begins (the save itself merges)."""
+    object. The other replica's save lands ``when``: "before" this save begins (the save itself
+    merges), "during" it, between its read of the head and its commit (the commit is refused and
+    merged), or "after" its commit, before it notes what it saved."""
     store = str(tmp_path / "shared")
     mine = sp.SidebarPersistence(store, context_class=SidebarContext)
     context = rich_context("SB-1")
@@ -289,27 +261,34 @@ def _their_tags_then_my_two_saves(tmp_path, monkeypatch, race: bool) -> SidebarC
     other = sp.SidebarPersistence(store, context_class=SidebarContext)
     theirs = other.load_context("SB-1")
     theirs.tags = ["set by the other replica"]
-    if race:
+    if when == "before":
+        other.save_context(theirs)
+    else:
         committed = mine.repo.commit_staged
         pending = [theirs]
 
-        def race_then_commit(*args, **kwargs):
+        def racing_commit(*args, **kwargs):
+            if when == "during":
+                while pending:
+                    other.save_context(pending.pop())
+            result = committed(*args, **kwargs)
             while pending:
                 other.save_context(pending.pop())
-            return committed(*args, **kwargs)
+            return result
 
-        monkeypatch.setattr(mine.repo, "commit_staged", race_then_commit)
-    else:
-        other.save_context(theirs)
+        monkeypatch.setattr(mine.repo, "commit_staged", racing_commit)
     context.status = SidebarStatus.PAUSED
-    mine.save_context(context)  # merged with the other replica's tags
+    mine.save_context(context)
     context.failure_reason = "saved again"
     mine.save_context(context)  # the object still has the old tags
     return sp.SidebarPersistence(store, context_class=SidebarContext).load_context("SB-1")
 
 
-@pytest.mark.parametrize("race", [False, True], ids=["merged-by-the-save", "merged-by-the-commit"])
-def test_after_a_merged_save_the_next_save_keeps_what_was_merged_in(tmp_path, monkeypatch, race):
-    stored = _their_tags_then_my_two_saves(tmp_path, monkeypatch, race)
+@pytest.mark.parametrize("when", ["before", "during", "after"])
+def test_what_another_replica_changed_around_a_save_survives_the_next_save(tmp_path, monkeypatch, when):
+    # The base of a save is the context as the caller holds it: not a merge with the other replica's
+    # change, nor a newer head made right after the save. So the next save of the caller's object
+    # merges that change in again instead of writing the caller's older tags over it.
+    stored = _their_tags_then_my_two_saves(tmp_path, monkeypatch, when)
     assert stored.status is SidebarStatus.PAUSED and stored.failure_reason == "saved again"
     assert stored.tags == ["set by the other replica"]
