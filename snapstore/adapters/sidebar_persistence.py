@@ -326,7 +326,8 @@ class SidebarPersistence:
                 record = self._remember(cid, staged.records.get(cid))  # type: ignore[call-overload]
             else:
                 record = self._remember(cid, self.repo.tree(result.snapshot).records.get(cid))  # type: ignore[call-overload]
-            # Keep the mirror of each list the head now holds exactly as this save encoded it.
+            # Keep the mirror of each list as this save encoded it, under the chain it staged: the next
+            # save uses it only where the head still holds that very chain.
             self._mirrors.pop(cid, None)
             if record is not None:
                 memo = {name: (chain.head, chain.n, mirror) for name, chain in record.memory.items()
