@@ -195,15 +195,13 @@ class SidebarPersistence:
         return _Operation(("save", next(self._ops)), fallback_type, context_id, "")
 
     def _commit(self, conv: ConversationId, change, fallback_type: str, context_id: str,
-                head: tuple[str | None] | None = None) -> tuple[CommitResult, Tree | None]:
-        """Stage ``change`` on the head (as read just now by the caller when ``head`` holds it) and commit
+                staging: Staging | None = None) -> tuple[CommitResult, Tree | None]:
+        """Stage ``change`` on the head (on ``staging`` when the caller has just read it) and commit
         it; if another replica moved the head meanwhile, merge three ways onto theirs. Returns the commit
         and, when it had to merge, the tree as staged (what this instance's change made of the head)."""
         op = self._operation(fallback_type, context_id)
-        if head is None:
+        if staging is None:
             staging = self.repo.stage(conv)
-        else:
-            staging = Staging(conv, head[0], self.repo.tree(head[0]))
         change(staging.workspace)
         amend = staging.head is not None and self._last.get(conv) == (op.key, staging.head)
         if context_id not in op.touched:
@@ -215,17 +213,18 @@ class SidebarPersistence:
             result = self.repo.commit_staged(staging, event=event, log=op.log, activate=True, amend=amend)
         except RefConflict:
             staged = staging.workspace.build()
-            result = self._merge_and_commit(conv, staging, event, op.log)
+            result = self._merge_and_commit(conv, staging, staged, event, op.log)
         if self._explicit is None and op.key[0] == "save":
             self._last.pop(conv, None)
         else:
             self._last[conv] = (op.key, result.snapshot)
         return result, staged
 
-    def _merge_and_commit(self, conv: ConversationId, staging: Staging, event: Event,
+    def _merge_and_commit(self, conv: ConversationId, staging: Staging, ours: Tree, event: Event,
                           log: LogLink | None) -> CommitResult:
-        """Another replica moved the ref: merge our change three ways onto theirs (retrying)."""
-        base, ours = staging.workspace.base, staging.workspace.build()
+        """Another replica moved the ref: merge our change (``ours``, the staging built) three ways onto
+        theirs (retrying)."""
+        base = staging.workspace.base
         chunks = {oid: obj for oid, obj in staging.workspace.objects.items() if obj[0] == "chunk"}
         for _ in range(MAX_MERGE_ATTEMPTS):
             theirs = self.repo.stage(conv)
@@ -314,18 +313,18 @@ class SidebarPersistence:
                 self._move(cid, current, target)
             # The head _stored_lists read is the base (one read of the ref per save): a replica that
             # moved it since makes the commit merge, as one that moves it during the save does.
-            head = read[1] if read is not None and read[0] == target and current == target else None
-            result, staged = self._commit(target, change, "save_context", cid, head)
+            staging = read if read is not None and read.conversation == target and current == target else None
+            result, staged = self._commit(target, change, "save_context", cid, staging)
             self._where[cid] = target
             # What the caller now holds, as the base of its next save: the context as given, not a merge
             # of it with what another replica changed (the caller never saw that; the next save must
             # keep it, not write the caller's older values over it).
             if given and given[0] is not None:
-                record = self._remember(cid, given[0])
-            elif staged is not None:
-                record = self._remember(cid, staged.records.get(cid))  # type: ignore[call-overload]
+                record = given[0]
             else:
-                record = self._remember(cid, self.repo.tree(result.snapshot).records.get(cid))  # type: ignore[call-overload]
+                tree = staged if staged is not None else self.repo.tree(result.snapshot)
+                record = tree.records.get(cid)  # type: ignore[call-overload]
+            self._remember(cid, record)
             # Keep the mirror of each list as this save encoded it, under the chain it staged: the next
             # save uses it only where the head still holds that very chain.
             self._mirrors.pop(cid, None)
@@ -336,9 +335,9 @@ class SidebarPersistence:
                     self._mirrors[cid] = memo
         return True
 
-    def _stored_lists(self, context: Any) -> tuple[dict[str, typed.KnownList],
-                                                   tuple[ConversationId, tuple[str | None]] | None]:
-        """The context's exchange lists as its conversation's head holds them.
+    def _stored_lists(self, context: Any) -> tuple[dict[str, typed.KnownList], Staging | None]:
+        """The context's exchange lists as its conversation's head holds them, and a staging on that
+        head (None if the context is new here).
 
         A save then encodes only what was appended since, and compares the
         rest with the mirror of the client's items it last saved, not with
@@ -349,10 +348,9 @@ class SidebarPersistence:
             conv = self._where.get(cid) if isinstance(cid, str) else None
             if conv is None:
                 return {}, None
-            head = self.repo.head(conv)
-            record = self.repo.tree(head).records.get(cid)  # type: ignore[call-overload]
+            read = self.repo.stage(conv)  # the head read once: the save stages on it too
+            record = read.workspace.base.records.get(cid)  # type: ignore[call-overload]
             memo = self._mirrors.get(cid, {})
-        read = (conv, (head,))
         if record is None:
             return {}, read
         out = {}
@@ -362,11 +360,10 @@ class SidebarPersistence:
             out[name] = typed.KnownList(chain.items, mirror)
         return out, read
 
-    def _remember(self, cid: str, record: ContextRecord | None) -> ContextRecord | None:
+    def _remember(self, cid: str, record: ContextRecord | None) -> None:
         """Note the version of a context this instance's caller holds (the base of its next save)."""
         if record is not None:
             self._seen[cid] = record
-        return record
 
     def _put_seen(self, ws: Workspace, data: dict[str, Any]) -> ContextRecord | None:
         """Stage a whole context; if another replica changed it since we saw it, merge three ways.
