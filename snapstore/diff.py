@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from .objects import Chunk, ContextId, MemoryRef, Node, ObjectId, Page, State
+from .objects import Chunk, ContextId, MemoryRef, Node, ObjectId, Page, State, json_equal
 from .tree import ReadMany, full_fields, resolve_children
 
 Pairs = tuple[tuple[ContextId, ObjectId], ...]
@@ -134,7 +134,7 @@ def diff_fields(old: dict[str, Any], new: dict[str, Any]) -> dict[str, dict[str,
     out: dict[str, dict[str, Any]] = {}
     for key in sorted(old.keys() | new.keys()):
         a, b = old.get(key, _ABSENT), new.get(key, _ABSENT)
-        if a != b or type(a) is not type(b):
+        if not json_equal(a, b):
             change: dict[str, Any] = {}
             if a is not _ABSENT:
                 change["old"] = a
@@ -260,7 +260,7 @@ class _Differ:
             olds = old_items.get(key, ())
             if n > len(olds):
                 added.append(key)
-            elif olds[n - 1] != item:
+            elif not json_equal(olds[n - 1], item):
                 changed.append(key)
         seen = {}
         for key, _ in old_seq:

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .errors import SnapstoreError
-from .objects import ContextId
+from .objects import ContextId, json_equal
 from .tree import CHILDREN_FIELD, Chain, ContextRecord, Tree, Workspace
 
 _ABSENT = object()
@@ -48,13 +48,13 @@ def _extends(longer: Chain, prefix: Chain) -> bool:
 
 
 def _merge_lists(cid: str, name: str, base: Any, theirs: Any, ours: Any) -> Any:
-    if ours == base or ours == theirs:
+    if json_equal(ours, base) or json_equal(ours, theirs):
         return theirs
-    if theirs == base:
+    if json_equal(theirs, base):
         return ours
-    if all(isinstance(v, list) for v in (base, theirs, ours)) and theirs[: len(base)] == base and \
-            ours[: len(base)] == base:
-        return theirs + [x for x in ours[len(base):] if x not in theirs]
+    if all(isinstance(v, list) for v in (base, theirs, ours)) and json_equal(theirs[: len(base)], base) and \
+            json_equal(ours[: len(base)], base):
+        return theirs + [x for x in ours[len(base):] if not any(json_equal(x, y) for y in theirs)]
     raise MergeConflict(cid, f"both sides changed {name}")
 
 
@@ -63,9 +63,9 @@ def _merge_fields(cid: str, base: dict[str, Any], theirs: dict[str, Any], ours: 
     out: dict[str, Any] = {}
     for key in list(theirs) + [k for k in ours if k not in theirs]:
         b, t, o = base.get(key, _ABSENT), theirs.get(key, _ABSENT), ours.get(key, _ABSENT)
-        if o == b or o == t:
+        if json_equal(o, b) or json_equal(o, t):
             value = t
-        elif t == b:
+        elif json_equal(t, b):
             value = o
         elif key in mergeable:
             value = mergeable[key](b, t, o)
@@ -105,7 +105,7 @@ def merge_trees(base: Tree, theirs: Tree, ours: Tree,
             _put(ws, o)  # we added it
             continue
         if b is None:
-            if t.node_id != o.node_id and (t.fields != o.fields or _chains(t) != _chains(o)):
+            if t.node_id != o.node_id and (not json_equal(t.fields, o.fields) or _chains(t) != _chains(o)):
                 raise MergeConflict(cid, "added on both sides with different contents")
             continue
         if t.node_id == b.node_id or t.node_id == o.node_id:
@@ -114,7 +114,7 @@ def merge_trees(base: Tree, theirs: Tree, ours: Tree,
         _put_merged(ws, cid, b, t, o, renumber)
     if ours.active_context_id != base.active_context_id:
         ws.set_active(ours.active_context_id)
-    if ours.extra != base.extra:
+    if not json_equal(ours.extra, base.extra):
         ws.set_extra(_merge_fields("(conversation)", base.extra, theirs.extra, ours.extra, {}))
     return ws
 

@@ -36,6 +36,8 @@ This module knows nothing of storage or compression.
 from __future__ import annotations
 
 import json
+import math
+import operator
 import re
 from dataclasses import dataclass, field
 from collections.abc import Iterator
@@ -72,6 +74,40 @@ def canonical_json(value: Any) -> bytes:
         return _encoder.encode(value).encode("ascii")
     except (TypeError, ValueError) as exc:
         raise InvalidInput(f"value is not plain JSON: {exc}") from None
+
+
+def json_equal(a: Any, b: Any) -> bool:
+    """Whether two JSON values have the same canonical encoding.
+
+    Python's ``==`` also holds between ``True`` and ``1``, ``1`` and ``1.0``,
+    ``0.0`` and ``-0.0``, whose JSON texts differ: a change from one to the
+    other is a change. ``==`` runs first (in C); only values it finds equal
+    are walked for such pairs, skipping parts that are the same object.
+    """
+    return a is b or (a == b and _same_kinds(a, b))
+
+
+def _same_kinds(a: Any, b: Any) -> bool:
+    """For ``a == b``: whether no leaf pair differs in type (or in a zero's sign)."""
+    kind = type(a)
+    if kind is not type(b):
+        return False
+    if kind is dict:
+        for key, value in a.items():
+            other = b[key]
+            if value is not other and not _same_kinds(value, other):
+                return False
+        return True
+    if kind is list:
+        if all(map(operator.is_, a, b)):  # in C: lists that share their items (a known prefix)
+            return True
+        for value, other in zip(a, b):
+            if value is not other and not _same_kinds(value, other):
+                return False
+        return True
+    if kind is float:
+        return math.copysign(1.0, a) == math.copysign(1.0, b)
+    return True
 
 
 def hash_object(kind: str, body: bytes) -> ObjectId:

@@ -38,6 +38,7 @@ from .objects import (
     Page,
     PageLevel,
     State,
+    json_equal,
     canonical_json,
     encode,
     page_children,
@@ -115,12 +116,12 @@ class Chain:
         """The chain holding exactly ``new_items``, sharing the longest equal prefix."""
         n = self.n
         mine = self.items
-        if len(new_items) >= n and new_items[:n] == mine:
+        if len(new_items) >= n and json_equal(new_items[:n], mine):
             keep = n
         else:
             keep = 0
             limit = min(n, len(new_items))
-            while keep < limit and new_items[keep] == mine[keep]:
+            while keep < limit and json_equal(new_items[keep], mine[keep]):
                 keep += 1
         chain = self._prefix(keep) if keep < n else self
         for item in new_items[keep:]:
@@ -437,7 +438,7 @@ class Workspace:
         cid, fields, lists = split_context(context)
         current = self._current(cid)
         old_fields, old_memory = current if current is not None else ({}, {})
-        if current is None or fields != old_fields:
+        if current is None or not json_equal(fields, old_fields):
             text = canonical_json(fields)
             fields = json.loads(text)  # a private copy; build splices ``text`` into the node
             self._fields_json[cid] = (fields, text)
@@ -523,7 +524,7 @@ class Workspace:
             copied = json.loads(canonical_json(dict(changes)))
         merged = dict(fields)
         merged.update(copied)
-        if merged != fields:
+        if not json_equal(merged, fields):
             _check_links(cid, copied)  # the other fields were checked when staged or committed
             self._fields[cid] = merged
             self._memory[cid] = chains
@@ -531,7 +532,7 @@ class Workspace:
     def put_record(self, record: ContextRecord, changed: bool = False) -> None:
         """Stage a context from another tree's record (its chunks must be stored or staged)."""
         current = self._current(record.id)
-        if not changed and current is not None and current[0] == record.fields and {
+        if not changed and current is not None and json_equal(current[0], record.fields) and {
             n: (c.head, c.n) for n, c in current[1].items()
         } == {n: (c.head, c.n) for n, c in record.memory.items()}:
             return
@@ -620,7 +621,7 @@ class Workspace:
             base.state_id is not None
             and not touched
             and self.active_context_id == base.active_context_id
-            and self.extra == base.extra
+            and json_equal(self.extra, base.extra)
         ):
             return base
         records = dict(base.records)

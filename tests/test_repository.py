@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import time
 
 import pytest
@@ -37,6 +38,38 @@ def test_identical_state_creates_nothing(repo):
     assert first.created and not again.created
     assert again.snapshot == first.snapshot
     assert len(repo.log("conv-1")) == 1
+
+
+@pytest.mark.parametrize("path, old, new", [
+    (("status_code",), 1, True),
+    (("data_refs", "done"), 0, False),
+    (("relevance_scores", "EXCH-1"), 1, 1.0),
+    (("relevance_scores", "EXCH-1"), 0.0, -0.0),
+    (("local_memory", 0, "flag"), 1, True),
+    (("inherited_memory", 0, "score"), 2, 2.0),
+])
+def test_a_change_between_values_python_finds_equal_is_a_change(repo, path, old, new):
+    """``1 == True == 1.0`` and ``0.0 == -0.0`` in Python, but their JSON texts differ."""
+    def state_with(value):
+        state = sample_state()
+        target = state["contexts"][1]  # SB-2: has local and inherited memory
+        for key in path[:-1]:
+            if isinstance(key, str):
+                target = target.setdefault(key, {})
+            else:
+                target = target[key]
+        target[path[-1]] = value
+        return state
+
+    first = repo.commit("conv-1", state_with(old))
+    second = repo.commit("conv-1", state_with(new))
+    assert second.created and second.root != first.root
+    loaded = repo.load("conv-1").to_json()
+    assert json.dumps(loaded, sort_keys=True) == json.dumps(state_with(new), sort_keys=True)
+    changed = repo.diff("conv-1~1", "conv-1").changed
+    assert [c.id for c in changed] == ["SB-2"]
+    # Committing the first state again is a change back, not "nothing to commit".
+    assert repo.commit("conv-1", state_with(old)).root == first.root
 
 
 def test_one_change_writes_node_ancestors_state_and_snapshot(repo):
