@@ -97,14 +97,129 @@ def test_load_all_newest_first_and_archived_only_when_asked(persistence):
 def test_delete_keeps_history(persistence):
     persistence.save_context(rich_context("SB-1"))
     persistence.save_context(rich_context("SB-2", "SB-1"))
-    assert persistence.delete_context("SB-2", reason="cleanup") is True
+    assert persistence.delete_context("SB-2", reason="cleanup", deleted_by="human") is True
     assert persistence.load_context("SB-2") is None and not persistence.context_exists("SB-2")
     assert persistence.delete_context("SB-2") is False
     repo = persistence.repo
     conv = repo.conversation_ids()[0]
     ids_before = {c["sidebar_id"] for c in repo.load(f"{conv}~1").contexts}
     assert "SB-2" in ids_before
-    assert repo.log(conv)[0].snapshot.event.type == "context_deleted"
+    event = repo.log(conv)[0].snapshot.event
+    assert event.type == "context_deleted"
+    assert "reason: cleanup" in event.message and "deleted by: human" in event.message
+
+
+def test_a_delete_in_the_operation_that_saved_the_context_keeps_it_in_history(persistence):
+    """Saves of one operation amend one snapshot; a delete must not amend away the only one holding the context."""
+    persistence.save_context(rich_context("SB-1"))
+    with persistence.operation("sidebar_spawn", "SB-2"):
+        persistence.save_context(rich_context("SB-2", "SB-1"))
+        assert persistence.delete_context("SB-2", reason="spawned by mistake") is True
+    repo = persistence.repo
+    conv = repo.conversation_ids()[0]
+    holding = [e for e in repo.log(conv) if "SB-2" in {c["sidebar_id"] for c in repo.load(e.id).contexts}]
+    assert len(holding) == 1
+    kept = {c["sidebar_id"]: c for c in repo.load(holding[0].id).contexts}["SB-2"]
+    assert kept["local_memory"] == rich_context("SB-2", "SB-1").local_memory
+    assert "SB-2" not in {c["sidebar_id"] for c in repo.load(conv).contexts}
+
+
+def test_an_instance_sees_what_another_instance_created_moved_and_deleted(tmp_path):
+    store = str(tmp_path / "store")
+    a = sp.SidebarPersistence(store, context_class=SidebarContext)
+    a.save_context(rich_context("SB-1"))
+    b = sp.SidebarPersistence(store, context_class=SidebarContext)
+    b.save_context(rich_context("SB-2", "SB-1"))  # a child in a's conversation
+    b.save_context(rich_context("SB-3"))  # a new root: a conversation a has never seen
+    assert a.load_context("SB-2") == rich_context("SB-2", "SB-1") and a.context_exists("SB-3")
+    assert a.load_context("SB-3") == rich_context("SB-3")
+    assert sorted(c.sidebar_id for c in a.load_all_contexts()) == ["SB-1", "SB-2", "SB-3"]
+    assert a.get_statistics()["total_contexts"] == 3
+    b.delete_context("SB-1")
+    assert not a.context_exists("SB-1") and a.load_context("SB-1") is None
+    assert a.delete_context("SB-1") is False
+    # a saves a child of the root b made: it goes to that root's conversation.
+    a.save_context(rich_context("SB-4", "SB-3"))
+    fresh = sp.SidebarPersistence(store, context_class=SidebarContext)
+    assert sorted(c.sidebar_id for c in fresh.load_all_contexts()) == ["SB-2", "SB-3", "SB-4"]
+    assert fresh._where["SB-4"] == fresh._where["SB-3"]
+
+
+def test_a_change_between_values_python_finds_equal_is_saved(persistence, tmp_path):
+    """``1 == True == 1.0`` in Python; as JSON they differ, and so must what a save keeps."""
+    ctx = rich_context()
+    ctx.local_memory[0]["flag"] = 1
+    ctx.relevance_scores["EXCH-1"] = 1
+    ctx.data_refs["done"] = 0
+    persistence.save_context(ctx)
+    ctx.local_memory[0]["flag"] = True  # an exchange already stored: compared with its mirror
+    ctx.relevance_scores["EXCH-1"] = 1.0
+    ctx.data_refs["done"] = False
+    persistence.save_context(ctx)
+    loaded = sp.SidebarPersistence(str(tmp_path / "store"), context_class=SidebarContext).load_context("SB-1")
+    assert loaded.local_memory[0]["flag"] is True
+    assert type(loaded.relevance_scores["EXCH-1"]) is float and loaded.data_refs["done"] is False
+
+
+def test_loads_give_the_saved_class_in_a_new_process_without_configure(tmp_path):
+    instance = sp.SidebarPersistence(str(tmp_path / "store"))  # no class configured
+    instance.save_context(rich_context())
+    assert instance.load_context("SB-1") == rich_context()
+    instance.close()
+    code = (
+        "import sys; sys.path.insert(0, %r)\n"
+        "from tests.test_adapter import rich_context\n"
+        "from snapstore.adapters import sidebar_persistence as sp\n"
+        "p = sp.get_persistence(%r)\n"
+        "loaded = p.load_context('SB-1')\n"
+        "print(type(loaded).__name__, loaded == rich_context(), [type(c).__name__ for c in p.load_all_contexts()])\n"
+    ) % (str(__import__("pathlib").Path(__file__).resolve().parent.parent), str(tmp_path / "store"))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["SidebarContext", "True", "['SidebarContext']"]
+
+
+def test_a_scratchpad_json_cannot_hold_is_left_out_not_a_failed_save(persistence):
+    """The client's own layer does not persist ``scratchpad``; an object of the caller's must not fail the save."""
+    ctx = rich_context()
+    ctx.scratchpad = object()
+    assert persistence.save_context(ctx) is True
+    assert persistence.load_context("SB-1").scratchpad is None
+    ctx.scratchpad = {"notes": ["kept when JSON can hold it"]}
+    persistence.save_context(ctx)
+    assert persistence.load_context("SB-1").scratchpad == {"notes": ["kept when JSON can hold it"]}
+
+
+def test_non_finite_floats_round_trip(persistence, tmp_path):
+    ctx = rich_context()
+    ctx.relevance_scores = {"EXCH-1": float("nan"), "EXCH-2": float("inf"), "EXCH-3": -float("inf")}
+    ctx.local_memory[0]["score"] = float("-inf")
+    assert persistence.save_context(ctx) is True
+    loaded = sp.SidebarPersistence(str(tmp_path / "store"), context_class=SidebarContext).load_context("SB-1")
+    scores = loaded.relevance_scores
+    assert scores["EXCH-1"] != scores["EXCH-1"] and scores["EXCH-2"] == float("inf") and scores["EXCH-3"] == -float("inf")
+    assert loaded.local_memory[0]["score"] == -float("inf")
+
+
+def test_one_hint_a_type_checker_alone_can_resolve_leaves_the_other_fields_typed(tmp_path):
+    from .client.forward_model import ForwardContext
+
+    instance = sp.SidebarPersistence(str(tmp_path / "store"), context_class=ForwardContext)
+    instance.save_context(ForwardContext("SB-1", None, SidebarStatus.ARCHIVED, datetime(2026, 1, 2)))
+    instance.save_context(ForwardContext("SB-2", None, SidebarStatus.ACTIVE, datetime(2026, 1, 1)))
+    assert [(c.sidebar_id, c.status) for c in instance.load_all_contexts()] == [("SB-2", SidebarStatus.ACTIVE)]
+    assert instance.get_statistics()["by_status"] == {"archived": 1, "active": 1}
+    assert instance.load_context("SB-1").last_activity == datetime(2026, 1, 2)
+
+
+def test_aware_last_activity_orders_by_the_moment_it_names(persistence):
+    from datetime import timedelta
+
+    a, b = rich_context("SB-1"), rich_context("SB-2")
+    a.last_activity = datetime(2026, 1, 1, 10, 0, tzinfo=timezone(timedelta(hours=5)))  # 05:00 UTC
+    b.last_activity = datetime(2026, 1, 1, 6, 0, tzinfo=timezone.utc)  # 06:00 UTC: newer, yet sorts first as text
+    persistence.save_context(a)
+    persistence.save_context(b)
+    assert [c.sidebar_id for c in persistence.load_all_contexts()] == ["SB-2", "SB-1"]
 
 
 def test_session_state_and_focus(persistence):

@@ -22,9 +22,12 @@ replaced snapshots stay in the reflog). Saves belong to one operation when
   entry was appended between them: the operation is the newest log entry,
   and its snapshot records that entry's sequence and hash.
 
-Otherwise each save is its own snapshot.
+Otherwise each save is its own snapshot. A delete is always a snapshot of
+its own (never an amend), so history keeps the deleted context whole.
 
-Several replicas. When another process moved the conversation's ref since
+Several replicas. Where each context lives (which conversation) is a cache,
+read again from the heads when a context is not where it was: another
+instance may have made, moved or deleted it. When another process moved the conversation's ref since
 this instance's view, a save is merged three ways onto theirs against the
 common snapshot (:func:`snapstore.merge.merge_trees`): changes to different
 contexts (or different fields) combine; the same field changed two ways
@@ -41,14 +44,15 @@ import os
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from ..errors import InvalidInput, SnapstoreError, StoreExists, StoreNotFound
-from ..objects import Event, LogLink
+from ..objects import Event, LogLink, json_equal
 from ..errors import RefConflict
 from ..merge import merge_trees
-from ..refs import ConversationId, ref_name, validate_conversation_id
+from ..refs import REF_PREFIX, ConversationId, conversation_of, ref_name, validate_conversation_id
 from ..repository import CommitResult, Repository, Staging
 from ..tree import ID_FIELD, PARENT_FIELD, ContextRecord, Tree, Workspace
 from . import typed
@@ -65,6 +69,9 @@ MAX_MERGE_ATTEMPTS = 50
 ROOT_OF_CONVERSATION = "conversation_root/"
 CONVERSATION_OF_ROOT = "root_conversation/"
 HISTORICAL = "historical/"
+# The caller's context class (``module:QualName``), noted at its first save: loads in a later process
+# give back instances of it without configure(context_class=...).
+CONTEXT_CLASS = "adapter/context_class"
 from ..startup import CLEAN_SHUTDOWN_KEY  # noqa: E402  (one marker for every way of starting)
 
 
@@ -125,6 +132,24 @@ def _view(record: ContextRecord) -> dict[str, Any]:
     return context
 
 
+# Fields saved only when they can be: the client's own layer does not persist ``scratchpad`` at all,
+# so one that JSON cannot hold (an object of the caller's) is left out, not a failed save.
+OPTIONAL_FIELDS = frozenset({"scratchpad"})
+
+
+def _moment_key(value: Any) -> tuple[int, Any]:
+    """A sort key for a stored ``last_activity``: by the moment it names (an aware one in UTC)."""
+    if isinstance(value, str):
+        try:
+            moment = datetime.fromisoformat(value)
+        except ValueError:
+            return (0, value)
+        if moment.tzinfo is not None:
+            moment = moment.astimezone(timezone.utc).replace(tzinfo=None)
+        return (1, moment)
+    return (0, "")
+
+
 @dataclass
 class _Operation:
     key: object
@@ -150,6 +175,7 @@ class SidebarPersistence:
                 self.repo = Repository.open(location)
         self.location = location
         self.context_class = context_class or _config["context_class"]
+        self._class_noted = self.repo.backend.get_meta(CONTEXT_CLASS)
         log_path = ozolith or _config["ozolith"]
         self._log = None
         if log_path is not None:
@@ -162,13 +188,13 @@ class SidebarPersistence:
         # conversation -> (operation key, snapshot it made): where an amend may follow.
         self._last: dict[ConversationId, tuple[object, str]] = {}
         self._where: dict[str, ConversationId] = {}
+        # The head of each conversation that _where was read from.
+        self._indexed: dict[ConversationId, str] = {}
         # The version of each context this instance last loaded or saved.
         self._seen: dict[str, ContextRecord] = {}
         # context -> list name -> (chain head, length, typed.mirror_of the client's items saved there).
         self._mirrors: dict[str, dict[str, tuple[str | None, int, list[Any]]]] = {}
-        for conv in self.repo.conversation_ids():
-            for cid in self.repo.tree(self.repo.head(conv)).records:
-                self._where[cid] = conv
+        self._refresh()
         self.repo.backend.write(meta={CLEAN_SHUTDOWN_KEY: None, **self._hint_meta()})
 
     # -- operations ------------------------------------------------------------
@@ -195,18 +221,24 @@ class SidebarPersistence:
         return _Operation(("save", next(self._ops)), fallback_type, context_id, "")
 
     def _commit(self, conv: ConversationId, change, fallback_type: str, context_id: str,
-                staging: Staging | None = None) -> tuple[CommitResult, Tree | None]:
+                staging: Staging | None = None, *, note: str | None = None,
+                may_amend: bool = True) -> tuple[CommitResult, Tree | None]:
         """Stage ``change`` on the head (on ``staging`` when the caller has just read it) and commit
         it; if another replica moved the head meanwhile, merge three ways onto theirs. Returns the commit
-        and, when it had to merge, the tree as staged (what this instance's change made of the head)."""
+        and, when it had to merge, the tree as staged (what this instance's change made of the head).
+
+        ``note`` is added to the snapshot's message; with ``may_amend`` False the commit is a snapshot
+        of its own even inside an operation (the head it would replace stays in the history)."""
         op = self._operation(fallback_type, context_id)
         if staging is None:
             staging = self.repo.stage(conv)
         change(staging.workspace)
-        amend = staging.head is not None and self._last.get(conv) == (op.key, staging.head)
+        amend = may_amend and staging.head is not None and self._last.get(conv) == (op.key, staging.head)
         if context_id not in op.touched:
             op.touched.append(context_id)
         message = op.message or f"{fallback_type} {', '.join(op.touched)}"
+        if note:
+            message = f"{message} ({note})"
         event = Event(op.event_type, op.context_id, message)
         staged = None
         try:
@@ -245,9 +277,42 @@ class SidebarPersistence:
             return ConversationId(registered)
         return _as_conversation_id(f"tree-{root_id}")
 
+    def _refresh(self) -> dict[ConversationId, str]:
+        """Read again where each context lives, from the conversations' heads as stored now.
+
+        Other replicas (or another instance on the same store) create, move
+        and delete contexts; this instance's own map is only a cache of
+        where they were. Only heads that moved since the last read are
+        loaded (on top of the trees held). Returns the heads.
+        """
+        heads = {conv: head for ref, head in self.repo.backend.list_refs(REF_PREFIX).items()
+                 if (conv := conversation_of(ref)) is not None}
+        if heads != self._indexed:
+            where: dict[str, ConversationId] = {}
+            for conv in sorted(heads, reverse=True):  # a context in two conversations: the first by name
+                for cid in self.repo.tree(heads[conv]).records:
+                    where[cid] = conv
+            self._where, self._indexed = where, heads
+        return heads
+
+    def _locate(self, cid: str) -> tuple[ConversationId, ContextRecord] | None:
+        """The conversation whose head holds ``cid`` now, and its record there; None if none does."""
+        for attempt in range(2):
+            conv = self._where.get(cid)
+            if conv is not None:
+                head = self.repo.head(conv)
+                record = self.repo.tree(head).records.get(cid) if head is not None else None  # type: ignore[call-overload]
+                if record is not None:
+                    return conv, record
+            if attempt == 0:
+                self._refresh()
+        return None
+
     def _target(self, data: dict[str, Any]) -> ConversationId:
         cid = data[ID_FIELD]
         parent = data.get(PARENT_FIELD)
+        if cid not in self._where or (isinstance(parent, str) and parent not in self._where):
+            self._refresh()  # made by another replica since this instance last looked?
         if isinstance(parent, str) and parent in self._where:
             return self._where[parent]
         if cid in self._where:
@@ -288,8 +353,10 @@ class SidebarPersistence:
     def save_context(self, context: Any) -> bool:
         """Upsert one whole context; durable when it returns."""
         mirrors: dict[str, list[Any] | None] = {}
+        if self.context_class is None and typed.is_instance_of_dataclass(context):
+            self._adopt_class(type(context))
         stored, read = self._stored_lists(context)
-        data = typed.to_json(context, stored, mirrors)
+        data = typed.to_json(context, stored, mirrors, optional=OPTIONAL_FIELDS)
         if ID_FIELD not in data:
             raise InvalidInput(f"context has no {ID_FIELD}")
         cid = data[ID_FIELD]
@@ -351,8 +418,10 @@ class SidebarPersistence:
             read = self.repo.stage(conv)  # the head read once: the save stages on it too
             record = read.workspace.base.records.get(cid)  # type: ignore[call-overload]
             memo = self._mirrors.get(cid, {})
-        if record is None:
-            return {}, read
+            if record is None:
+                # Not where this instance last saw it: another replica moved or deleted it.
+                self._refresh()
+                return {}, None
         out = {}
         for name, chain in record.memory.items():
             kept = memo.get(name)
@@ -375,7 +444,7 @@ class SidebarPersistence:
         seen = self._seen.get(cid)
         current = ws.base.records.get(cid)  # type: ignore[call-overload]
         if seen is None or current is None or current.node_id == seen.node_id or (
-            current.fields == seen.fields and all(
+            json_equal(current.fields, seen.fields) and all(
                 seen.memory.get(n) is not None and (c.head, c.n) == (seen.memory[n].head, seen.memory[n].n)
                 for n, c in current.memory.items())
         ):
@@ -395,44 +464,52 @@ class SidebarPersistence:
         return ours.records.get(cid)  # type: ignore[call-overload]
 
     def load_context(self, sidebar_id: str) -> Any:
-        """The context as an instance of the caller's class (a dict if none was configured), or None."""
+        """The context as an instance of the caller's class (see :meth:`_class`), or None."""
         with self._lock:
-            conv = self._where.get(sidebar_id)
-            if conv is None:
-                return None
-            record = self.repo.tree(self.repo.head(conv)).records.get(sidebar_id)  # type: ignore[call-overload]
-        if record is None:
+            located = self._locate(sidebar_id)
+        if located is None:
             return None
+        record = located[1]
         self._seen[sidebar_id] = record
-        return typed.from_json(self.context_class, _view(record))
+        return typed.from_json(self._class(), _view(record))
 
     def load_all_contexts(self, include_archived: bool = False) -> list[Any]:
         """Every context, newest ``last_activity`` first; archived ones only when asked."""
         found = []
         with self._lock:
-            for conv in sorted(set(self._where.values())):
-                head = self.repo.head(conv)
-                if head is None:
-                    continue
-                for record in self.repo.tree(head).records.values():
+            heads = self._refresh()
+            for conv in sorted(heads):
+                for record in self.repo.tree(heads[conv]).records.values():
                     if not include_archived and record.fields.get("status") == "archived":
                         continue
                     found.append(_view(record))
-        found.sort(key=lambda c: str(c.get("last_activity") or ""), reverse=True)
-        return [typed.from_json(self.context_class, c) for c in found]
+        found.sort(key=lambda c: _moment_key(c.get("last_activity")), reverse=True)
+        cls = self._class()
+        return [typed.from_json(cls, c) for c in found]
 
     def delete_context(self, sidebar_id: str, reason: str = "manual", deleted_by: str = "system") -> bool:
-        """Remove a context from the current state; history keeps it."""
+        """Remove a context from the current state; history keeps it, whole.
+
+        The delete is a snapshot of its own, never an amend of the one before
+        (which may be the only snapshot holding the context, as when the
+        same operation saved it), so the conversation's history holds the
+        full context as it was; the snapshot's message names the reason and
+        who deleted it. (No entry is appended to a configured OZOLITH log:
+        the client writes that log, and a second writer would fork its
+        chain.)
+        """
         with self._lock:
-            conv = self._where.get(sidebar_id)
-            if conv is None:
+            located = self._locate(sidebar_id)
+            if located is None:
                 return False
-            self._commit(conv, lambda ws: ws.remove_context(sidebar_id), "context_deleted", sidebar_id)
-            del self._where[sidebar_id]
+            self._commit(located[0], lambda ws: ws.remove_context(sidebar_id), "context_deleted", sidebar_id,
+                         note=f"reason: {reason}; deleted by: {deleted_by}", may_amend=False)
+            self._where.pop(sidebar_id, None)
         return True
 
     def context_exists(self, sidebar_id: str) -> bool:
-        return sidebar_id in self._where
+        with self._lock:
+            return self._locate(sidebar_id) is not None
 
     def get_session_state(self, key: str, default: Any = None) -> Any:
         raw = self.repo.backend.get_meta(SESSION_PREFIX + key)
@@ -443,9 +520,9 @@ class SidebarPersistence:
         encoded = json.dumps(typed.encode_value(value))
         with self._lock:
             self.repo.backend.write(meta={SESSION_PREFIX + key: encoded})
-            if key == "active_context_id" and isinstance(value, str) and value in self._where:
-                conv = self._where[value]
-                self._commit(conv, lambda ws: ws.set_active(value), "focus_switch", value)
+            located = self._locate(value) if key == "active_context_id" and isinstance(value, str) else None
+            if located is not None:
+                self._commit(located[0], lambda ws: ws.set_active(value), "focus_switch", value)
         return True
 
     def register_conversation_root(self, conversation_id: str, root_context_id: str) -> bool:
@@ -456,7 +533,8 @@ class SidebarPersistence:
                 ROOT_OF_CONVERSATION + conversation_id: root_context_id,
                 CONVERSATION_OF_ROOT + root_context_id: conv,
             })
-            current = self._where.get(root_context_id)
+            located = self._locate(root_context_id)
+            current = located[0] if located is not None else None
             if current is not None and current != conv:
                 tree = self.repo.tree(self.repo.head(current))
                 if self.repo.head(conv) is None and tree.roots == (root_context_id,):
@@ -484,9 +562,10 @@ class SidebarPersistence:
         max_depth = 0
         exchanges = 0
         with self._lock:
-            convs = sorted(set(self._where.values()))
+            heads = self._refresh()
+            convs = sorted(heads)
             for conv in convs:
-                tree = self.repo.tree(self.repo.head(conv))
+                tree = self.repo.tree(heads[conv])
                 depth = {}
                 for record in tree.preorder():
                     d = depth[record.parent] + 1 if record.parent is not None else 0
@@ -507,6 +586,23 @@ class SidebarPersistence:
             "logical_bytes": logical,
             "store": self.location,
         }
+
+    # -- the caller's class ----------------------------------------------------------
+
+    def _adopt_class(self, cls: type) -> None:
+        """Load as ``cls`` from now on (the class of a saved dataclass), and note it in the store once."""
+        self.context_class = cls
+        path = f"{cls.__module__}:{cls.__qualname__}"
+        if path != self._class_noted and "<locals>" not in path:
+            self.repo.backend.write(meta={CONTEXT_CLASS: path})
+            self._class_noted = path
+
+    def _class(self) -> type | None:
+        """The class loads return: the configured one, else the class saves used (noted in the store,
+        found among the modules the process has imported or can import); None (dicts) if neither."""
+        if self.context_class is None and self._class_noted:
+            self.context_class = typed.named_class(self._class_noted)
+        return self.context_class
 
     # -- life of the instance ------------------------------------------------------
 

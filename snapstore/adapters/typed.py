@@ -6,8 +6,9 @@ come back as the same enum member and the same naive (or aware) datetime.
 Values nested inside dicts and lists that JSON cannot hold (a datetime inside
 ``cross_sidebar_refs``, an enum inside metadata, a tuple) are stored tagged,
 ``{"$snapstore": "datetime", "value": "..."}``, so they too come back as
-they were. Everything else is stored as it is; ``{}`` stays ``{}`` and
-``None`` stays ``None``.
+they were, and so are floats JSON has no text for (NaN, infinities).
+Everything else is stored as it is; ``{}`` stays ``{}`` and ``None`` stays
+``None``.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import dataclasses
 import enum
 import functools
 import importlib
+import math
+import sys
 import types
 import typing
 from collections.abc import Mapping
@@ -23,25 +26,36 @@ from datetime import date, datetime
 from typing import Any
 
 from ..errors import InvalidInput
+from ..objects import json_equal
 
 TAG = "$snapstore"
 
 
-def _enum_class(path: str) -> type[enum.Enum] | None:
-    """The enum class named ``module.QualName``, imported on demand; None if gone."""
+def named_class(path: str) -> type | None:
+    """The class named ``module:QualName`` (its module imported on demand); None if gone."""
     module_name, _, qualname = path.rpartition(":")
     try:
-        target: Any = importlib.import_module(module_name)
+        target: Any = sys.modules.get(module_name) or importlib.import_module(module_name)
         for part in qualname.split("."):
             target = getattr(target, part)
     except (ImportError, AttributeError, ValueError):
         return None
-    return target if isinstance(target, type) and issubclass(target, enum.Enum) else None
+    return target if isinstance(target, type) else None
+
+
+def _enum_class(path: str) -> type[enum.Enum] | None:
+    """The enum class named ``module:QualName``, imported on demand; None if gone."""
+    target = named_class(path)
+    return target if target is not None and issubclass(target, enum.Enum) else None
+
+
+def is_instance_of_dataclass(value: Any) -> bool:
+    return dataclasses.is_dataclass(value) and not isinstance(value, type)
 
 
 # Exactly these types are JSON as they are (subclasses, such as an IntEnum,
-# take the general path below).
-_NATIVE = frozenset({str, int, float, bool, type(None)})
+# take the general path below; so do floats, which may be NaN or infinite).
+_NATIVE = frozenset({str, int, bool, type(None)})
 
 
 def encode_value(value: Any) -> Any:
@@ -60,6 +74,8 @@ def encode_value(value: Any) -> Any:
         return out
     if kind is list:
         return [item if type(item) in _NATIVE else encode_value(item) for item in value]
+    if kind is float:
+        return value if value - value == 0.0 else {TAG: "float", "value": repr(value)}  # nan, inf, -inf
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
     if isinstance(value, enum.Enum):
@@ -89,13 +105,17 @@ def encode_value(value: Any) -> Any:
     raise InvalidInput(f"cannot store a value of type {type(value).__name__}")
 
 
+# What decode_value gives back as it is.
+_DECODED = frozenset({str, int, float, bool, type(None)})
+
+
 def decode_value(value: Any) -> Any:
     """The inverse of :func:`encode_value`."""
     kind = type(value)
     if kind is list:
-        return [item if type(item) in _NATIVE else decode_value(item) for item in value]
+        return [item if type(item) in _DECODED else decode_value(item) for item in value]
     if kind is dict and TAG not in value:
-        return {key: item if type(item) in _NATIVE else decode_value(item) for key, item in value.items()}
+        return {key: item if type(item) in _DECODED else decode_value(item) for key, item in value.items()}
     if isinstance(value, list):
         return [decode_value(v) for v in value]
     if not isinstance(value, dict):
@@ -106,6 +126,8 @@ def decode_value(value: Any) -> Any:
     inner = value.get("value")
     if tag == "datetime":
         return datetime.fromisoformat(inner)
+    if tag == "float":
+        return float(inner)
     if tag == "date":
         return date.fromisoformat(inner)
     if tag == "tuple":
@@ -122,10 +144,21 @@ def decode_value(value: Any) -> Any:
 
 @functools.lru_cache(maxsize=64)
 def _field_types(cls: type) -> dict[str, Any]:
+    """Each field's resolved type hint (None where it cannot be resolved)."""
     try:
         hints = typing.get_type_hints(cls)
-    except Exception:  # unresolvable forward references: fall back to tags only
+    except Exception:
+        # A hint naming what only a type checker imports: resolve the others one by one (a
+        # class holding only that annotation, in the field's module), so that one field
+        # falls back to tags, not every field.
         hints = {}
+        for f in dataclasses.fields(cls):
+            owner = next((base for base in cls.__mro__ if f.name in base.__dict__.get("__annotations__", {})), cls)
+            probe = type("_Probe", (), {"__annotations__": {f.name: f.type}, "__module__": owner.__module__})
+            try:
+                hints[f.name] = typing.get_type_hints(probe)[f.name]
+            except Exception:
+                continue
     return {f.name: hints.get(f.name) for f in dataclasses.fields(cls)}
 
 
@@ -152,26 +185,50 @@ def _field_plan(cls: type) -> tuple[tuple[str, bool, bool], ...]:
 
 
 _UNMIRRORED = object()
+# Leaves a mirror shares as they are: nothing else is ``==`` to a str or to None.
+_SHARED = frozenset({str, type(None)})
+
+
+class _Exact:
+    """A bool or number leaf of a mirror: equal only to a value with the same JSON text.
+
+    ``True == 1 == 1.0`` and ``0.0 == -0.0`` in Python, so a mirror sharing such
+    a leaf would miss the client replacing one with another.
+    """
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: bool | int | float) -> None:
+        self.value = value
+
+    def __eq__(self, other: object) -> bool:
+        return json_equal(other, self.value) if type(other) is type(self.value) else False
+
+    __hash__ = None  # type: ignore[assignment]
 
 
 def mirror_of(value: Any) -> Any:
-    """A copy of a JSON-native value's dicts and lists that shares its leaves (strings, numbers).
+    """A copy of a JSON-native value's dicts and lists that shares its string leaves.
 
     Comparing a client's value with the mirror taken when it was last stored
-    costs a pointer comparison per unchanged leaf instead of comparing the
+    costs a pointer comparison per unchanged string instead of comparing the
     text: a leaf the client replaced is a new object and is compared, and a
     container it changed in place no longer matches the mirror's own copy.
+    Bools and numbers are held as :class:`_Exact`, so that one replaced by
+    an equal value of another type (``1`` by ``True``) is a change.
     Returns a private sentinel when the value holds anything else.
     """
     kind = type(value)
-    if kind in _NATIVE:
+    if kind in _SHARED:
         return value
+    if kind in _NATIVE:
+        return _Exact(value)
     if kind is dict:
         out: dict[str, Any] = {}
         for key, item in value.items():
             if type(key) is not str:
                 return _UNMIRRORED
-            copy = item if type(item) in _NATIVE else mirror_of(item)
+            copy = item if type(item) in _SHARED else mirror_of(item)
             if copy is _UNMIRRORED:
                 return _UNMIRRORED
             out[key] = copy
@@ -179,7 +236,7 @@ def mirror_of(value: Any) -> Any:
     if kind is list:
         items = []
         for item in value:
-            copy = item if type(item) in _NATIVE else mirror_of(item)
+            copy = item if type(item) in _SHARED else mirror_of(item)
             if copy is _UNMIRRORED:
                 return _UNMIRRORED
             items.append(copy)
@@ -207,7 +264,8 @@ def _encode_list(value: Any, known: KnownList) -> tuple[Any, list[Any] | None]:
     If ``value`` starts with items equal to all of ``known.items`` (compared
     with the mirror when there is one: leaf by pointer), those are taken from
     ``known.items`` (the result shares them: the caller must not hand it out)
-    and only the items after them are encoded. Equality is Python's, as
+    and only the items after them are encoded. Equality is JSON's
+    (:func:`~snapstore.objects.json_equal`: ``1`` is not ``True``), as
     :meth:`snapstore.tree.Chain.sync` compares stored exchanges: what it
     keeps, this keeps.
     """
@@ -217,7 +275,7 @@ def _encode_list(value: Any, known: KnownList) -> tuple[Any, list[Any] | None]:
     if k and len(value) >= k:
         prefix = value[:k]
         by_mirror = known.mirror is not None and prefix == known.mirror
-        if by_mirror or prefix == known.items:
+        if by_mirror or json_equal(prefix, known.items):
             tail = value[k:]
             out = list(known.items)
             out.extend(item if type(item) in _NATIVE else encode_value(item) for item in tail)
@@ -234,14 +292,16 @@ def _encode_list(value: Any, known: KnownList) -> tuple[Any, list[Any] | None]:
 
 
 def to_json(obj: Any, known: Mapping[str, KnownList] | None = None,
-            mirrors: dict[str, list[Any] | None] | None = None) -> dict[str, Any]:
+            mirrors: dict[str, list[Any] | None] | None = None,
+            optional: frozenset[str] = frozenset()) -> dict[str, Any]:
     """A client context object (a dataclass or a dict) as a plain JSON dict.
 
     ``known``: field name -> that list field as last stored (see
     :class:`KnownList`), e.g. an exchange list: a list that only grew since
     is encoded from where it grew (see :func:`_encode_list`). ``mirrors``,
     if given, receives for each of those fields the :func:`mirror_of` its
-    value now (None if it has none), to pass in the next ``known``.
+    value now (None if it has none), to pass in the next ``known``. Fields
+    named in ``optional`` are left out when their value cannot be stored.
     """
     known = known or {}
     out: dict[str, Any] = {}
@@ -257,6 +317,8 @@ def to_json(obj: Any, known: Mapping[str, KnownList] | None = None,
                 out[name], mirror = _encode_list(value, known[name])
                 if mirrors is not None:
                     mirrors[name] = mirror
+            elif name in optional:
+                _encode_optional(out, name, value)
             else:
                 out[name] = encode_value(value)
         return out
@@ -270,9 +332,18 @@ def to_json(obj: Any, known: Mapping[str, KnownList] | None = None,
             out[name], mirror = _encode_list(value, known[name])
             if mirrors is not None:
                 mirrors[name] = mirror
+        elif name in optional:
+            _encode_optional(out, name, value)
         else:
             out[name] = encode_value(value)
     return out
+
+
+def _encode_optional(out: dict[str, Any], name: str, value: Any) -> None:
+    try:
+        out[name] = encode_value(value)
+    except (InvalidInput, RecursionError):
+        pass
 
 
 @functools.lru_cache(maxsize=64)
