@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from .backends.base import Backend
 from .errors import InvalidInput, StoreExists, StoreNotFound
+from .ozolith.files import make_dirs
 
 DEFAULT_LOCATION = ".snapstore"
 ENV_VAR = "SNAPSTORE"
@@ -63,8 +64,13 @@ def _load_plugins() -> list[str]:
     return problems
 
 
-def open_backend(location: str, create: bool = False) -> Backend:
-    """The backend at ``location``; with ``create``, a new empty one there."""
+def open_backend(location: str, create: bool = False, meta: Mapping[str, str] | None = None) -> Backend:
+    """The backend at ``location``; with ``create``, a new empty one there.
+
+    ``meta``: keys the embedded store records in the very transaction that
+    creates it, so that no process ever sees it without them; the shared
+    backends ignore it (:meth:`Repository.init` writes what is missing).
+    """
     if location == "memory:":
         from .backends.memory import MemoryBackend
 
@@ -90,15 +96,17 @@ def open_backend(location: str, create: bool = False) -> Backend:
     folder = Path(location)
     db = folder / DB_NAME
     if create:
-        if db.exists():
-            raise StoreExists(f"a store already exists at {folder}")
         if folder.exists() and not folder.is_dir():
             raise InvalidInput(f"{folder} exists and is not a folder")
+        if db.exists() and not db.is_file():
+            raise StoreExists(f"a store already exists at {folder}")
         try:
-            folder.mkdir(parents=True, exist_ok=True)
+            make_dirs(folder)
         except OSError as exc:
             raise InvalidInput(f"cannot create {folder}: {exc.strerror}") from None
-        return SqliteBackend(db, create=True)
+        # An existing store.sqlite is the backend's to judge: a store (StoreExists), or
+        # the empty file of an interrupted init, which it takes over.
+        return SqliteBackend(db, create=True, meta=meta)
     if not folder.exists():
         raise StoreNotFound(f"no store at {folder} (create one with `snap init {folder}`)")
     if not folder.is_dir() or not db.is_file():

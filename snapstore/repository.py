@@ -248,10 +248,13 @@ class Repository:
     def init(cls, location: str | None = None) -> Repository:
         """Create a new empty store at ``location`` (default: ``$SNAPSTORE`` or ``./.snapstore``)."""
         location = location or default_location()
-        backend = open_backend(location, create=True)
+        meta = {FORMAT_KEY: str(STORE_FORMAT), "created": utc_now()}
+        # The embedded store writes ``meta`` with its tables, in one transaction; a shared backend
+        # creates its tables first (migrations), then gets it here.
+        backend = open_backend(location, create=True, meta=meta)
         try:
             if backend.get_meta(FORMAT_KEY) is None:
-                backend.write(meta={FORMAT_KEY: str(STORE_FORMAT), "created": utc_now()})
+                backend.write(meta=meta)
         except BaseException:
             backend.close()
             raise

@@ -45,7 +45,7 @@ from .backends.base import LOG_KEY_META, AppendedEntry, Backend, LogAppend
 from .errors import InvalidInput, LogError
 from .ozolith.anchors import Anchor
 from .ozolith.entry import EventType, LogEntry, check_sealed, key_bytes, make_entry
-from .ozolith.files import fsync_dir
+from .ozolith.files import fsync_dir, make_dirs
 from .ozolith.keys import KEY_FILE_NAME
 from .ozolith.log import CorruptEntry, EntryQueries, LoadResult, UnparsableLine, WrongKey, _entry_from_line
 from .ozolith.verify import ChainReport, Finding, FindingKind, verify_data
@@ -227,7 +227,7 @@ class StoreLog(EntryQueries):
         (``.ozolith_key`` beside it, mode 0600, if none is there). Returns the number of entries."""
         target = Path(path)
         data = self.data()
-        target.parent.mkdir(parents=True, exist_ok=True)
+        make_dirs(target.parent)
         _write_atomic(target, data)
         if key_file and data:
             key_path = target.parent / KEY_FILE_NAME

@@ -6,6 +6,7 @@ import dataclasses
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -114,6 +115,20 @@ def store(request, tmp_path) -> Iterator[StoreFactory]:
 def durable_store(request, tmp_path) -> Iterator[StoreFactory]:
     """A fresh empty store on every backend that has a location and survives reopening."""
     yield from BACKEND_FACTORIES[request.param](tmp_path)
+
+
+@pytest.fixture
+def fsynced(monkeypatch) -> list[Path]:
+    """The path of every file and folder ``os.fsync`` syncs from now on, in order (the real fsync runs)."""
+    synced: list[Path] = []
+    real = os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append(Path(os.readlink(f"/proc/self/fd/{fd}")))
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    return synced
 
 
 @pytest.fixture

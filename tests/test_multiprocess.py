@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import multiprocessing as mp
+import subprocess
+import sys
+import threading
 import time
 
 from snapstore.errors import RefConflict
@@ -127,3 +130,70 @@ def test_a_reader_opened_before_the_dictionary_reads_what_it_compressed(tmp_path
         orch.add_exchange(root, f"question {i}", "answer")
     assert writer.codec.current is not None and reader.codec.current is None
     assert len(reader.load("c").contexts[0]["local_memory"]) == 700
+
+
+# Another process asks for one ref's byte of writer.lock without waiting.
+_PROBE = r"""
+import fcntl, hashlib, os, sys
+offset = int.from_bytes(hashlib.blake2b(sys.argv[2].encode(), digest_size=4).digest(), "big") & 0x3FFFFFFF
+fd = os.open(sys.argv[1], os.O_RDWR)
+try:
+    fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, offset)
+    print("got it")
+except OSError:
+    print("blocked")
+"""
+
+
+def _other_process_gets(location: str, name: str) -> bool:
+    probe = subprocess.run([sys.executable, "-c", _PROBE, f"{location}/writer.lock", name],
+                           capture_output=True, text=True, check=True)
+    return probe.stdout.strip() == "got it"
+
+
+def test_releasing_one_writer_lock_keeps_the_others_of_the_process(tmp_path):
+    location = str(tmp_path / "store")
+    first, second = Repository.init(location), Repository.open(location)
+    held, release = threading.Event(), threading.Event()
+
+    def hold_a() -> None:
+        with first.backend.writer_lock("conversations/a"):
+            held.set()
+            release.wait()
+
+    holder = threading.Thread(target=hold_a)
+    holder.start()
+    held.wait()
+    try:
+        assert not _other_process_gets(location, "conversations/a")
+        # POSIX drops every lock a process holds on a file when it closes any descriptor of it:
+        # taking and releasing another ref's lock, through either backend, must not do that.
+        for backend in (first.backend, second.backend):
+            with backend.writer_lock("conversations/b"):
+                pass
+        second.close()
+        assert not _other_process_gets(location, "conversations/a")
+    finally:
+        release.set()
+        holder.join()
+    assert _other_process_gets(location, "conversations/a")
+    first.close()
+
+
+def test_two_repositories_on_one_store_in_one_process_queue_for_a_ref(tmp_path):
+    location = str(tmp_path / "store")
+    first, second = Repository.init(location), Repository.open(location)
+    acquired = threading.Event()
+
+    def take_through_second() -> None:
+        with second.backend.writer_lock("conversations/a"):
+            acquired.set()
+
+    with first.backend.writer_lock("conversations/a"):
+        waiter = threading.Thread(target=take_through_second)
+        waiter.start()
+        assert not acquired.wait(0.5)
+    assert acquired.wait(10)
+    waiter.join()
+    first.close()
+    second.close()

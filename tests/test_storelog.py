@@ -82,6 +82,14 @@ def test_export_is_the_clients_file_format(store, tmp_path):
     assert lines == [line for _, line in repo.backend.log_lines()]
 
 
+def test_export_makes_its_folders_durably(tmp_path, fsynced):
+    repo = Repository.init("memory:")
+    _, log = _orchestrate(repo)
+    target = tmp_path / "audit" / "2026" / "ozolith.jsonl"
+    assert log.export(target) == 5
+    assert {tmp_path, tmp_path / "audit", tmp_path / "audit" / "2026"} <= set(fsynced)
+
+
 def test_a_lost_compare_and_swap_appends_nothing(store):
     repo = store.init()
     orch, log = _orchestrate(repo)

@@ -26,12 +26,13 @@ import json
 import os
 import sqlite3
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-from ..errors import BackendError, CorruptObject, LogError, RefConflict, StoreNotFound
+from ..errors import BackendError, CorruptObject, LogError, RefConflict, StoreExists, StoreNotFound
 from ..objects import ObjectId
 from ..packs import Pack, decode_lines, decode_objects, encode_lines, prefix_key, prefix_range, raw_frame
 from ..timeutil import utc_now
@@ -122,6 +123,8 @@ _LINE_PACKS = {
     "log": ("ozolith", "sequence", "line", "ozolith_packs"),
     "reflog": ("reflog", "seq", "name, old, new, time, reason, log_sequence, log_hash", "reflog_packs"),
 }
+# The tables init makes: a database holding only these, all empty, holds no store yet (SqliteBackend._create).
+_INIT_TABLES = frozenset({"objects", "refs", "reflog", "meta", "ozolith"})
 _BATCH = 500
 # Decompressed packs kept per backend (they never change): bytes of content.
 PACK_CACHE_BYTES = 64 << 20
@@ -151,12 +154,20 @@ class SqliteBackend(Backend):
 
     capabilities = frozenset({Capability.DURABLE, Capability.MULTI_PROCESS})
 
-    def __init__(self, path: str | Path, create: bool = False) -> None:
+    def __init__(self, path: str | Path, create: bool = False, meta: Mapping[str, str] | None = None) -> None:
+        """Open the store in the database at ``path``; with ``create``, make it there, recording ``meta``.
+
+        Creating refuses (:class:`StoreExists`) a database that holds a store
+        or anything else, and takes over one an interrupted init left without
+        a store (see :meth:`_create`).
+        """
         self.path = Path(path)
         self.description = str(self.path)
         if not create and not self.path.is_file():
             raise StoreNotFound(f"{self.path} does not exist")
         self._lock = threading.RLock()
+        self._lock_file: _LockFile | None = None
+        self._closed = False
         self._log_table = False
         self._pack_tables = False
         self._pack_cache: OrderedDict[int, Pack] = OrderedDict()
@@ -171,21 +182,89 @@ class SqliteBackend(Backend):
             try:
                 self._db.execute("PRAGMA busy_timeout = 30000")
                 if create:
+                    # Judged before the pragmas below write to the file: only what an interrupted
+                    # init left is taken over (_create judges again, inside its transaction).
+                    try:
+                        taken = not self._holds_no_store(self._db)
+                    except sqlite3.DatabaseError as exc:
+                        if "file is not a database" not in str(exc):
+                            raise
+                        taken = True
+                    if taken:
+                        raise StoreExists(f"a store already exists at {self.path.parent}")
                     # Pages freed by packing go back to the file system (PRAGMA incremental_vacuum);
                     # a store made before keeps them until `snap compact`. Set before anything
                     # is written: the WAL switch below writes the header.
                     self._db.execute("PRAGMA auto_vacuum = INCREMENTAL")
-                mode = self._db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+                mode = self._switch_to_wal()
                 if mode.lower() != "wal":
                     raise BackendError(f"{self.path}: cannot enable WAL mode (got {mode})")
                 self._db.execute("PRAGMA synchronous = FULL")
                 if create:
-                    self._db.executescript(_SCHEMA + ";" + _LOG_SCHEMA)
+                    self._create(meta or {})
                 else:
                     self._db.execute("SELECT 1 FROM objects LIMIT 1")
             except BaseException:
                 self._db.close()
                 raise
+
+    def _switch_to_wal(self) -> str:
+        """``PRAGMA journal_mode = WAL``, retried while other connections hold the file; the mode it reports.
+
+        Leaving rollback mode takes an exclusive lock from a shared one, and
+        SQLite answers "database is locked" at once instead of waiting (the
+        busy handler is not called where waiting could deadlock): processes
+        opening one fresh file together meet it. On a store already in WAL
+        mode the pragma changes nothing and returns at once.
+        """
+        deadline = time.monotonic() + 30.0
+        pause = 0.001
+        while True:
+            try:
+                return str(self._db.execute("PRAGMA journal_mode = WAL").fetchone()[0])
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+            time.sleep(pause)
+            pause = min(pause * 2, 0.05)
+
+    def _create(self, meta: Mapping[str, str]) -> None:
+        """The tables and the store's first meta in one write transaction.
+
+        Other connections therefore see no store or a whole one, and
+        creators racing on one fresh file queue on SQLite's write lock: the
+        first makes the store, the others find it and raise
+        :class:`StoreExists`. A database with only snapstore tables, all of
+        them empty (an init killed after creating the file, or an older init,
+        which committed each table on its own and ``format`` after them,
+        killed in between), holds no store yet: it is made here like a new one.
+        """
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            if not self._holds_no_store(db):
+                raise StoreExists(f"a store already exists at {self.path.parent}")
+            for statement in (_SCHEMA + ";" + _LOG_SCHEMA).split(";"):
+                if statement.strip():
+                    db.execute(statement)
+            for key, value in meta.items():
+                db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES (?, ?)", (key, value))
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+
+    @staticmethod
+    def _holds_no_store(db: sqlite3.Connection) -> bool:
+        """True if the database has no tables but snapstore's and they hold no object, ref or meta row."""
+        tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if not tables <= _INIT_TABLES:
+            return False
+        return not any(
+            db.execute(f"SELECT 1 FROM {table} LIMIT 1").fetchone() for table in ("objects", "refs", "meta")
+            if table in tables
+        )
 
     @contextlib.contextmanager
     def _errors(self) -> Iterator[None]:
@@ -819,23 +898,26 @@ class SqliteBackend(Backend):
         """A byte-range lock on ``writer.lock`` in the store folder, one byte per ref name (hashed).
 
         POSIX record locks belong to the process, so threads of one process
-        queue on the in-process lock first.
+        (through any backend on this store) queue on an in-process lock
+        first, and the file stays open on one descriptor (see :class:`_LockFile`).
         """
         return self._writer_lock(name)
 
     @contextlib.contextmanager
     def _writer_lock(self, name: str) -> Iterator[None]:
         offset = int.from_bytes(hashlib.blake2b(name.encode(), digest_size=4).digest(), "big") & 0x3FFFFFFF
-        with super().writer_lock(name):
-            fd = os.open(self.path.parent / "writer.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        with self._lock:
+            if self._lock_file is None:
+                if self._closed:
+                    raise BackendError(f"{self.path}: the store is closed")
+                self._lock_file = _LockFile.acquire(self.path.parent / "writer.lock")
+            lock_file = self._lock_file
+        with lock_file.local(offset):
+            fcntl.lockf(lock_file.fd, fcntl.LOCK_EX, 1, offset)
             try:
-                fcntl.lockf(fd, fcntl.LOCK_EX, 1, offset)
-                try:
-                    yield
-                finally:
-                    fcntl.lockf(fd, fcntl.LOCK_UN, 1, offset)
+                yield
             finally:
-                os.close(fd)
+                fcntl.lockf(lock_file.fd, fcntl.LOCK_UN, 1, offset)
 
     def _has_log(self) -> bool:
         if not self._log_table:
@@ -893,3 +975,59 @@ class SqliteBackend(Backend):
     def close(self) -> None:
         with self._lock:
             self._db.close()
+            self._closed = True
+            if self._lock_file is not None:
+                self._lock_file.release()
+                self._lock_file = None
+
+
+class _LockFile:
+    """The one descriptor of a ``writer.lock`` this process uses, shared by every backend on the store.
+
+    POSIX record locks belong to the process, and closing *any* descriptor
+    of a file drops every lock the process holds on it: a backend opening
+    and closing the file for each lock would release the locks its other
+    threads, or other backends on the same store, still hold. So the file
+    is opened once per process (keyed by its resolved path), counted by the
+    backends using it, and closed when the last of them closes. For the
+    same reason one lock byte is held by one thread at a time: threads
+    queue on an in-process lock per byte (per byte, not per name, so two
+    names hashing to one byte queue here as they do across processes).
+    """
+
+    _open: ClassVar[dict[Path, _LockFile]] = {}
+    _guard = threading.Lock()
+
+    def __init__(self, path: Path, fd: int) -> None:
+        self.path = path
+        self.fd = fd
+        self.users = 0
+        self._locals: dict[int, threading.Lock] = {}
+
+    @classmethod
+    def acquire(cls, path: Path) -> _LockFile:
+        """The open lock file at ``path``, opened now if no backend of this process has it; one more user."""
+        key = path.resolve()
+        with cls._guard:
+            lock_file = cls._open.get(key)
+            if lock_file is None:
+                try:
+                    fd = os.open(key, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+                except OSError as exc:
+                    raise BackendError(f"cannot open {path}: {exc.strerror}") from None
+                lock_file = cls._open[key] = _LockFile(key, fd)
+            lock_file.users += 1
+            return lock_file
+
+    def release(self) -> None:
+        """One user fewer; the last closes the descriptor (dropping the process's locks on the file)."""
+        with self._guard:
+            self.users -= 1
+            if self.users == 0:
+                del self._open[self.path]
+                os.close(self.fd)
+
+    def local(self, offset: int) -> threading.Lock:
+        """The in-process lock of one lock byte."""
+        with self._guard:
+            return self._locals.setdefault(offset, threading.Lock())

@@ -137,3 +137,24 @@ def fsync_dir(directory: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def make_dirs(directory: Path) -> None:
+    """Create ``directory`` and any missing parents, each durably: its parent is fsynced after it is made.
+
+    ``mkdir(parents=True)`` alone leaves new folders that a power loss can
+    take away, and with them whatever was fsynced inside them.
+    """
+    missing = []
+    for folder in (directory, *directory.parents):
+        if folder.is_dir():
+            break
+        missing.append(folder)
+    for folder in reversed(missing):
+        try:
+            folder.mkdir()
+        except FileExistsError:
+            if not folder.is_dir():
+                raise
+            # Made by another process a moment ago: its parent is fsynced below all the same.
+        fsync_dir(folder.parent)

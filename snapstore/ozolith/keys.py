@@ -15,7 +15,7 @@ from pathlib import Path
 from snapstore.errors import LogError
 
 from .entry import key_bytes
-from .files import fsync_dir
+from .files import fsync_dir, make_dirs
 
 KEY_FILE_NAME = ".ozolith_key"
 
@@ -50,7 +50,7 @@ def create_key_file(path: Path) -> bytes:
     cannot end up with different keys.
     """
     key = secrets.token_hex(32)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_dirs(path.parent)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=KEY_FILE_NAME + ".")  # mode 0600
     try:
         with os.fdopen(fd, "w", encoding="ascii") as handle:
