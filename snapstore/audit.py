@@ -73,7 +73,7 @@ class Recovery:
     sequence: int
     conversation: str
     snapshot: str
-    action: str  # "rolled-forward", "missing-objects", "diverged"
+    action: str  # "rolled-forward", "missing-objects", "diverged"; a start also reports "cut-torn-tail"
     message: str
 
     def to_json(self) -> dict[str, Any]:

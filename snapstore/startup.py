@@ -28,10 +28,11 @@ from pathlib import Path
 from typing import Any
 
 from .audit import LinkedLog, Recovery, pending_entries, roll_forward
-from .errors import InvalidInput, SnapstoreError, StoreExists, StoreNotFound
+from .errors import InvalidInput, LogError, SnapstoreError, StoreExists, StoreNotFound
 from .orchestrator import ConversationOrchestrator
 from .packing import shutdown_pack
-from .ozolith import OzolithLog
+from .ozolith import Finding, OzolithLog
+from .ozolith.files import write_atomic
 from .repository import ConversationInfo, Repository
 from .storelog import StoreAudit, StoreLog
 from .timeutil import utc_now
@@ -39,6 +40,8 @@ from .timeutil import utc_now
 CLEAN_SHUTDOWN_KEY = "clean_shutdown"
 SESSION_STARTED_KEY = "session_started"
 DEFAULT_SAMPLE = 32
+# Recovery actions a start completed itself (the rest are left to the caller).
+REPAIRED = frozenset({"rolled-forward", "cut-torn-tail"})
 
 
 class RecoveryStatus(str, enum.Enum):
@@ -81,17 +84,24 @@ def inspect(repo: Repository, log: OzolithLog | StoreLog | None = None, *, conve
     recoveries: list[Recovery] = []
     problems: list[str] = []
     checks: list[str] = []
+    unreadable: list[str] = []
     if log is not None:
-        if repair:
-            recoveries = roll_forward(repo, log)
-        else:
-            recoveries = [
-                Recovery(e.sequence, str(link.get("conversation")), str(link.get("snapshot")), "pending",
-                         f"log entry {e.sequence} names snapshot {str(link.get('snapshot'))[:12]}, "
-                         "which no ref reaches yet")
-                for e, link in pending_entries(repo, log)
-            ]
-    unresolved = [r for r in recoveries if r.action != "rolled-forward"]
+        try:
+            if repair:
+                recoveries = _cut_torn_tail(log) + roll_forward(repo, log)
+            else:
+                recoveries = [
+                    Recovery(e.sequence, str(link.get("conversation")), str(link.get("snapshot")), "pending",
+                             f"log entry {e.sequence} names snapshot {str(link.get('snapshot'))[:12]}, "
+                             "which no ref reaches yet")
+                    for e, link in pending_entries(repo, log)
+                ]
+        except LogError as exc:
+            # An unparsable line among the newest (or, without ``repair``, a torn tail a start would
+            # cut): the entries cannot be matched to the store. Start anyway so the caller sees why;
+            # appending stays refused until someone repairs the log.
+            unreadable.append(_unreadable_log(log, exc))
+    unresolved = [r for r in recoveries if r.action not in REPAIRED]
     infos = tuple(repo.conversations())
     target = _choose(repo, infos, conversation)
     focus = None
@@ -114,14 +124,43 @@ def inspect(repo: Repository, log: OzolithLog | StoreLog | None = None, *, conve
     if target is not None and not problems:
         # From the state object alone: resuming loads the tree (once), not inspecting.
         focus = repo.snapshot_state(repo.head(target)).active_context_id
-    if unresolved or problems:
+    if unresolved or problems or unreadable:
         status = RecoveryStatus.RECOVERY_NEEDED
-        problems = [r.message for r in unresolved] + problems
+        problems = unreadable + [r.message for r in unresolved] + problems
     elif clean and not recoveries:
         status = RecoveryStatus.CLEAN
     else:
         status = RecoveryStatus.AUDIT_RECOMMENDED
     return StartupReport(status, target, focus, infos, tuple(recoveries), tuple(problems), tuple(checks))
+
+
+def _cut_torn_tail(log: OzolithLog | StoreLog) -> list[Recovery]:
+    """Cut an interrupted append off an OZOLITH file (see :meth:`OzolithLog.cut_torn_tail`), as a Recovery."""
+    if not isinstance(log, OzolithLog):
+        return []  # the store's own log commits whole entries or none
+    cut = log.cut_torn_tail()
+    if cut is None:
+        return []
+    last = log.last()
+    sequence = last.sequence + 1 if last is not None else 1
+    return [Recovery(sequence, "", "", "cut-torn-tail",
+                     f"line {cut.line} of {log.path} was an interrupted write ({cut.size} bytes, never "
+                     f"acknowledged): cut off the log and kept in {cut.saved.name}")]
+
+
+def _unreadable_log(log: OzolithLog | StoreLog, error: LogError) -> str:
+    """A problem naming the lines of ``log`` that stopped startup from reading it, or ``error`` itself."""
+    # The tail read stops at the first bad line without counting lines; a full read names them.
+    findings: tuple[Finding, ...] = ()
+    if isinstance(log, OzolithLog):
+        try:
+            findings = log.load().findings
+        except SnapstoreError:
+            pass
+    if not findings:
+        return f"cannot read the log {log.where} past the store's last entry: {error}"
+    named = "; ".join(str(f) for f in findings[:3]) + ("; ..." if len(findings) > 3 else "")
+    return f"cannot read the log {log.where} past the store's last entry: {named}"
 
 
 def _choose(repo: Repository, infos: tuple[ConversationInfo, ...], wanted: str | None) -> str | None:
@@ -212,9 +251,11 @@ class Session:
         """Write the log entries no snapshot matches to a JSON Lines file; returns how many."""
         if self.log is None:
             raise InvalidInput("no audit log configured")
-        wanted = {r.sequence for r in self.report.recoveries if r.action != "rolled-forward"}
+        wanted = {r.sequence for r in self.report.recoveries if r.action not in REPAIRED}
         lines = [e.to_line() for e in self.log.entries() if e.sequence in wanted]
-        Path(path).write_text("".join(line if line.endswith("\n") else line + "\n" for line in lines))
+        # Replaced whole and durably (temporary file, fsync, rename, fsync of the folder), the way
+        # `snap checkout -o` and `snap export` write: a crash leaves the old export or the new one.
+        write_atomic(Path(path), "".join(line if line.endswith("\n") else line + "\n" for line in lines).encode())
         return len(lines)
 
     def replay(self, conversation: str, as_conversation: str | None = None):

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
 import random
 
 import pytest
 
 from snapstore.audit import LinkedLog, roll_forward
 from snapstore.orchestrator import ConversationOrchestrator
-from snapstore.ozolith import OzolithLog
+from snapstore.ozolith import OzolithLog, UnparsableLine
 from snapstore.replay import replay, structure
 from snapstore.repository import Repository
-from snapstore.startup import RecoveryStatus, Session
+from snapstore.startup import RecoveryStatus, Session, inspect
 from snapstore.verify import verify
 
 from .crash.worker import step
@@ -130,3 +131,72 @@ def test_startup_statuses_and_conversation_choice(tmp_path):
     last = s.continue_last()
     assert last.conversation == "a"
     s.close()
+
+
+def test_export_replaces_the_file_whole_and_durably(tmp_path, fsynced):
+    store, logfile = str(tmp_path / "store"), tmp_path / "log.jsonl"
+    with Session(store, ozolith=str(logfile)) as s:
+        s.start_new("c", "root")
+    OzolithLog(logfile).append("exchange", "SB-1", "system", {"snapstore": {
+        "conversation": "c", "snapshot": "ab" * 32, "parent": None, "root": "cd" * 32, "nodes": {}}})
+    out = tmp_path / "exports" / "unmatched.jsonl"
+    out.parent.mkdir()
+    out.write_text("an older export\n")
+    s = Session(store, ozolith=str(logfile))
+    fsynced.clear()
+    assert s.export(out) == 1
+    assert [json.loads(line)["sequence"] for line in out.read_text().splitlines()] == [2]
+    assert os.listdir(out.parent) == ["unmatched.jsonl"]  # no temporary file left
+    # The content was fsynced under a temporary name beside the file, then the folder after the rename.
+    assert [p.parent for p in fsynced] == [out.parent, out.parent.parent]
+    assert fsynced[0].name.startswith("unmatched.jsonl.") and fsynced[1] == out.parent
+    s.close(clean=False)
+
+
+@pytest.mark.parametrize("clean", [True, False])
+def test_a_torn_last_line_is_cut_at_start_and_kept_beside_the_log(tmp_path, clean):
+    store, logfile = str(tmp_path / "store"), tmp_path / "log.jsonl"
+    s = Session(store, ozolith=str(logfile))
+    s.start_new("c", "root")
+    s.close(clean=clean)
+    torn = b'{"sequence": 2, "timestamp": "2026-01-0'
+    with logfile.open("ab") as handle:  # an append a SIGKILL or power loss cut short (it never returned)
+        handle.write(torn)
+    before = logfile.read_bytes()
+    # snap status's read-only inspection names the line and changes nothing.
+    report = inspect(Repository.open(store), OzolithLog(logfile))
+    assert report.status is RecoveryStatus.RECOVERY_NEEDED
+    assert "torn_line at line 2, sequence 2" in report.problems[0]
+    assert logfile.read_bytes() == before
+    # A start cuts the interrupted write off, keeps its bytes beside the log and goes on.
+    s = Session(store, ozolith=str(logfile))
+    assert s.report.status is RecoveryStatus.AUDIT_RECOMMENDED, s.report.problems
+    [cut] = s.report.recoveries
+    assert (cut.action, cut.sequence) == ("cut-torn-tail", 2)
+    assert "line 2" in cut.message and f"{len(torn)} bytes" in cut.message
+    assert logfile.read_bytes() == before[: -len(torn)]
+    [kept] = tmp_path.glob("log.jsonl.torn-*")
+    assert kept.read_bytes() == torn and kept.name in cut.message
+    s.resume("c").add_exchange("SB-1", "q", "a")  # the log takes appends again
+    assert len(s.repo.log("c")) == 2
+    assert OzolithLog(logfile).verify().ok
+    s.close(clean=True)
+    assert Session(store, ozolith=str(logfile)).report.status is RecoveryStatus.CLEAN
+
+
+def test_an_unparsable_complete_last_line_starts_a_session_that_needs_recovery(tmp_path):
+    store, logfile = str(tmp_path / "store"), tmp_path / "log.jsonl"
+    s = Session(store, ozolith=str(logfile))
+    s.start_new("c", "root")
+    s.close(clean=True)
+    with logfile.open("ab") as handle:  # whole, but not an entry: damage, not an interrupted write
+        handle.write(b'{"sequence": 2, "timestamp": "2026-01-0\n')
+    before = logfile.read_bytes()
+    s = Session(store, ozolith=str(logfile))
+    assert s.report.status is RecoveryStatus.RECOVERY_NEEDED
+    assert "line 2" in s.report.problems[0]
+    with pytest.raises(UnparsableLine, match="line \\(2\\)"):
+        s.resume("c").add_exchange("SB-1", "q", "a")  # appending onto it stays refused
+    assert len(s.repo.log("c")) == 1
+    assert logfile.read_bytes() == before and not list(tmp_path.glob("log.jsonl.torn-*"))
+    s.close(clean=False)

@@ -236,6 +236,13 @@ def test_key_file_is_created_on_first_append_private_and_reused(tmp_path: Path) 
     assert verify_chain(log.path).ok  # key found beside the log
 
 
+def test_the_first_append_makes_its_folders_durably(tmp_path: Path, fsynced: list[Path]) -> None:
+    log = OzolithLog(tmp_path / "var" / "logs" / "ozolith.jsonl")
+    log.append("exchange", "SB-1", "human", {"n": 1})
+    # Each new folder, the key file and the log are named in a folder fsynced after they appeared.
+    assert {tmp_path, tmp_path / "var", tmp_path / "var" / "logs"} <= set(fsynced)
+
+
 def test_explicit_key_and_key_file(tmp_path: Path) -> None:
     OzolithLog(tmp_path / "a.jsonl", key=KEY).append("exchange", "SB-1", "human", {})
     assert not (tmp_path / KEY_FILE_NAME).exists()
@@ -392,6 +399,38 @@ def test_append_after_a_torn_line_is_refused(tmp_path: Path) -> None:
         log.create_anchor()
     with pytest.raises(TornLine):
         log.last()
+
+
+@pytest.mark.parametrize("entries, torn_size", [(0, 10), (3, 40), (3, 200_000), (0, 200_000)])
+def test_cut_torn_tail_keeps_the_bytes_and_leaves_the_complete_lines(tmp_path: Path, entries: int,
+                                                                     torn_size: int) -> None:
+    log = OzolithLog(tmp_path / "ozolith.jsonl", key=KEY)
+    for n in range(entries):
+        log.append("exchange", "SB-1", "human", {"n": n})
+    whole = log.path.read_bytes() if entries else b""
+    torn = (b'{"sequence": 9, "payload": "' + "\u00e9x".encode() * torn_size)[:torn_size]  # longer than a read-back chunk
+    with log.path.open("ab") as handle:
+        handle.write(torn)
+    cut = log.cut_torn_tail()
+    assert cut is not None and (cut.line, cut.size) == (entries + 1, torn_size)
+    assert cut.saved.parent == tmp_path and cut.saved.read_bytes() == torn
+    assert log.path.read_bytes() == whole
+    assert log.cut_torn_tail() is None  # nothing torn now: nothing cut, nothing kept
+    assert len(list(tmp_path.glob("ozolith.jsonl.torn-*"))) == 1
+    log.append("exchange", "SB-1", "human", {"n": entries})
+    assert [e.sequence for e in log.entries()] == list(range(1, entries + 2))
+    assert log.verify().ok
+
+
+def test_cut_torn_tail_leaves_a_whole_log_and_a_missing_one_alone(tmp_path: Path) -> None:
+    log = OzolithLog(tmp_path / "ozolith.jsonl", key=KEY)
+    assert log.cut_torn_tail() is None and not log.path.exists()
+    log.append("exchange", "SB-1", "human", {"n": 1})
+    with log.path.open("ab") as handle:
+        handle.write(b"not an entry\n")  # complete, unparsable: damage for a human, not cut
+    before = log.path.read_bytes()
+    assert log.cut_torn_tail() is None
+    assert log.path.read_bytes() == before and not list(tmp_path.glob("ozolith.jsonl.torn-*"))
 
 
 def test_append_after_an_unparsable_or_corrupt_last_line_is_refused(tmp_path: Path) -> None:

@@ -29,6 +29,7 @@ from .log import (
     LoadResult,
     OzolithLog,
     TornLine,
+    TornTail,
     UnparsableLine,
     WrongKey,
 )
@@ -50,6 +51,7 @@ __all__ = [
     "LogEntry",
     "OzolithLog",
     "TornLine",
+    "TornTail",
     "UnparsableLine",
     "WrongKey",
     "anchors_path_for",

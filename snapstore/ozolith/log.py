@@ -24,12 +24,21 @@ from snapstore.errors import LogError
 from .anchors import Anchor, anchors_path_for, make_anchor, read_anchors, write_anchors
 from .canonical import parse_line
 from .entry import EventType, LogEntry, check_sealed, make_entry
-from .files import append_line, count_lines, fsync_dir, locked, read_last_line
+from .files import append_line, count_lines, fsync_dir, locked, make_dirs, read_last_line, write_atomic
 from .keys import resolve_key
 from .verify import ChainReport, Finding, FindingKind, verify_chain
 
 
 _BACK_CHUNK = 1 << 16  # entries_after reads the file backwards in pieces of this size
+
+
+@dataclass(frozen=True)
+class TornTail:
+    """An interrupted write cut off the end of a log by :meth:`OzolithLog.cut_torn_tail`."""
+
+    line: int  # its line number
+    size: int  # bytes cut
+    saved: Path  # where those bytes were kept
 
 
 class TornLine(LogError):
@@ -177,13 +186,51 @@ class OzolithLog(EntryQueries):
     @contextmanager
     def _writing(self) -> Iterator[int]:
         """Hold the exclusive lock on the log, creating it (durably) if needed."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        make_dirs(self.path.parent)
         created = not self.path.exists()
         with locked(self.path, exclusive=True, create=True) as fd:
             assert fd is not None
             if created:
                 fsync_dir(self.path.parent)
             yield fd
+
+    def cut_torn_tail(self) -> TornTail | None:
+        """Cut an interrupted write off the end of the log, keeping its bytes beside it; None if there is none.
+
+        A torn last line is an append that never returned (``append`` returns
+        only after the whole line is written and fsynced, and a short write it
+        sees is cut before it raises), so no caller was told it is on disk and
+        no ref was moved for it: a process killed by SIGKILL inside the
+        ``write()`` of a long line, or a power loss before the fsync. The bytes
+        are saved first (``<log>.torn-<time>``, fsynced), then the log is
+        truncated to its last newline and fsynced, under the writers' lock.
+        Only a torn tail is cut: a complete line that does not parse is damage
+        and stays for a human.
+        """
+        if not self.path.exists():
+            return None
+        with locked(self.path, exclusive=True, create=True) as fd:
+            assert fd is not None
+            size = os.fstat(fd).st_size
+            if size == 0 or os.pread(fd, 1, size - 1) == b"\n":
+                return None
+            start = size
+            while start > 0:  # back to the byte after the last newline
+                chunk_start = max(0, start - _BACK_CHUNK)
+                chunk = os.pread(fd, start - chunk_start, chunk_start)
+                cut = chunk.rfind(b"\n")
+                if cut >= 0:
+                    start = chunk_start + cut + 1
+                    break
+                start = chunk_start
+            torn = os.pread(fd, size - start, start)
+            line = 1 + sum(os.pread(fd, min(1 << 24, start - at), at).count(b"\n") for at in range(0, start, 1 << 24))
+            stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+            saved = self.path.with_name(f"{self.path.name}.torn-{stamp}")
+            write_atomic(saved, torn)
+            os.ftruncate(fd, start)
+            os.fsync(fd)
+            return TornTail(line, len(torn), saved)
 
     def _append_locked(self, fd: int, key: bytes, last: LogEntry | None, event_type: str | EventType,
                        context_id: str, actor: str, payload: Mapping[str, Any]) -> LogEntry:
