@@ -116,6 +116,11 @@ def test_a_database_holding_anything_is_never_taken_over(tmp_path):
         assert (tmp_path / name / "store.sqlite").read_bytes() == before
         with pytest.raises(StoreNotFound, match="not a snapstore"):
             Session(str(tmp_path / name))
+        with pytest.raises(StoreNotFound, match="not a snapstore"):
+            Repository.open(str(tmp_path / name))
+        # Refused unchanged: not switched to WAL (which rewrites the header), no -wal file made.
+        assert (tmp_path / name / "store.sqlite").read_bytes() == before
+        assert sorted(p.name for p in (tmp_path / name).iterdir()) == ["store.sqlite"]
 
 
 def _start_sessions(base: str, rounds: int, barrier, out) -> None:

@@ -196,14 +196,21 @@ class SqliteBackend(Backend):
                     # a store made before keeps them until `snap compact`. Set before anything
                     # is written: the WAL switch below writes the header.
                     self._db.execute("PRAGMA auto_vacuum = INCREMENTAL")
+                else:
+                    # Before the WAL switch, which writes the file: a database that is not a store
+                    # (someone else's, an empty file) is refused unchanged. Stores are made in WAL
+                    # mode; one in another mode (a copy, a restored backup) must hold a format key.
+                    self._db.execute("SELECT 1 FROM objects LIMIT 1")
+                    current = str(self._db.execute("PRAGMA journal_mode").fetchone()[0]).lower()
+                    if current != "wal" and self._db.execute(
+                            "SELECT 1 FROM meta WHERE key = 'format'").fetchone() is None:
+                        raise StoreNotFound(f"{self.path} is not a snapstore store (no format version)")
                 mode = self._switch_to_wal()
                 if mode.lower() != "wal":
                     raise BackendError(f"{self.path}: cannot enable WAL mode (got {mode})")
                 self._db.execute("PRAGMA synchronous = FULL")
                 if create:
                     self._create(meta or {})
-                else:
-                    self._db.execute("SELECT 1 FROM objects LIMIT 1")
             except BaseException:
                 self._db.close()
                 raise
