@@ -2,24 +2,37 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import stat
 import sys
 import tempfile
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import click
 
-from snapstore.errors import InvalidInput, UnknownRevision
+from snapstore.errors import CorruptObject, InvalidInput, SnapstoreError, UnknownRevision
 from snapstore.objects import Event
 from snapstore.refs import validate_context_id, validate_conversation_id
-from snapstore.repository import Repository
+from snapstore.repository import FsckReport, Problem, Repository, SnapshotInfo
 from snapstore.state import MAX_STATE_BYTES, ConversationState
 
-from .main import Settings, cli, describe_location
+from .main import Settings, check_location, cli, describe_location
 from .render import dump_json, render_diff, render_log, render_tree, safe, tree_json
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON (schema in docs/cli.md).")
+# A count option above this means "all" (the storage engines take counts of at most 32 bits).
+MAX_COUNT = 2**31 - 1
+
+
+def at_most_max_count(ctx: click.Context, param: click.Parameter, value: int | None) -> int | None:
+    """Option callback: a count larger than any store's holds means the same as :data:`MAX_COUNT`."""
+    return None if value is None else min(value, MAX_COUNT)
+
+
 # Show a progress bar on stderr only for stores at least this large.
 PROGRESS_MIN_OBJECTS = 20000
 
@@ -56,25 +69,44 @@ def read_state_file(path: str) -> ConversationState:
     return ConversationState.from_bytes(file.read_bytes(), path)
 
 
+def _new_file_mode() -> int:
+    """The mode an ordinary new file gets: 0666 less the umask."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def write_file_atomically(path: str, text: str) -> None:
-    """Write text to a temporary file beside ``path``, fsync it, then rename over ``path``."""
+    """Write text to a temporary file beside ``path``, fsync it, then rename over ``path``.
+
+    The file gets the mode of the file it replaces, else that of any new file
+    (0666 less the umask). An error names ``path``, never the temporary file.
+    """
     target = Path(path)
     folder = target.parent if str(target.parent) else Path(".")
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{target.name}.", suffix=".tmp")
+    tmp: str | None = None
     try:
+        if target.is_dir():
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), path)
+        mode = stat.S_IMODE(target.stat().st_mode) if target.is_file() else _new_file_mode()
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{target.name}.", suffix=".tmp")
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            os.fchmod(handle.fileno(), mode)
             handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
+        tmp = None
+        dir_fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError as exc:
+        raise OSError(exc.errno, exc.strerror or str(exc), path) from None
     finally:
-        os.close(dir_fd)
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
 
 
 @cli.command()
@@ -82,7 +114,7 @@ def write_file_atomically(path: str, text: str) -> None:
 @click.pass_obj
 def init(settings: Settings, path: str | None) -> None:
     """Create an empty store at PATH (default: --store, $SNAPSTORE or ./.snapstore)."""
-    location = path or settings.location
+    location = check_location(path) if path else settings.location
     Repository.init(location).close()
     click.echo(f"Initialized empty snapstore store in {describe_location(location)}")
 
@@ -109,6 +141,11 @@ def commit(conversation: str, state_file: str, event_type: str, context_id: str 
         )
     if not event_type or not event_type.isprintable() or " " in event_type:
         raise InvalidInput("--event must be one printable word, like sidebar_spawn")
+    if any("\ud800" <= ch <= "\udfff" for ch in message):
+        # What bytes that are not UTF-8 on the command line become: the store cannot record it.
+        raise InvalidInput(
+            "-m holds a lone surrogate (bytes that are not UTF-8?): give the message as UTF-8 text"
+        )
     if context_id is not None:
         validate_context_id(context_id)
     result = _repo().commit(conv, state, event=Event(event_type, context_id, message))
@@ -132,19 +169,35 @@ def checkout(conversation: str, at: str | None, output: str | None, as_json: boo
     """
     repo = _repo()
     conv = validate_conversation_id(conversation)
-    result = repo.checkout(conv, at)
+    head = repo.head(conv)
+    if head is None:
+        raise UnknownRevision(f"unknown conversation {conv!r}")
+    # Everything that can fail (reading the tree, rendering it, writing FILE)
+    # happens before the store changes: a failed checkout leaves the active
+    # conversation and the history as they were.
+    shown = repo.resolve(at) if at is not None else head
+    tree = repo.outline(shown)
+    tree_doc: Any = None
+    lines: list[str] = []
+    if as_json:
+        tree_doc = tree_json(tree)
+        dump_json(tree_doc)  # fails here, not after the change, if it cannot be written
+    else:
+        lines = render_tree(tree)
     if output:
-        state = repo.load(conv)
+        state = repo.load(shown)
+        # After --at the file holds CONV's new head, whatever conversation REV came from.
+        state = replace(state, conversation_id=conv)
         write_file_atomically(output, json.dumps(state.to_json(), indent=1) + "\n")
-    tree = repo.outline(result.snapshot)
+    result = repo.checkout(conv, at)
     if as_json:
         click.echo(dump_json({"conversation": conv, "head": result.snapshot, "restored": result.created,
-                              "tree": tree_json(tree)}))
+                              "tree": tree_doc}))
         return
     if result.created:
         click.echo(f"restored {at} as snapshot {result.snapshot[:12]}", err=True)
     click.echo(f"conversation {conv} at {result.snapshot[:12]}")
-    for line in render_tree(tree):
+    for line in lines:
         click.echo(line)
     if output:
         click.echo(f"wrote {output}", err=True)
@@ -152,17 +205,25 @@ def checkout(conversation: str, at: str | None, output: str | None, as_json: boo
 
 @cli.command()
 @click.argument("conversation", required=False)
-@click.option("-n", "limit", type=click.IntRange(min=1), help="Show at most N snapshots.")
+@click.option("-n", "limit", type=click.IntRange(min=1), callback=at_most_max_count, help="Show at most N snapshots.")
 @json_option
 def log(conversation: str | None, limit: int | None, as_json: bool) -> None:
     """Show the snapshots of a conversation (or revision), newest first."""
     repo = _repo()
     entries = repo.log(_conversation_or_active(repo, conversation), limit)
     if as_json:
-        click.echo(dump_json([e.to_json() for e in entries]))
+        click.echo(dump_json([log_entry_json(e) for e in entries]))
         return
     for line in render_log(entries):
         click.echo(line)
+
+
+def log_entry_json(info: SnapshotInfo) -> dict[str, Any]:
+    """One ``snap log --json`` entry: ``log`` (the audit-log entry) only when the snapshot has one."""
+    out = info.to_json()
+    if out.get("log") is None:
+        out.pop("log", None)
+    return out
 
 
 @cli.command()
@@ -238,11 +299,24 @@ def fsck(as_json: bool) -> None:
     """
     repo = _repo()
     total = repo.backend.count_objects()[0]
-    if total >= PROGRESS_MIN_OBJECTS:
-        with click.progressbar(length=total, label="checking objects", file=sys.stderr) as bar:
-            report = repo.fsck(progress=bar.update)
-    else:
-        report = repo.fsck()
+    try:
+        if total >= PROGRESS_MIN_OBJECTS:
+            with click.progressbar(length=total, label="checking objects", file=sys.stderr) as bar:
+                report = repo.fsck(progress=bar.update)
+        else:
+            report = repo.fsck()
+    except CorruptObject as exc:
+        # A record fsck needs to walk the history (a prune record, say) is unreadable.
+        report = FsckReport(total, 0, (Problem("corrupt", str(exc), object=exc.object_id),))
+    except SnapstoreError:
+        raise
+    except (TypeError, AttributeError, ValueError, UnicodeError, RecursionError) as exc:
+        # The store holds a value of the wrong type where fsck reads its rows (a ref
+        # naming text instead of an id, say): report it as the problem it is.
+        if os.environ.get("SNAPSTORE_DEBUG"):
+            raise
+        report = FsckReport(total, 0, (Problem(
+            "unreadable", f"fsck could not read the store: {type(exc).__name__}: {exc}", object=None),))
     if as_json:
         click.echo(dump_json(report.to_json()))
     else:

@@ -6,22 +6,63 @@ traceback (exit 1 for errors, 2 for bad usage).
 
 from __future__ import annotations
 
+import io
 import os
+import re
 import sys
 from typing import Any
 
 import click
 
-from snapstore.errors import SnapstoreError
+from snapstore.errors import InvalidInput, SnapstoreError
 from snapstore.location import default_location, redact
 from snapstore.repository import Repository
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 
+# Input echoed in a message is cut to about this many characters.
+ECHO_LIMIT = 100
+# A run of digits longer than ECHO_LIMIT, or a word (no space) over twice as long.
+_LONG = re.compile(r"\d{%d,}|\S{%d,}" % (ECHO_LIMIT + 1, 2 * ECHO_LIMIT + 1))
+
+
+def _clip(match: re.Match[str]) -> str:
+    text = match.group()
+    if text.isdigit():
+        return f"{text[:ECHO_LIMIT]}...({len(text)} digits)"
+    # Keep both ends: the end of a long path is its file name.
+    return f"{text[:ECHO_LIMIT]}...({len(text)} characters)...{text[-ECHO_LIMIT // 2:]}"
+
+
 def one_line(text: str) -> str:
-    """Collapse a message to one line."""
-    return "; ".join(part.strip() for part in str(text).splitlines() if part.strip()) or "error"
+    """Collapse a message to one line, with long echoed input (a 5,000-digit number, say) cut short."""
+    line = "; ".join(part.strip() for part in str(text).splitlines() if part.strip()) or "error"
+    return _LONG.sub(_clip, line)
+
+
+def check_location(location: str) -> str:
+    """``location`` if it can name a store; a typo of ``memory:`` is an error, not a folder."""
+    if location.strip().lower().startswith("memory:") and location != "memory:":
+        raise InvalidInput(
+            f"unknown store location {location!r}: the in-memory store is `memory:`, exactly "
+            "(for a folder of that name write ./" + location.strip() + ")"
+        )
+    return location
+
+
+class OutputClosed(Exception):
+    """Standard output was closed by its reader (``snap log | head``): stop quietly."""
+
+
+def _silence_stdout() -> None:
+    """Point standard output at /dev/null, so that flushing it at exit cannot fail again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
+        pass
 
 
 class SnapGroup(click.Group):
@@ -32,6 +73,8 @@ class SnapGroup(click.Group):
             return super().invoke(ctx)
         except SnapstoreError as exc:
             raise click.ClickException(one_line(str(exc))) from None
+        except BrokenPipeError:
+            raise OutputClosed() from None
         except OSError as exc:
             name = f" {exc.filename}" if getattr(exc, "filename", None) else ""
             raise click.ClickException(one_line(f"{exc.strerror or exc}{':' if name else ''}{name}")) from None
@@ -68,6 +111,10 @@ class SnapGroup(click.Group):
         except KeyboardInterrupt:
             click.echo("snap: interrupted", err=True)
             sys.exit(130)
+        except OutputClosed:
+            # Like git: the reader has what it wanted; no message, the exit status of SIGPIPE.
+            _silence_stdout()
+            sys.exit(141)
         if standalone_mode:
             sys.exit(rv if isinstance(rv, int) else 0)
         return rv
@@ -82,7 +129,7 @@ class Settings:
 
     @property
     def location(self) -> str:
-        return self.store or default_location()
+        return check_location(self.store or default_location())
 
     def repo(self) -> Repository:
         if self._repo is None:

@@ -15,7 +15,7 @@ from snapstore.ozolith import OzolithLog
 from snapstore.progress import Bar, quiet
 
 from .audit import find_log, key_option, ozolith_option
-from .commands import PROGRESS_MIN_OBJECTS, json_option
+from .commands import PROGRESS_MIN_OBJECTS, at_most_max_count, json_option
 from .main import Settings, cli, describe_location
 from .render import dump_json, safe
 
@@ -23,6 +23,10 @@ from .render import dump_json, safe
 PROGRESS_MIN = {"checking bundle": 64 << 20, "importing": 50, "reading history": 5000}
 _DURATION = re.compile(r"(\d+)([smhdw])")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
+# The longest duration taken: a time that far back or ahead is still a date (year 1 to 9999).
+MAX_DURATION = timedelta(days=36500)
 
 
 class Duration(click.ParamType):
@@ -40,8 +44,14 @@ class Duration(click.ParamType):
         if not parts or "".join(n + u for n, u in parts) != text:
             self.fail(f"{value!r} is not a duration (like 14d, 12h, 30m, 1d12h or 0)", param, ctx)
         total = timedelta(0)
-        for number, unit in parts:
-            total += timedelta(**{_UNITS[unit]: int(number)})
+        try:
+            for number, unit in parts:
+                total += timedelta(**{_UNITS[unit]: int(number)})
+        except (OverflowError, ValueError):  # beyond timedelta's range, or more digits than int() takes
+            total = MAX_DURATION + MAX_DURATION
+        if total > MAX_DURATION:
+            self.fail(f"{text[:40]!r}{'...' if len(text) > 40 else ''} is too long (at most {MAX_DURATION.days}d)",
+                      param, ctx)
         return total
 
 
@@ -108,7 +118,8 @@ def gc(dry_run: bool, grace: timedelta, as_json: bool) -> None:
 
 @cli.command()
 @click.argument("conversation")
-@click.option("--keep-last", type=click.IntRange(min=1), metavar="N", help="Keep the newest N snapshots.")
+@click.option("--keep-last", type=click.IntRange(min=1), metavar="N", callback=at_most_max_count,
+              help="Keep the newest N snapshots.")
 @click.option("--older-than", type=DURATION, metavar="DURATION", help="Squash snapshots older than this (e.g. 30d).")
 @click.option("--dry-run", is_flag=True, help="Report what would be squashed; change nothing.")
 @json_option
@@ -250,7 +261,7 @@ def stats(as_json: bool) -> None:
 
 
 @cli.command()
-@click.option("--keep", type=click.IntRange(min=0), default=0, show_default=True,
+@click.option("--keep", type=click.IntRange(min=0), default=0, show_default=True, callback=at_most_max_count,
               help="Leave this many of the newest loose objects loose.")
 @json_option
 def pack(keep: int, as_json: bool) -> None:

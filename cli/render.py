@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import click
@@ -33,8 +34,66 @@ def safe(text: Any) -> str:
     return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in value)
 
 
+# A lone surrogate (U+D800..U+DFFF) is allowed in a stored string but cannot be written as UTF-8.
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _escape_surrogates(text: str) -> str:
+    """JSON text with each lone surrogate written as its ``\\uXXXX`` escape (it can only sit in a string)."""
+    return _SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+
+
 def dump_json(value: Any) -> str:
-    return json.dumps(value, indent=2, ensure_ascii=False, sort_keys=False)
+    """``value`` as JSON indented by two spaces, non-ASCII as it is, lone surrogates escaped.
+
+    Values nested deeper than the json module can go (a chain of 1,000
+    sidebars) are written by :func:`_dump_json_iteratively`, with the same text.
+    """
+    try:
+        text = json.dumps(value, indent=2, ensure_ascii=False, sort_keys=False)
+    except RecursionError:
+        text = _dump_json_iteratively(value)
+    return _escape_surrogates(text)
+
+
+def _json_key(key: Any) -> str:
+    """A dict key as ``json.dumps`` writes it (it turns non-string scalar keys into strings)."""
+    if isinstance(key, str):
+        return json.dumps(key, ensure_ascii=False)
+    if key is None or isinstance(key, (bool, int, float)):
+        return json.dumps(json.dumps(key))
+    raise TypeError(f"keys must be str, int, float, bool or None, not {type(key).__name__}")
+
+
+def _dump_json_iteratively(value: Any, indent: str = "  ") -> str:
+    """What ``json.dumps(value, indent=2, ensure_ascii=False)`` gives, without recursion."""
+    out: list[str] = []
+    # Work items: a value to write at a depth, or a literal piece of text.
+    stack: list[tuple[bool, Any, int]] = [(True, value, 0)]
+    while stack:
+        is_value, item, depth = stack.pop()
+        if not is_value:
+            out.append(item)
+            continue
+        if isinstance(item, dict) and item:
+            inner = "\n" + indent * (depth + 1)
+            work: list[tuple[bool, Any, int]] = [(False, "{", 0)]
+            for n, (key, child) in enumerate(item.items()):
+                work.append((False, ("," if n else "") + inner + _json_key(key) + ": ", 0))
+                work.append((True, child, depth + 1))
+            work.append((False, "\n" + indent * depth + "}", 0))
+            stack.extend(reversed(work))
+        elif isinstance(item, (list, tuple)) and item:
+            inner = "\n" + indent * (depth + 1)
+            work = [(False, "[", 0)]
+            for n, child in enumerate(item):
+                work.append((False, ("," if n else "") + inner, 0))
+                work.append((True, child, depth + 1))
+            work.append((False, "\n" + indent * depth + "]", 0))
+            stack.extend(reversed(work))
+        else:
+            out.append(json.dumps(item, ensure_ascii=False))
+    return "".join(out)
 
 
 def _plural(n: int, word: str) -> str:
@@ -42,7 +101,10 @@ def _plural(n: int, word: str) -> str:
 
 
 def tree_json(tree: Tree | Outline) -> Any:
-    """The tree as JSON: the root node, a list if there are several roots, null if empty."""
+    """The tree as JSON: the root node, a list if there are several roots, null if empty.
+
+    Built without recursion, so a chain of any depth is fine.
+    """
 
     def node(record: ContextRecord | OutlineRecord) -> dict[str, Any]:
         return {
@@ -50,10 +112,18 @@ def tree_json(tree: Tree | Outline) -> Any:
             "status": record.fields.get("status"),
             "exchanges": record.exchange_count(),
             "focus": record.id == tree.active_context_id,
-            "children": [node(tree.records[c]) for c in record.children],
+            "children": [],
         }
 
-    roots = [node(tree.records[r]) for r in tree.roots]
+    roots: list[dict[str, Any]] = []
+    # (context id, the list its node goes into), children pushed in reverse to keep their order.
+    stack: list[tuple[str, list[dict[str, Any]]]] = [(r, roots) for r in reversed(tree.roots)]
+    while stack:
+        cid, siblings = stack.pop()
+        record = tree.records[cid]
+        made = node(record)
+        siblings.append(made)
+        stack.extend((child, made["children"]) for child in reversed(record.children))
     if not roots:
         return None
     return roots[0] if len(roots) == 1 else roots
@@ -63,7 +133,8 @@ def render_tree(tree: Tree | Outline) -> list[str]:
     """Indented lines: status, exchange count, task and a focus marker."""
     lines: list[str] = []
 
-    def walk(cid: str, prefix: str, connector: str) -> None:
+    def line(cid: str, prefix: str, connector: str) -> list[tuple[str, str, str]]:
+        """Append the line of ``cid``; return its children as (id, prefix, connector), in order."""
         record = tree.records[cid]
         status = record.fields.get("status")
         status_text = click.style(safe(status or "-"), fg=STATUS_COLOURS.get(str(status)))
@@ -78,11 +149,12 @@ def render_tree(tree: Tree | Outline) -> list[str]:
         lines.append("  ".join(parts))
         kids = record.children
         child_prefix = prefix + ("    " if connector == "└── " else "│   " if connector else "")
-        for i, child in enumerate(kids):
-            walk(child, child_prefix, "└── " if i == len(kids) - 1 else "├── ")
+        return [(child, child_prefix, "└── " if i == len(kids) - 1 else "├── ") for i, child in enumerate(kids)]
 
-    for root in tree.roots:
-        walk(root, "", "")
+    # Depth first without recursion: a chain of any depth is fine.
+    stack = [(root, "", "") for root in reversed(tree.roots)]
+    while stack:
+        stack.extend(reversed(line(*stack.pop())))
     if not lines:
         lines.append("(empty conversation)")
     return lines
@@ -95,7 +167,7 @@ def render_log(entries: list[SnapshotInfo]) -> list[str]:
         head = click.style(f"snapshot {info.id[:12]}", fg="yellow")
         event = snap.event
         what = safe(event.type) + (f" {safe(event.context_id)}" if event.context_id else "")
-        line = f"{head}  {snap.time}  {click.style(what, bold=True)}"
+        line = f"{head}  {safe(snap.time)}  {click.style(what, bold=True)}"
         if event.message:
             line += f"  {safe(event.message)}"
         link = info.log or snap.log
@@ -106,8 +178,16 @@ def render_log(entries: list[SnapshotInfo]) -> list[str]:
 
 
 def _value(v: Any) -> str:
-    text = json.dumps(v, ensure_ascii=False)
+    try:
+        text = json.dumps(v, ensure_ascii=False)
+    except RecursionError:
+        text = "(a value nested too deeply to show)"
     return safe(text if len(text) <= 80 else text[:77] + "...")
+
+
+def _parent(parent: str | None) -> str:
+    """A context's parent as a diff line names it: its id, or ``top level`` for a root."""
+    return "top level" if parent is None else safe(parent)
 
 
 def render_diff(diff: TreeDiff) -> list[str]:
@@ -117,13 +197,13 @@ def render_diff(diff: TreeDiff) -> list[str]:
     lines = []
     for c in diff.added:
         lines.append(click.style(
-            f"+ {safe(c.id)}  (under {safe(c.parent) if c.parent else 'top level'}, {safe(c.status)}, "
+            f"+ {safe(c.id)}  (under {_parent(c.parent)}, {safe(c.status)}, "
             f"{_plural(c.exchanges, 'exchange')})", fg="green"))
     for c in diff.removed:
-        lines.append(click.style(f"- {safe(c.id)}  (was under {safe(c.parent) if c.parent else 'top level'})", fg="red"))
+        lines.append(click.style(f"- {safe(c.id)}  (was under {_parent(c.parent)})", fg="red"))
     for m in diff.moved:
         lines.append(click.style(
-            f"> {safe(m.id)}  moved from {safe(m.old_parent) or 'top level'} to {safe(m.new_parent) or 'top level'}",
+            f"> {safe(m.id)}  moved from {_parent(m.old_parent)} to {_parent(m.new_parent)}",
             fg="cyan"))
     for ch in diff.changed:
         lines.append(click.style(f"~ {safe(ch.id)}", fg="yellow", bold=True))
@@ -138,7 +218,7 @@ def render_diff(diff: TreeDiff) -> list[str]:
                 if ids:
                     shown = ", ".join(safe(i) for i in ids[:5]) + (", ..." if len(ids) > 5 else "")
                     lines.append(click.style(
-                        f"    {name}: {len(ids)} {label} ({shown})", fg=colour))
+                        f"    {safe(name)}: {len(ids)} {label} ({shown})", fg=colour))
     if diff.focus:
         lines.append(click.style(f"* focus {safe(diff.focus[0])} -> {safe(diff.focus[1])}", fg="magenta"))
     for name, change in diff.extra.items():

@@ -2,26 +2,81 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 import click
 
+from snapstore.backends.sqlite import DB_NAME
 from snapstore.errors import StoreNotFound
-from snapstore.location import redact
+from snapstore.location import is_url, redact
 from snapstore.repository import Repository
 from snapstore.transfer import copy_conversations
 
-from .main import Settings, cli
+from .main import Settings, check_location, cli
 from .render import dump_json
 
 PROGRESS_MIN_OBJECTS = 20000
 
 
-def _open_or_init(location: str) -> Repository:
+class _Created:
+    """What creating an embedded store at a path makes, so that a failed copy can take it away again.
+
+    Either the topmost folder that did not exist (init makes it and
+    everything below), or, in a folder that existed, the store's files.
+    Shared stores (URLs, .toml configs) are left as they are.
+    """
+
+    def __init__(self, location: str) -> None:
+        self.top: Path | None = None
+        self.folder: Path | None = None
+        if location == "memory:" or is_url(location) or (location.endswith(".toml") and Path(location).is_file()):
+            return
+        folder = Path(location).absolute()
+        if folder.exists():
+            self.folder = folder
+            self.before = set(os.listdir(folder)) if folder.is_dir() else set()
+            return
+        top = folder
+        while not top.parent.exists() and top.parent != top:
+            top = top.parent
+        self.top = top
+
+    def remove(self) -> None:
+        if self.top is not None:
+            shutil.rmtree(self.top, ignore_errors=True)
+        elif self.folder is not None and self.folder.is_dir():
+            for name in set(os.listdir(self.folder)) - self.before:
+                if name.startswith(DB_NAME):  # store.sqlite and its -wal and -shm files
+                    (self.folder / name).unlink(missing_ok=True)
+
+
+@contextmanager
+def _destination(location: str) -> Iterator[Repository]:
+    """The store at ``location``, created if there is none; if the copy fails, a store made here is removed."""
     try:
-        return Repository.open(location)
+        dst = Repository.open(location)
     except StoreNotFound:
-        return Repository.init(location)
+        created: _Created | None = _Created(location)
+        try:
+            dst = Repository.init(location)
+        except BaseException:
+            created.remove()
+            raise
+    else:
+        created = None
+    try:
+        yield dst
+    except BaseException:
+        dst.close()
+        if created is not None:
+            created.remove()
+        raise
+    dst.close()
 
 
 def _run_copy(src: Repository, dst: Repository, conversations: tuple[str, ...], as_json: bool) -> None:
@@ -53,13 +108,10 @@ def clone(source: str, destination: str, conversations: tuple[str, ...], as_json
     exist. Every object is re-hashed as it is read; refs move only after all
     objects are written, and only forward (diverged histories are refused).
     """
-    src = Repository.open(source)
+    src = Repository.open(check_location(source))
     try:
-        dst = _open_or_init(destination)
-        try:
+        with _destination(check_location(destination)) as dst:
             _run_copy(src, dst, conversations, as_json)
-        finally:
-            dst.close()
     finally:
         src.close()
 
@@ -74,10 +126,7 @@ def push(settings: Settings, destination: str, conversations: tuple[str, ...], a
 
     The same as `snap clone <this store> DST`.
     """
-    dst = _open_or_init(destination)
-    try:
+    with _destination(check_location(destination)) as dst:
         _run_copy(settings.repo(), dst, conversations, as_json)
-    finally:
-        dst.close()
     if not as_json:
         click.echo(f"pushed to {redact(destination)}", err=True)

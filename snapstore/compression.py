@@ -101,6 +101,9 @@ class Codec:
         return frame + zlib.crc32(frame).to_bytes(4, "little")
 
     def decompress(self, data: bytes, object_id: str = "?") -> bytes:
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            # A damaged store can hold text or a number where the bytes belong.
+            raise CorruptObject(object_id, f"stored data is {type(data).__name__}, not bytes")
         if len(data) < 5:
             raise CorruptObject(object_id, f"stored data is only {len(data)} bytes long")
         data, check = data[:-4], data[-4:]

@@ -48,13 +48,18 @@ def parse_revision(text: str) -> Revision:
     ancestors = 0
     while (match := _ANCESTRY.search(rest)) is not None:
         digits = match.group(1)
-        ancestors += int(digits) if digits else 1
+        try:
+            ancestors += int(digits) if digits else 1
+        except ValueError:  # more digits than int() takes (4,300)
+            raise UnknownRevision(
+                f"the ~N of revision {text[:60]!r}... has {len(digits)} digits: too many"
+            ) from None
         rest = rest[: match.start()]
     at = None
     if (match := _AT_TIME.search(rest)) is not None:
         try:
             at = parse_time(match.group(1))
-        except ValueError:
+        except (ValueError, OverflowError):  # OverflowError: out of range in UTC (9999-12-31T23:59-01:00)
             raise UnknownRevision(
                 f"bad time {match.group(1)!r} in revision {text!r} (use ISO-8601, e.g. 2026-01-05T10:00:00Z)"
             ) from None

@@ -38,7 +38,7 @@ from typing import Any
 from .backends.base import Backend
 from .errors import CorruptObject
 from .idsets import pack, unpack
-from .objects import ObjectId
+from .objects import ObjectId, is_object_id
 
 PREFIX = "prune/"
 RECORD_VERSION = 1
@@ -84,6 +84,12 @@ class PruneRecord:
         return entries
 
 
+def _oid(value: Any) -> ObjectId:
+    if not is_object_id(value):
+        raise ValueError(f"{str(value)[:80]!r} is not an object id")
+    return ObjectId(value)
+
+
 def _record(key: str, meta: Mapping[str, str]) -> PruneRecord:
     try:
         value: dict[str, Any] = json.loads(meta[key])
@@ -92,16 +98,17 @@ def _record(key: str, meta: Mapping[str, str]) -> PruneRecord:
         record = PruneRecord(
             conversation=str(value["conversation"]),
             time=str(value["time"]),
-            old_head=ObjectId(value["old_head"]),
-            new_head=ObjectId(value["new_head"]),
-            squash=ObjectId(value["squash"]),
-            kept={ObjectId(k): ObjectId(v) for k, v in dict(value["kept"]).items()},
+            old_head=_oid(value["old_head"]),
+            new_head=_oid(value["new_head"]),
+            squash=_oid(value["squash"]),
+            kept={_oid(k): _oid(v) for k, v in dict(value["kept"]).items()},
             squashed=frozenset(unpack(meta, key + "/squashed")),
             dropped=frozenset(unpack(meta, key + "/dropped")),
         )
-    except (ValueError, KeyError, TypeError) as exc:
+        counts = (value["squashed"], value["dropped"])
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:  # e.g. not a JSON object
         raise CorruptObject(key, f"unreadable prune record: {exc}") from None
-    if len(record.squashed) != value["squashed"] or len(record.dropped) != value["dropped"]:
+    if (len(record.squashed), len(record.dropped)) != counts:
         raise CorruptObject(key, "prune record: id sets do not hold the recorded number of ids")
     return record
 
