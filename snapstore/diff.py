@@ -9,6 +9,10 @@ found on one side only is a candidate for removal or addition; when the same
 id turns up on the other side under another parent, it was moved. Exchange
 lists are compared from their newest chunk back to the first chunk the two
 lists share, so an append of k exchanges costs k reads whatever the history.
+Every difference in a context's content is reported: exchanges that moved
+within their list count as changed, and an exchange list that is a list on
+one side only (absent, null or another value on the other; ``[]`` included)
+is also a field change with both values.
 """
 
 from __future__ import annotations
@@ -223,8 +227,20 @@ class _Differ:
         return [(tuple(a), tuple(b), s) for (a, b), s in zip(out, same)]
 
     def exchanges(self, old: MemoryRef, new: MemoryRef) -> ExchangeChanges:
+        return self.exchange_tails(old, new)[0]
+
+    def exchange_tails(self, old: MemoryRef, new: MemoryRef) -> tuple[ExchangeChanges, list[Any], list[Any]]:
+        """How a list changed, and the items of each side after the part both share, in order.
+
+        The walk reads back from both heads to the first chunk the lists share,
+        so against an empty list the tail is the whole other list. Exchanges
+        are matched by id (the n-th occurrence of an id with the n-th); a
+        matched exchange whose content differs, or that moved relative to the
+        others (not in a longest run of matched exchanges kept in order), is
+        changed.
+        """
         if old == new:
-            return ExchangeChanges()
+            return ExchangeChanges(), [], []
         a, b = old.head, new.head
         ca, cb = old.count, new.count
         old_tail: list[tuple[int, Any]] = []
@@ -246,28 +262,34 @@ class _Differ:
         new_seq = [(_exchange_key(i, item), item) for i, item in reversed(new_tail)]
         # An exchange id may occur more than once in a list: the n-th occurrence
         # on one side is matched with the n-th on the other.
-        old_items: dict[str, list[Any]] = {}
-        new_items: dict[str, list[Any]] = {}
-        for seq, by_key in ((old_seq, old_items), (new_seq, new_items)):
-            for key, item in seq:
-                by_key.setdefault(key, []).append(item)
+        old_at: dict[str, list[int]] = {}
+        new_count: dict[str, int] = {}
+        for position, (key, _) in enumerate(old_seq):
+            old_at.setdefault(key, []).append(position)
+        for key, _ in new_seq:
+            new_count[key] = new_count.get(key, 0) + 1
+        # (old position, new position) of each matched exchange
+        matched: list[tuple[int, int]] = []
         added: list[str] = []
-        changed: list[str] = []
-        removed: list[str] = []
         seen: dict[str, int] = {}
-        for key, item in new_seq:
+        for position, (key, _) in enumerate(new_seq):
             n = seen[key] = seen.get(key, 0) + 1
-            olds = old_items.get(key, ())
+            olds = old_at.get(key, ())
             if n > len(olds):
                 added.append(key)
-            elif not json_equal(olds[n - 1], item):
-                changed.append(key)
+            else:
+                matched.append((olds[n - 1], position))
+        in_order = _longest_increasing([new_pos for _, new_pos in sorted(matched)])
+        changed = [new_seq[new_pos][0] for old_pos, new_pos in matched
+                   if new_pos not in in_order or not json_equal(old_seq[old_pos][1], new_seq[new_pos][1])]
+        removed: list[str] = []
         seen = {}
         for key, _ in old_seq:
             n = seen[key] = seen.get(key, 0) + 1
-            if n > len(new_items.get(key, ())):
+            if n > new_count.get(key, 0):
                 removed.append(key)
-        return ExchangeChanges(added=tuple(added), removed=tuple(removed), changed=tuple(changed))
+        changes = ExchangeChanges(added=tuple(added), removed=tuple(removed), changed=tuple(changed))
+        return changes, [item for _, item in old_seq], [item for _, item in new_seq]
 
     def node_change(self, old: Node, new: Node, same_children: bool = False) -> ContextChange | None:
         """What changed in a context; ``same_children``: both versions have the same children ids in order."""
@@ -279,14 +301,55 @@ class _Differ:
             fields = diff_fields(old.fields, new.fields)
         memory: dict[str, ExchangeChanges] = {}
         for name in sorted(old.memory.keys() | new.memory.keys()):
-            changes = self.exchanges(
-                old.memory.get(name, MemoryRef(None, 0)), new.memory.get(name, MemoryRef(None, 0))
-            )
+            old_ref, new_ref = old.memory.get(name), new.memory.get(name)
+            changes, old_items, new_items = self.exchange_tails(old_ref or _EMPTY_LIST, new_ref or _EMPTY_LIST)
             if changes:
                 memory[name] = changes
+            if (old_ref is None) != (new_ref is None):
+                # A list on one side only (on the other: absent, or a value kept in the fields). The
+                # walk against nothing read the whole list: both values, as the context has them.
+                change: dict[str, Any] = {}
+                if old_ref is not None:
+                    change["old"] = old_items
+                elif name in old.fields:
+                    change["old"] = old.fields[name]
+                if new_ref is not None:
+                    change["new"] = new_items
+                elif name in new.fields:
+                    change["new"] = new.fields[name]
+                fields[name] = change
+        fields = dict(sorted(fields.items()))
         if not fields and not memory:
             return None
         return ContextChange(id=new.id, fields=fields, memory=memory)
+
+
+_EMPTY_LIST = MemoryRef(None, 0)
+
+
+def _longest_increasing(values: list[int]) -> set[int]:
+    """The members of one longest strictly increasing subsequence of ``values`` (distinct ints)."""
+    tails: list[int] = []  # tails[k]: index in values of the smallest tail of a run of length k + 1
+    before: list[int] = [-1] * len(values)
+    for i, value in enumerate(values):
+        low, high = 0, len(tails)
+        while low < high:
+            mid = (low + high) // 2
+            if values[tails[mid]] < value:
+                low = mid + 1
+            else:
+                high = mid
+        before[i] = tails[low - 1] if low else -1
+        if low == len(tails):
+            tails.append(i)
+        else:
+            tails[low] = i
+    out: set[int] = set()
+    i = tails[-1] if tails else -1
+    while i >= 0:
+        out.add(values[i])
+        i = before[i]
+    return out
 
 
 def _exchange_key(index: int, item: Any) -> str:
