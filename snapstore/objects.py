@@ -62,6 +62,17 @@ PAGE_SIZE = 32
 # exactly its children, in order, leaves it out of its fields ("listed"), so
 # that a wide node stays small: the pages already say it.
 LISTED_FIELD = "child_sidebar_ids"
+# The deepest a value snapstore stores (a context field's value, an exchange, a
+# top-level extra value) may nest arrays and objects: a scalar is 0 deep, ``[]``
+# and ``{}`` 1, ``[[1]]`` 2. Well below what reading back needs (json.loads and
+# the copies a load makes recurse once per level, within Python's recursion
+# limit of 1000), so that every stored value can be loaded; deeper values are
+# refused before anything is written. Part of the format (docs/format.md).
+MAX_NESTING = 200
+# Levels a body wraps its values in: a chunk's item is in the body's object; a
+# node's field value in its "fields" object, a state's extra value in "extra".
+_WRAPPING = {"chunk": 1, "node": 2, "page": 2, "state": 2, "snapshot": 2}
+_WHAT_NESTS = {"chunk": "an exchange", "node": "a context field's value", "state": "an extra top-level value"}
 
 _encoder = json.JSONEncoder(
     sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False
@@ -74,6 +85,66 @@ def canonical_json(value: Any) -> bytes:
         return _encoder.encode(value).encode("ascii")
     except (TypeError, ValueError) as exc:
         raise InvalidInput(f"value is not plain JSON: {exc}") from None
+    except RecursionError:
+        raise nesting_error("a value") from None
+
+
+# A JSON string in a canonical body (ASCII; a backslash always escapes the next character).
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+
+
+def nesting_depth(body: bytes) -> int:
+    """How deep a canonical JSON text nests arrays and objects (``1`` is ``{}`` or ``[1]``, ``0`` a scalar)."""
+    structure = _JSON_STRING.sub(b"", body).translate(None, _NOT_BRACKETS)
+    depth = deepest = 0
+    for byte in structure:
+        if byte == 0x5B or byte == 0x7B:  # [ {
+            depth += 1
+            if depth > deepest:
+                deepest = depth
+        else:
+            depth -= 1
+    return deepest
+
+
+def nests_deeper(text: bytes, limit: int) -> bool:
+    """Whether a canonical JSON text nests arrays and objects more than ``limit`` deep.
+
+    Counting brackets is enough for almost every text (two passes in C); only
+    a text with more brackets than the limit is scanned.
+    """
+    if text.count(b"[") + text.count(b"{") <= limit:
+        return False
+    return nesting_depth(text) > limit
+
+
+def too_deep(kind: str, body: bytes) -> bool:
+    """Whether a canonical body of ``kind`` holds a value nested more than :data:`MAX_NESTING` deep."""
+    return nests_deeper(body, MAX_NESTING + _WRAPPING.get(kind, 2))
+
+
+def value_too_deep(value: Any, limit: int = MAX_NESTING) -> bool:
+    """Whether a JSON value nests arrays and objects more than ``limit`` deep (no recursion)."""
+    stack = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children = item.values()
+        elif isinstance(item, (list, tuple)):
+            children = item
+        else:
+            continue
+        if depth + 1 > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list, tuple)))
+    return False
+
+
+def nesting_error(what: str) -> InvalidInput:
+    """The error for a value nested deeper than :data:`MAX_NESTING`."""
+    return InvalidInput(f"{what} nests arrays and objects more than {MAX_NESTING} levels deep "
+                        f"(the most snapstore stores)")
 
 
 def json_equal(a: Any, b: Any) -> bool:
@@ -183,26 +254,69 @@ class State:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+def _type_name(value: Any) -> str:
+    return "null" if value is None else type(value).__name__
+
+
+def _want_str(owner: str, name: str, value: Any, optional: bool = False) -> None:
+    """:class:`InvalidInput` naming ``owner.name`` unless ``value`` is a str (or None, if ``optional``)."""
+    if not isinstance(value, str) and not (optional and value is None):
+        raise InvalidInput(
+            f"{owner}.{name} must be a string{' or None' if optional else ''}, not {_type_name(value)}"
+        )
+
+
+def _want_oid(owner: str, name: str, value: Any) -> None:
+    if not is_object_id(value):
+        shown = repr(value) if isinstance(value, str) else _type_name(value)
+        raise InvalidInput(f"{owner}.{name} must be a 64-hex-digit object id, not {shown[:80]}")
+
+
 @dataclass(frozen=True)
 class Event:
-    """What caused a snapshot."""
+    """What caused a snapshot; :class:`InvalidInput` at construction for a field of the wrong type.
+
+    The types are those a stored snapshot must have to be read back
+    (:func:`decode`), so a badly typed event is refused before anything is written.
+    """
 
     type: str
     context_id: str | None = None
     message: str = ""
 
+    def __post_init__(self) -> None:
+        _want_str("Event", "type", self.type)
+        _want_str("Event", "context_id", self.context_id, optional=True)
+        _want_str("Event", "message", self.message)
+
 
 @dataclass(frozen=True)
 class LogLink:
-    """The audit-log (OZOLITH) entry a snapshot answers to."""
+    """The audit-log (OZOLITH) entry a snapshot answers to.
+
+    ``sequence`` is a non-negative int (not a bool), ``entry_hash`` a string;
+    anything else is :class:`InvalidInput` at construction.
+    """
 
     sequence: int
     entry_hash: str
 
+    def __post_init__(self) -> None:
+        sequence = self.sequence
+        if not isinstance(sequence, int) or isinstance(sequence, bool):
+            raise InvalidInput(f"LogLink.sequence must be an int, not {_type_name(sequence)}")
+        if sequence < 0:
+            raise InvalidInput(f"LogLink.sequence must not be negative, got {sequence}")
+        _want_str("LogLink", "entry_hash", self.entry_hash)
+
 
 @dataclass(frozen=True)
 class Snapshot:
-    """A point in a conversation's history, like a git commit."""
+    """A point in a conversation's history, like a git commit.
+
+    Its fields are checked at construction (:class:`InvalidInput` naming the
+    field): a snapshot that could not be read back is never made.
+    """
 
     conversation: str
     root: ObjectId
@@ -210,6 +324,19 @@ class Snapshot:
     time: str
     event: Event
     log: LogLink | None = None
+
+    def __post_init__(self) -> None:
+        _want_str("Snapshot", "conversation", self.conversation)
+        _want_oid("Snapshot", "root", self.root)
+        if not isinstance(self.parents, (tuple, list)):
+            raise InvalidInput(f"Snapshot.parents must be a tuple of object ids, not {_type_name(self.parents)}")
+        for parent in self.parents:
+            _want_oid("Snapshot", "parents", parent)
+        _want_str("Snapshot", "time", self.time)
+        if not isinstance(self.event, Event):
+            raise InvalidInput(f"Snapshot.event must be an Event, not {_type_name(self.event)}")
+        if self.log is not None and not isinstance(self.log, LogLink):
+            raise InvalidInput(f"Snapshot.log must be a LogLink or None, not {_type_name(self.log)}")
 
 
 AnyObject = Union[Chunk, Node, Page, State, Snapshot]
@@ -309,6 +436,8 @@ def encode(obj: AnyObject) -> tuple[str, bytes, ObjectId]:
     """``(kind, canonical body, id)`` of a typed object."""
     kind = kind_of(obj)
     body = canonical_json(to_json(obj))
+    if too_deep(kind, body):
+        raise nesting_error(_WHAT_NESTS.get(kind, "a value"))
     return kind, body, hash_object(kind, body)
 
 
@@ -370,6 +499,8 @@ def decode(kind: str, body: bytes, object_id: str = "?") -> AnyObject:
         raise
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise CorruptObject(object_id, f"cannot decode {kind}: {exc}") from None
+    except RecursionError:
+        raise CorruptObject(object_id, f"cannot decode {kind}: nested too deeply to read") from None
 
 
 def _oid(value: Any) -> ObjectId:

@@ -43,6 +43,24 @@ def validate_conversation_id(value: object) -> ConversationId:
     return ConversationId(value)
 
 
+_OBJECT_ID_LIKE = re.compile(r"[0-9a-f]{64}")
+
+
+def validate_new_conversation_id(value: object) -> ConversationId:
+    """``value`` as the id of a conversation about to be created (a first commit, a rename's new name).
+
+    Besides :func:`validate_conversation_id`: not 64 lowercase hex digits, the
+    shape of an object id, which a revision would read as the object (a
+    conversation an older store holds under such a name stays readable).
+    """
+    conv = validate_conversation_id(value)
+    if _OBJECT_ID_LIKE.fullmatch(conv):
+        raise InvalidInput(
+            f"invalid conversation id {conv!r}: 64 hex digits look like an object id (revisions would read it as one)"
+        )
+    return conv
+
+
 def validate_context_id(value: object) -> str:
     """``value`` as a context id (``sidebar_id``): a printable string of sane length."""
     if not isinstance(value, str) or not value:

@@ -47,6 +47,7 @@ from .objects import (
     decode,
     encode,
     hash_object,
+    ID_HEX_LENGTH,
     is_object_id,
     references,
     to_json,
@@ -58,6 +59,7 @@ from .refs import (
     conversation_of,
     ref_name,
     validate_conversation_id,
+    validate_new_conversation_id,
 )
 from .revisions import parse_revision
 from .rewrites import Rewrites
@@ -74,6 +76,11 @@ from .tree import (
 STORE_FORMAT = 4
 # Reflog rows read beyond ``limit`` by a limited log (a ref moved back and forth has more rows than snapshots).
 _REFLOG_SLACK = 16
+# The reasons of the two reflog rows a rename writes (the new name's, the old name's).
+_RENAMED_FROM = "rename from "
+_RENAMED_TO = "rename to "
+# Renames Repository.reflog_lineage follows back (each costs one reflog read).
+MAX_RENAMES_FOLLOWED = 1000
 FORMAT_KEY = "format"
 DICT_PREFIX = "zstd_dict/"
 DICT_CURRENT_KEY = "zstd_dict_current"
@@ -386,14 +393,14 @@ class Repository:
 
     def rename_conversation(self, old: str, new: str) -> None:
         """Give a conversation a new name, with its history, in one atomic ref change."""
-        old_conv, new_conv = validate_conversation_id(old), validate_conversation_id(new)
+        old_conv, new_conv = validate_conversation_id(old), validate_new_conversation_id(new)
         head = self.head(old_conv)
         if head is None:
             raise UnknownRevision(f"unknown conversation {old_conv!r}")
         meta = {ACTIVE_KEY: new_conv} if self.active_conversation == old_conv else None
         self.backend.write(ref_updates=[
-            RefUpdate(ref_name(new_conv), None, head, f"rename from {old_conv}"),
-            RefUpdate(ref_name(old_conv), head, None, f"rename to {new_conv}"),
+            RefUpdate(ref_name(new_conv), None, head, _RENAMED_FROM + old_conv),
+            RefUpdate(ref_name(old_conv), head, None, _RENAMED_TO + new_conv),
         ], meta=meta)
         with self._lock:
             cached = self._trees.pop(old_conv, None)
@@ -542,6 +549,8 @@ class Repository:
         """Start staging changes to a conversation on top of its current head."""
         conv = validate_conversation_id(conversation)
         head = self.head(conv)
+        if head is None:  # a new conversation
+            validate_new_conversation_id(conv)
         return Staging(conv, head, self.tree(head))
 
     def commit(
@@ -558,6 +567,7 @@ class Repository:
         Unchanged contexts and exchanges are not written again; a state equal
         to the head creates nothing (``created`` is False).
         """
+        _check_event_and_log(event, log)
         if not isinstance(state, ConversationState):
             state = ConversationState.from_json(state)
         staging = self.stage(conversation)
@@ -595,6 +605,7 @@ class Repository:
         the same transaction as the objects and the ref move, which records it:
         one durable write, and all of it or nothing.
         """
+        _check_event_and_log(event, log)
         tree = staging.workspace.build()
         return self._commit_tree(
             staging, tree, staging.workspace.objects, event, log, activate, allow_empty, before_ref, amend, audit
@@ -648,6 +659,7 @@ class Repository:
             log = before_ref(
                 PreparedCommit(conv, snap_id, head, tree.state_id, dict(staging.workspace.changed_nodes))
             ) or log
+            _check_event_and_log(event, log)
         append = None
         if audit is not None:
             payload = audit.payload(
@@ -750,17 +762,34 @@ class Repository:
     # -- reading -----------------------------------------------------------------
 
     def resolve(self, revision: str) -> ObjectId:
-        """The snapshot id a revision names; :class:`UnknownRevision` / :class:`AmbiguousRevision`."""
+        """The snapshot id a revision names; :class:`UnknownRevision` / :class:`AmbiguousRevision`.
+
+        A full 64-hex-digit id names the object of that id whenever there is
+        one (an object that is not a snapshot is :class:`UnknownRevision`),
+        even if a conversation has that name; otherwise a name is a
+        conversation first, then a snapshot id prefix.
+        """
+        return self._resolve(revision)[0]
+
+    def _resolve(self, revision: str) -> tuple[ObjectId, ConversationId | None]:
+        """``(snapshot id, the conversation whose ref or reflog the revision read, or None)``."""
         rev = parse_revision(revision)
         snapshot_id: ObjectId | None = None
+        conv: ConversationId | None = None
         if rev.at is not None:
+            conv = _as_conversation(rev.base)
             snapshot_id = self._ref_at(rev.base, rev.at)
         else:
-            conv = _as_conversation(rev.base)
-            if conv is not None:
-                snapshot_id = self.backend.get_ref(ref_name(conv))
-            if snapshot_id is None and rev.may_be_id:
-                snapshot_id = self._snapshot_by_prefix(rev.base)
+            if is_object_id(rev.base):
+                snapshot_id = self._snapshot_by_id(ObjectId(rev.base))
+            if snapshot_id is None:
+                conv = _as_conversation(rev.base)
+                if conv is not None:
+                    snapshot_id = self.backend.get_ref(ref_name(conv))
+                if snapshot_id is None:
+                    conv = None
+                    if rev.may_be_id and not is_object_id(rev.base):
+                        snapshot_id = self._snapshot_by_prefix(rev.base)
             if snapshot_id is None:
                 raise UnknownRevision(f"unknown revision {rev.base!r}: no such conversation or snapshot")
         for step in range(rev.ancestors):
@@ -771,31 +800,67 @@ class Repository:
                     f"{rev.base} has only {step + 1}"
                 )
             snapshot_id = snap.parents[0]
-        return snapshot_id
+        return snapshot_id, conv
+
+    def _snapshot_by_id(self, oid: ObjectId) -> ObjectId | None:
+        """``oid`` if it is a stored snapshot, None if no object has that id; UnknownRevision for another kind."""
+        stored = self.backend.get_objects([oid]).get(oid)
+        if stored is None:
+            return None
+        if stored.kind != "snapshot":
+            raise UnknownRevision(f"{oid} is a {stored.kind}, not a snapshot")
+        return oid
 
     def _snapshot_by_prefix(self, prefix: str) -> ObjectId | None:
-        if is_object_id(prefix):
-            stored = self.backend.get_objects([ObjectId(prefix)]).get(ObjectId(prefix))
-            if stored is None:
-                raise UnknownRevision(f"no snapshot {prefix}")
-            if stored.kind != "snapshot":
-                raise UnknownRevision(f"{prefix} is a {stored.kind}, not a snapshot")
-            return ObjectId(prefix)
+        if len(prefix) >= ID_HEX_LENGTH:  # a full id is looked up as one; a longer "prefix" names nothing
+            return self._snapshot_by_id(ObjectId(prefix)) if is_object_id(prefix) else None
         candidates = self.backend.find_ids(prefix, limit=4096)
         found = self.backend.get_objects(candidates)
-        matches = [oid for oid in candidates if found[oid].kind == "snapshot"]
+        matches = [oid for oid in candidates if oid.startswith(prefix) and found[oid].kind == "snapshot"]
         if len(matches) > 1:
             raise AmbiguousRevision(
                 f"snapshot prefix {prefix!r} is ambiguous: {', '.join(m[:12] for m in matches[:5])}"
             )
         return matches[0] if matches else None
 
+    def reflog_lineage(self, conversation: str) -> list[ReflogEntry]:
+        """A conversation's reflog followed back through its renames, oldest first.
+
+        A conversation renamed from OLD starts its own reflog with a row
+        ``rename from OLD``; the rows OLD has before its matching ``rename to``
+        row come first, and so on back through every earlier name (the rows of
+        an earlier conversation that once had the current name are left out).
+        ``CONV@{TIME}``, log links and fsck read this. At most
+        :data:`MAX_RENAMES_FOLLOWED` renames are followed.
+        """
+        conv = validate_conversation_id(conversation)
+        rows = self.backend.reflog(ref_name(conv))
+        segments: list[list[ReflogEntry]] = []
+        name, end = conv, len(rows)
+        for _ in range(MAX_RENAMES_FOLLOWED):
+            start = next((i for i in range(end - 1, -1, -1) if rows[i].old is None), None)
+            created = rows[start] if start is not None else None
+            source = (_as_conversation(created.reason[len(_RENAMED_FROM):])
+                      if created is not None and created.reason.startswith(_RENAMED_FROM) else None)
+            if source is None or created is None or start is None:
+                break
+            earlier = self.backend.reflog(ref_name(source))
+            match = next((j for j in range(len(earlier) - 1, -1, -1)
+                          if earlier[j].new is None and earlier[j].old == created.new
+                          and earlier[j].reason == _RENAMED_TO + name and earlier[j].time == created.time), None)
+            if match is None:
+                break
+            segments.append(rows[start:end])
+            name, rows, end = source, earlier, match
+        segments.append(rows[:end])
+        return [row for segment in reversed(segments) for row in segment]
+
     def _ref_at(self, base: str, moment: datetime) -> ObjectId:
         conv = _as_conversation(base)
         if conv is None or self.backend.get_ref(ref_name(conv)) is None:
             raise UnknownRevision(f"unknown conversation {base!r}")
         value: ObjectId | None = None
-        for entry in self.backend.reflog(ref_name(conv)):
+        for entry in self.reflog_lineage(conv):
             if parse_time(entry.time) > moment:
                 break
             value = entry.new
@@ -805,38 +870,36 @@ class Repository:
 
     def load(self, revision: str) -> ConversationState:
         """The materialized state of a revision (a fresh copy)."""
-        snapshot_id = self.resolve(revision)
+        snapshot_id, named = self._resolve(revision)
         snap = self.snapshot(snapshot_id)
         tree = self.tree(snapshot_id)
         # A conversation keeps its name when renamed: prefer the name the revision used.
-        named = _as_conversation(parse_revision(revision).base)
-        conversation = named if named is not None and self.backend.get_ref(ref_name(named)) else snap.conversation
+        conversation = named if named is not None else snap.conversation
         return ConversationState(conversation, tree.active_context_id, tree.materialize(), dict(tree.extra))
 
     def log(self, revision: str, limit: int | None = None) -> list[SnapshotInfo]:
         """Snapshots from a revision back along first parents, newest first."""
-        start = self.resolve(revision)
-        named = _as_conversation(parse_revision(revision).base)
-        name = ref_name(named) if named is not None else None
-        if name is None or self.backend.get_ref(name) is None:
+        start, named = self._resolve(revision)
+        if named is None:
             return self._walk(start, limit, ())
+        name = ref_name(named)
         if limit is None:
-            return self._walk(start, limit, self.backend.reflog(name))
+            return self._walk(start, limit, self.reflog_lineage(named))
         # The newest snapshots are the reflog's newest rows: read its end first.
         changes = self.backend.reflog_newest(name, limit + _REFLOG_SLACK)
         out = self._walk(start, limit, changes)
-        if len(changes) == limit + _REFLOG_SLACK:
+        if len(changes) == limit + _REFLOG_SLACK or any(c.reason.startswith(_RENAMED_FROM) for c in changes):
             seen = {change.new for change in changes}
             if any(info.log is None and info.id not in seen for info in out):
                 # A snapshot older than the rows read (or never a head here): the whole reflog.
-                out = self._walk(start, limit, self.backend.reflog(name))
+                out = self._walk(start, limit, self.reflog_lineage(named))
         return out
 
     def _walk(self, current: ObjectId | None, limit: int | None,
               changes: Iterable[ReflogEntry]) -> list[SnapshotInfo]:
         """Snapshots back along first parents from ``current``, with log links from reflog ``changes``."""
-        links = {change.new: LogLink(change.log_sequence, change.log_hash) for change in changes
-                 if change.new is not None and change.log_sequence is not None and change.log_hash}
+        links = {change.new: link for change in changes
+                 if change.new is not None and (link := _reflog_link(change)) is not None}
         out: list[SnapshotInfo] = []
         while current is not None and (limit is None or len(out) < limit):
             snap = self.snapshot(current)
@@ -889,7 +952,7 @@ class Repository:
         """``(kind, id, decoded JSON)`` of an object id, unique prefix or revision."""
         oid: ObjectId | None = None
         text = name.strip().lower()
-        if len(text) >= 4 and all(c in "0123456789abcdef" for c in text):
+        if 4 <= len(text) <= ID_HEX_LENGTH and all(c in "0123456789abcdef" for c in text):
             matches = self.backend.find_ids(text, limit=2)
             if len(matches) > 1:
                 raise AmbiguousRevision(f"object prefix {name!r} is ambiguous")
@@ -926,32 +989,70 @@ class Repository:
             problems.append(Problem("corrupt-pack", f"{reason}; what pack {pack_id} held is reported missing",
                                     object=None))
         starts: list[tuple[ObjectId, str, str]] = []
+        # Named only by the reflog of a conversation's earlier name (before a rename): checked
+        # where present, but gc does not keep them, so one that is gone is not a problem.
+        earlier: list[tuple[ObjectId, str, str]] = []
         rewrites = Rewrites.load(self.backend)
         for ref, target in self.backend.list_refs(REF_PREFIX).items():
             starts.append((target, "snapshot", ref))
-            for entry in self.backend.reflog(ref):
+            conv = conversation_of(ref)
+            try:
+                rows = self.reflog_lineage(conv)  # type: ignore[arg-type]
+            except InvalidInput:  # a ref whose name is no conversation id: its own reflog only
+                rows = self.backend.reflog(ref)
+            for entry in rows:
+                own = entry.name == ref
                 for oid in (entry.old, entry.new):
-                    if oid is not None and not rewrites.superseded(conversation_of(ref), oid):
+                    if oid is None or rewrites.superseded(conv, oid):
+                        continue
+                    if own:
                         starts.append((oid, "snapshot", f"reflog of {ref}"))
+                    elif not rewrites.superseded(conversation_of(entry.name), oid):
+                        earlier.append((oid, "snapshot", f"reflog of {entry.name}, an earlier name of {ref}"))
         reachable: set[ObjectId] = set()
-        stack = list(reversed(starts))
-        while stack:
-            oid, want, where = stack.pop()
-            if oid in reachable:
-                continue
-            reachable.add(oid)
-            if oid not in named:
-                problems.append(Problem("missing", f"{want} {oid} is missing (named by {where})", object=oid))
-                continue
-            have, children = named[oid]
-            if have != want:
-                problems.append(
-                    Problem("wrong-kind", f"{oid} is a {have}, {where} names it as a {want}", object=oid)
-                )
-                continue
-            label = f"{want} {oid[:12]}"
-            stack.extend((child, kind, label) for child, kind in children)
+        for roots, strict in ((starts, True), (earlier, False)):
+            stack = list(reversed(roots))
+            while stack:
+                oid, want, where = stack.pop()
+                if oid in reachable:
+                    continue
+                if oid not in named:
+                    if strict:
+                        reachable.add(oid)
+                        problems.append(Problem("missing", f"{want} {oid} is missing (named by {where})", object=oid))
+                    continue
+                reachable.add(oid)
+                have, children = named[oid]
+                if have != want:
+                    problems.append(
+                        Problem("wrong-kind", f"{oid} is a {have}, {where} names it as a {want}", object=oid)
+                    )
+                    continue
+                label = f"{want} {oid[:12]}"
+                stack.extend((child, kind, label) for child, kind in children)
         return FsckReport(count, len(reachable), tuple(problems))
+
+
+def _check_event_and_log(event: Any, log: Any) -> None:
+    """:class:`InvalidInput` unless ``event`` is an Event (or None) and ``log`` a LogLink (or None).
+
+    Their fields are checked when they are made (``Event``, ``LogLink``): a
+    snapshot that could not be read back is never written.
+    """
+    if event is not None and not isinstance(event, Event):
+        raise InvalidInput(f"event must be an Event, not {type(event).__name__}")
+    if log is not None and not isinstance(log, LogLink):
+        raise InvalidInput(f"log must be a LogLink, not {type(log).__name__}")
+
+
+def _reflog_link(change: ReflogEntry) -> LogLink | None:
+    """The audit-log entry a reflog row records, if it records a well-formed one."""
+    if change.log_sequence is None or not change.log_hash:
+        return None
+    try:
+        return LogLink(change.log_sequence, change.log_hash)
+    except InvalidInput:
+        return None
 
 
 def _kind_name(obj: AnyObject) -> str:

@@ -27,6 +27,7 @@ from typing import Any
 
 from .errors import CorruptObject, InvalidInput
 from .objects import (
+    MAX_NESTING,
     PAGE_SIZE,
     PAGE_THRESHOLD,
     AnyObject,
@@ -41,7 +42,11 @@ from .objects import (
     json_equal,
     canonical_json,
     encode,
+    nesting_error,
+    nests_deeper,
     page_children,
+    too_deep,
+    value_too_deep,
 )
 from .ozolith.canonical import NotPlain, plain_copy
 from .refs import validate_context_id
@@ -96,7 +101,12 @@ class Chain:
 
     def append(self, item: Any, new_objects: NewObjects) -> Chain:
         """A chain one item longer; the new chunk goes into ``new_objects``."""
-        kind, body, oid = encode(Chunk(prev=self.head, index=self.n, item=item))
+        try:
+            kind, body, oid = encode(Chunk(prev=self.head, index=self.n, item=item))
+        except InvalidInput:
+            if value_too_deep(item):
+                raise nesting_error("an exchange") from None
+            raise
         new_objects[oid] = (kind, body)
         try:
             own_copy = plain_copy(item, sort_keys=True)  # what json.loads(body)["item"] gives, without parsing
@@ -207,6 +217,12 @@ def split_context(context: Mapping[str, Any]) -> tuple[ContextId, dict[str, Any]
             memory[key] = fields.pop(key)
     _check_links(cid, fields)
     return cid, fields, memory
+
+
+def _deep_field(cid: ContextId, fields: Mapping[str, Any]) -> InvalidInput:
+    """The error for a context with a field nested deeper than :data:`~snapstore.objects.MAX_NESTING`."""
+    name = next((k for k, v in fields.items() if value_too_deep(v)), None)
+    return nesting_error(f"context {cid}: field {name!r}" if name is not None else f"context {cid}: a field")
 
 
 def _check_links(cid: ContextId, fields: Mapping[str, Any]) -> None:
@@ -380,6 +396,8 @@ def _encode_node(node: Node, fields_json: bytes | None) -> tuple[str, bytes, Obj
             text = canonical_json(value)
             if text.count(_FIELDS_MARK_JSON) == 1:
                 body = text.replace(_FIELDS_MARK_JSON, fields_json)
+                if too_deep("node", body):
+                    raise nesting_error(f"context {node.id}: a field")
                 return "node", body, hash_object("node", body)
     return encode(node)
 
@@ -439,7 +457,14 @@ class Workspace:
         current = self._current(cid)
         old_fields, old_memory = current if current is not None else ({}, {})
         if current is None or not json_equal(fields, old_fields):
-            text = canonical_json(fields)
+            try:
+                text = canonical_json(fields)
+            except InvalidInput:
+                if value_too_deep(fields, MAX_NESTING + 1):
+                    raise _deep_field(cid, fields) from None
+                raise
+            if nests_deeper(text, MAX_NESTING + 1):  # the fields object is one level
+                raise _deep_field(cid, fields)
             fields = json.loads(text)  # a private copy; build splices ``text`` into the node
             self._fields_json[cid] = (fields, text)
             changed = True
@@ -450,7 +475,10 @@ class Workspace:
         for name in MEMORY_FIELDS:
             if name in lists:
                 chain = old_memory.get(name) or Chain()
-                chain = chain.sync(lists[name], self.objects)
+                try:
+                    chain = chain.sync(lists[name], self.objects)
+                except InvalidInput as exc:
+                    raise InvalidInput(f"context {cid}: {name}: {exc}") from None
                 memory[name] = chain
         if set(memory) != set(old_memory) or any(
             memory[n].head != old_memory[n].head or memory[n].n != old_memory[n].n for n in memory
@@ -517,6 +545,8 @@ class Workspace:
         fields, chains = current
         if ID_FIELD in changes or any(k in chains or k in MEMORY_FIELDS for k in changes):
             raise InvalidInput("update_fields cannot change the id or an exchange list")
+        if value_too_deep(dict(changes), MAX_NESTING + 1):  # checked before copying: copies recurse
+            raise _deep_field(cid, changes)
         try:
             # What the JSON round trip below gives, built directly (str keys, sorted: as loaded fields are).
             copied = plain_copy(dict(changes), sort_keys=True)
@@ -550,7 +580,10 @@ class Workspace:
             raise InvalidInput(f"unknown exchange list {memory!r}")
         fields, chains = current
         chains = dict(chains)
-        chains[memory] = chains.get(memory, Chain()).append(item, self.objects)
+        try:
+            chains[memory] = chains.get(memory, Chain()).append(item, self.objects)
+        except InvalidInput as exc:
+            raise InvalidInput(f"context {cid}: {memory}: {exc}") from None
         self._fields[cid] = fields
         self._memory[cid] = chains
 
@@ -571,7 +604,11 @@ class Workspace:
         self.active_context_id = context_id
 
     def set_extra(self, extra: Mapping[str, Any]) -> None:
-        self.extra = json.loads(canonical_json(dict(extra)))
+        extra = dict(extra)
+        if value_too_deep(extra, MAX_NESTING + 1):  # checked before encoding: encoding recurses
+            name = next((k for k, v in extra.items() if value_too_deep(v)), None)
+            raise nesting_error(f"extra key {name!r}")
+        self.extra = json.loads(canonical_json(extra))
 
     # -- building ----------------------------------------------------------
 
@@ -736,6 +773,8 @@ class Workspace:
                     made = self._remade(cid, old, swaps.get(cid, ()))
             if made is not None:  # the usual case: the node made from its previous body, no encoding
                 fields, memory, body, fields_json = made
+                if too_deep("node", body):  # new fields spliced in
+                    raise _deep_field(cid, fields)
                 node_id = hash_object("node", body)
                 _BODIES.put(node_id, body, fields_json)
                 self.objects[node_id] = ("node", body)
@@ -775,7 +814,12 @@ class Workspace:
                 fields_json = staged[1]
             else:
                 fields_json = canonical_json(fields)  # spliced in, and kept with the body for the next build
-            kind, body, node_id = _encode_node(node, fields_json)
+            try:
+                kind, body, node_id = _encode_node(node, fields_json)
+            except InvalidInput:
+                if value_too_deep(fields, MAX_NESTING + 1):
+                    raise _deep_field(cid, fields) from None
+                raise
             _BODIES.put(node_id, body, fields_json)
             self.objects[node_id] = (kind, body)
             self.changed_nodes[cid] = node_id

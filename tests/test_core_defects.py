@@ -1,0 +1,245 @@
+"""Core defects found by review: each test fails on the code before its fix.
+
+A snapshot that could not be read back is never written (badly typed events
+and log links, values nested too deeply to load); the diff reports every
+difference (exchanges reordered, ``[]`` against absent or null); revisions
+read full ids as ids and follow a conversation's history through renames.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from datetime import datetime, timezone
+
+import pytest
+
+from snapstore import Event, LogLink
+from snapstore.errors import InvalidInput, UnknownRevision
+from snapstore.objects import MAX_NESTING
+from snapstore.repository import Repository
+
+from .factories import context, sample_state
+
+
+def _nested(depth: int) -> object:
+    """A JSON value nesting lists ``depth`` deep (a scalar is 0 deep)."""
+    value: object = "leaf"
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+@pytest.fixture
+def sqlite_repo(tmp_path):
+    repo = Repository.init(str(tmp_path / "store"))
+    yield repo
+    repo.close()
+
+
+def _unchanged(repo: Repository, conv: str, head: str | None) -> None:
+    assert repo.head(conv) == head
+    assert repo.fsck().ok
+
+
+# -- events and log links -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("make", [
+    lambda: Event(type=1),
+    lambda: Event(type="x", context_id=5),
+    lambda: Event(type="x", message=None),
+    lambda: LogLink("1", "abc"),
+    lambda: LogLink(True, "abc"),
+    lambda: LogLink(-1, "abc"),
+    lambda: LogLink(1, None),
+])
+def test_badly_typed_event_or_log_link_is_refused_when_made(make):
+    with pytest.raises(InvalidInput):
+        make()
+
+
+def test_commit_refuses_an_event_or_log_that_is_not_one(sqlite_repo):
+    sqlite_repo.commit("c", sample_state("c"))
+    head = sqlite_repo.head("c")
+    state = sample_state("c")
+    state["contexts"][0]["status"] = "active"
+    with pytest.raises(InvalidInput, match="event must be an Event"):
+        sqlite_repo.commit("c", state, event={"type": "x"})
+    with pytest.raises(InvalidInput, match="log must be a LogLink"):
+        sqlite_repo.commit("c", state, log=(1, "abc"))
+    _unchanged(sqlite_repo, "c", head)
+    assert [info.id for info in sqlite_repo.log("c")] == [head]
+
+
+# -- nesting -------------------------------------------------------------------------------
+
+
+def test_field_nested_at_the_limit_commits_and_loads(sqlite_repo):
+    state = sample_state("c")
+    state["contexts"][0]["scratchpad"] = _nested(MAX_NESTING)
+    sqlite_repo.commit("c", state)
+    assert sqlite_repo.load("c").contexts[0]["scratchpad"] == _nested(MAX_NESTING)
+    assert sqlite_repo.fsck().ok
+
+
+@pytest.mark.parametrize("depth", [MAX_NESTING + 1, 990, 5000])
+def test_field_nested_too_deep_is_refused_naming_it(sqlite_repo, depth):
+    sqlite_repo.commit("c", sample_state("c"))
+    head = sqlite_repo.head("c")
+    state = sample_state("c")
+    state["contexts"][1]["scratchpad"] = _nested(depth)
+    with pytest.raises(InvalidInput, match=r"context SB-2: field 'scratchpad' nests .* more than 200"):
+        sqlite_repo.commit("c", state)
+    _unchanged(sqlite_repo, "c", head)
+    # the store still loads
+    assert sqlite_repo.load("c").contexts[1]["scratchpad"] is None
+
+
+def test_exchange_nested_too_deep_is_refused(sqlite_repo):
+    sqlite_repo.commit("c", sample_state("c"))
+    head = sqlite_repo.head("c")
+    state = sample_state("c")
+    state["contexts"][0]["local_memory"].append({"exchange_id": "EXCH-99", "deep": _nested(MAX_NESTING)})
+    with pytest.raises(InvalidInput, match=r"context SB-1: local_memory: an exchange nests"):
+        sqlite_repo.commit("c", state)
+    _unchanged(sqlite_repo, "c", head)
+
+
+def test_extra_value_nested_too_deep_is_refused(sqlite_repo):
+    state = sample_state("c")
+    state["extra_top"] = _nested(MAX_NESTING + 1)
+    with pytest.raises(InvalidInput, match=r"extra key 'extra_top' nests"):
+        sqlite_repo.commit("c", state)
+    _unchanged(sqlite_repo, "c", None)
+
+
+def test_update_fields_nested_too_deep_is_refused(sqlite_repo):
+    sqlite_repo.commit("c", sample_state("c"))
+    head = sqlite_repo.head("c")
+    staging = sqlite_repo.stage("c")
+    with pytest.raises(InvalidInput, match=r"context SB-1: field 'tags' nests"):
+        staging.workspace.update_fields("SB-1", {"tags": _nested(3000)})
+    _unchanged(sqlite_repo, "c", head)
+
+
+# -- diff ---------------------------------------------------------------------------------
+
+
+def _diff_of(repo: Repository, old: dict, new: dict):
+    repo.commit("d", old)
+    a = repo.head("d")
+    repo.commit("d", new)
+    return repo.diff(a, "d")
+
+
+def test_diff_reports_exchanges_reordered(sqlite_repo):
+    old = sample_state("d")
+    new = copy.deepcopy(old)
+    memory = new["contexts"][0]["local_memory"]
+    memory[0], memory[2] = memory[2], memory[0]
+    diff = _diff_of(sqlite_repo, old, new)
+    assert diff, "a reorder is a difference"
+    (change,) = diff.changed
+    assert change.id == "SB-1"
+    assert set(change.memory["local_memory"].changed) & {"EXCH-1", "EXCH-3"}
+    assert not change.memory["local_memory"].added and not change.memory["local_memory"].removed
+
+
+def test_diff_reports_empty_list_against_absent(sqlite_repo):
+    old = sample_state("d")
+    new = copy.deepcopy(old)
+    del new["contexts"][2]["inherited_memory"]  # [] -> absent
+    diff = _diff_of(sqlite_repo, old, new)
+    (change,) = diff.changed
+    assert change.fields == {"inherited_memory": {"old": []}}
+
+
+def test_diff_reports_empty_list_replaced_by_null_with_old_value(sqlite_repo):
+    old = sample_state("d")
+    new = copy.deepcopy(old)
+    assert old["contexts"][2]["inherited_memory"] == []
+    new["contexts"][2]["inherited_memory"] = None
+    diff = _diff_of(sqlite_repo, old, new)
+    (change,) = diff.changed
+    assert change.fields == {"inherited_memory": {"old": [], "new": None}}
+
+
+def test_diff_reports_list_replaced_by_null_with_its_items(sqlite_repo):
+    old = sample_state("d")
+    new = copy.deepcopy(old)
+    new["contexts"][0]["local_memory"] = None
+    diff = _diff_of(sqlite_repo, old, new)
+    (change,) = diff.changed
+    assert change.fields["local_memory"] == {"old": old["contexts"][0]["local_memory"], "new": None}
+
+
+# -- revisions and names ------------------------------------------------------------------
+
+
+def test_new_conversation_named_like_an_object_id_is_refused(sqlite_repo):
+    with pytest.raises(InvalidInput, match="look like an object id"):
+        sqlite_repo.commit("ab" * 32, sample_state("x"))
+    sqlite_repo.commit("c", sample_state("c"))
+    with pytest.raises(InvalidInput, match="look like an object id"):
+        sqlite_repo.rename_conversation("c", "0" * 64)
+    assert sqlite_repo.head("c") is not None and sqlite_repo.head("0" * 64) is None
+
+
+def test_id_longer_than_an_object_id_names_nothing(sqlite_repo):
+    sqlite_repo.commit("c", sample_state("c"))
+    head = sqlite_repo.head("c")
+    assert sqlite_repo.resolve(head) == head
+    with pytest.raises(UnknownRevision):
+        sqlite_repo.resolve(head + "0")
+    with pytest.raises(UnknownRevision):
+        sqlite_repo.show(head + "00")
+
+
+def test_at_time_follows_a_rename(sqlite_repo):
+    sqlite_repo.commit("old", sample_state("old"))
+    first = sqlite_repo.head("old")
+    time.sleep(0.02)
+    between = datetime.now(timezone.utc).isoformat()
+    time.sleep(0.02)
+    state = sample_state("old")
+    state["contexts"][0]["status"] = "active"
+    sqlite_repo.commit("old", state)
+    sqlite_repo.rename_conversation("old", "new")
+    assert sqlite_repo.resolve(f"new@{{{between}}}") == first
+    assert [info.id for info in sqlite_repo.log("new")][-1] == first
+    assert sqlite_repo.load("new").conversation_id == "new"
+
+
+def test_fsck_checks_snapshots_named_only_by_an_earlier_names_reflog(tmp_path):
+    import sqlite3
+
+    from .conftest import flip_byte
+
+    location = str(tmp_path / "store")
+    repo = Repository.init(location)
+    repo.commit("old", sample_state("old"))
+    staging = repo.stage("old")
+    staging.workspace.update_fields("SB-1", {"status": "active"})
+    replaced = repo.commit_staged(staging).snapshot
+    staging = repo.stage("old")
+    staging.workspace.update_fields("SB-1", {"status": "merged"})
+    repo.commit_staged(staging, amend=True)  # ``replaced`` is named by the reflog of "old" only
+    before = repo.fsck()
+    repo.rename_conversation("old", "new")
+    after = repo.fsck()
+    assert before.ok and after.ok
+    assert after.reachable == before.reachable  # the replaced snapshot is still checked from the reflog
+    repo.close()
+    db = sqlite3.connect(tmp_path / "store" / "store.sqlite")
+    (data,) = db.execute("SELECT data FROM objects WHERE id = ?", (bytes.fromhex(replaced),)).fetchone()
+    db.execute("UPDATE objects SET data = ? WHERE id = ?", (flip_byte(data), bytes.fromhex(replaced)))
+    db.commit()
+    db.close()
+    repo = Repository.open(location)
+    try:
+        report = repo.fsck()
+        assert not report.ok
+        assert [p.object for p in report.problems] == [replaced]
+    finally:
+        repo.close()
