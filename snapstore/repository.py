@@ -688,10 +688,50 @@ class Repository:
             self._trees[conv] = (snap_id, tree)
             self._cache[snap_id] = snap
         new = set(new_ids or ())
+        if new_ids is not None and len(new) < len(carried):
+            self._heal([o for o in carried if o.id not in new])
         self._after_commit(len(new))
         return CommitResult(
             snap_id, True, tree.state_id, len(new), sum(len(o.data) for o in carried if o.id in new), log
         )
+
+    def _heal(self, reused: list[StoredObject]) -> None:
+        """Replace stored copies of ``reused`` that fail their checks with the commit's own.
+
+        The backend skips an object it already has, so a commit that made an
+        object again (a context back to an earlier state, a repeated exchange)
+        would otherwise name a stored copy nobody has read since it was
+        damaged. Those few objects are read back and verified; a copy that is
+        corrupt, of the wrong kind or gone is removed and written again from
+        the commit's bytes, which hash to the id. Content addressing makes the
+        swap safe for every reader: before it they get the named error they
+        already got, after it the object.
+        """
+        ids = [o.id for o in reused]
+        try:
+            found = self.backend.get_objects(ids)
+        except SnapstoreError:  # a damaged pack, say: check each object on its own
+            found = {}
+            for oid in ids:
+                try:
+                    found.update(self.backend.get_objects([oid]))
+                except SnapstoreError:
+                    pass
+        bad: list[StoredObject] = []
+        for good in reused:
+            stored = found.get(good.id)
+            try:
+                if stored is None or stored.kind != good.kind:
+                    raise CorruptObject(good.id, "missing or of the wrong kind")
+                self.verified_body(stored)
+            except SnapstoreError:
+                bad.append(good)
+        if bad:
+            self.backend.delete_objects([o.id for o in bad])
+            self.backend.write(bad)
+            with self._lock:
+                for o in bad:
+                    self._cache.pop(o.id, None)
 
     def _reaches(self, start: ObjectId | None, target: ObjectId, limit: int = 1000) -> bool:
         """Whether ``target`` is ``start`` or one of its first-parent ancestors (within ``limit``)."""

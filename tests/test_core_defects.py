@@ -243,3 +243,31 @@ def test_fsck_checks_snapshots_named_only_by_an_earlier_names_reflog(tmp_path):
         assert [p.object for p in report.problems] == [replaced]
     finally:
         repo.close()
+
+
+# -- a commit that makes a damaged object again ---------------------------------------------
+
+
+def test_commit_replaces_a_damaged_copy_of_an_object_it_makes_again(store):
+    if store.corrupt is None:
+        pytest.fail(f"backend {store.name} offers no way to damage an object")
+    repo = store.init()
+    a = sample_state("c")
+    repo.commit("c", a)
+    first = repo.head("c")
+    b = copy.deepcopy(a)
+    b["contexts"][2]["status"] = "paused"
+    repo.commit("c", b)
+    # SB-3's node as of the first snapshot is no longer in the head's tree; damage it there
+    victim = _node_id(repo, first, "SB-3")
+    assert victim != _node_id(repo, repo.head("c"), "SB-3")
+    store.corrupt(repo.backend, victim)
+    repo.commit("c", copy.deepcopy(a))  # SB-3 as it first was: the same node id, carried again
+    assert _node_id(repo, repo.head("c"), "SB-3") == victim
+    fresh = store.open()
+    assert fresh.load("c").contexts[2] == a["contexts"][2]
+    assert fresh.fsck().ok
+
+
+def _node_id(repo: Repository, snapshot_id: str, context_id: str) -> str:
+    return repo.tree(snapshot_id).records[context_id].node_id
