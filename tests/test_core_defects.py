@@ -271,3 +271,12 @@ def test_commit_replaces_a_damaged_copy_of_an_object_it_makes_again(store):
 
 def _node_id(repo: Repository, snapshot_id: str, context_id: str) -> str:
     return repo.tree(snapshot_id).records[context_id].node_id
+
+
+def test_event_message_with_a_lone_surrogate_commits_on_every_backend(repo):
+    lone = "a\ud800b"
+    result = repo.commit("c", sample_state("c"), event=Event("commit", message=lone))
+    assert repo.snapshot(result.snapshot).event.message == lone  # the snapshot keeps it exactly
+    (row,) = repo.reflog("c")
+    assert row.reason == "commit: a\\ud800b"
+    assert repo.log("c")[0].snapshot.event.message == lone
