@@ -280,3 +280,34 @@ def test_event_message_with_a_lone_surrogate_commits_on_every_backend(repo):
     (row,) = repo.reflog("c")
     assert row.reason == "commit: a\\ud800b"
     assert repo.log("c")[0].snapshot.event.message == lone
+
+
+@pytest.mark.parametrize("damage", ["'not an id'", "x'00ff'"])
+def test_damaged_ref_row_is_named(tmp_path, damage):
+    import sqlite3
+
+    from click.testing import CliRunner
+
+    from snapstore.cli.main import cli
+    from snapstore.errors import BackendError
+
+    location = str(tmp_path / "store")
+    repo = Repository.init(location)
+    repo.commit("c", sample_state("c"))
+    repo.close()
+    db = sqlite3.connect(tmp_path / "store" / "store.sqlite")
+    db.execute(f"UPDATE refs SET target = {damage} WHERE name = 'conversations/c'")
+    db.commit()
+    db.close()
+    repo = Repository.open(location)
+    try:
+        for read in (lambda: repo.head("c"), lambda: repo.conversation_ids(), lambda: repo.reflog("c") and repo.head("c")):
+            with pytest.raises(BackendError, match=r"ref 'conversations/c' holds .*not a 32-byte object id"):
+                read()
+    finally:
+        repo.close()
+    for args in (["log", "c"], ["conversations"], ["fsck"]):
+        result = CliRunner().invoke(cli, ["--store", location, *args])
+        assert result.exit_code != 0
+        assert "conversations/c" in result.output and "Traceback" not in result.output
+        assert len(result.output.strip().splitlines()) == 1, result.output

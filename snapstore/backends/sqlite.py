@@ -145,8 +145,14 @@ def _raw(oid: str | None) -> bytes | None:
     return None if oid is None else bytes.fromhex(oid)
 
 
-def _hex(raw: bytes | None) -> ObjectId | None:
-    return None if raw is None else ObjectId(raw.hex())
+def _hex(raw: bytes | None, where: str = "a row") -> ObjectId | None:
+    """An id column's 32 bytes as hex; :class:`BackendError` naming ``where`` for anything else."""
+    if raw is None:
+        return None
+    if not isinstance(raw, bytes) or len(raw) != 32:
+        shown = f"{len(raw)} bytes" if isinstance(raw, bytes) else f"a {type(raw).__name__} ({str(raw)[:40]!r})"
+        raise BackendError(f"{where} holds {shown}, not a 32-byte object id: the store is damaged")
+    return ObjectId(raw.hex())
 
 
 class SqliteBackend(Backend):
@@ -710,11 +716,11 @@ class SqliteBackend(Backend):
 
     def get_ref(self, name: str) -> ObjectId | None:
         rows = self._query("SELECT target FROM refs WHERE name = ?", (name,))
-        return _hex(rows[0][0]) if rows else None
+        return _hex(rows[0][0], f"{self.path}: ref {name!r}") if rows else None
 
     def list_refs(self, prefix: str = "") -> dict[str, ObjectId]:
         rows = self._query("SELECT name, target FROM refs ORDER BY name")
-        return {n: ObjectId(t.hex()) for n, t in rows if n.startswith(prefix)}
+        return {n: _hex(t, f"{self.path}: ref {n!r}") for n, t in rows if n.startswith(prefix)}  # type: ignore[misc]
 
     def reflog(self, name: str) -> list[ReflogEntry]:
         with self._lock, self._errors(), self._read_snapshot():  # packs and loose rows of one moment
@@ -746,7 +752,8 @@ class SqliteBackend(Backend):
             "SELECT name, old, new, time, reason, log_sequence, log_hash FROM reflog WHERE name = ? " + order,
             (name, *params),
         ).fetchall()
-        return [ReflogEntry(n, _hex(o), _hex(w), t, r, ls, lh) for n, o, w, t, r, ls, lh in rows]
+        where = f"{self.path}: a reflog row of {name!r}"
+        return [ReflogEntry(n, _hex(o, where), _hex(w, where), t, r, ls, lh) for n, o, w, t, r, ls, lh in rows]
 
     def _has_packed_reflog(self, name: str) -> bool:
         """Whether packs hold reflog rows of ``name`` (the caller holds the lock)."""
@@ -819,7 +826,7 @@ class SqliteBackend(Backend):
                     row = db.execute(
                         "SELECT target FROM refs WHERE name = ?", (update.name,)
                     ).fetchone()
-                    actual = _hex(row[0]) if row else None
+                    actual = _hex(row[0], f"{self.path}: ref {update.name!r}") if row else None
                     if actual != update.old:
                         raise RefConflict(update.name, update.old, actual)
                 if append is not None:
