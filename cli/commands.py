@@ -5,17 +5,16 @@ from __future__ import annotations
 import errno
 import json
 import os
-import stat
 import sys
-import tempfile
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import click
 
-from snapstore.errors import CorruptObject, InvalidInput, SnapstoreError, UnknownRevision
+from snapstore.errors import CorruptObject, DamagedRecord, InvalidInput, SnapstoreError, UnknownRevision
 from snapstore.objects import Event
+from snapstore.ozolith.files import atomic_file
 from snapstore.refs import validate_context_id, validate_conversation_id
 from snapstore.repository import FsckReport, Problem, Repository, SnapshotInfo
 from snapstore.state import MAX_STATE_BYTES, ConversationState
@@ -69,13 +68,6 @@ def read_state_file(path: str) -> ConversationState:
     return ConversationState.from_bytes(file.read_bytes(), path)
 
 
-def _new_file_mode() -> int:
-    """The mode an ordinary new file gets: 0666 less the umask."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
-
-
 def write_file_atomically(path: str, text: str) -> None:
     """Write text to a temporary file beside ``path``, fsync it, then rename over ``path``.
 
@@ -83,30 +75,13 @@ def write_file_atomically(path: str, text: str) -> None:
     (0666 less the umask). An error names ``path``, never the temporary file.
     """
     target = Path(path)
-    folder = target.parent if str(target.parent) else Path(".")
-    tmp: str | None = None
     try:
         if target.is_dir():
             raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), path)
-        mode = stat.S_IMODE(target.stat().st_mode) if target.is_file() else _new_file_mode()
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{target.name}.", suffix=".tmp")
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            os.fchmod(handle.fileno(), mode)
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, target)
-        tmp = None
-        dir_fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        with atomic_file(target) as handle:
+            handle.write(text.encode("utf-8"))
     except OSError as exc:
         raise OSError(exc.errno, exc.strerror or str(exc), path) from None
-    finally:
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
 
 
 @cli.command()
@@ -308,6 +283,8 @@ def fsck(as_json: bool) -> None:
     except CorruptObject as exc:
         # A record fsck needs to walk the history (a prune record, say) is unreadable.
         report = FsckReport(total, 0, (Problem("corrupt", str(exc), object=exc.object_id),))
+    except DamagedRecord as exc:  # a row of the wrong type where fsck reads refs and reflogs
+        report = FsckReport(total, 0, (Problem("unreadable", f"fsck could not read the store: {exc}", object=None),))
     except SnapstoreError:
         raise
     except (TypeError, AttributeError, ValueError, UnicodeError, RecursionError) as exc:

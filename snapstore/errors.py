@@ -83,6 +83,10 @@ class BackendError(SnapstoreError, OSError):
     """The storage engine failed (I/O error, full disk, lost connection)."""
 
 
+class DamagedRecord(BackendError):
+    """A row of the store holds what its column never holds (a ref naming text, say): damage, named."""
+
+
 class LogError(SnapstoreError):
     """An audit (OZOLITH) log problem: unreadable, broken chain, wrong key."""
 

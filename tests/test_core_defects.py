@@ -289,7 +289,7 @@ def test_damaged_ref_row_is_named(tmp_path, damage):
     from click.testing import CliRunner
 
     from snapstore.cli.main import cli
-    from snapstore.errors import BackendError
+    from snapstore.errors import DamagedRecord as BackendError
 
     location = str(tmp_path / "store")
     repo = Repository.init(location)
@@ -306,8 +306,10 @@ def test_damaged_ref_row_is_named(tmp_path, damage):
                 read()
     finally:
         repo.close()
-    for args in (["log", "c"], ["conversations"], ["fsck"]):
+    for args in (["log", "c"], ["conversations"]):
         result = CliRunner().invoke(cli, ["--store", location, *args])
         assert result.exit_code != 0
         assert "conversations/c" in result.output and "Traceback" not in result.output
         assert len(result.output.strip().splitlines()) == 1, result.output
+    fsck = CliRunner().invoke(cli, ["--store", location, "fsck"])
+    assert fsck.exit_code == 1 and "unreadable: " in fsck.output and "ref 'conversations/c' holds" in fsck.output

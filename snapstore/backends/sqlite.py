@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
-from ..errors import BackendError, CorruptObject, LogError, RefConflict, StoreExists, StoreNotFound
+from ..errors import BackendError, CorruptObject, DamagedRecord, LogError, RefConflict, StoreExists, StoreNotFound
 from ..objects import ObjectId
 from ..packs import Pack, decode_lines, decode_objects, encode_lines, prefix_key, prefix_range, raw_frame
 from ..timeutil import utc_now
@@ -146,12 +146,12 @@ def _raw(oid: str | None) -> bytes | None:
 
 
 def _hex(raw: bytes | None, where: str = "a row") -> ObjectId | None:
-    """An id column's 32 bytes as hex; :class:`BackendError` naming ``where`` for anything else."""
+    """An id column's 32 bytes as hex; :class:`DamagedRecord` naming ``where`` for anything else."""
     if raw is None:
         return None
     if not isinstance(raw, bytes) or len(raw) != 32:
         shown = f"{len(raw)} bytes" if isinstance(raw, bytes) else f"a {type(raw).__name__} ({str(raw)[:40]!r})"
-        raise BackendError(f"{where} holds {shown}, not a 32-byte object id: the store is damaged")
+        raise DamagedRecord(f"{where} holds {shown}, not a 32-byte object id: the store is damaged")
     return ObjectId(raw.hex())
 
 
