@@ -37,7 +37,6 @@ from __future__ import annotations
 import json
 import os
 import struct
-import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,6 +50,7 @@ from .graph import Verified, Walk, references
 from .objects import KINDS, AnyObject, ObjectId, Snapshot, decode, hash_object, is_object_id
 from .ozolith import LogEntry, OzolithLog
 from .ozolith.entry import check_sealed
+from .ozolith.files import atomic_file
 from .progress import Progress, quiet
 from .refs import conversation_of, ref_name, validate_conversation_id
 from .repository import STORE_FORMAT, Repository
@@ -129,53 +129,40 @@ def export_bundle(repo: Repository, conversations: Iterable[str], path: str | os
         # Values a prune superseded are history no more (and may be gone).
         reflogs[conv] = [e for e in repo.reflog(conv) if e.new is not None and not rewrites.superseded(conv, e.new)]
     target = Path(path)
-    folder = target.parent if str(target.parent) else Path(".")
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            writer = _Writer(handle)
-            writer.json(b"H", {"version": VERSION, "created": utc_now(), "store_format": STORE_FORMAT,
-                               "conversations": convs, "audit_log": log is not None})
-            sequences: set[int] = set()
+    # Replaced whole and durably: a crash or an error leaves the old bundle (or none), never a part.
+    with atomic_file(target) as handle:
+        writer = _Writer(handle)
+        writer.json(b"H", {"version": VERSION, "created": utc_now(), "store_format": STORE_FORMAT,
+                           "conversations": convs, "audit_log": log is not None})
+        sequences: set[int] = set()
 
-            def emit(item: Verified) -> None:
-                writer.record(b"O", f"{item.kind} {item.id}\n".encode("ascii") + item.body)
-                if isinstance(item.obj, Snapshot) and item.obj.log is not None:
-                    sequences.add(item.obj.log.sequence)
+        def emit(item: Verified) -> None:
+            writer.record(b"O", f"{item.kind} {item.id}\n".encode("ascii") + item.body)
+            if isinstance(item.obj, Snapshot) and item.obj.log is not None:
+                sequences.add(item.obj.log.sequence)
 
-            with progress("exporting objects", repo.backend.count_objects()[0]) as bar:
-                walk = Walk(repo, visit=emit, advance=bar.update)
-                starts = [(heads[c], "snapshot", ref_name(c)) for c in convs]
-                starts += [(e.new, "snapshot", f"the reflog of {c}") for c in convs for e in reflogs[c]]
-                walk.add(starts)
-            reflog_count = 0
-            for conv in convs:
-                writer.json(b"R", {"ref": ref_name(conv), "target": heads[conv]})
-                for e in reflogs[conv]:
-                    writer.json(b"G", {"ref": e.name, "old": e.old, "new": e.new, "time": e.time, "reason": e.reason,
-                                       "log_sequence": e.log_sequence, "log_hash": e.log_hash})
-                    reflog_count += 1
-                    if e.log_sequence is not None:
-                        sequences.add(e.log_sequence)
-            log_count = 0
-            if log is not None:
-                for entry in log.entries():
-                    link = entry.payload.get("snapstore") if isinstance(entry.payload, dict) else None
-                    if entry.sequence in sequences or (isinstance(link, dict) and link.get("conversation") in convs):
-                        writer.record(b"E", entry.to_line().encode("utf-8"))
-                        log_count += 1
-            writer.trailer()
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, target)
-        dir_fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        with progress("exporting objects", repo.backend.count_objects()[0]) as bar:
+            walk = Walk(repo, visit=emit, advance=bar.update)
+            starts = [(heads[c], "snapshot", ref_name(c)) for c in convs]
+            starts += [(e.new, "snapshot", f"the reflog of {c}") for c in convs for e in reflogs[c]]
+            walk.add(starts)
+        reflog_count = 0
+        for conv in convs:
+            writer.json(b"R", {"ref": ref_name(conv), "target": heads[conv]})
+            for e in reflogs[conv]:
+                writer.json(b"G", {"ref": e.name, "old": e.old, "new": e.new, "time": e.time, "reason": e.reason,
+                                   "log_sequence": e.log_sequence, "log_hash": e.log_hash})
+                reflog_count += 1
+                if e.log_sequence is not None:
+                    sequences.add(e.log_sequence)
+        log_count = 0
+        if log is not None:
+            for entry in log.entries():
+                link = entry.payload.get("snapstore") if isinstance(entry.payload, dict) else None
+                if entry.sequence in sequences or (isinstance(link, dict) and link.get("conversation") in convs):
+                    writer.record(b"E", entry.to_line().encode("utf-8"))
+                    log_count += 1
+        writer.trailer()
     return ExportReport(str(target), tuple(convs), len(walk.seen), reflog_count, log_count, writer.size)
 
 

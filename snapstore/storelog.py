@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import tempfile
 import threading
 from collections.abc import Iterator, Mapping
 from enum import Enum
@@ -45,7 +44,7 @@ from .backends.base import LOG_KEY_META, AppendedEntry, Backend, LogAppend
 from .errors import InvalidInput, LogError
 from .ozolith.anchors import Anchor
 from .ozolith.entry import EventType, LogEntry, check_sealed, key_bytes, make_entry
-from .ozolith.files import fsync_dir, make_dirs
+from .ozolith.files import make_dirs, write_atomic
 from .ozolith.keys import KEY_FILE_NAME
 from .ozolith.log import CorruptEntry, EntryQueries, LoadResult, UnparsableLine, WrongKey, _entry_from_line
 from .ozolith.verify import ChainReport, Finding, FindingKind, verify_data
@@ -228,27 +227,13 @@ class StoreLog(EntryQueries):
         target = Path(path)
         data = self.data()
         make_dirs(target.parent)
-        _write_atomic(target, data)
+        write_atomic(target, data)
         if key_file and data:
             key_path = target.parent / KEY_FILE_NAME
             text = self._key_arg if self._key_arg is not None else self.backend.get_meta(LOG_KEY_META)
             if text and not key_path.exists():
-                _write_atomic(key_path, text.encode("ascii"))
+                write_atomic(key_path, text.encode("ascii"), mode=0o600)
         return data.count(b"\n")
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".")  # mode 0600
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-    fsync_dir(path.parent)
 
 
 class StoreAudit:

@@ -7,6 +7,7 @@ snapstore/bundle.py (and docs/maintenance.md), not from the module's code.
 from __future__ import annotations
 
 import json
+import os
 import struct
 from pathlib import Path
 
@@ -282,3 +283,21 @@ def test_bundle_between_postgres_and_sqlite(tmp_path):
     finally:
         for url in urls:
             drop_pg_database(url)
+
+
+def test_bundle_and_log_export_get_an_ordinary_files_mode(tmp_path, monkeypatch):
+    """Files snapstore writes for people get 0666 less the umask (the key file stays 0600)."""
+    import stat
+
+    repo = Repository.init(str(tmp_path / "s"))
+    fill(repo, "c")
+    old = os.umask(0o027)
+    try:
+        export_bundle(repo, ["c"], tmp_path / "b.bundle")
+        assert stat.S_IMODE((tmp_path / "b.bundle").stat().st_mode) == 0o640
+        (tmp_path / "b.bundle").chmod(0o604)  # a bundle replaced keeps its mode
+        export_bundle(repo, ["c"], tmp_path / "b.bundle")
+        assert stat.S_IMODE((tmp_path / "b.bundle").stat().st_mode) == 0o604
+    finally:
+        os.umask(old)
+    assert not [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")]

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import fcntl
 import os
+import stat
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import BinaryIO
 
 from snapstore.errors import LogError
 
@@ -111,14 +113,36 @@ def append_line(fd: int, line: bytes, size_before: int) -> None:
         raise LogError(f"cannot append to log: {exc}") from exc
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Replace ``path`` with ``data``: temporary file, fsync, rename, fsync the directory."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+def new_file_mode() -> int:
+    """The mode an ordinary new file gets: 0666 less the umask."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+@contextmanager
+def atomic_file(path: Path, mode: int | None = None) -> Iterator[BinaryIO]:
+    """A binary handle whose content replaces ``path`` whole and durably once the block ends.
+
+    The content goes to a temporary file beside ``path``, which is fsynced,
+    renamed over ``path`` and followed by an fsync of the folder: a crash
+    leaves the old file or the new one, never a mix. If the block raises,
+    the temporary file is removed and ``path`` is untouched. ``mode``: the
+    new file's permission bits; by default those of the file it replaces,
+    else those of any new file (0666 less the umask).
+    """
+    folder = path.parent if str(path.parent) else Path(".")
+    if mode is None:
+        try:
+            mode = stat.S_IMODE(path.stat().st_mode) if path.is_file() else new_file_mode()
+        except OSError:
+            mode = new_file_mode()
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
+            os.fchmod(handle.fileno(), mode)
+            yield handle
             handle.flush()
-            os.fchmod(handle.fileno(), 0o644)
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
@@ -127,7 +151,13 @@ def write_atomic(path: Path, data: bytes) -> None:
         except FileNotFoundError:
             pass
         raise
-    fsync_dir(path.parent)
+    fsync_dir(folder)
+
+
+def write_atomic(path: Path, data: bytes, mode: int | None = None) -> None:
+    """Replace ``path`` with ``data`` whole and durably (see :func:`atomic_file`)."""
+    with atomic_file(path, mode) as handle:
+        handle.write(data)
 
 
 def fsync_dir(directory: Path) -> None:
