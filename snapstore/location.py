@@ -9,6 +9,7 @@ a shared backend (``postgresql://...``, ``s3+postgresql://...``) or a
 
 from __future__ import annotations
 
+import inspect
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -22,12 +23,25 @@ DEFAULT_LOCATION = ".snapstore"
 ENV_VAR = "SNAPSTORE"
 
 # URL scheme -> factory(location, create) -> Backend. Shared backends register here.
-_URL_BACKENDS: dict[str, Callable[[str, bool], Backend]] = {}
+_URL_BACKENDS: dict[str, Callable[..., Backend]] = {}
 
 
-def register_url_backend(scheme: str, factory: Callable[[str, bool], Backend]) -> None:
-    """Make ``scheme://...`` locations open with ``factory``."""
+def register_url_backend(scheme: str, factory: Callable[..., Backend]) -> None:
+    """Make ``scheme://...`` locations open with ``factory(location, create[, meta])``.
+
+    A factory that takes a third argument gets, when a store is created, the
+    meta keys to record in the transaction that creates it (see :func:`open_backend`).
+    """
     _URL_BACKENDS[scheme] = factory
+
+
+def _takes_meta(factory: Callable[..., Backend]) -> bool:
+    try:
+        parameters = list(inspect.signature(factory).parameters.values())
+    except (TypeError, ValueError):
+        return False
+    positional = [p for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return len(positional) >= 3 or any(p.kind is p.VAR_POSITIONAL for p in parameters)
 
 
 def default_location() -> str:
@@ -67,9 +81,10 @@ def _load_plugins() -> list[str]:
 def open_backend(location: str, create: bool = False, meta: Mapping[str, str] | None = None) -> Backend:
     """The backend at ``location``; with ``create``, a new empty one there.
 
-    ``meta``: keys the embedded store records in the very transaction that
-    creates it, so that no process ever sees it without them; the shared
-    backends ignore it (:meth:`Repository.init` writes what is missing).
+    ``meta``: keys the new store records in the very transaction that
+    creates it, so that no process ever sees it without them. A registered
+    URL factory gets it as a third argument if it takes one (otherwise
+    :meth:`Repository.init` writes what is missing afterwards).
     """
     if location == "memory:":
         from .backends.memory import MemoryBackend
@@ -82,6 +97,8 @@ def open_backend(location: str, create: bool = False, meta: Mapping[str, str] | 
         if factory is None:
             why = f": {'; '.join(problems)}" if problems else ""
             raise InvalidInput(f"unknown store URL scheme {scheme!r} in {redact(location)}{why}")
+        if meta is not None and _takes_meta(factory):
+            return factory(location, create, meta)  # type: ignore[call-arg]
         return factory(location, create)
     if location.endswith(".toml") and Path(location).is_file():
         problems = _load_plugins()
@@ -89,7 +106,7 @@ def open_backend(location: str, create: bool = False, meta: Mapping[str, str] | 
             from .backends.s3 import open_config
         except ImportError:
             raise InvalidInput(f"cannot open {location}: {'; '.join(problems)}") from None
-        return open_config(location, create)
+        return open_config(location, create, meta)
 
     from .backends.sqlite import DB_NAME, SqliteBackend
 

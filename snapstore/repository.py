@@ -256,8 +256,8 @@ class Repository:
         """Create a new empty store at ``location`` (default: ``$SNAPSTORE`` or ``./.snapstore``)."""
         location = location or default_location()
         meta = {FORMAT_KEY: str(STORE_FORMAT), "created": utc_now()}
-        # The embedded store writes ``meta`` with its tables, in one transaction; a shared backend
-        # creates its tables first (migrations), then gets it here.
+        # Every backend here records ``meta`` in the transaction that creates the store; a
+        # plugin backend that cannot gets it just after.
         backend = open_backend(location, create=True, meta=meta)
         try:
             if backend.get_meta(FORMAT_KEY) is None:

@@ -450,3 +450,62 @@ def test_repository_commits_and_loads_through_the_url(shared_store):
         assert [s.id for s in repo.log("conv-1")] == [second.snapshot, first.snapshot]
         assert repo.active_conversation == "conv-1"
         assert repo.fsck().ok
+
+
+def test_init_records_the_format_in_the_transaction_that_creates_the_store(shared_store, monkeypatch):
+    """No moment exists where the store row is there without its format: a crash right after creating is a store."""
+    writes = []
+    real_write = PostgresBackend.write
+
+    def write(self, *args, **kwargs):
+        writes.append(kwargs.get("meta") if len(args) < 3 else args[2])
+        return real_write(self, *args, **kwargs)
+
+    monkeypatch.setattr(PostgresBackend, "write", write)
+    Repository.init(shared_store.location).close()
+    assert writes == []  # nothing left for a second step
+    url = pg_url_of(shared_store)
+    assert dict(query(url, "SELECT key, value FROM snapstore_meta WHERE key IN ('format', 'created')")).keys() == {
+        "format", "created"}
+    Repository.open(shared_store.location).close()
+
+
+def test_init_takes_over_a_store_row_an_interrupted_init_left_without_meta(shared_store):
+    """An older snapstore created the store row, then wrote the format in a second step; a crash between
+    left a database neither open (no format) nor init (exists) accepted. init takes it over."""
+    shared_store.backend(create=True).close()  # the store row, no format: the first step only
+    url = pg_url_of(shared_store)
+    assert query(url, "SELECT count(*) FROM snapstore_meta WHERE key = 'format'") == [(0,)]
+    with pytest.raises(StoreNotFound, match="no format version"):
+        Repository.open(shared_store.location)
+    repo = Repository.init(shared_store.location)
+    try:
+        repo.commit("c", sample_state("c"))
+    finally:
+        repo.close()
+    with pytest.raises(StoreExists):  # taken over once: now it is a store
+        Repository.init(shared_store.location)
+
+
+_SESSION_RACER = """
+import os, sys, time
+from snapstore.startup import Session
+start = float(sys.argv[1])
+while time.time() < start:
+    time.sleep(0.001)
+with Session(os.environ["RACE_URL"]) as session:
+    print(session.report.status.value)
+"""
+
+
+def test_replicas_starting_together_on_an_empty_database_all_start(pg_store):
+    """Each Session creates the store or, having lost the race, opens the one the winner made (with its format)."""
+    start = str(time.time() + 2.0)
+    env = dict(os.environ, RACE_URL=pg_store.location)
+    racers = [subprocess.Popen([sys.executable, "-c", _SESSION_RACER, start], env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(5)]
+    for racer in racers:
+        out, err = racer.communicate(timeout=60)
+        assert racer.returncode == 0, err
+        assert out.strip() in {"CLEAN", "AUDIT_RECOMMENDED"}, out
+    Repository.open(pg_store.location).close()

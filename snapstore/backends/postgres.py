@@ -213,7 +213,9 @@ class PostgresBackend(Backend):
 
     capabilities = frozenset({Capability.DURABLE, Capability.MULTI_PROCESS, Capability.SHARED})
 
-    def __init__(self, url: str, create: bool = False, *, description: str | None = None) -> None:
+    def __init__(self, url: str, create: bool = False, *, description: str | None = None,
+                 meta: Mapping[str, str] | None = None) -> None:
+        """``meta``: with ``create``, keys recorded in the transaction that creates the store."""
         self._lock = threading.RLock()
         self._conn: psycopg.Connection | None = None
         # A second connection, only for writer_lock's session-level advisory locks.
@@ -225,7 +227,7 @@ class PostgresBackend(Backend):
         with self._lock:
             self._conn = self._connect()
             try:
-                self._open_store(create)
+                self._open_store(create, meta)
             except BaseException:
                 self.close()
                 raise
@@ -383,16 +385,33 @@ class PostgresBackend(Backend):
             applied += bool(self._transaction(apply))
         return applied
 
-    def _open_store(self, create: bool) -> None:
+    def _open_store(self, create: bool, meta: Mapping[str, str] | None = None) -> None:
         if not create and self._schema_version() is None:
             raise StoreNotFound(f"no snapstore store in {self.description} (create one with `snap init`)")
         self.migrate()
         mine = self._objects_location()
         if create:
-            inserted = self._transaction(lambda cur: cur.execute(
-                "INSERT INTO snapstore_store (objects) VALUES (%s) ON CONFLICT DO NOTHING", (mine,)
-            ).rowcount)
-            if inserted:
+            keys, values = list(meta or {}), list((meta or {}).values())
+
+            def make(cur: psycopg.Cursor) -> bool:
+                # The store row and ``meta`` in one transaction: no process sees a store without them.
+                cur.execute("INSERT INTO snapstore_store (objects) VALUES (%s) ON CONFLICT DO NOTHING", (mine,))
+                if not cur.rowcount:
+                    # A store row exists. One whose meta never came (an init of an older snapstore,
+                    # interrupted between its two steps) is taken over; any other is a store.
+                    cur.execute("SELECT objects FROM snapstore_store")
+                    row = cur.fetchone()
+                    cur.execute("SELECT count(*) FROM snapstore_meta WHERE key = ANY(%s)", (keys,))
+                    if not keys or row is None or row[0] != mine or cur.fetchone()[0]:
+                        return False
+                if keys:
+                    cur.execute(
+                        "INSERT INTO snapstore_meta (key, value) SELECT * FROM unnest(%s::text[], %s::text[]) "
+                        "ON CONFLICT (key) DO NOTHING", (keys, values),
+                    )
+                return True
+
+            if self._transaction(make):
                 return
             raise StoreExists(f"a store already exists in {self.description}")
         rows = self._read("SELECT objects FROM snapstore_store")
@@ -668,9 +687,9 @@ class PostgresBackend(Backend):
         self._drop_lock_connection()
 
 
-def open_postgres(location: str, create: bool) -> PostgresBackend:
+def open_postgres(location: str, create: bool, meta: Mapping[str, str] | None = None) -> PostgresBackend:
     """The factory behind ``postgresql://`` and ``postgres://`` locations."""
-    return PostgresBackend(location, create)
+    return PostgresBackend(location, create, meta=meta)
 
 
 for _scheme in SCHEMES:

@@ -251,6 +251,7 @@ class S3Backend(PostgresBackend):
         create: bool = False,
         *,
         description: str | None = None,
+        meta: Mapping[str, str] | None = None,
     ) -> None:
         self.s3 = s3
         self._conditional_put: bool | None = None  # None: not known yet
@@ -263,15 +264,15 @@ class S3Backend(PostgresBackend):
         self.description = description
         self._client = self._make_client()
         try:
-            super().__init__(pg_url, create, description=description)
+            super().__init__(pg_url, create, description=description, meta=meta)
         except BaseException:
             self.close()
             raise
 
-    def _open_store(self, create: bool) -> None:
+    def _open_store(self, create: bool, meta: Mapping[str, str] | None = None) -> None:
         # Before the store row is created: a store must not be created without its bucket.
         self._check_bucket()
-        super()._open_store(create)
+        super()._open_store(create, meta)
 
     # -- S3 plumbing -------------------------------------------------------
 
@@ -712,13 +713,13 @@ def _code(exc: boto_errors.ClientError) -> str:
     return str(exc.response.get("Error", {}).get("Code", ""))
 
 
-def open_s3(location: str, create: bool) -> S3Backend:
+def open_s3(location: str, create: bool, meta: Mapping[str, str] | None = None) -> S3Backend:
     """The factory behind ``s3+postgresql://`` locations."""
     pg_url, settings = split_location(location)
-    return S3Backend(pg_url, settings, create, description=safe_location(location))
+    return S3Backend(pg_url, settings, create, description=safe_location(location), meta=meta)
 
 
-def open_config(path: str | Path, create: bool = False) -> Backend:
+def open_config(path: str | Path, create: bool = False, meta: Mapping[str, str] | None = None) -> Backend:
     """The shared store a TOML file describes (see the module docstring).
 
     A ``[snapstore.s3]`` table puts the objects in S3; without one they stay in
@@ -740,7 +741,7 @@ def open_config(path: str | Path, create: bool = False) -> Backend:
     if s3 is not None and not isinstance(s3, dict):
         raise InvalidInput(f"{path}: [snapstore.s3] must be a table")
     if s3 is None:
-        return PostgresBackend(pg_url, create, description=f"{path} ({safe_location(pg_url)})")
+        return PostgresBackend(pg_url, create, description=f"{path} ({safe_location(pg_url)})", meta=meta)
     unknown = set(s3) - {*_URL_SETTINGS, "access_key_id", "secret_access_key"}
     if unknown:
         raise InvalidInput(f"{path}: unknown [snapstore.s3] settings {', '.join(sorted(unknown))}")
@@ -748,7 +749,8 @@ def open_config(path: str | Path, create: bool = False) -> Backend:
         settings = S3Settings(**s3)
     except TypeError as exc:
         raise InvalidInput(f"{path}: bad [snapstore.s3] table: {exc}") from None
-    return S3Backend(pg_url, settings, create, description=f"{path} ({safe_location(pg_url)} + {settings.objects_location})")
+    return S3Backend(pg_url, settings, create, meta=meta,
+                     description=f"{path} ({safe_location(pg_url)} + {settings.objects_location})")
 
 
 for _scheme in SCHEMES:
