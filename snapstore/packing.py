@@ -84,18 +84,25 @@ def supports_packs(repo: Repository) -> bool:
 
 
 def pack(repo: Repository, *, keep: int = 0, keep_log: int = 1, minimum: int = 1,
-         progress: Callable[[int], None] | None = None) -> PackReport:
+         progress: Callable[[int], None] | None = None, hot: set[ObjectId] | None = None) -> PackReport:
     """Pack loose objects but the ``keep`` newest, and log lines but the ``keep_log`` newest.
 
     Loose objects are packed only if at least ``minimum`` qualify; packs gc
     thinned out to less than half, and log lines in runs of
-    :data:`LOG_PACK_LINES`, are packed regardless.
+    :data:`LOG_PACK_LINES`, are packed regardless. The ``hot`` objects stay
+    loose: the packing that runs by itself (:func:`auto_pack`,
+    :func:`shutdown_pack`) passes :meth:`Repository.hot_objects`, the
+    structure of the trees this process works on, because reading a loose
+    object costs one row and reading a packed one its whole pack (up to
+    1 MB to decompress), and a load or diff of a current tree reads exactly
+    those; history is what is packed.
     """
     started = time.perf_counter()
     backend: Any = repo.backend
     report = PackReport(backend.description, supports_packs(repo))
     if not report.applicable:
         return report
+    hot = hot or set()
     pending: list[tuple[Member, int | None]] = []
 
     def flush(final: bool) -> None:
@@ -128,7 +135,7 @@ def pack(repo: Repository, *, keep: int = 0, keep_log: int = 1, minimum: int = 1
                 progress(sum(len(members) for members, _ in written))
         del pending[:start]
 
-    if minimum > 1 and backend.loose_count() - keep < minimum:
+    if minimum > 1 and backend.loose_count() - keep - len(hot) < minimum:
         loose, cursor = [], None
     else:
         loose, cursor = backend.loose_for_packing(keep, BATCH, None)
@@ -140,6 +147,8 @@ def pack(repo: Repository, *, keep: int = 0, keep_log: int = 1, minimum: int = 1
         report.packs_rewritten += 1
     while loose:
         for stored in loose:
+            if stored.id in hot:
+                continue
             try:
                 body = repo.verified_body(stored)
             except CorruptObject as exc:
@@ -172,9 +181,10 @@ def auto_pack(repo: Repository) -> PackReport | None:
     try:
         # Counted here, not by pack's ``minimum``: below the threshold nothing at all is packed
         # (not even log lines), and one count serves.
-        if repo.backend.loose_count() < AUTO_PACK_LOOSE + AUTO_PACK_KEEP:  # type: ignore[attr-defined]
+        hot = repo.hot_objects()
+        if repo.backend.loose_count() < AUTO_PACK_LOOSE + AUTO_PACK_KEEP + len(hot):  # type: ignore[attr-defined]
             return None
-        return pack(repo, keep=AUTO_PACK_KEEP)
+        return pack(repo, keep=AUTO_PACK_KEEP, hot=hot)
     except SnapstoreError:
         return None
 
@@ -185,6 +195,6 @@ def shutdown_pack(repo: Repository) -> PackReport | None:
     if not supports_packs(repo):
         return None
     try:
-        return pack(repo, minimum=SHUTDOWN_MINIMUM)
+        return pack(repo, minimum=SHUTDOWN_MINIMUM, hot=repo.hot_objects())
     except SnapstoreError:
         return None

@@ -736,6 +736,26 @@ class Repository:
                 for o in bad:
                     self._cache.pop(o.id, None)
 
+    def hot_objects(self) -> set[ObjectId]:
+        """The structure of the trees this repository holds in memory: their states, nodes and pages.
+
+        What every load and diff of a current head reads; packing leaves them
+        loose (:func:`snapstore.packing.pack`). Only trees already cached are
+        looked at (the conversations this process committed or loaded), so
+        this reads nothing.
+        """
+        with self._lock:
+            trees = [tree for _, tree in self._trees.values()]
+        hot: set[ObjectId] = set()
+        for tree in trees:
+            if tree.state_id is not None:
+                hot.add(tree.state_id)
+            for record in tree.records.values():
+                hot.add(record.node_id)
+                for level in record.pages or ():
+                    hot.update(page_id for page_id, _ in level)
+        return hot
+
     def _reaches(self, start: ObjectId | None, target: ObjectId, limit: int = 1000) -> bool:
         """Whether ``target`` is ``start`` or one of its first-parent ancestors (within ``limit``)."""
         current = start

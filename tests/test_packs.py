@@ -33,6 +33,7 @@ from snapstore.storelog import StoreAudit, StoreLog
 from snapstore.verify import verify
 
 from .conftest import flip_byte
+from .factories import sample_state
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -307,14 +308,51 @@ def test_a_clean_shutdown_packs_and_the_file_shrinks(tmp_path, monkeypatch):
     state = orch.repo.load("c").to_json()
     db_file = location / "store.sqlite"
     size_open = db_file.stat().st_size + Path(f"{db_file}-wal").stat().st_size
+    hot = session.repo.hot_objects()
+    assert len(hot) == 2  # the state and the root's node
     session.close()
     assert _packs(location) > 0
     assert db_file.stat().st_size < size_open / 2
     again = Session(str(location), log_in_store=True)
     assert again.report.status is RecoveryStatus.CLEAN
     assert again.repo.load("c").to_json() == state
-    assert again.repo.backend.loose_count() == 0
+    # the tree the session worked on stays loose: the next load and diff read no pack
+    assert {o.id for o in again.repo.backend.loose_for_packing(0, 1000)[0]} == hot
     again.close()
+
+
+def test_packing_by_itself_leaves_the_current_trees_loose(tmp_path, monkeypatch):
+    """History and exchanges go into packs; the tree's structure stays loose, so a diff of the newest
+    change on a fresh repository decodes no pack."""
+    import snapstore.backends.sqlite as sqlite_backend
+
+    monkeypatch.setattr(packing, "AUTO_PACK_CHECK", 10)
+    monkeypatch.setattr(packing, "AUTO_PACK_LOOSE", 20)
+    monkeypatch.setattr(packing, "AUTO_PACK_KEEP", 12)  # the newest three commits' objects (the diff's old side)
+    location = tmp_path / "s"
+    repo = Repository.init(str(location))
+    state = sample_state("c")
+    for i in range(60):
+        state["contexts"][i % 4]["status"] = f"s{i}"
+        repo.commit("c", state)
+    hot = repo.hot_objects()
+    assert _packs(location) > 0
+    loose = {o.id for o in repo.backend.loose_for_packing(0, 10_000)[0]}
+    assert hot <= loose  # the head's state, nodes (and pages) were never packed
+    tree = repo.tree(repo.head("c"))
+    assert hot == {tree.state_id, *(r.node_id for r in tree.records.values())}
+    repo.close()
+    decoded = []
+    real = sqlite_backend.decode_objects
+    monkeypatch.setattr(sqlite_backend, "decode_objects", lambda *a, **k: decoded.append(a[1]) or real(*a, **k))
+    fresh = Repository.open(str(location))
+    try:
+        assert fresh.diff("c~1", "c")
+        assert decoded == []
+        assert fresh.load("c").to_json()["contexts"] == state["contexts"]  # exchanges: history, packed
+        assert fresh.fsck().ok
+    finally:
+        fresh.close()
 
 
 def test_packing_runs_by_itself_after_many_commits(tmp_path, monkeypatch, small_packs):
