@@ -46,6 +46,9 @@ STATUS_PAUSED = "paused"
 STATUS_MERGED = "merged"
 STATUS_ARCHIVED = "archived"
 
+# The keys of an exchange the orchestrator sets (add_exchange's metadata may not).
+EXCHANGE_KEYS = frozenset({"exchange_id", "user", "assistant", "timestamp", "context_id"})
+
 # (event_type, context_id, actor, payload) -> (sequence, entry_hash)
 AuditAppend = Callable[[str, str, str, dict[str, Any]], tuple[int, str]]
 
@@ -349,7 +352,15 @@ class ConversationOrchestrator:
         return made[0]
 
     def add_exchange(self, context_id: str, user: str, assistant: str, **metadata: Any) -> str:
-        """Append one exchange to a context's own memory; returns its exchange id."""
+        """Append one exchange to a context's own memory; returns its exchange id.
+
+        ``metadata`` adds keys to the exchange; the keys the orchestrator
+        sets itself (:data:`EXCHANGE_KEYS`) are refused with
+        :class:`InvalidInput`, so exchange ids stay unique and increasing.
+        """
+        taken = sorted(EXCHANGE_KEYS & metadata.keys())
+        if taken:
+            raise InvalidInput(f"add_exchange: metadata may not set {', '.join(taken)} (the orchestrator sets them)")
         stamp = now_text()
         made: list[str] = []
 
@@ -415,7 +426,12 @@ class ConversationOrchestrator:
         return made[0]
 
     def reparent_context(self, context_id: str, new_parent_id: str | None) -> None:
-        """Move a context (and its subtree) under another parent, or to the top level."""
+        """Move a context (and its subtree) under another parent, or to the top level.
+
+        Moving a context under the parent it already has keeps its place among
+        its siblings (only ``last_activity`` changes; the operation is still
+        recorded, as the client records it).
+        """
 
         def change(ws: Workspace) -> dict[str, Any]:
             moving = self._require(ws, context_id)
@@ -427,6 +443,10 @@ class ConversationOrchestrator:
                     if ancestor == context_id:
                         raise InvalidInput(f"cannot move {context_id!r} under its own descendant")
                     ancestor = (ws.fields(ancestor) or {}).get("parent_context_id")
+            if old_parent == new_parent_id and (
+                    new_parent_id is None or context_id in self._require(ws, new_parent_id).get("child_sidebar_ids", [])):
+                ws.update_fields(context_id, {"last_activity": now_text()})
+                return {"old_parent": old_parent, "new_parent": new_parent_id}
             if old_parent is not None and old_parent in ws:
                 kids = self._require(ws, old_parent).get("child_sidebar_ids", [])
                 ws.update_fields(old_parent, {"child_sidebar_ids": [k for k in kids if k != context_id]})

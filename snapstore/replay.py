@@ -148,6 +148,8 @@ def replay_entries(entries: list[LogEntry]) -> ReplayResult:
                 out.skipped.append(f"#{entry.sequence}: reparent of unknown {cid}")
                 continue
             old, new = c.get("parent_context_id"), p.get("new_parent")
+            if old == new and (new is None or cid in ctx.get(new, {}).get("child_sidebar_ids", [])):
+                continue  # under the parent it has: its place among its siblings is kept
             if old in ctx:
                 ctx[old]["child_sidebar_ids"] = [k for k in ctx[old]["child_sidebar_ids"] if k != cid]
             if new in ctx:

@@ -21,6 +21,7 @@ recovery status and hands out orchestrators:
 from __future__ import annotations
 
 import enum
+import itertools
 import json
 import os
 from dataclasses import dataclass, field
@@ -232,7 +233,13 @@ class Session:
 
     def start_new(self, conversation: str | None = None, task_description: str | None = None) -> ConversationOrchestrator:
         """A new conversation with a root context; it becomes the active one."""
-        name = conversation or f"conv-{utc_now().replace(':', '').replace('-', '').replace('.', '')[:15]}"
+        if conversation is None:
+            # conv-YYYYMMDDTHHMMSS, then -2, -3, ... when that second already has one.
+            base = f"conv-{utc_now().replace(':', '').replace('-', '').replace('.', '')[:15]}"
+            name = next(n for n in (base if i == 1 else f"{base}-{i}" for i in itertools.count(1))
+                        if self.repo.head(n) is None)
+        else:
+            name = conversation
         if self.repo.head(name) is not None:
             raise InvalidInput(f"conversation {name!r} already exists")
         orchestrator = ConversationOrchestrator(self.repo, name, audit=self._audit)
