@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .backends.base import RefUpdate
-from .errors import RefConflict, SnapstoreError
+from .errors import LogError, RefConflict, SnapstoreError
 from .objects import ObjectId, Snapshot
 from .ozolith import LogEntry, OzolithLog
 from .refs import ref_name, validate_conversation_id
@@ -39,10 +39,14 @@ class LinkedLog:
 
     def __init__(self, log: OzolithLog) -> None:
         self.log = log
+        # Why appending is refused (a log behind the store, see startup.py), or None.
+        self.refused: str | None = None
         with self._locks_guard:
             self._lock = self._locks.setdefault(str(log.path.resolve()), threading.Lock())
 
     def __call__(self, event_type: str, context_id: str, actor: str, payload: dict[str, Any]) -> tuple[int, str]:
+        if self.refused is not None:
+            raise LogError(f"not appending to {self.log.path}: {self.refused}")
         with self._lock:
             entry = self.log.append(event_type, context_id, actor, payload)
         return entry.sequence, entry.entry_hash
@@ -87,15 +91,16 @@ def linked_sequences(repo: Repository) -> dict[str, int]:
     return {names[name]: seq for name, seq in repo.backend.newest_log_sequences(list(names)).items()}
 
 
-def pending_entries(repo: Repository, log: OzolithLog) -> list[tuple[LogEntry, dict[str, Any]]]:
-    """Linked entries newer than what the store's reflogs record, oldest first."""
+def pending_entries(repo: Repository, log: OzolithLog,
+                    skip: frozenset[int] = frozenset()) -> list[tuple[LogEntry, dict[str, Any]]]:
+    """Linked entries newer than what the store's reflogs record, oldest first (but those in ``skip``)."""
     newest = linked_sequences(repo)
     floor = min(newest.values(), default=0)
     recent = list(log.entries_after(floor))  # both kinds of log read only what is newer
     voided = voided_sequences(recent)
     out = []
     for entry in recent:
-        if entry.sequence in voided:
+        if entry.sequence in voided or entry.sequence in skip:
             continue
         link = link_of(entry)
         if link is None:
@@ -106,10 +111,10 @@ def pending_entries(repo: Repository, log: OzolithLog) -> list[tuple[LogEntry, d
     return out
 
 
-def roll_forward(repo: Repository, log: OzolithLog) -> list[Recovery]:
-    """Move refs forward to snapshots that logged entries name but no ref reached."""
+def roll_forward(repo: Repository, log: OzolithLog, skip: frozenset[int] = frozenset()) -> list[Recovery]:
+    """Move refs forward to snapshots that logged entries name but no ref reached (but entries in ``skip``)."""
     results: list[Recovery] = []
-    for entry, link in pending_entries(repo, log):
+    for entry, link in pending_entries(repo, log, skip):
         snapshot = ObjectId(link["snapshot"])
         try:
             conv = validate_conversation_id(link.get("conversation"))

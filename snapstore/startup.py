@@ -28,17 +28,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .audit import LinkedLog, Recovery, pending_entries, roll_forward
+from .audit import LinkedLog, Recovery, linked_sequences, pending_entries, roll_forward
 from .errors import InvalidInput, LogError, SnapstoreError, StoreExists, StoreNotFound
 from .orchestrator import ConversationOrchestrator
 from .packing import shutdown_pack
 from .ozolith import Finding, OzolithLog
 from .ozolith.files import write_atomic
+from .refs import ref_name
 from .repository import ConversationInfo, Repository
 from .storelog import StoreAudit, StoreLog
 from .timeutil import utc_now
 
 CLEAN_SHUTDOWN_KEY = "clean_shutdown"
+# Log sequences a caller discarded (Session.discard): JSON list; never rolled forward or reported again.
+DISCARDED_KEY = "startup/discarded_log_entries"
+MAX_DISCARDED = 10_000
 SESSION_STARTED_KEY = "session_started"
 DEFAULT_SAMPLE = 32
 # Recovery actions a start completed itself (the rest are left to the caller).
@@ -62,6 +66,8 @@ class StartupReport:
     recoveries: tuple[Recovery, ...] = ()
     problems: tuple[str, ...] = ()
     checks: tuple[str, ...] = field(default=())
+    # Why the OZOLITH file is behind the store (also in ``problems``); appends are refused while set.
+    log_behind: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -86,17 +92,25 @@ def inspect(repo: Repository, log: OzolithLog | StoreLog | None = None, *, conve
     problems: list[str] = []
     checks: list[str] = []
     unreadable: list[str] = []
+    behind: str | None = None
     if log is not None:
+        discarded = discarded_sequences(repo)
+        if discarded:
+            checks.append(f"{len(discarded)} log entries discarded earlier are left alone "
+                          f"(newest {max(discarded)})")
         try:
             if repair:
-                recoveries = _cut_torn_tail(log) + roll_forward(repo, log)
+                recoveries = _cut_torn_tail(log) + roll_forward(repo, log, discarded)
             else:
                 recoveries = [
                     Recovery(e.sequence, str(link.get("conversation")), str(link.get("snapshot")), "pending",
                              f"log entry {e.sequence} names snapshot {str(link.get('snapshot'))[:12]}, "
                              "which no ref reaches yet")
-                    for e, link in pending_entries(repo, log)
+                    for e, link in pending_entries(repo, log, discarded)
                 ]
+            behind = log_behind(repo, log)
+            if behind is not None:
+                unreadable.append(behind)
         except LogError as exc:
             # An unparsable line among the newest (or, without ``repair``, a torn tail a start would
             # cut): the entries cannot be matched to the store. Start anyway so the caller sees why;
@@ -132,7 +146,57 @@ def inspect(repo: Repository, log: OzolithLog | StoreLog | None = None, *, conve
         status = RecoveryStatus.CLEAN
     else:
         status = RecoveryStatus.AUDIT_RECOMMENDED
-    return StartupReport(status, target, focus, infos, tuple(recoveries), tuple(problems), tuple(checks))
+    return StartupReport(status, target, focus, infos, tuple(recoveries), tuple(problems), tuple(checks),
+                         log_behind=behind)
+
+
+def discarded_sequences(repo: Repository) -> frozenset[int]:
+    """The log sequences a caller discarded (:meth:`Session.discard`)."""
+    raw = repo.backend.get_meta(DISCARDED_KEY)
+    try:
+        values = json.loads(raw) if raw else []
+    except ValueError:
+        return frozenset()
+    return frozenset(v for v in values if isinstance(v, int) and not isinstance(v, bool)) if isinstance(
+        values, list) else frozenset()
+
+
+def log_behind(repo: Repository, log: OzolithLog | StoreLog) -> str | None:
+    """Why an OZOLITH file is behind the store, or None: it lacks the newest entry a ref change links.
+
+    A deleted log, an older copy or another log put in its place would
+    otherwise look sound, and the next append would reuse sequence numbers
+    the store already links to other entries. Cost: the log's last line, the
+    entries after the store's newest link (a start reads those anyway) and a
+    few reflog rows.
+    """
+    if not isinstance(log, OzolithLog):
+        return None  # the store's own log commits in the same transactions as the refs
+    newest = linked_sequences(repo)
+    if not newest:
+        return None
+    conv, highest = max(newest.items(), key=lambda item: item[1])
+    if highest <= 0:
+        return None
+    last = log.last()
+    fix = "restore the log file (the store's history is intact); appends are refused until then"
+    if last is None:
+        return (f"the log {log.path} is missing or empty, but the store links conversation {conv!r} to its "
+                f"entry {highest}: {fix}")
+    if last.sequence < highest:
+        return (f"the log {log.path} ends at entry {last.sequence}, but the store links conversation {conv!r} "
+                f"to entry {highest} (an older copy, or cut short): {fix}")
+    recorded = next((row.log_hash for row in reversed(repo.backend.reflog_newest(ref_name(conv), 8))
+                     if row.log_sequence == highest and row.log_hash), None)
+    if recorded is None:
+        return None
+    entry = last if last.sequence == highest else next(
+        (e for e in log.entries_after(highest - 1) if e.sequence == highest), None)
+    if entry is not None and entry.entry_hash != recorded:
+        return (f"entry {highest} of the log {log.path} is not the one the store links conversation {conv!r} "
+                f"to (its hash is {entry.entry_hash[:12]}, the store recorded {recorded[:12]}: another log "
+                f"in its place): {fix}")
+    return None
 
 
 def _cut_torn_tail(log: OzolithLog | StoreLog) -> list[Recovery]:
@@ -204,6 +268,8 @@ class Session:
             self.log = OzolithLog(ozolith, key=key) if ozolith is not None else None
             self._audit = LinkedLog(self.log) if self.log is not None else None
         self.report = inspect(self.repo, self.log, conversation=conversation, sample=sample, repair=True)
+        if self.report.log_behind is not None and isinstance(self._audit, LinkedLog):
+            self._audit.refused = self.report.log_behind
         self.repo.backend.write(meta={CLEAN_SHUTDOWN_KEY: None, SESSION_STARTED_KEY: utc_now()})
 
     # -- choosing a conversation ---------------------------------------------------
@@ -249,7 +315,19 @@ class Session:
     # -- choices when recovery is needed ---------------------------------------------
 
     def discard(self) -> None:
-        """Accept the store as it is: unmatched log entries stay in the log, unreferenced."""
+        """Accept the store as it is: unmatched log entries stay in the log, unreferenced.
+
+        Recorded in the store (meta ``startup/discarded_log_entries``): later
+        starts neither roll those entries forward nor report them again. A log
+        behind the store (:func:`log_behind`) is not something to discard:
+        :class:`InvalidInput` says so, and the log must be restored.
+        """
+        if self.report.log_behind is not None:
+            raise InvalidInput(f"nothing to discard: {self.report.log_behind}")
+        unresolved = sorted(r.sequence for r in self.report.recoveries if r.action not in REPAIRED)
+        if unresolved:
+            kept = sorted(discarded_sequences(self.repo) | set(unresolved))[-MAX_DISCARDED:]
+            self.repo.backend.write(meta={DISCARDED_KEY: json.dumps(kept)})
         self.report = StartupReport(RecoveryStatus.AUDIT_RECOMMENDED, self.report.conversation,
                                     self.report.focus, self.report.conversations, self.report.recoveries,
                                     (), self.report.checks + ("recovery discarded by the caller",))

@@ -149,7 +149,7 @@ def test_export_replaces_the_file_whole_and_durably(tmp_path, fsynced):
     assert os.listdir(out.parent) == ["unmatched.jsonl"]  # no temporary file left
     # The content was fsynced under a temporary name beside the file, then the folder after the rename.
     assert [p.parent for p in fsynced] == [out.parent, out.parent.parent]
-    assert fsynced[0].name.startswith("unmatched.jsonl.") and fsynced[1] == out.parent
+    assert fsynced[0].name.startswith(".unmatched.jsonl.") and fsynced[1] == out.parent
     s.close(clean=False)
 
 
