@@ -88,7 +88,11 @@ class Recovery:
 def linked_sequences(repo: Repository) -> dict[str, int]:
     """The newest log sequence each conversation's reflog records."""
     names = {ref_name(conv): conv for conv in repo.conversation_ids()}
-    return {names[name]: seq for name, seq in repo.backend.newest_log_sequences(list(names)).items()}
+    newest = {names[name]: seq for name, seq in repo.backend.newest_log_sequences(list(names)).items()}
+    for conv, seq in newest.items():
+        if seq == 0:  # none of its own: renamed since its last linked entry? Its earlier names' rows count.
+            newest[conv] = max((row.log_sequence or 0 for row in repo.reflog_lineage(conv)), default=0)
+    return newest
 
 
 def pending_entries(repo: Repository, log: OzolithLog,
@@ -98,6 +102,20 @@ def pending_entries(repo: Repository, log: OzolithLog,
     floor = min(newest.values(), default=0)
     recent = list(log.entries_after(floor))  # both kinds of log read only what is newer
     voided = voided_sequences(recent)
+    # Conversations renamed or deleted since: their reflogs remain and say what was applied, so an
+    # entry of theirs is pending only if it is newer than those rows (never by the chance of ``floor``).
+    gone: dict[str, str] = {}
+    for entry in recent:
+        link = link_of(entry)
+        conv = link.get("conversation") if link is not None else None
+        if isinstance(conv, str) and conv not in newest and conv not in gone:
+            try:
+                gone[conv] = ref_name(validate_conversation_id(conv))
+            except SnapstoreError:
+                pass  # roll_forward names it
+    if gone:
+        applied = repo.backend.newest_log_sequences(list(gone.values()))
+        newest = {**newest, **{conv: applied.get(name, 0) for conv, name in gone.items()}}
     out = []
     for entry in recent:
         if entry.sequence in voided or entry.sequence in skip:

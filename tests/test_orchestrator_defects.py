@@ -203,3 +203,22 @@ def test_discard_is_remembered_across_restarts(tmp_path):
         assert any("discarded earlier" in c for c in again.report.checks)
     finally:
         again.close()
+
+
+def test_entries_of_a_renamed_conversation_are_not_rolled_forward_again(tmp_path):
+    s = Session(str(tmp_path / "store"), ozolith=tmp_path / "log.jsonl")
+    a = s.start_new("a")
+    a.add_exchange(a.active_context_id, "q", "a")
+    b = s.start_new("b")
+    b.add_exchange(b.active_context_id, "q", "a")
+    a.add_exchange(a.active_context_id, "q2", "a2")
+    s.repo.rename_conversation("a", "z")
+    s.close()
+    again = Session(str(tmp_path / "store"), ozolith=tmp_path / "log.jsonl")
+    try:
+        assert again.report.status is RecoveryStatus.CLEAN, again.report
+        assert again.report.recoveries == ()
+        assert sorted(again.repo.conversation_ids()) == ["b", "z"]  # "a" is not brought back
+        assert verify(again.repo, again.log).ok
+    finally:
+        again.close()
