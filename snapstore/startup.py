@@ -24,6 +24,8 @@ import enum
 import itertools
 import json
 import os
+import socket
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,6 +42,9 @@ from .storelog import StoreAudit, StoreLog
 from .timeutil import utc_now
 
 CLEAN_SHUTDOWN_KEY = "clean_shutdown"
+# One key per running Session (``presence/<id>``: JSON {"started", "pid", "host"}), deleted by its clean
+# close; the session holds the backend's presence lock of the same name while it runs.
+PRESENCE_PREFIX = "presence/"
 # Log sequences a caller discarded (Session.discard): JSON list; never rolled forward or reported again.
 DISCARDED_KEY = "startup/discarded_log_entries"
 MAX_DISCARDED = 10_000
@@ -81,16 +86,77 @@ class StartupReport:
         }
 
 
+class Presence:
+    """A process's announced use of a store: a ``presence/<id>`` key and the backend's presence lock of that name.
+
+    Made when a :class:`Session` (or the adapter) starts, ended by its
+    close: :meth:`clean_meta` (written with the clean-shutdown marker)
+    removes the key; :meth:`release` drops the lock. A process killed in
+    between leaves the key without the lock, which the next start reads as a
+    session that ended badly (:func:`sessions`).
+    """
+
+    def __init__(self, repo: Repository) -> None:
+        self.key = f"{PRESENCE_PREFIX}{uuid.uuid4().hex}"
+        self._release: Any = repo.backend.hold_presence(self.key)
+
+    def announce_meta(self, started: str) -> dict[str, str | None]:
+        """The meta that makes this session known (write it once the start's checks are done)."""
+        return {self.key: json.dumps({"started": started, "pid": os.getpid(), "host": socket.gethostname()})}
+
+    def clean_meta(self) -> dict[str, str | None]:
+        return {self.key: None}
+
+    def release(self) -> None:
+        """Drop the presence lock (once; later calls do nothing)."""
+        release, self._release = self._release, None
+        if release is not None:
+            release()
+
+
+def sessions(repo: Repository, exclude: str | None = None) -> tuple[list[str], list[str]]:
+    """``(running, ended unclean)``: the session keys a store holds, split by whether their session still runs.
+
+    A key whose session no longer holds its presence lock belongs to a
+    process that ended without a clean close (killed, crashed, or closed
+    with ``clean=False``).
+    """
+    running, dead = [], []
+    for key in sorted(repo.backend.list_meta(PRESENCE_PREFIX)):
+        if key == exclude:
+            continue
+        (running if repo.backend.presence_held(key) else dead).append(key)
+    return running, dead
+
+
 def inspect(repo: Repository, log: OzolithLog | StoreLog | None = None, *, conversation: str | None = None,
-            sample: int = DEFAULT_SAMPLE, repair: bool = False) -> StartupReport:
-    """Decide the recovery status; with ``repair``, roll the store forward first."""
-    # A store no session has used yet (nothing committed) has nothing to audit.
-    clean = repo.backend.get_meta(CLEAN_SHUTDOWN_KEY) is not None or (
-        repo.backend.get_meta(SESSION_STARTED_KEY) is None and not repo.conversation_ids()
-    )
+            sample: int = DEFAULT_SAMPLE, repair: bool = False, session: str | None = None) -> StartupReport:
+    """Decide the recovery status; with ``repair``, roll the store forward first.
+
+    Clean means no session ended without a clean close: each running
+    :class:`Session` keeps a key in the store and holds a presence lock, so
+    a replica starting beside running ones is not misled by them, and one
+    that was killed is noticed whatever the others did since. ``session``:
+    the key of the caller's own session, left out.
+    """
+    running, dead = sessions(repo, exclude=session)
+    checks: list[str] = []
+    if dead:
+        clean = False
+        checks.append(f"{len(dead)} earlier session{'s' if len(dead) != 1 else ''} ended without a clean close: "
+                      + ", ".join(_describe_session(repo, key) for key in dead[:5]))
+    elif running:
+        clean = True  # other replicas are running; none ended badly
+        checks.append(f"{len(running)} other session{'s' if len(running) != 1 else ''} running: "
+                      + ", ".join(_describe_session(repo, key) for key in running[:5]))
+    else:
+        # No session keys: every earlier session closed cleanly (or the store predates them: its marker).
+        # A store no session has used yet (nothing committed) has nothing to audit.
+        clean = repo.backend.get_meta(CLEAN_SHUTDOWN_KEY) is not None or (
+            repo.backend.get_meta(SESSION_STARTED_KEY) is None and not repo.conversation_ids()
+        )
     recoveries: list[Recovery] = []
     problems: list[str] = []
-    checks: list[str] = []
     unreadable: list[str] = []
     behind: str | None = None
     if log is not None:
@@ -148,6 +214,18 @@ def inspect(repo: Repository, log: OzolithLog | StoreLog | None = None, *, conve
         status = RecoveryStatus.AUDIT_RECOMMENDED
     return StartupReport(status, target, focus, infos, tuple(recoveries), tuple(problems), tuple(checks),
                          log_behind=behind)
+
+
+def _describe_session(repo: Repository, key: str) -> str:
+    raw = repo.backend.get_meta(key)
+    try:
+        info = json.loads(raw) if raw else {}
+    except ValueError:
+        info = {}
+    if not isinstance(info, dict):
+        info = {}
+    return (f"{key.removeprefix(PRESENCE_PREFIX)[:8]} (pid {info.get('pid', '?')} on {info.get('host', '?')}, "
+            f"started {info.get('started', '?')})")
 
 
 def discarded_sequences(repo: Repository) -> frozenset[int]:
@@ -267,10 +345,27 @@ class Session:
         else:
             self.log = OzolithLog(ozolith, key=key) if ozolith is not None else None
             self._audit = LinkedLog(self.log) if self.log is not None else None
-        self.report = inspect(self.repo, self.log, conversation=conversation, sample=sample, repair=True)
-        if self.report.log_behind is not None and isinstance(self._audit, LinkedLog):
-            self._audit.refused = self.report.log_behind
-        self.repo.backend.write(meta={CLEAN_SHUTDOWN_KEY: None, SESSION_STARTED_KEY: utc_now()})
+        # This session's presence: a key in the store and the lock of the same name, held until close
+        # (a killed process loses the lock, and the next start finds its key without one).
+        try:
+            self.presence = Presence(self.repo)
+        except BaseException:
+            self.repo.close()
+            raise
+        try:
+            self.report = inspect(self.repo, self.log, conversation=conversation, sample=sample, repair=True,
+                                  session=self.presence.key)
+            if self.report.log_behind is not None and isinstance(self._audit, LinkedLog):
+                self._audit.refused = self.report.log_behind
+            _, dead = sessions(self.repo, exclude=self.presence.key)
+            started = utc_now()
+            # The sessions that ended badly are reported (above) and forgotten; this one is announced.
+            self.repo.backend.write(meta={CLEAN_SHUTDOWN_KEY: None, SESSION_STARTED_KEY: started,
+                                          **self.presence.announce_meta(started), **dict.fromkeys(dead)})
+        except BaseException:
+            self.presence.release()
+            self.repo.close()
+            raise
 
     # -- choosing a conversation ---------------------------------------------------
 
@@ -354,16 +449,23 @@ class Session:
     # -- shutting down -----------------------------------------------------------------
 
     def close(self, clean: bool = True) -> None:
-        """Mark a clean shutdown (unless ``clean`` is False) and release the store."""
-        if clean:
-            shutdown_pack(self.repo)
-            meta: dict[str, str | None] = {CLEAN_SHUTDOWN_KEY: utc_now()}
-            try:
-                meta.update(self.repo.chain_hint_meta())
-            except SnapstoreError:
-                pass  # only a cache
-            self.repo.backend.write(meta=meta)
-        self.repo.close()
+        """Mark a clean shutdown (unless ``clean`` is False) and release the store.
+
+        A clean close removes this session's key; with ``clean=False`` the key
+        stays, as after a crash, and the next start audits.
+        """
+        try:
+            if clean:
+                shutdown_pack(self.repo)
+                meta: dict[str, str | None] = {CLEAN_SHUTDOWN_KEY: utc_now(), **self.presence.clean_meta()}
+                try:
+                    meta.update(self.repo.chain_hint_meta())
+                except SnapstoreError:
+                    pass  # only a cache
+                self.repo.backend.write(meta=meta)
+        finally:
+            self.presence.release()
+            self.repo.close()
 
     def __enter__(self) -> Session:
         return self

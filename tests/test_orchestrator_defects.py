@@ -222,3 +222,65 @@ def test_entries_of_a_renamed_conversation_are_not_rolled_forward_again(tmp_path
         assert verify(again.repo, again.log).ok
     finally:
         again.close()
+
+
+# -- clean shutdown with several processes on one store -------------------------------------
+
+_REPLICA = """
+import sys, time
+from snapstore.startup import Session
+s = Session(sys.argv[1])
+orch = s.resume("c") if s.repo.head("c") else s.start_new("c")
+orch.add_exchange(orch.active_context_id, "q", "a")
+print(s.report.status.value, flush=True)
+time.sleep(120)
+"""
+
+
+def _replica(location: str):
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", _REPLICA, location], stdout=subprocess.PIPE, text=True)
+    status = proc.stdout.readline().strip()
+    return proc, status
+
+
+
+@pytest.fixture
+def pg_location(tmp_path):
+    from .shared_backends import SHARED_FACTORIES
+
+    gen = SHARED_FACTORIES["postgres"](tmp_path)
+    store = next(gen)
+    yield store.location
+    next(gen, None)
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_a_replica_killed_beside_running_ones_is_noticed(request, tmp_path, backend):
+    import signal
+
+    location = str(tmp_path / "store") if backend == "sqlite" else request.getfixturevalue("pg_location")
+    first, status = _replica(location)
+    second, second_status = _replica(location)
+    try:
+        assert status in {"CLEAN", "AUDIT_RECOMMENDED"}
+        assert second_status == "CLEAN"  # the first is running: nothing ended badly
+        with Session(location) as beside:
+            assert beside.report.status is RecoveryStatus.CLEAN, beside.report
+            assert any("2 other sessions running" in c for c in beside.report.checks)
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+        after = Session(location)  # the second still runs, the first was killed
+        try:
+            assert after.report.status is RecoveryStatus.AUDIT_RECOMMENDED, after.report
+            assert any(f"pid {first.pid}" in c and "without a clean close" in c for c in after.report.checks)
+        finally:
+            after.close()
+        with Session(location) as later:  # reported once, then forgotten
+            assert later.report.status is RecoveryStatus.CLEAN, later.report
+    finally:
+        for proc in (first, second):
+            proc.kill()
+            proc.wait()

@@ -72,7 +72,8 @@ HISTORICAL = "historical/"
 # The caller's context class (``module:QualName``), noted at its first save: loads in a later process
 # give back instances of it without configure(context_class=...).
 CONTEXT_CLASS = "adapter/context_class"
-from ..startup import CLEAN_SHUTDOWN_KEY  # noqa: E402  (one marker for every way of starting)
+from ..startup import CLEAN_SHUTDOWN_KEY, Presence  # noqa: E402  (one marker for every way of starting)
+from ..timeutil import utc_now  # noqa: E402
 
 
 def default_store_location() -> str:
@@ -195,7 +196,11 @@ class SidebarPersistence:
         # context -> list name -> (chain head, length, typed.mirror_of the client's items saved there).
         self._mirrors: dict[str, dict[str, tuple[str | None, int, list[Any]]]] = {}
         self._refresh()
-        self.repo.backend.write(meta={CLEAN_SHUTDOWN_KEY: None, **self._hint_meta()})
+        # Announced like a Session (startup.Presence): a start beside this running instance is not misled,
+        # and one after it was killed notices.
+        self._presence = Presence(self.repo)
+        self.repo.backend.write(meta={CLEAN_SHUTDOWN_KEY: None, **self._presence.announce_meta(utc_now()),
+                                      **self._hint_meta()})
 
     # -- operations ------------------------------------------------------------
 
@@ -612,7 +617,8 @@ class SidebarPersistence:
         from ..timeutil import utc_now
 
         shutdown_pack(self.repo)
-        self.repo.backend.write(meta={CLEAN_SHUTDOWN_KEY: utc_now(), **self._hint_meta()})
+        self.repo.backend.write(meta={CLEAN_SHUTDOWN_KEY: utc_now(), **self._presence.clean_meta(),
+                                      **self._hint_meta()})
 
     def _hint_meta(self) -> dict[str, str]:
         """Fresh chain hints of the loaded trees, to write with a marker (the next start reads faster)."""
@@ -630,4 +636,6 @@ class SidebarPersistence:
                 self.mark_clean_shutdown()
         except SnapstoreError:
             pass
+        finally:
+            self._presence.release()
         self.repo.close()

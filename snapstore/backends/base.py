@@ -268,6 +268,31 @@ class Backend(ABC):
             lock = locks.setdefault(name, threading.Lock())
         return _held(lock)
 
+    # -- presence: which sessions are still running --------------------------
+
+    def hold_presence(self, name: str) -> Callable[[], None]:
+        """Hold the presence lock ``name`` until the returned function is called, or the process ends.
+
+        A session holds one for its whole life so that others can tell it
+        is still running (:meth:`presence_held`); a killed process loses its
+        locks with it. The default only knows this backend object's own
+        holders: right for a store no other process can open.
+        """
+        with _LOCAL_GUARD:
+            held = self.__dict__.setdefault("_presence", set())
+            held.add(name)
+
+        def release() -> None:
+            with _LOCAL_GUARD:
+                held.discard(name)
+
+        return release
+
+    def presence_held(self, name: str) -> bool:
+        """Whether some running session (of any process using the store) holds the presence lock ``name``."""
+        with _LOCAL_GUARD:
+            return name in self.__dict__.get("_presence", ())
+
     # -- the audit log kept in the store -------------------------------------
 
     def log_lines(self, after: int = 0, limit: int | None = None) -> list[tuple[int, str]]:

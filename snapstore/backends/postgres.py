@@ -639,6 +639,45 @@ class PostgresBackend(Backend):
                     except psycopg.Error:
                         self._drop_lock_connection()  # closing the session releases the lock
 
+    @staticmethod
+    def _presence_key(name: str) -> int:
+        return int.from_bytes(hashlib.blake2b(b"snapstore presence " + name.encode(), digest_size=8).digest(),
+                              "big", signed=True)
+
+    def hold_presence(self, name: str) -> Callable[[], None]:
+        """A session-level advisory lock on a connection of its own, for as long as the session lives.
+
+        The server drops it with the connection: a killed process, or a
+        machine that went away once its connection times out.
+        """
+        key = self._presence_key(name)
+        conn = self._connect()
+        try:
+            conn.autocommit = True  # no transaction left open for the session's life
+            conn.execute("SELECT pg_advisory_lock(%s)", (key,))
+        except psycopg.Error as exc:
+            with contextlib.suppress(psycopg.Error):
+                conn.close()
+            raise self._error(exc) from None
+
+        def release() -> None:
+            with contextlib.suppress(psycopg.Error):
+                conn.close()  # ends the session, which releases the lock
+
+        return release
+
+    def presence_held(self, name: str) -> bool:
+        key = self._presence_key(name)
+        conn = self._connect()
+        try:
+            (free,) = conn.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()
+            return not free  # a lock taken here is released as the connection closes
+        except psycopg.Error as exc:
+            raise self._error(exc) from None
+        finally:
+            with contextlib.suppress(psycopg.Error):
+                conn.close()
+
     def _drop_lock_connection(self) -> None:
         conn, self._lock_conn = self._lock_conn, None
         if conn is not None:

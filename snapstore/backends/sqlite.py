@@ -20,6 +20,7 @@ update. Every query works on both schemas.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
@@ -920,18 +921,63 @@ class SqliteBackend(Backend):
     @contextlib.contextmanager
     def _writer_lock(self, name: str) -> Iterator[None]:
         offset = int.from_bytes(hashlib.blake2b(name.encode(), digest_size=4).digest(), "big") & 0x3FFFFFFF
-        with self._lock:
-            if self._lock_file is None:
-                if self._closed:
-                    raise BackendError(f"{self.path}: the store is closed")
-                self._lock_file = _LockFile.acquire(self.path.parent / "writer.lock")
-            lock_file = self._lock_file
+        lock_file = self._lock_file_open()
         with lock_file.local(offset):
             fcntl.lockf(lock_file.fd, fcntl.LOCK_EX, 1, offset)
             try:
                 yield
             finally:
                 fcntl.lockf(lock_file.fd, fcntl.LOCK_UN, 1, offset)
+
+    def _presence_offset(self, name: str) -> int:
+        # Bytes above the writer locks' range (those are below 2**30).
+        return 0x40000000 | int.from_bytes(hashlib.blake2b(b"presence " + name.encode(), digest_size=4).digest(),
+                                           "big") & 0x3FFFFFFF
+
+    def _lock_file_open(self) -> _LockFile:
+        with self._lock:
+            if self._lock_file is None:
+                if self._closed:
+                    raise BackendError(f"{self.path}: the store is closed")
+                self._lock_file = _LockFile.acquire(self.path.parent / "writer.lock")
+            return self._lock_file
+
+    def hold_presence(self, name: str) -> Callable[[], None]:
+        """A byte-range lock on ``writer.lock`` for as long as the session lives (the OS drops it with the process)."""
+        offset = self._presence_offset(name)
+        lock_file = self._lock_file_open()
+        local = lock_file.local(offset)
+        local.acquire()
+        try:
+            fcntl.lockf(lock_file.fd, fcntl.LOCK_EX, 1, offset)
+        except OSError as exc:
+            local.release()
+            raise BackendError(f"cannot lock {lock_file.path}: {exc.strerror}") from None
+
+        def release() -> None:
+            with contextlib.suppress(OSError):
+                fcntl.lockf(lock_file.fd, fcntl.LOCK_UN, 1, offset)
+            local.release()
+
+        return release
+
+    def presence_held(self, name: str) -> bool:
+        offset = self._presence_offset(name)
+        lock_file = self._lock_file_open()
+        local = lock_file.local(offset)
+        if not local.acquire(blocking=False):
+            return True  # a session of this very process
+        try:
+            try:
+                fcntl.lockf(lock_file.fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, offset)
+            except OSError as exc:
+                if exc.errno in (errno.EAGAIN, errno.EACCES):
+                    return True  # another process holds it
+                raise BackendError(f"cannot probe {lock_file.path}: {exc.strerror}") from None
+            fcntl.lockf(lock_file.fd, fcntl.LOCK_UN, 1, offset)
+            return False
+        finally:
+            local.release()
 
     def _has_log(self) -> bool:
         if not self._log_table:
