@@ -26,9 +26,10 @@ key_option = click.option("--key-file", "key_file", metavar="F", help="The log's
 
 
 def find_log(settings: Settings, log_path: str | None, key_file: str | None,
-             required: bool) -> OzolithLog | StoreLog | None:
+             required: bool, may_be_missing: bool = False) -> OzolithLog | StoreLog | None:
     """The audit log to use: ``--ozolith``, else ``$SNAPSTORE_OZOLITH``, else ozolith.jsonl inside an
-    embedded store, else the log the store keeps itself (snapstore.storelog) if it holds any entry."""
+    embedded store, else the log the store keeps itself (snapstore.storelog) if it holds any entry.
+    ``may_be_missing``: a named log file need not exist (the caller judges its absence)."""
     path = log_path or os.environ.get(LOG_ENV)
     if path is None and "://" not in settings.location:
         candidate = Path(settings.location) / DEFAULT_LOG_NAME
@@ -41,7 +42,7 @@ def find_log(settings: Settings, log_path: str | None, key_file: str | None,
         if required:
             raise InvalidInput("no audit log: give --ozolith LOG (this store keeps none)")
         return None
-    if not Path(path).is_file():
+    if not Path(path).is_file() and not (may_be_missing and not Path(path).exists()):
         raise InvalidInput(f"{path}: no such log file")
     if key_file is not None and not Path(key_file).is_file():
         raise InvalidInput(f"{key_file}: no such key file")
@@ -192,8 +193,11 @@ def status(settings: Settings, log_path: str | None, key_file: str | None, conve
     """
     from snapstore.startup import inspect, report_text
 
-    log = find_log(settings, log_path, key_file, required=False)
+    log = find_log(settings, log_path, key_file, required=False, may_be_missing=True)
     report = inspect(settings.repo(), log, conversation=conversation)
+    if isinstance(log, OzolithLog) and not log.path.exists() and report.log_behind is None:
+        # Missing, and the store links no entry it would lack: most likely a mistyped path.
+        raise InvalidInput(f"{log.path}: no such log file")
     if as_json:
         click.echo(dump_json(report.to_json()))
     else:

@@ -140,3 +140,21 @@ def test_discard_is_remembered_across_restarts(tmp_path, clean):
         assert [r.sequence for r in third.report.recoveries] == [5]
     finally:
         third.close()
+
+
+def test_snap_status_reports_a_deleted_log_and_still_catches_a_mistyped_path(tmp_path):
+    from click.testing import CliRunner
+
+    from snapstore.cli.main import cli
+
+    s, _, store, logfile = _store_with_entries(tmp_path, 1)
+    s.close()
+    logfile.unlink()
+    result = CliRunner().invoke(cli, ["--store", store, "status", "--ozolith", str(logfile)])
+    assert result.exit_code == 1, result.output
+    assert "status: RECOVERY_NEEDED" in result.output and "is missing or empty" in result.output
+    assert "conversation 'c' to its entry 2" in result.output
+    empty = str(tmp_path / "empty")
+    Repository.init(empty).close()
+    typo = CliRunner().invoke(cli, ["--store", empty, "status", "--ozolith", str(tmp_path / "typo.jsonl")])
+    assert typo.exit_code == 1 and typo.output.strip().endswith("typo.jsonl: no such log file"), typo.output
