@@ -31,6 +31,7 @@ from typing import Any
 from .errors import InvalidInput, RefConflict
 from .merge import MergeConflict
 from .objects import Event, LogLink
+from .ozolith.entry import ACTORS
 from .refs import ref_name
 from .repository import AuditEntry, CommitResult, PreparedCommit, Repository, Staging
 from .tree import Tree, Workspace
@@ -109,6 +110,9 @@ class ConversationOrchestrator:
 
     def __init__(self, repo: Repository, conversation: str, *,
                  audit: AuditAppend | None = None, actor: str = "system") -> None:
+        if audit is not None and actor not in ACTORS:
+            # Checked here, not at the first operation's log append (after its objects are written).
+            raise InvalidInput(f"actor must be one of {sorted(ACTORS)}, not {actor!r}")
         self.repo = repo
         self.conversation = conversation
         self.actor = actor
@@ -140,6 +144,13 @@ class ConversationOrchestrator:
         return self._tree.active_context_id
 
     def _highest_exchange_number(self) -> int:
+        """The highest ``EXCH-<n>`` in the tree, reading only the last item of each chain.
+
+        Bounded cost however long the chains are, and exact: every id is made
+        here (metadata cannot set one, see :data:`EXCHANGE_KEYS`), a merge
+        summary takes the next id too, and an inherited chain copies older ids,
+        so ids increase along every chain.
+        """
         highest = 0
         for record in self._tree.records.values():
             for chain in record.memory.values():

@@ -24,38 +24,6 @@ def _ids(orch: ConversationOrchestrator) -> list[str]:
             for item in record.memory.get("local_memory").items] if orch.tree.records else []
 
 
-@pytest.mark.parametrize("key", ["exchange_id", "timestamp"])
-def test_add_exchange_metadata_cannot_set_what_the_orchestrator_sets(session, key):
-    orch = session.start_new("c")
-    root = orch.active_context_id
-    orch.add_exchange(root, "q", "a")
-    head, entries = orch.head, len(list(session.log.entries()))
-    with pytest.raises(InvalidInput, match=f"metadata may not set {key}"):
-        orch.add_exchange(root, "q2", "a2", **{key: "EXCH-1"})
-    assert orch.head == head and len(list(session.log.entries())) == entries
-    assert orch.add_exchange(root, "q3", "a3", source="api") == "EXCH-2"
-    (item,) = [i for i in orch.tree.records[root].memory["local_memory"].items if i["exchange_id"] == "EXCH-2"]
-    assert item["source"] == "api"
-
-
-def test_exchange_ids_stay_unique_after_reopening(session):
-    orch = session.start_new("c")
-    root = orch.active_context_id
-    orch.add_exchange(root, "q", "a")
-    side = orch.spawn_sidebar(root, "look into it")
-    orch.add_exchange(side, "q", "a")
-    orch.add_exchange(side, "q", "a")
-    orch.merge_sidebar(side, "done")  # a summary exchange in the root
-    other = orch.spawn_sidebar(root, "another")
-    orch.add_exchange(other, "q", "a")
-    again = session.resume("c")
-    made = [again.add_exchange(root, "q", "a"), again.add_exchange(other, "q", "a")]
-    ids = [item["exchange_id"] for record in again.tree.records.values()
-           for item in record.memory["local_memory"].items]
-    assert len(ids) == len(set(ids)), ids
-    assert made == ["EXCH-6", "EXCH-7"]
-
-
 def test_reparenting_under_the_same_parent_keeps_the_siblings_order(session):
     orch = session.start_new("c")
     root = orch.active_context_id
@@ -213,3 +181,104 @@ def test_a_replica_killed_beside_running_ones_is_noticed(request, tmp_path, back
         for proc in (first, second):
             proc.kill()
             proc.wait()
+
+
+# -- orchestrator: generated exchange fields, reopening, same-parent moves, text, actor ------------
+
+
+def _linked(tmp_path):
+    from snapstore.audit import LinkedLog
+    from snapstore.ozolith import OzolithLog
+    from snapstore.repository import Repository
+
+    repo = Repository.init(str(tmp_path / "s"))
+    log = OzolithLog(tmp_path / "log.jsonl")
+    return repo, log, (lambda: ConversationOrchestrator(repo, "c", audit=LinkedLog(log)))
+
+
+@pytest.mark.parametrize("key", ["exchange_id", "user", "assistant", "timestamp", "context_id"])
+def test_no_generated_exchange_key_can_come_from_metadata(tmp_path, key):
+    repo, log, open_orch = _linked(tmp_path)
+    orch = open_orch()
+    root = orch.create_root_context("r")
+    orch.add_exchange(root, "q", "a")
+    head, size = repo.head("c"), log.path.read_bytes()
+    # user, assistant and context_id are parameters: Python itself refuses them as metadata
+    with pytest.raises(InvalidInput if key in ("exchange_id", "timestamp") else TypeError, match=key):
+        orch.add_exchange(root, "q2", "a2", **{key: "EXCH-1"})
+    assert repo.head("c") == head and log.path.read_bytes() == size
+    assert orch.add_exchange(root, "q3", "a3", note="x") == "EXCH-2"
+
+
+def test_reopening_never_repeats_an_exchange_id(tmp_path):
+    repo, log, open_orch = _linked(tmp_path)
+    orch = open_orch()
+    root = orch.create_root_context("r")
+    made = [orch.add_exchange(root, "q", "a")]
+    a = orch.spawn_sidebar(root, "a")
+    made += [orch.add_exchange(a, "q", "a") for _ in range(3)]
+    b = orch.spawn_sidebar(a, "b")  # inherits a's exchanges: older ids at the end of b's inherited chain
+    made.append(open_orch().add_exchange(b, "q", "a"))
+    made.append(open_orch().merge_sidebar(b, "b done"))  # the summary lands in a
+    made.append(open_orch().merge_sidebar(a, "a done"))  # and in root
+    for cid in (root, a, b, root):
+        made.append(open_orch().add_exchange(cid, "q", "a", source="reopen"))
+    assert len(made) == len(set(made)), made
+    assert [int(m[5:]) for m in made] == sorted(int(m[5:]) for m in made)
+    ids = [item["exchange_id"] for record in open_orch().tree.records.values()
+           for item in record.memory["local_memory"].items]
+    assert sorted(ids) == sorted(made)
+    from snapstore.verify import verify as check
+
+    assert check(repo, log).ok
+
+
+@pytest.mark.parametrize("top_level", [False, True])
+def test_reparent_to_the_same_parent_commits_and_keeps_the_order(tmp_path, top_level):
+    repo, log, open_orch = _linked(tmp_path)
+    orch = open_orch()
+    root = orch.create_root_context("r")
+    kids = [orch.spawn_sidebar(root, f"k{i}") for i in range(3)]
+    if top_level:
+        others = [orch.create_root_context(f"t{i}") for i in range(2)]
+        moving, parent, order = root, None, (root, *others)
+    else:
+        moving, parent, order = kids[0], root, tuple(kids)
+    head, entries = repo.head("c"), len(list(log.entries()))
+    orch.reparent_context(moving, parent)
+    assert repo.head("c") != head and len(list(log.entries())) == entries + 1  # still one operation
+    tree = open_orch().tree
+    assert (tree.roots if top_level else tree.records[root].children) == order
+    assert tree.records[root].fields["child_sidebar_ids"] == kids
+    orch.add_exchange(moving, "q", "a")  # the next operation works
+
+
+def test_lone_surrogates_in_any_text_leave_no_entry_without_a_snapshot(tmp_path):
+    from snapstore.audit import voided_sequences
+    from snapstore.verify import verify as check
+
+    repo, log, open_orch = _linked(tmp_path)
+    orch = open_orch()
+    root = orch.create_root_context(LONE, creator=LONE)
+    orch.add_exchange(root, LONE, LONE, **{"note": LONE, LONE: [LONE, {LONE: LONE}]})
+    side = orch.spawn_sidebar(root, LONE, task_description=LONE, success_criteria=LONE, creator=LONE)
+    orch.archive_context(side, LONE)
+    orch.merge_sidebar(side, LONE, merge_type=LONE)
+    entries = list(log.entries())
+    assert len(entries) == 5 and not voided_sequences(entries)
+    assert check(repo, log).ok
+    item = open_orch().tree.records[root].memory["local_memory"].items[0]
+    assert item[LONE] == [LONE, {LONE: LONE}] and item["note"] == LONE
+
+
+def test_an_actor_the_log_refuses_is_refused_before_any_operation(tmp_path):
+    from snapstore.audit import LinkedLog
+
+    repo, log, open_orch = _linked(tmp_path)
+    open_orch().create_root_context("r")
+    head, size = repo.head("c"), log.path.read_bytes()
+    with pytest.raises(InvalidInput, match="actor"):
+        ConversationOrchestrator(repo, "c", audit=LinkedLog(log), actor="AGENT-operator")
+    assert repo.head("c") == head and log.path.read_bytes() == size
+    assert ConversationOrchestrator(repo, "c", actor="AGENT-operator").head == head  # no log: any actor
+    open_orch().add_exchange("SB-1", "q", "a")
