@@ -653,8 +653,9 @@ class Repository:
         new_ids: list[ObjectId] | None = None
         reason = f"{event.type}: {event.message}" if event.message else event.type
         # The snapshot keeps the message exactly (its body is ASCII JSON); a reflog row holds
-        # text every backend can store: a lone surrogate becomes a backslash escape there.
-        reason = reason.encode("utf-8", "backslashreplace").decode("utf-8")
+        # text every backend can store: a lone surrogate or a NUL (PostgreSQL text holds none) becomes a
+        # backslash escape there.
+        reason = reason.encode("utf-8", "backslashreplace").decode("utf-8").replace("\x00", "\\x00")
         if before_ref is not None:
             if head != self.head(conv):
                 raise RefConflict(ref_name(conv), head, self.head(conv))

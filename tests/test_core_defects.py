@@ -313,3 +313,10 @@ def test_damaged_ref_row_is_named(tmp_path, damage):
         assert len(result.output.strip().splitlines()) == 1, result.output
     fsck = CliRunner().invoke(cli, ["--store", location, "fsck"])
     assert fsck.exit_code == 1 and "unreadable: " in fsck.output and "ref 'conversations/c' holds" in fsck.output
+
+
+def test_event_message_with_a_nul_commits_on_every_backend(repo):
+    result = repo.commit("c", sample_state("c"), event=Event("commit", message="a\x00b"))
+    assert repo.snapshot(result.snapshot).event.message == "a\x00b"
+    (row,) = repo.reflog("c")
+    assert row.reason == "commit: a\\x00b"
