@@ -45,7 +45,6 @@ from .objects import (
     nesting_error,
     nests_deeper,
     page_children,
-    too_deep,
     value_too_deep,
 )
 from .ozolith.canonical import NotPlain, plain_copy
@@ -219,9 +218,17 @@ def split_context(context: Mapping[str, Any]) -> tuple[ContextId, dict[str, Any]
     return cid, fields, memory
 
 
+# Nesting (objects.MAX_NESTING) is checked where values enter a workspace: put_context and update_fields
+# for fields, Chain.append (through encode) for exchanges, set_extra; records from stored trees are within
+# it already. Building nodes from those fields does not check again.
+def _deep_key(values: Mapping[str, Any]) -> str | None:
+    """The first key whose value nests deeper than :data:`~snapstore.objects.MAX_NESTING`, if any."""
+    return next((k for k, v in values.items() if value_too_deep(v)), None)
+
+
 def _deep_field(cid: ContextId, fields: Mapping[str, Any]) -> InvalidInput:
     """The error for a context with a field nested deeper than :data:`~snapstore.objects.MAX_NESTING`."""
-    name = next((k for k, v in fields.items() if value_too_deep(v)), None)
+    name = _deep_key(fields)
     return nesting_error(f"context {cid}: field {name!r}" if name is not None else f"context {cid}: a field")
 
 
@@ -396,8 +403,6 @@ def _encode_node(node: Node, fields_json: bytes | None) -> tuple[str, bytes, Obj
             text = canonical_json(value)
             if text.count(_FIELDS_MARK_JSON) == 1:
                 body = text.replace(_FIELDS_MARK_JSON, fields_json)
-                if too_deep("node", body):
-                    raise nesting_error(f"context {node.id}: a field")
                 return "node", body, hash_object("node", body)
     return encode(node)
 
@@ -606,8 +611,7 @@ class Workspace:
     def set_extra(self, extra: Mapping[str, Any]) -> None:
         extra = dict(extra)
         if value_too_deep(extra, MAX_NESTING + 1):  # checked before encoding: encoding recurses
-            name = next((k for k, v in extra.items() if value_too_deep(v)), None)
-            raise nesting_error(f"extra key {name!r}")
+            raise nesting_error(f"extra key {_deep_key(extra)!r}")
         self.extra = json.loads(canonical_json(extra))
 
     # -- building ----------------------------------------------------------
@@ -773,8 +777,6 @@ class Workspace:
                     made = self._remade(cid, old, swaps.get(cid, ()))
             if made is not None:  # the usual case: the node made from its previous body, no encoding
                 fields, memory, body, fields_json = made
-                if too_deep("node", body):  # new fields spliced in
-                    raise _deep_field(cid, fields)
                 node_id = hash_object("node", body)
                 _BODIES.put(node_id, body, fields_json)
                 self.objects[node_id] = ("node", body)
@@ -814,12 +816,7 @@ class Workspace:
                 fields_json = staged[1]
             else:
                 fields_json = canonical_json(fields)  # spliced in, and kept with the body for the next build
-            try:
-                kind, body, node_id = _encode_node(node, fields_json)
-            except InvalidInput:
-                if value_too_deep(fields, MAX_NESTING + 1):
-                    raise _deep_field(cid, fields) from None
-                raise
+            kind, body, node_id = _encode_node(node, fields_json)
             _BODIES.put(node_id, body, fields_json)
             self.objects[node_id] = (kind, body)
             self.changed_nodes[cid] = node_id
