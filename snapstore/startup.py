@@ -73,6 +73,8 @@ class StartupReport:
     checks: tuple[str, ...] = field(default=())
     # Why the OZOLITH file is behind the store (also in ``problems``); appends are refused while set.
     log_behind: str | None = None
+    # Presence keys of sessions that ended without a clean close (named in ``checks``).
+    dead_sessions: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -213,7 +215,7 @@ def inspect(repo: Repository, log: OzolithLog | StoreLog | None = None, *, conve
     else:
         status = RecoveryStatus.AUDIT_RECOMMENDED
     return StartupReport(status, target, focus, infos, tuple(recoveries), tuple(problems), tuple(checks),
-                         log_behind=behind)
+                         log_behind=behind, dead_sessions=tuple(dead))
 
 
 def _describe_session(repo: Repository, key: str) -> str:
@@ -357,11 +359,11 @@ class Session:
                                   session=self.presence.key)
             if self.report.log_behind is not None and isinstance(self._audit, LinkedLog):
                 self._audit.refused = self.report.log_behind
-            _, dead = sessions(self.repo, exclude=self.presence.key)
             started = utc_now()
             # The sessions that ended badly are reported (above) and forgotten; this one is announced.
             self.repo.backend.write(meta={CLEAN_SHUTDOWN_KEY: None, SESSION_STARTED_KEY: started,
-                                          **self.presence.announce_meta(started), **dict.fromkeys(dead)})
+                                          **self.presence.announce_meta(started),
+                                          **dict.fromkeys(self.report.dead_sessions)})
         except BaseException:
             self.presence.release()
             self.repo.close()
