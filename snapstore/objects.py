@@ -36,6 +36,7 @@ This module knows nothing of storage or compression.
 from __future__ import annotations
 
 import json
+import json.scanner
 import math
 import operator
 import re
@@ -488,10 +489,28 @@ def page_children(
         entries = [ids[i : i + PAGE_SIZE] for i in range(0, len(ids), PAGE_SIZE)]
 
 
+# The scanner json.loads itself ends in (its C accelerator when there is one).
+_scan_json = json.scanner.make_scanner(json.JSONDecoder())
+
+
+def _parse_body(body: bytes) -> Any:
+    """``json.loads(body)``: the same value, or the same error, with less work per call for a canonical
+    (ASCII, no white space around the value) body: the scanner reads the text directly. Anything else
+    goes to ``json.loads``. A tree's load parses one body per exchange."""
+    try:
+        text = body.decode("ascii")
+        value, end = _scan_json(text, 0)
+        if end == len(text):
+            return value
+    except (UnicodeDecodeError, StopIteration, ValueError):
+        pass
+    return json.loads(body)
+
+
 def decode(kind: str, body: bytes, object_id: str = "?") -> AnyObject:
     """The typed object of a canonical body; :class:`CorruptObject` if malformed."""
     try:
-        value = json.loads(body)
+        value = _parse_body(body)
         if value.get("v") != FORMAT_VERSION:
             raise ValueError(f"unknown object format version {value.get('v')!r}")
         return _DECODERS[kind](value)

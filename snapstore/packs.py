@@ -184,6 +184,10 @@ def decode_lines(stored: bytes, first: int, last: int, count: bool = True) -> li
     return lines[:-1]
 
 
+_RAW_HEAD = b"\x28\xb5\x2f\xfd\xa0"
+_ONE_BLOCK = 1 << 17  # a zstd block holds at most 128 KiB
+
+
 def raw_frame(body: bytes) -> bytes:
     """``body`` as stored loose bytes without compressing it: a zstd frame of raw blocks plus CRC.
 
@@ -192,11 +196,13 @@ def raw_frame(body: bytes) -> bytes:
     copy, not a compression.
     """
     n = len(body)
-    out = bytearray(b"\x28\xb5\x2f\xfd\xa0")  # magic; single segment, 4-byte content size, no dictionary
+    if 0 < n <= _ONE_BLOCK:  # most objects: one raw block, the frame made in one concatenation
+        return seal(_RAW_HEAD + _SIZE.pack(n) + (1 | n << 3).to_bytes(3, "little") + body)
+    out = bytearray(_RAW_HEAD)  # magic; single segment, 4-byte content size, no dictionary
     out += _SIZE.pack(n)
     if n == 0:
         out += (1).to_bytes(3, "little")  # the last block: raw, empty
-    step = 1 << 17  # a block holds at most 128 KiB
+    step = _ONE_BLOCK
     for start in range(0, n, step):
         block = body[start : start + step]
         last = 1 if start + step >= n else 0

@@ -135,3 +135,26 @@ def test_a_trained_dictionary_compresses_objects_it_never_saw_better_than_plain_
     plain = zstandard.ZstdCompressor(level=LEVEL)
     assert sum(len(with_dict.compress(b)) for b in held_out) < 0.8 * sum(len(plain.compress(b)) for b in held_out)
     assert train_dictionary(bodies[:100]) is None  # too few samples to be worth it
+
+
+def _loads_outcome(parse, raw):
+    try:
+        return "ok", repr(parse(raw))  # repr: NaN equals NaN, key order counts
+    except Exception as exc:  # the exception's class and text must match too
+        return "error", type(exc).__name__, str(exc)
+
+
+@given(raw=st.one_of(
+    st.binary(max_size=40),
+    json_values.map(lambda v: canonical_json(v)),
+    st.tuples(json_values, st.sampled_from(["", " ", "\n", "x", "]", "{}"])).map(
+        lambda t: canonical_json(t[0]) + t[1].encode()),
+    st.text(max_size=20).map(lambda t: t.encode("utf-8", "surrogatepass")),
+))
+def test_parsing_a_body_is_json_loads(raw):
+    """decode's fast parse of a body gives what json.loads gives, value or error, for any bytes."""
+    import json
+
+    from snapstore.objects import _parse_body
+
+    assert _loads_outcome(_parse_body, raw) == _loads_outcome(json.loads, raw)
