@@ -52,7 +52,8 @@ from ..errors import InvalidInput, SnapstoreError, StoreExists, StoreNotFound
 from ..objects import Event, LogLink, json_equal
 from ..errors import RefConflict
 from ..merge import merge_trees
-from ..refs import REF_PREFIX, ConversationId, conversation_of, ref_name, validate_conversation_id
+from ..refs import (REF_PREFIX, ConversationId, conversation_of, ref_name, validate_context_id,
+                    validate_conversation_id)
 from ..repository import CommitResult, Repository, Staging
 from ..tree import ID_FIELD, PARENT_FIELD, ContextRecord, Tree, Workspace
 from . import typed
@@ -84,14 +85,14 @@ def default_store_location() -> str:
     return str(Path(base) / "snapstore")
 
 
-def configure(store: str | None = None, context_class: type | None = None,
+def configure(store: str | os.PathLike[str] | None = None, context_class: type | None = None,
               ozolith: str | os.PathLike[str] | None = None, ozolith_key: str | None = None) -> None:
     """Set the store location, the caller's context class and the client's audit log.
 
     Takes effect for instances created afterwards (call :func:`reset_persistence`
     to drop the shared one).
     """
-    _config.update(store=store, context_class=context_class,
+    _config.update(store=None if store is None else os.fspath(store), context_class=context_class,
                    ozolith=None if ozolith is None else str(ozolith), ozolith_key=ozolith_key)
 
 
@@ -104,11 +105,19 @@ def get_persistence(db_path: str | None = None) -> SidebarPersistence:
 
 
 def reset_persistence() -> None:
-    """Close and forget the shared instance."""
+    """Forget the shared instance, then close it.
+
+    Forgotten first, so that the next :func:`get_persistence` makes a new
+    one even if closing fails; an instance a test put in
+    ``_persistence_instance`` that is not a :class:`SidebarPersistence` is
+    closed by its own ``close()``, if it has one.
+    """
     global _persistence_instance
-    if _persistence_instance is not None:
-        _persistence_instance.close(clean=False)
-    _persistence_instance = None
+    instance, _persistence_instance = _persistence_instance, None
+    if isinstance(instance, SidebarPersistence):
+        instance.close(clean=False)
+    elif callable(getattr(instance, "close", None)):
+        instance.close()
 
 
 def _as_conversation_id(client_id: str) -> ConversationId:
@@ -138,8 +147,22 @@ def _view(record: ContextRecord) -> dict[str, Any]:
 OPTIONAL_FIELDS = frozenset({"scratchpad"})
 
 
+def _plain(value: Any, tag: str) -> Any:
+    """A stored top-level value with its :mod:`typed` ``tag`` taken off (a context saved as a dict
+    stores an enum or a datetime tagged); any other value as it is."""
+    if isinstance(value, dict) and value.get(typed.TAG) == tag:
+        return value.get("value")
+    return value
+
+
+def _status(record: ContextRecord) -> Any:
+    """The status a record holds, as the enum's value (``"archived"``) however it was saved."""
+    return _plain(record.fields.get("status"), "enum")
+
+
 def _moment_key(value: Any) -> tuple[int, Any]:
     """A sort key for a stored ``last_activity``: by the moment it names (an aware one in UTC)."""
+    value = _plain(value, "datetime")
     if isinstance(value, str):
         try:
             moment = datetime.fromisoformat(value)
@@ -149,6 +172,54 @@ def _moment_key(value: Any) -> tuple[int, Any]:
             moment = moment.astimezone(timezone.utc).replace(tzinfo=None)
         return (1, moment)
     return (0, "")
+
+
+def _max_depth(parents: dict[str, str | None]) -> int:
+    """The most ``parent`` links any context is below one whose parent is not stored (0 if none)."""
+    depth: dict[str, int] = {}
+    for start in parents:
+        path: list[str] = []
+        cid: str | None = start
+        while cid is not None and cid in parents and cid not in depth and cid not in path:
+            path.append(cid)
+            cid = parents[cid]
+        base = depth[cid] + 1 if cid is not None and cid in depth else 0  # a cycle counts from 0
+        for offset, c in enumerate(reversed(path)):
+            depth[c] = base + offset
+    return max(depth.values(), default=0)
+
+
+def _identity(stat: os.stat_result) -> tuple[int, int]:
+    return stat.st_dev, stat.st_ino
+
+
+def _file_identity(repo: Repository) -> tuple[Path | None, tuple[int, int] | None]:
+    """The file an embedded store lives in and its identity; ``(None, None)`` for other backends."""
+    path = getattr(repo.backend, "path", None)
+    if not isinstance(path, Path):
+        return None, None
+    path = Path(os.path.abspath(path))  # the file opened, even after the process changes directory
+    try:
+        return path, _identity(os.stat(path))
+    except OSError:
+        return None, None
+
+
+def _check_id(sidebar_id: Any) -> None:
+    """Refuse a context id that is not a string (a clear error instead of "no such context")."""
+    if not isinstance(sidebar_id, str):
+        raise InvalidInput(f"context id must be a string, got {type(sidebar_id).__name__} {sidebar_id!r}")
+
+
+def _check_key(what: str, key: Any) -> str:
+    """A session key or client conversation id: a string the store can hold (valid Unicode)."""
+    if not isinstance(key, str):
+        raise InvalidInput(f"{what} must be a string, got {type(key).__name__} {key!r}")
+    try:
+        key.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidInput(f"{what} {key!r} is not valid Unicode text (a lone surrogate)") from None
+    return key
 
 
 @dataclass
@@ -175,6 +246,7 @@ class SidebarPersistence:
             except StoreExists:  # another replica created it a moment ago
                 self.repo = Repository.open(location)
         self.location = location
+        self._store_file, self._store_identity = _file_identity(self.repo)
         self.context_class = context_class or _config["context_class"]
         self._class_noted = self.repo.backend.get_meta(CONTEXT_CLASS)
         log_path = ozolith or _config["ozolith"]
@@ -358,12 +430,9 @@ class SidebarPersistence:
     def save_context(self, context: Any) -> bool:
         """Upsert one whole context; durable when it returns."""
         mirrors: dict[str, list[Any] | None] = {}
-        if self.context_class is None and typed.is_instance_of_dataclass(context):
-            self._adopt_class(type(context))
+        self._check_store()
         stored, read = self._stored_lists(context)
-        data = typed.to_json(context, stored, mirrors, optional=OPTIONAL_FIELDS)
-        if ID_FIELD not in data:
-            raise InvalidInput(f"context has no {ID_FIELD}")
+        data = self._encode(context, stored, mirrors)
         cid = data[ID_FIELD]
         # The lists as this save staged them, when it staged the context as it is (no merge).
         built: dict[str, tuple[str | None, int]] = {}
@@ -405,7 +474,34 @@ class SidebarPersistence:
                         if (mirror := mirrors.get(name)) is not None and built.get(name) == (chain.head, chain.n)}
                 if memo:
                     self._mirrors[cid] = memo
+            if self.context_class is None and typed.is_instance_of_dataclass(context):
+                self._adopt_class(type(context))
         return True
+
+    def _encode(self, context: Any, stored: dict[str, typed.KnownList],
+                mirrors: dict[str, list[Any] | None]) -> dict[str, Any]:
+        """The context as plain JSON (see :func:`typed.to_json`), checked before anything is written.
+
+        Refused with :class:`InvalidInput` naming the context: an id that is
+        not a valid one, a field value the store cannot give back as it was,
+        and a context loads could not make an instance of the caller's class
+        from (a dict, or another class, lacking one of its required fields).
+        """
+        cid = context.get(ID_FIELD) if isinstance(context, dict) else getattr(context, ID_FIELD, None)
+        try:
+            data = typed.to_json(context, stored, mirrors, optional=OPTIONAL_FIELDS)
+        except InvalidInput as exc:
+            raise InvalidInput(f"context {cid!r}: {exc}" if isinstance(cid, str) else str(exc)) from None
+        if ID_FIELD not in data:
+            raise InvalidInput(f"context has no {ID_FIELD}")
+        validate_context_id(cid)  # the caller's value, not its encoding (a tuple is stored tagged)
+        cls = self._class()
+        if cls is not None and not isinstance(context, cls):
+            missing = typed.missing_fields(cls, data)
+            if missing:
+                raise InvalidInput(f"context {cid!r} lacks {', '.join(map(repr, missing))}, which "
+                                   f"{cls.__name__} requires: loads could not give it back")
+        return data
 
     def _stored_lists(self, context: Any) -> tuple[dict[str, typed.KnownList], Staging | None]:
         """The context's exchange lists as its conversation's head holds them, and a staging on that
@@ -470,6 +566,8 @@ class SidebarPersistence:
 
     def load_context(self, sidebar_id: str) -> Any:
         """The context as an instance of the caller's class (see :meth:`_class`), or None."""
+        _check_id(sidebar_id)
+        self._check_store()
         with self._lock:
             located = self._locate(sidebar_id)
         if located is None:
@@ -479,14 +577,23 @@ class SidebarPersistence:
         return typed.from_json(self._class(), _view(record))
 
     def load_all_contexts(self, include_archived: bool = False) -> list[Any]:
-        """Every context, newest ``last_activity`` first; archived ones only when asked."""
+        """Every context, newest ``last_activity`` first; archived ones only when asked.
+
+        Each is noted as the version the caller holds, as :meth:`load_context`
+        does: a later save of it merges what another instance changed since
+        instead of writing over it.
+        """
         found = []
+        listed: set[str] = set()  # a context another instance is moving is in two conversations a moment
+        self._check_store()
         with self._lock:
             heads = self._refresh()
             for conv in sorted(heads):
                 for record in self.repo.tree(heads[conv]).records.values():
-                    if not include_archived and record.fields.get("status") == "archived":
+                    if record.id in listed or (not include_archived and _status(record) == "archived"):
                         continue
+                    listed.add(record.id)
+                    self._seen[record.id] = record
                     found.append(_view(record))
         found.sort(key=lambda c: _moment_key(c.get("last_activity")), reverse=True)
         cls = self._class()
@@ -503,6 +610,8 @@ class SidebarPersistence:
         the client writes that log, and a second writer would fork its
         chain.)
         """
+        _check_id(sidebar_id)
+        self._check_store()
         with self._lock:
             located = self._locate(sidebar_id)
             if located is None:
@@ -510,19 +619,32 @@ class SidebarPersistence:
             self._commit(located[0], lambda ws: ws.remove_context(sidebar_id), "context_deleted", sidebar_id,
                          note=f"reason: {reason}; deleted by: {deleted_by}", may_amend=False)
             self._where.pop(sidebar_id, None)
+            self._seen.pop(sidebar_id, None)
+            self._mirrors.pop(sidebar_id, None)
         return True
 
     def context_exists(self, sidebar_id: str) -> bool:
+        _check_id(sidebar_id)
+        self._check_store()
         with self._lock:
             return self._locate(sidebar_id) is not None
 
     def get_session_state(self, key: str, default: Any = None) -> Any:
+        _check_key("session key", key)
+        self._check_store()
         raw = self.repo.backend.get_meta(SESSION_PREFIX + key)
         return default if raw is None else typed.decode_value(json.loads(raw))
 
     def set_session_state(self, key: str, value: Any) -> bool:
         """Store a small value durably; ``active_context_id`` also moves the conversation's focus."""
-        encoded = json.dumps(typed.encode_value(value))
+        _check_key("session key", key)
+        try:
+            encoded = json.dumps(typed.encode_value(value))
+        except RecursionError:
+            raise InvalidInput(f"session value for {key!r} contains itself or nests too deeply") from None
+        except ValueError as exc:  # InvalidInput from encode_value; json.dumps: an int of over 4300 digits
+            raise InvalidInput(f"session value for {key!r}: {exc}") from None
+        self._check_store()
         with self._lock:
             self.repo.backend.write(meta={SESSION_PREFIX + key: encoded})
             located = self._locate(value) if key == "active_context_id" and isinstance(value, str) else None
@@ -532,6 +654,9 @@ class SidebarPersistence:
 
     def register_conversation_root(self, conversation_id: str, root_context_id: str) -> bool:
         """Map a client conversation to its root context (its snapstore conversation is renamed)."""
+        _check_key("conversation id", conversation_id)
+        validate_context_id(root_context_id)
+        self._check_store()
         conv = _as_conversation_id(conversation_id)
         with self._lock:
             self.repo.backend.write(meta={
@@ -553,37 +678,45 @@ class SidebarPersistence:
         return True
 
     def get_conversation_root(self, conversation_id: str) -> str | None:
+        _check_key("conversation id", conversation_id)
+        self._check_store()
         return self.repo.backend.get_meta(ROOT_OF_CONVERSATION + conversation_id)
 
     def mark_conversation_historical(self, conversation_id: str) -> bool:
-        from ..timeutil import utc_now
-
+        _check_key("conversation id", conversation_id)
+        self._check_store()
         self.repo.backend.write(meta={HISTORICAL + conversation_id: utc_now()})
         return True
 
     def get_statistics(self) -> dict[str, Any]:
-        """Counts by status, depth, sizes."""
+        """Counts by status, depth, sizes.
+
+        A context's depth is the number of ``parent_context_id`` links up
+        from it to a context without a stored parent, followed across
+        conversations (a child saved before its parent lives in a
+        conversation of its own until its next save).
+        """
         by_status: dict[str, int] = {}
-        max_depth = 0
+        parents: dict[str, str | None] = {}
         exchanges = 0
+        self._check_store()
         with self._lock:
             heads = self._refresh()
             convs = sorted(heads)
             for conv in convs:
-                tree = self.repo.tree(heads[conv])
-                depth = {}
-                for record in tree.preorder():
-                    d = depth[record.parent] + 1 if record.parent is not None else 0
-                    depth[record.id] = d
-                    max_depth = max(max_depth, d)
-                    status = str(record.fields.get("status"))
+                for record in self.repo.tree(heads[conv]).records.values():
+                    if record.id in parents:
+                        continue  # in two conversations (see _refresh): counted once
+                    parent = record.fields.get(PARENT_FIELD)
+                    parents[record.id] = parent if isinstance(parent, str) else None
+                    status = str(_status(record))
                     by_status[status] = by_status.get(status, 0) + 1
                     exchanges += record.exchange_count()
         objects, stored, logical = self.repo.backend.count_objects()
         return {
             "total_contexts": sum(by_status.values()),
             "by_status": by_status,
-            "max_depth": max_depth,
+            "max_depth": _max_depth(parents),
             "total_exchanges": exchanges,
             "conversations": len(convs),
             "objects": objects,
@@ -610,6 +743,24 @@ class SidebarPersistence:
         return self.context_class
 
     # -- life of the instance ------------------------------------------------------
+
+    def _check_store(self) -> None:
+        """Refuse to go on when the store's file was deleted or replaced since this instance opened it.
+
+        SQLite keeps writing to the file it opened, so a save after ``rm`` (or
+        after another store was made in its place) would return True and be
+        lost, and loads would give what no other instance sees.
+        """
+        if self._store_file is None:
+            return
+        try:
+            now = _identity(os.stat(self._store_file))
+        except FileNotFoundError:
+            now = None
+        if now != self._store_identity:
+            what = "deleted" if now is None else "replaced"
+            raise StoreNotFound(f"{self._store_file} was {what} after this instance opened it; "
+                                "open the store again")
 
     def mark_clean_shutdown(self) -> None:
         """Record a clean shutdown: the next start is CLEAN instead of AUDIT_RECOMMENDED."""

@@ -2,7 +2,9 @@
 
 Top-level fields of a dataclass are converted by their declared types: an
 ``Enum`` field is stored as its value, a ``datetime`` as ISO-8601 text, and
-come back as the same enum member and the same naive (or aware) datetime.
+come back as the same enum member and the same naive (or aware) datetime;
+such a field holding anything else but None (the text ``"active"``, a member
+of another enum) is refused, since it would not come back as it was.
 Values nested inside dicts and lists that JSON cannot hold (a datetime inside
 ``cross_sidebar_refs``, an enum inside metadata, a tuple) are stored tagged,
 ``{"$snapstore": "datetime", "value": "..."}``, so they too come back as
@@ -174,14 +176,28 @@ def _plain_types(hint: Any) -> list[type]:
 
 
 @functools.lru_cache(maxsize=64)
-def _field_plan(cls: type) -> tuple[tuple[str, bool, bool], ...]:
-    """``(name, declared as an enum, declared as a datetime)`` for each field of a dataclass."""
+def _field_plan(cls: type) -> tuple[tuple[str, bool, bool, tuple[type, ...]], ...]:
+    """``(name, declared as an enum, declared as a datetime, the classes declared)`` for each field."""
     plan = []
     for name, hint in _field_types(cls).items():
         kinds = _plain_types(hint)
         plan.append((name, any(isinstance(t, type) and issubclass(t, enum.Enum) for t in kinds),
-                     datetime in kinds))
+                     datetime in kinds, tuple(kinds)))
     return tuple(plan)
+
+
+def _check_converted(name: str, value: Any, kinds: tuple[type, ...]) -> None:
+    """Refuse a value an enum or datetime field cannot give back: one not of the declared classes.
+
+    Such a field is stored as the enum's value or as ISO text and converted
+    back by its declared type on load, so anything else there (the text
+    ``"active"``, a member of another enum, text that is not a date) would
+    come back as something else, or make every load fail. None is kept as it is.
+    """
+    if value is None or isinstance(value, kinds):
+        return
+    wanted = " or ".join(k.__name__ for k in kinds if k is not type(None))
+    raise InvalidInput(f"field {name!r} must be a {wanted} or None, not {type(value).__name__} {value!r}")
 
 
 _UNMIRRORED = object()
@@ -320,12 +336,14 @@ def to_json(obj: Any, known: Mapping[str, KnownList] | None = None,
             elif name in optional:
                 _encode_optional(out, name, value)
             else:
-                out[name] = encode_value(value)
+                out[name] = _encode_field(name, value)
         return out
-    for name, enum_field, datetime_field in _field_plan(type(obj)):
+    for name, enum_field, datetime_field, kinds in _field_plan(type(obj)):
         value = getattr(obj, name)
+        if enum_field or datetime_field:
+            _check_converted(name, value, kinds)
         if enum_field and isinstance(value, enum.Enum):
-            out[name] = value.value
+            out[name] = _encode_field(name, value.value)
         elif datetime_field and isinstance(value, datetime):
             out[name] = value.isoformat()
         elif name in known:
@@ -335,8 +353,16 @@ def to_json(obj: Any, known: Mapping[str, KnownList] | None = None,
         elif name in optional:
             _encode_optional(out, name, value)
         else:
-            out[name] = encode_value(value)
+            out[name] = _encode_field(name, value)
     return out
+
+
+def _encode_field(name: str, value: Any) -> Any:
+    """``encode_value(value)``; a value that holds itself is refused by name, not a RecursionError."""
+    try:
+        return encode_value(value)
+    except RecursionError:
+        raise InvalidInput(f"field {name!r} contains itself or nests too deeply to store") from None
 
 
 def _encode_optional(out: dict[str, Any], name: str, value: Any) -> None:
@@ -360,21 +386,27 @@ def from_json(cls: type | None, data: dict[str, Any]) -> Any:
     """An instance of ``cls`` (a dataclass) from :func:`to_json` output; a dict if cls is None.
 
     Stored fields the class does not declare are left out; declared fields
-    missing from the data take their defaults. Every dict and list of the
+    missing from the data take their defaults (:class:`InvalidInput` naming
+    them if they have none). An enum or datetime field whose stored value
+    does not convert comes back as stored. Every dict and list of the
     result is new: the result shares only immutable values with ``data``.
     """
     if cls is None:
         return {k: decode_value(v) for k, v in data.items()}
     plan, init_names = _load_plan(cls)
+    missing = missing_fields(cls, data)
+    if missing:
+        raise InvalidInput(f"context {data.get('sidebar_id')!r} cannot be loaded as a {cls.__name__}: "
+                           f"it has no {', '.join(map(repr, missing))}")
     kwargs: dict[str, Any] = {}
     for name, enum_kind, datetime_field in plan:
         if name not in data:
             continue
         value = data[name]
-        if enum_kind is not None and not isinstance(value, dict) and value is not None:
-            kwargs[name] = enum_kind(value)
+        if enum_kind is not None and value is not None:
+            kwargs[name] = _as_member(enum_kind, decode_value(value))
         elif datetime_field and isinstance(value, str):
-            kwargs[name] = datetime.fromisoformat(value)
+            kwargs[name] = _as_datetime(value)
         else:
             kwargs[name] = decode_value(value)
     instance = cls(**{k: v for k, v in kwargs.items() if k in init_names})
@@ -382,3 +414,37 @@ def from_json(cls: type | None, data: dict[str, Any]) -> Any:
         if name not in init_names:
             setattr(instance, name, value)
     return instance
+
+
+def _as_member(enum_kind: type[enum.Enum], value: Any) -> Any:
+    """The member of ``enum_kind`` with this value; the value as stored if it names none.
+
+    Saves refuse such a value (:func:`_check_converted`); one stored before
+    they did, or through a dict, comes back as it is rather than making every
+    load fail.
+    """
+    if isinstance(value, enum_kind):
+        return value
+    try:
+        return enum_kind(value)
+    except (ValueError, TypeError):
+        return value
+
+
+def _as_datetime(text: str) -> Any:
+    """The datetime stored as ISO text; the text as stored if it is not one (see :func:`_as_member`)."""
+    try:
+        return datetime.fromisoformat(text)
+    except ValueError:
+        return text
+
+
+def missing_fields(cls: type, data: Mapping[str, Any]) -> list[str]:
+    """The fields ``cls`` requires (no default) that ``data`` lacks: an instance could not be made."""
+    return [name for name in _required_fields(cls) if name not in data]
+
+
+@functools.lru_cache(maxsize=64)
+def _required_fields(cls: type) -> tuple[str, ...]:
+    return tuple(f.name for f in dataclasses.fields(cls) if f.init and f.default is dataclasses.MISSING
+                 and f.default_factory is dataclasses.MISSING)
