@@ -7,22 +7,23 @@ from pathlib import Path
 
 import click
 
-from snapstore.errors import InvalidInput, StoreNotFound
+from snapstore.errors import BackendError, InvalidInput, LogError, StoreNotFound
 from snapstore.ozolith import OzolithLog
+from snapstore.refs import validate_conversation_id
 from snapstore.repository import Repository
 from snapstore.storelog import StoreLog
 
-from .main import Settings, cli
+from .main import Settings, cli, not_empty
 from .render import dump_json, safe
 
 LOG_ENV = "SNAPSTORE_OZOLITH"
 DEFAULT_LOG_NAME = "ozolith.jsonl"
 
 ozolith_option = click.option(
-    "--ozolith", "log_path", metavar="LOG",
+    "--ozolith", "log_path", metavar="LOG", callback=not_empty,
     help=f"The OZOLITH log (default: ${LOG_ENV}, else {DEFAULT_LOG_NAME} inside an embedded store if present).",
 )
-key_option = click.option("--key-file", "key_file", metavar="F", help="The log's key file (default: .ozolith_key beside the log).")
+key_option = click.option("--key-file", "key_file", metavar="F", callback=not_empty, help="The log's key file (default: .ozolith_key beside the log).")
 
 
 def find_log(settings: Settings, log_path: str | None, key_file: str | None,
@@ -42,6 +43,8 @@ def find_log(settings: Settings, log_path: str | None, key_file: str | None,
         if required:
             raise InvalidInput("no audit log: give --ozolith LOG (this store keeps none)")
         return None
+    if Path(path).is_dir():
+        raise InvalidInput(f"{path} is a folder, not a log file: give the log's path (--ozolith LOG)")
     if not Path(path).is_file() and not (may_be_missing and not Path(path).exists()):
         raise InvalidInput(f"{path}: no such log file")
     if key_file is not None and not Path(key_file).is_file():
@@ -64,7 +67,7 @@ def _store_log(settings: Settings, key_file: str | None) -> StoreLog | None:
 
 
 @cli.command("export-log")
-@click.option("-o", "--output", "output", required=True, metavar="FILE",
+@click.option("-o", "--output", "output", required=True, metavar="FILE", callback=not_empty,
               help="Write the log here (JSON Lines, the client's format).")
 @click.option("--no-key-file", is_flag=True, help="Do not write the signing key to .ozolith_key beside FILE.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
@@ -83,6 +86,10 @@ def export_log(settings: Settings, output: str, no_key_file: bool, as_json: bool
     target = Path(output)
     if target.is_dir():
         raise InvalidInput(f"{output} is a directory")
+    # The export makes missing folders; one that is a file stops it with a confusing "File exists".
+    blocker = next((p for p in target.parents if p.exists()), None)
+    if blocker is not None and not blocker.is_dir():
+        raise InvalidInput(f"cannot write {output}: {blocker} is a file, not a folder")
     count = log.export(target, key_file=not no_key_file)
     if as_json:
         click.echo(dump_json({"output": str(target), "entries": count}))
@@ -106,7 +113,7 @@ def verify(settings: Settings, conversation: str | None, log_path: str | None, k
     events against the snapshots after them, and the structure replayed from
     the log against the stored head. Exits 0 only when everything agrees.
     """
-    from snapstore.verify import VerifyReport, verify as run_verify
+    from snapstore.verify import Finding, VerifyReport, verify as run_verify
 
     log = find_log(settings, log_path, key_file, required=False)
     try:
@@ -117,14 +124,18 @@ def verify(settings: Settings, conversation: str | None, log_path: str | None, k
         repo = None  # a log with no store: the chain alone
     if repo is None:
         chain = log.verify(sample=sample)
-        from snapstore.verify import Finding
-
         report = VerifyReport(tuple(Finding(str(f.kind), f.message, sequence=f.sequence) for f in chain.findings),
                               chain.entries_checked, 0, 0, sample is not None)
     else:
         if log is None and not repo.conversation_ids():
             raise InvalidInput("nothing to verify: no audit log given and no snapshots in the store")
-        report = run_verify(repo, log, conversation, sample=sample)
+        try:
+            report = run_verify(repo, log, conversation, sample=sample)
+        except (LogError, BackendError) as exc:
+            # A damaged log pack or store row stops the checks: still a report (and --json), naming it.
+            report = VerifyReport((Finding("unreadable", f"verify stopped: {exc}",
+                                           sequence=getattr(exc, "sequence", None)),),
+                                  0, 0, 0, sample is not None)
     if as_json:
         click.echo(dump_json(report.to_json()))
     else:
@@ -194,7 +205,16 @@ def status(settings: Settings, log_path: str | None, key_file: str | None, conve
     from snapstore.startup import inspect, report_text
 
     log = find_log(settings, log_path, key_file, required=False, may_be_missing=True)
-    report = inspect(settings.repo(), log, conversation=conversation)
+    repo = settings.repo()
+    if conversation is None and (active := repo.active_conversation) is not None:
+        try:
+            validate_conversation_id(active)
+        except InvalidInput:
+            raise InvalidInput(
+                f"the store records {active!r} as the active conversation, a name no conversation can have "
+                "(the store is damaged): give --conversation CONV"
+            ) from None
+    report = inspect(repo, log, conversation=conversation)
     if isinstance(log, OzolithLog) and not log.path.exists() and report.log_behind is None:
         # Missing, and the store links no entry it would lack: most likely a mistyped path.
         raise InvalidInput(f"{log.path}: no such log file")

@@ -12,14 +12,14 @@ from typing import Any
 
 import click
 
-from snapstore.errors import CorruptObject, DamagedRecord, InvalidInput, SnapstoreError, UnknownRevision
+from snapstore.errors import BackendError, CorruptObject, InvalidInput, SnapstoreError, UnknownRevision
 from snapstore.objects import Event
 from snapstore.ozolith.files import atomic_file
 from snapstore.refs import validate_context_id, validate_conversation_id
 from snapstore.repository import FsckReport, Problem, Repository, SnapshotInfo
 from snapstore.state import MAX_STATE_BYTES, ConversationState
 
-from .main import Settings, check_location, cli, describe_location
+from .main import Settings, check_location, cli, describe_location, not_empty
 from .render import dump_json, render_diff, render_log, render_tree, safe, tree_json
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON (schema in docs/cli.md).")
@@ -50,6 +50,15 @@ def _conversation_or_active(repo: Repository, conversation: str | None) -> str:
     active = repo.active_conversation
     if active is None:
         raise UnknownRevision("no conversation given and no active conversation (see `snap conversations`)")
+    try:
+        exists = repo.head(active) is not None
+    except InvalidInput:  # the store records a name no conversation can have
+        exists = False
+    if not exists:
+        raise UnknownRevision(
+            f"no conversation given, and the active conversation the store records, {active!r}, does not exist "
+            "(the store is damaged?): name one (see `snap conversations`)"
+        )
     return active
 
 
@@ -85,18 +94,18 @@ def write_file_atomically(path: str, text: str) -> None:
 
 
 @cli.command()
-@click.argument("path", required=False)
+@click.argument("path", required=False, callback=not_empty)
 @click.pass_obj
 def init(settings: Settings, path: str | None) -> None:
     """Create an empty store at PATH (default: --store, $SNAPSTORE or ./.snapstore)."""
-    location = check_location(path) if path else settings.location
+    location = check_location(path) if path is not None else settings.location
     Repository.init(location).close()
     click.echo(f"Initialized empty snapstore store in {describe_location(location)}")
 
 
 @cli.command()
 @click.argument("conversation")
-@click.option("--from", "state_file", required=True, metavar="STATE.json",
+@click.option("--from", "state_file", required=True, metavar="STATE.json", callback=not_empty,
               help="The materialized state to commit ('-' reads standard input).")
 @click.option("--event", "event_type", default="commit", show_default=True, help="Event type recorded in the snapshot.")
 @click.option("--context", "context_id", default=None, help="Context the event concerns.")
@@ -134,7 +143,8 @@ def commit(conversation: str, state_file: str, event_type: str, context_id: str 
 @cli.command()
 @click.argument("conversation")
 @click.option("--at", "at", metavar="REV", help="Restore REV's state as a new snapshot on top of the head.")
-@click.option("-o", "--output", metavar="FILE", help="Write the materialized state (STATE.json) to FILE.")
+@click.option("-o", "--output", metavar="FILE", callback=not_empty,
+              help="Write the materialized state (STATE.json) to FILE.")
 @json_option
 def checkout(conversation: str, at: str | None, output: str | None, as_json: bool) -> None:
     """Make CONVERSATION the active one and show its tree.
@@ -283,7 +293,9 @@ def fsck(as_json: bool) -> None:
     except CorruptObject as exc:
         # A record fsck needs to walk the history (a prune record, say) is unreadable.
         report = FsckReport(total, 0, (Problem("corrupt", str(exc), object=exc.object_id),))
-    except DamagedRecord as exc:  # a row of the wrong type where fsck reads refs and reflogs
+    except BackendError as exc:
+        # A row of the wrong type where fsck reads refs and reflogs (DamagedRecord), or
+        # a damaged reflog pack: a report (and --json) still, naming what failed.
         report = FsckReport(total, 0, (Problem("unreadable", f"fsck could not read the store: {exc}", object=None),))
     except SnapstoreError:
         raise

@@ -42,13 +42,29 @@ def one_line(text: str) -> str:
 
 
 def check_location(location: str) -> str:
-    """``location`` if it can name a store; a typo of ``memory:`` is an error, not a folder."""
+    """``location`` if it can name a store; a typo of ``memory:`` is an error, not a folder.
+
+    An empty location (``--store "$UNSET"``) is an error too: it would name the
+    default store, which is not the one the user meant.
+    """
+    if not location.strip():
+        raise InvalidInput(
+            f"empty store location {location!r}: give a folder, URL or .toml config "
+            "(leave the option out for $SNAPSTORE, else ./.snapstore)"
+        )
     if location.strip().lower().startswith("memory:") and location != "memory:":
         raise InvalidInput(
             f"unknown store location {location!r}: the in-memory store is `memory:`, exactly "
             "(for a folder of that name write ./" + location.strip() + ")"
         )
     return location
+
+
+def not_empty(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+    """Option callback: an empty file or store name is an error, not a silent default or no-op."""
+    if isinstance(value, str) and not value.strip():
+        raise click.BadParameter(f"{value!r} is empty: give a name (or leave the option out)", ctx=ctx, param=param)
+    return value
 
 
 class OutputClosed(Exception):
@@ -129,7 +145,7 @@ class Settings:
 
     @property
     def location(self) -> str:
-        return check_location(self.store or default_location())
+        return check_location(self.store if self.store is not None else default_location())
 
     def repo(self) -> Repository:
         if self._repo is None:
@@ -146,6 +162,7 @@ class Settings:
 @click.option(
     "--store",
     metavar="PATH|URL",
+    callback=not_empty,
     help="Store location (default: $SNAPSTORE, else ./.snapstore).",
 )
 @click.version_option(package_name="snapstore", prog_name="snap")

@@ -6,17 +6,18 @@ import re
 import sys
 from contextlib import AbstractContextManager
 from datetime import timedelta
+from pathlib import Path
 
 import click
 
-from snapstore.errors import InvalidInput
+from snapstore.errors import InvalidInput, SnapstoreError
 from snapstore.location import open_backend
 from snapstore.ozolith import OzolithLog
 from snapstore.progress import Bar, quiet
 
 from .audit import find_log, key_option, ozolith_option
 from .commands import PROGRESS_MIN_OBJECTS, at_most_max_count, json_option
-from .main import Settings, cli, describe_location
+from .main import Settings, cli, describe_location, not_empty
 from .render import dump_json, safe
 
 # Below these sizes a phase is over in a moment: no progress bar.
@@ -159,7 +160,7 @@ def prune(conversation: str, keep_last: int | None, older_than: timedelta | None
 
 @cli.command()
 @click.argument("conversations", nargs=-1, metavar="CONV...")
-@click.option("-o", "--output", required=True, metavar="FILE", help="The bundle file to write.")
+@click.option("-o", "--output", required=True, metavar="FILE", callback=not_empty, help="The bundle file to write.")
 @click.option("--all", "everything", is_flag=True, help="Export every conversation.")
 @ozolith_option
 @key_option
@@ -182,7 +183,14 @@ def export(settings: Settings, conversations: tuple[str, ...], output: str, ever
     if not names:
         raise InvalidInput("name the conversations to export (or --all)")
     log = find_log(settings, log_path, key_file, required=False)
-    report = export_bundle(repo, names, output, log=log, progress=progress)
+    if Path(output).is_dir():
+        raise InvalidInput(f"{output} is a directory: give the bundle a file name")
+    try:
+        report = export_bundle(repo, names, output, log=log, progress=progress)
+    except SnapstoreError:
+        raise
+    except OSError as exc:  # name FILE, not the temporary file written beside it
+        raise OSError(exc.errno, exc.strerror or str(exc), output) from None
     if as_json:
         click.echo(dump_json(report.to_json()))
         return
@@ -192,10 +200,10 @@ def export(settings: Settings, conversations: tuple[str, ...], output: str, ever
 
 
 @cli.command("import")
-@click.argument("bundle", metavar="FILE")
+@click.argument("bundle", metavar="FILE", callback=not_empty)
 @click.option("--force", is_flag=True, help="Replace a ref that points elsewhere (its old value stays in the reflog).")
 @click.option("--dry-run", is_flag=True, help="Check the bundle and report what would change.")
-@click.option("--ozolith", "log_path", metavar="LOG",
+@click.option("--ozolith", "log_path", metavar="LOG", callback=not_empty,
               help="Also check that this audit log holds the bundle's log entries unchanged.")
 @key_option
 @json_option
@@ -235,7 +243,17 @@ def stats(as_json: bool) -> None:
     """
     from snapstore.stats import store_stats
 
-    report = store_stats(_settings().repo(), progress=progress)
+    try:
+        report = store_stats(_settings().repo(), progress=progress)
+    except SnapstoreError:
+        raise
+    except KeyError as exc:
+        # store_stats indexes the objects it read by id: an id it lacks is an object the
+        # history names but the store does not hold.
+        raise SnapstoreError(
+            f"object {exc.args[0] if exc.args else '?'} is named by a conversation's history but is not in "
+            "the store: run `snap fsck`"
+        ) from None
     if as_json:
         click.echo(dump_json(report.to_json()))
         return

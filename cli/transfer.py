@@ -12,7 +12,7 @@ from pathlib import Path
 import click
 
 from snapstore.backends.sqlite import DB_NAME
-from snapstore.errors import StoreNotFound
+from snapstore.errors import StoreExists, StoreNotFound
 from snapstore.location import is_url, redact
 from snapstore.repository import Repository
 from snapstore.transfer import copy_conversations
@@ -60,10 +60,18 @@ def _destination(location: str) -> Iterator[Repository]:
     """The store at ``location``, created if there is none; if the copy fails, a store made here is removed."""
     try:
         dst = Repository.open(location)
-    except StoreNotFound:
+    except StoreNotFound as missing:
         created: _Created | None = _Created(location)
         try:
             dst = Repository.init(location)
+        except StoreExists:
+            # Something is there that is not a store (a damaged or foreign store.sqlite), or
+            # another process made the store meanwhile: open it, else say why it cannot be.
+            created = None
+            try:
+                dst = Repository.open(location)
+            except StoreNotFound:
+                raise missing from None
         except BaseException:
             created.remove()
             raise

@@ -1,0 +1,446 @@
+"""An adversarial audit of the snap CLI: hostile input and damaged stores.
+
+Each defect test fails on the code before its fix: an empty --store or file
+name that silently meant the default (or nothing), fsck without a report for a
+damaged reflog pack, stats' KeyError, a dangling active conversation named as
+an unknown revision, export naming its temporary file, export-log's "File
+exists", push into a damaged store reported as "already exists", a folder given
+as --ozolith. The guards check that bad revisions and damaged objects, refs and
+audit-log rows give one named line, a non-zero exit and no change to the store.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sqlite3
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from snapstore.cli.main import cli
+
+# The demo conversation's ids differ run to run: tests find them with `snap show`.
+CONV = "demo"
+
+
+@pytest.fixture(scope="module")
+def demo_template(tmp_path_factory) -> Path:
+    """A store holding `snap demo`'s conversation (with its audit log), made once."""
+    folder = tmp_path_factory.mktemp("template") / "store"
+    result = CliRunner().invoke(cli, ["--store", str(folder), "demo"])
+    assert result.exit_code == 0, result.output
+    return folder
+
+
+@pytest.fixture
+def snap(demo_template, tmp_path, monkeypatch):
+    """``snap --store <a fresh copy of the demo store> ARGS`` through CliRunner."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("SNAPSTORE", raising=False)
+    monkeypatch.delenv("SNAPSTORE_DEBUG", raising=False)
+    monkeypatch.delenv("SNAPSTORE_OZOLITH", raising=False)
+    folder = tmp_path / "store"
+    shutil.copytree(demo_template, folder)
+    runner = CliRunner()
+
+    def run(*args: str):
+        return runner.invoke(cli, ["--store", str(folder), *args])
+
+    run.location = str(folder)  # type: ignore[attr-defined]
+    run.db = folder / "store.sqlite"  # type: ignore[attr-defined]
+    run.runner = runner  # type: ignore[attr-defined]
+    return run
+
+
+def tables(db: Path) -> dict[str, list[tuple]]:
+    """Every table's rows, sorted: what "the store did not change" compares."""
+    con = sqlite3.connect(db)
+    try:
+        names = [r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")]
+        return {name: sorted(con.execute(f'SELECT * FROM "{name}"').fetchall(), key=repr) for name in names}
+    finally:
+        con.close()
+
+
+def sql(db: Path, statement: str, *args) -> None:
+    con = sqlite3.connect(db)
+    con.execute(statement, args)
+    con.commit()
+    con.close()
+
+
+def one_line_error(result) -> str:
+    """The one stderr line of a failed command (no traceback, no internal error)."""
+    assert result.exit_code != 0, result.output
+    assert "Traceback" not in result.output
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert "internal error" not in lines[0], lines[0]
+    return lines[0]
+
+
+def show(snap, name: str) -> dict:
+    result = snap("show", name, "--json")
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+def head_objects(snap) -> dict[str, str]:
+    """The ids of the head snapshot, its state, its first root node and that node's newest exchange chunk."""
+    head = show(snap, CONV)
+    state = show(snap, head["object"]["root"])
+    node_id = state["object"]["roots"][0][1]
+    node = show(snap, node_id)
+    return {"snapshot": head["id"], "state": state["id"], "node": node_id,
+            "chunk": node["object"]["memory"]["local_memory"]["head"]}
+
+
+# -- An empty store location or file name is an error, not the default or nothing ------------------
+
+
+def test_an_empty_store_option_does_not_mean_the_default_store(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("SNAPSTORE", raising=False)
+    runner = CliRunner()
+    assert runner.invoke(cli, ["init"]).exit_code == 0  # ./.snapstore, the default
+    before = tables(tmp_path / ".snapstore" / "store.sqlite")
+    # `snap --store "$UNSET" gc` must not collect the default store's garbage.
+    for args in (["--store", "", "conversations"], ["--store", "", "gc"]):
+        line = one_line_error(runner.invoke(cli, args))
+        assert "--store" in line and "empty" in line, line
+    assert tables(tmp_path / ".snapstore" / "store.sqlite") == before
+
+
+def test_init_of_an_empty_path_creates_nothing(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("SNAPSTORE", raising=False)
+    line = one_line_error(CliRunner().invoke(cli, ["init", ""]))
+    assert "empty" in line, line
+    assert not (tmp_path / ".snapstore").exists()
+
+
+def test_clone_from_an_empty_source_does_not_copy_the_default_store(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("SNAPSTORE", raising=False)
+    runner = CliRunner()
+    assert runner.invoke(cli, ["demo"]).exit_code == 0  # ./.snapstore holds a conversation
+    line = one_line_error(runner.invoke(cli, ["clone", "", str(tmp_path / "copy")]))
+    assert "empty store location" in line, line
+    assert not (tmp_path / "copy").exists()
+
+
+@pytest.mark.parametrize("args", [
+    ["checkout", CONV, "-o", ""],             # was: exit 0, no file written
+    ["verify", "--ozolith", ""],              # was: the option ignored, the store's own log verified
+    ["status", "--ozolith", ""],
+    ["verify", "--key-file", ""],
+    ["export", CONV, "-o", ""],               # was: "Device or resource busy: ..xxxx.tmp"
+    ["export-log", "-o", ""],                 # was: "is a directory"
+    ["import", ""],                           # was: "Is a directory: ."
+    ["commit", CONV, "--from", ""],           # was: ": not a file"
+])
+def test_an_empty_file_name_is_an_error(snap, args):
+    before = tables(snap.db)
+    line = one_line_error(snap(*args))
+    assert "'' is empty" in line, line
+    assert tables(snap.db) == before
+
+
+# -- fsck reports a damaged reflog pack --------------------------------------------------------------
+
+
+def test_fsck_reports_a_damaged_reflog_pack(snap):
+    assert snap("pack", "--keep", "0").exit_code == 0
+    con = sqlite3.connect(snap.db)
+    first, data = con.execute("SELECT first, data FROM reflog_packs ORDER BY first LIMIT 1").fetchone()
+    flipped = bytearray(data)
+    flipped[len(flipped) // 2] ^= 1
+    con.execute("UPDATE reflog_packs SET data = ? WHERE first = ?", (bytes(flipped), first))
+    con.commit()
+    con.close()
+    before = tables(snap.db)
+    result = snap("fsck", "--json")
+    assert result.exit_code == 1
+    report = json.loads(result.stdout)  # was: no report at all, only an error line
+    assert report["ok"] is False
+    [problem] = report["problems"]
+    assert problem["kind"] == "unreadable"
+    assert "reflog pack" in problem["message"], problem
+    text = snap("fsck")
+    assert text.exit_code == 1 and "reflog pack" in text.stdout, text.output
+    assert tables(snap.db) == before
+
+
+# -- stats names the object it cannot find -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["state", "node", "chunk"])
+def test_stats_names_a_missing_object(snap, kind):
+    oid = head_objects(snap)[kind]
+    sql(snap.db, "DELETE FROM objects WHERE id = ?", bytes.fromhex(oid))
+    before = tables(snap.db)
+    line = one_line_error(snap("stats"))  # was: "internal error: KeyError: '<id>'"
+    assert oid in line and "not in the store" in line and "snap fsck" in line, line
+    assert tables(snap.db) == before
+
+
+# -- an active conversation the store records but does not hold -----------------------------------------
+
+
+@pytest.mark.parametrize("recorded", ["ghost", "bad name/.."])
+@pytest.mark.parametrize("command", ["log", "tree"])
+def test_a_dangling_active_conversation_is_named(snap, recorded, command):
+    sql(snap.db, "UPDATE meta SET value = ? WHERE key = 'active_conversation'", recorded)
+    before = tables(snap.db)
+    line = one_line_error(snap(command))  # was: "unknown revision 'ghost'", a name the user never gave
+    assert "active conversation" in line and repr(recorded) in line, line
+    assert tables(snap.db) == before
+
+
+# -- output and input paths ------------------------------------------------------------------------------
+
+
+def test_export_errors_name_the_bundle_not_its_temporary_file(snap, tmp_path):
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "plain.txt").write_text("x")
+    for output, words in ((tmp_path / "missing" / "x.bundle", "No such file"),
+                          (tmp_path / "plain.txt" / "x.bundle", "Not a directory"),
+                          (tmp_path / "folder", "is a directory")):
+        line = one_line_error(snap("export", CONV, "-o", str(output)))
+        assert str(output) in line and words in line, line
+        assert ".tmp" not in line, line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["folder", "plain.txt", "store"]
+    assert list((tmp_path / "folder").iterdir()) == []
+
+
+def test_export_log_under_a_file_says_so(snap, tmp_path):
+    (tmp_path / "plain.txt").write_text("x")
+    line = one_line_error(snap("export-log", "-o", str(tmp_path / "plain.txt" / "log.jsonl")))
+    assert "plain.txt is a file, not a folder" in line, line  # was: "File exists: plain.txt"
+    assert (tmp_path / "plain.txt").read_text() == "x"
+
+
+def test_a_folder_given_as_the_audit_log_is_named_as_a_folder(snap, tmp_path):
+    (tmp_path / "logs").mkdir()
+    for args in (["verify", "--ozolith", "logs"], ["replay", CONV, "--as", "r", "--ozolith", "logs"]):
+        before = tables(snap.db)
+        line = one_line_error(snap(*args))
+        assert "logs is a folder, not a log file" in line, line  # was: "logs: no such log file"
+        assert tables(snap.db) == before
+
+
+@pytest.mark.parametrize("command", ["push", "clone"])
+def test_copy_into_a_damaged_store_names_the_damage(snap, tmp_path, command):
+    target = tmp_path / "target"
+    target.mkdir()
+    (target / "store.sqlite").write_bytes(b"not a database at all, " * 100)
+    args = ["push", str(target)] if command == "push" else ["clone", snap.location, str(target)]
+    line = one_line_error(snap(*args))
+    assert "not a snapstore database" in line, line  # was: "a store already exists at ..."
+    assert (target / "store.sqlite").read_bytes() == b"not a database at all, " * 100
+    assert sorted(p.name for p in target.iterdir()) == ["store.sqlite"]
+
+
+# -- guards: bad revisions ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("rev, pattern", [
+    ("nope", "unknown revision 'nope'"),
+    (f"{CONV}@{{}}", "bad time ''"),
+    (f"{CONV}@{{yesterday}}", "bad time 'yesterday'"),
+    (f"{CONV}@{{-1}}", "bad time '-1'"),
+    (f"{CONV}~-1", "cannot parse revision"),
+    (f"{CONV}~99", "goes back 99 snapshots"),
+    (f"{CONV}~" + "9" * 5000, "too many|digits"),
+    (f"{CONV}~1@{{2026-01-01}}", "cannot parse revision"),
+    (f"{CONV}^", "unknown revision"),
+    ("0000", "unknown revision '0000'"),
+    ("0" * 64, "unknown revision"),
+    ("0" * 65, "unknown revision"),
+    (" ", "empty revision"),
+    ("a\x1b[2Jb", r"\\x1b"),
+])
+@pytest.mark.parametrize("command", [["log"], ["tree"], ["show"], ["diff", CONV], ["checkout", CONV, "--at"]])
+def test_a_bad_revision_is_one_named_line_and_changes_nothing(snap, rev, pattern, command):
+    import re
+
+    before = tables(snap.db)
+    line = one_line_error(snap(*command, rev))
+    assert re.search(pattern, line), line
+    assert "\x1b" not in line
+    assert len(line) < 400, line
+    assert tables(snap.db) == before
+
+
+def test_an_ambiguous_prefix_is_named(snap):
+    head = head_objects(snap)["snapshot"]
+    # A second snapshot row whose id shares the head's first 6 hex digits.
+    twin = bytes.fromhex(head[:6] + "00" * 29)
+    sql(snap.db, "INSERT INTO objects (id, kind, size, data) SELECT ?, kind, size, data FROM objects WHERE id = ?",
+        twin, bytes.fromhex(head))
+    before = tables(snap.db)
+    for command in (["log"], ["tree"], ["diff", CONV], ["checkout", CONV, "--at"]):
+        line = one_line_error(snap(*command, head[:6]))
+        assert "ambiguous" in line and head[:12] in line, line
+    assert "ambiguous" in one_line_error(snap("show", head[:6]))
+    assert tables(snap.db) == before
+
+
+# -- guards: damaged stores are named by every read command -------------------------------------------------
+
+READS = [["log", CONV], ["tree", CONV], ["show", f"{CONV}~0"], ["diff", f"{CONV}~1", CONV], ["checkout", CONV],
+         ["checkout", CONV, "-o", "out.json"], ["conversations"], ["status"], ["stats"], ["gc", "--dry-run"],
+         ["export", "--all", "-o", "out.bundle"]]
+
+
+def _damage(snap, how: str) -> str:
+    """Damage the head's objects or ref; return the object id every read must name."""
+    ids = head_objects(snap)
+    head = bytes.fromhex(ids["snapshot"])
+    if how == "flipped byte":
+        data = bytearray(sqlite3.connect(snap.db).execute("SELECT data FROM objects WHERE id = ?", (head,)).fetchone()[0])
+        data[len(data) // 2] ^= 1
+        sql(snap.db, "UPDATE objects SET data = ? WHERE id = ?", bytes(data), head)
+        return ids["snapshot"]
+    if how == "truncated row":
+        sql(snap.db, "UPDATE objects SET data = substr(data, 1, 3) WHERE id = ?", head)
+        return ids["snapshot"]
+    if how == "wrong kind":
+        sql(snap.db, "UPDATE objects SET kind = 'node' WHERE id = ?", head)
+        return ids["snapshot"]
+    if how == "other content":
+        sql(snap.db, "UPDATE objects SET data = (SELECT data FROM objects WHERE kind = 'snapshot' AND id != ? LIMIT 1)"
+            " WHERE id = ?", head, head)
+        return ids["snapshot"]
+    if how == "ref to a missing object":
+        missing = "ab" * 32
+        sql(snap.db, "UPDATE refs SET target = ?", bytes.fromhex(missing))
+        return missing
+    if how == "missing state":
+        sql(snap.db, "DELETE FROM objects WHERE id = ?", bytes.fromhex(ids["state"]))
+        return ids["state"]
+    raise AssertionError(how)
+
+
+@pytest.mark.parametrize("how", ["flipped byte", "truncated row", "wrong kind", "other content",
+                                 "ref to a missing object", "missing state"])
+def test_every_read_names_the_damaged_object(snap, how):
+    oid = _damage(snap, how)
+    before = tables(snap.db)
+    # log and show read snapshots only: a missing state is not theirs to meet.
+    for args in [a for a in READS if how != "missing state" or a[0] not in ("log", "show")]:
+        result = snap(*args)
+        line = one_line_error(result)
+        assert oid[:12] in line, (args, line)  # stats names a missing head by its first 12 digits
+        assert result.stdout == "" or args[0] == "status", (args, result.stdout)
+    for args in (["fsck"], ["verify"]):
+        result = snap(*args)
+        assert result.exit_code == 1, (args, result.output)
+        assert oid in result.stdout, (args, result.stdout)
+    assert tables(snap.db) == before
+    assert not Path("out.json").exists() and not Path("out.bundle").exists()
+
+
+@pytest.mark.parametrize("statement, pattern", [
+    ("DELETE FROM ozolith WHERE sequence = 5", r"gap.*sequence=5|\[sequence=5\]"),
+    ("UPDATE ozolith SET line = replace(line, '\"actor\": \"system\"', '\"actor\": \"evil\"') WHERE sequence = 5",
+     r"\[sequence=5\]"),
+    ("UPDATE ozolith SET line = '{not json' WHERE sequence = 5", r"\[sequence=5\]"),
+    ("DELETE FROM ozolith WHERE sequence = (SELECT max(sequence) FROM ozolith)", r"log entry \d+, which the log does not hold"),
+])
+def test_verify_names_the_damaged_log_entry(snap, statement, pattern):
+    import re
+
+    sql(snap.db, statement)
+    before = tables(snap.db)
+    result = snap("verify")
+    assert result.exit_code == 1, result.output
+    assert re.search(pattern, result.stdout), result.stdout
+    report = json.loads(snap("verify", "--json").stdout)
+    assert report["ok"] is False
+    assert tables(snap.db) == before
+
+
+@pytest.mark.parametrize("statement, pattern", [
+    ("UPDATE refs SET target = 'hello'", "ref 'conversations/demo' holds a str"),
+    ("UPDATE reflog SET new = 'xyz' WHERE seq = 5", "a reflog row of 'conversations/demo' holds a str"),
+    ("UPDATE reflog SET new = randomblob(32) WHERE seq = 5", "is missing"),
+])
+def test_fsck_names_a_damaged_ref_or_reflog_row(snap, statement, pattern):
+    sql(snap.db, statement)
+    before = tables(snap.db)
+    result = snap("fsck")
+    assert result.exit_code == 1, result.output
+    assert pattern in result.stdout, result.stdout
+    assert json.loads(snap("fsck", "--json").stdout)["ok"] is False
+    assert tables(snap.db) == before
+
+
+@pytest.mark.parametrize("location, pattern", [
+    ("missing/store", "no store at"),
+    ("plain.txt", "is not a snapstore store"),
+    ("empty", "is not a snapstore store"),
+    ("garbage", "is not a snapstore database"),
+    ("foreign", "is not a snapstore database"),
+    ("memory:x", "unknown store location"),
+    ("ftp://host/x", "unknown store URL scheme"),
+])
+@pytest.mark.parametrize("command", [["log", CONV], ["fsck"], ["status"], ["verify"], ["stats"], ["upgrade"],
+                                     ["gc"], ["pack"], ["compact"]])
+def test_a_location_that_is_not_a_store_is_one_line(tmp_path, monkeypatch, location, pattern, command):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("SNAPSTORE", raising=False)
+    (tmp_path / "plain.txt").write_text("x")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "garbage").mkdir()
+    (tmp_path / "garbage" / "store.sqlite").write_bytes(b"garbage " * 512)
+    (tmp_path / "foreign").mkdir()
+    con = sqlite3.connect(tmp_path / "foreign" / "store.sqlite")
+    con.execute("CREATE TABLE t (x)")
+    con.commit()
+    con.close()
+    listing = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))
+    line = one_line_error(CliRunner().invoke(cli, ["--store", location, *command]))
+    assert pattern in line, line
+    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == listing
+    assert (tmp_path / "garbage" / "store.sqlite").read_bytes() == b"garbage " * 512
+
+
+@pytest.mark.parametrize("table, key, pattern, sequence", [
+    ("ozolith_packs", "first", "log entries 1-11 are damaged", 1),
+    ("refs", None, "ref 'conversations/demo' holds a str", None),
+])
+def test_verify_reports_what_stops_it(snap, table, key, pattern, sequence):
+    if key is not None:
+        assert snap("pack", "--keep", "0").exit_code == 0
+        con = sqlite3.connect(snap.db)
+        first, data = con.execute(f"SELECT {key}, data FROM {table} ORDER BY {key} LIMIT 1").fetchone()
+        flipped = bytearray(data)
+        flipped[len(flipped) // 2] ^= 1
+        con.execute(f"UPDATE {table} SET data = ? WHERE {key} = ?", (bytes(flipped), first))
+        con.commit()
+        con.close()
+    else:
+        sql(snap.db, "UPDATE refs SET target = 'hello'")
+    before = tables(snap.db)
+    result = snap("verify", "--json")
+    assert result.exit_code == 1
+    report = json.loads(result.stdout)  # was: no report, only an error line
+    assert report["ok"] is False
+    [problem] = report["problems"]
+    assert pattern in problem["message"], problem
+    assert problem.get("sequence") == sequence, problem
+    text = snap("verify")
+    assert text.exit_code == 1 and pattern in text.stdout, text.output
+    assert tables(snap.db) == before
+
+
+def test_status_names_an_impossible_active_conversation(snap):
+    sql(snap.db, "UPDATE meta SET value = 'bad name/..' WHERE key = 'active_conversation'")
+    before = tables(snap.db)
+    line = one_line_error(snap("status"))  # was: "invalid conversation id 'bad name/..'", never typed by the user
+    assert "active conversation" in line and "--conversation" in line, line
+    assert snap("status", "--conversation", CONV).exit_code == 0
+    assert tables(snap.db) == before
