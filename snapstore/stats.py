@@ -21,7 +21,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import SnapstoreError
+from .errors import ObjectNotFound, SnapstoreError
 from .graph import verify
 from .objects import Chunk, Node, ObjectId, Page, Snapshot, State, canonical_json
 from .progress import Progress, quiet
@@ -241,11 +241,16 @@ def store_stats(repo: Repository, progress: Progress = quiet, top: int = TOP) ->
         snap = snapshots.get(head)
         if snap is None:
             raise SnapstoreError(f"the head of {conv} ({head[:12]}) is not in the store; run snap fsck")
-        heads += sizes.state(snap.root, conv)
-        for nid in sizes.node_ids(snap.root):
-            node = sizes.nodes[nid]
-            local = node.memory.get("local_memory")
-            contexts[(conv, node.id)] = ContextSize(conv, node.id, local.count if local else 0, sizes.context(nid))
+        try:
+            heads += sizes.state(snap.root, conv)
+            for nid in sizes.node_ids(snap.root):
+                node = sizes.nodes[nid]
+                local = node.memory.get("local_memory")
+                contexts[(conv, node.id)] = ContextSize(conv, node.id, local.count if local else 0,
+                                                        sizes.context(nid))
+        except KeyError as exc:  # the objects read are indexed by id: one the head's tree names is not stored
+            missing = str(exc.args[0]) if exc.args else "?"
+            raise ObjectNotFound(missing, f"in the tree of {conv}'s head {head[:12]}; run snap fsck") from None
     ranked = list(contexts.values())
     by_exchanges = sorted(ranked, key=lambda c: (-c.exchanges, -c.bytes, c.conversation, c.context))[:top]
     by_bytes = sorted(ranked, key=lambda c: (-c.bytes, -c.exchanges, c.conversation, c.context))[:top]

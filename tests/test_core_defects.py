@@ -320,3 +320,69 @@ def test_event_message_with_a_nul_commits_on_every_backend(repo):
     assert repo.snapshot(result.snapshot).event.message == "a\x00b"
     (row,) = repo.reflog("c")
     assert row.reason == "commit: a\\x00b"
+
+
+# -- a store whose file went away under an open repository ----------------------------------
+
+
+def _orchestrator_on(store: str):
+    from snapstore.startup import Session
+
+    session = Session(store, log_in_store=True)
+    return session, session.start_new("conv", "root task")
+
+
+def test_a_commit_after_the_store_was_deleted_is_refused_not_lost(tmp_path):
+    """SQLite writes on into the unlinked file: the commit used to succeed and vanish."""
+    import shutil
+
+    from snapstore.errors import StoreNotFound
+
+    store = str(tmp_path / "store")
+    session, orchestrator = _orchestrator_on(store)
+    root = orchestrator.active_context_id
+    orchestrator.add_exchange(root, "kept", "yes")
+    shutil.rmtree(store)
+    with pytest.raises(StoreNotFound, match="deleted"):
+        orchestrator.add_exchange(root, "after rm", "lost?")
+    repo = Repository(session.repo.backend)  # the same open backend: still refuses
+    with pytest.raises(StoreNotFound):
+        repo.commit("other", sample_state())
+
+
+def test_a_commit_after_the_store_was_replaced_goes_nowhere_silently(tmp_path):
+    """A store put in place of the open one (a restore, a re-init) is not written through the old file."""
+    import shutil
+
+    from snapstore.errors import StoreNotFound
+
+    store = str(tmp_path / "store")
+    session, orchestrator = _orchestrator_on(store)
+    root = orchestrator.active_context_id
+    shutil.rmtree(store)
+    Repository.init(store).close()
+    with pytest.raises(StoreNotFound, match="replaced"):
+        orchestrator.add_exchange(root, "into which file?", "neither")
+    fresh = Repository.open(store)
+    assert fresh.conversation_ids() == []
+    fresh.close()
+
+
+def test_stats_names_an_object_the_head_needs_but_the_store_lacks(tmp_path):
+    """store_stats raised a bare KeyError (an internal error for the CLI) when a head's node was gone."""
+    import sqlite3
+
+    from snapstore.errors import ObjectNotFound
+    from snapstore.stats import store_stats
+
+    store = tmp_path / "store"
+    repo = Repository.init(str(store))
+    result = repo.commit("conv", sample_state())
+    node_id = next(iter(repo.tree(result.snapshot).records.values())).node_id
+    repo.close()
+    with sqlite3.connect(store / "store.sqlite") as db:
+        db.execute("DELETE FROM objects WHERE id = ?", (bytes.fromhex(node_id),))
+    repo = Repository.open(str(store))
+    with pytest.raises(ObjectNotFound, match=node_id):
+        store_stats(repo)
+    repo.close()

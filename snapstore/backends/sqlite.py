@@ -146,6 +146,12 @@ def _raw(oid: str | None) -> bytes | None:
     return None if oid is None else bytes.fromhex(oid)
 
 
+def _identity_of(path: Path) -> tuple[int, int]:
+    """Which file ``path`` names now: (device, inode)."""
+    st = os.stat(path)
+    return st.st_dev, st.st_ino
+
+
 def _hex(raw: bytes | None, where: str = "a row") -> ObjectId | None:
     """An id column's 32 bytes as hex; :class:`DamagedRecord` naming ``where`` for anything else."""
     if raw is None:
@@ -218,9 +224,30 @@ class SqliteBackend(Backend):
                 self._db.execute("PRAGMA synchronous = FULL")
                 if create:
                     self._create(meta or {})
+                # The file this connection writes to; every write transaction checks it is still there.
+                self._file = Path(os.path.abspath(self.path))
+                self._identity = _identity_of(self._file)
             except BaseException:
                 self._db.close()
                 raise
+
+    def _begin_write(self, db: sqlite3.Connection) -> None:
+        """``BEGIN IMMEDIATE``, refused if the store's file was deleted or replaced since it was opened.
+
+        SQLite goes on writing to the file it opened: after ``rm -r`` of the
+        store, or another store put in its place, a commit would succeed into
+        a file nobody will open again and be lost. The caller holds ``self._lock``.
+        """
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            now = _identity_of(self._file)
+        except OSError:
+            now = None
+        if now != self._identity:
+            db.execute("ROLLBACK")
+            what = "deleted" if now is None else "replaced by another file"
+            raise StoreNotFound(f"{self.path} was {what} after this process opened it: nothing was written; "
+                                "open the store again")
 
     def _switch_to_wal(self) -> str:
         """``PRAGMA journal_mode = WAL``, retried while other connections hold the file; the mode it reports.
@@ -420,7 +447,7 @@ class SqliteBackend(Backend):
         wanted = list(dict.fromkeys(ids))
         removed: set[ObjectId] = set()
         with self._lock, self._errors():
-            self._db.execute("BEGIN IMMEDIATE")
+            self._begin_write(self._db)
             try:
                 if fence is not None:
                     rows = self._db.execute(_FENCE_QUERY if not self._has_packs() else _FENCE_QUERY_PACKED).fetchall()
@@ -571,7 +598,7 @@ class SqliteBackend(Backend):
         """
         with self._lock, self._errors():
             db = self._db
-            db.execute("BEGIN IMMEDIATE")
+            self._begin_write(db)
             try:
                 _create_pack_tables(db)
                 served = sum(self._write_pack(db, members, data) for members, data in packs)
@@ -650,7 +677,7 @@ class SqliteBackend(Backend):
         loose, key, columns, packs = _LINE_PACKS[kind]
         with self._lock, self._errors():
             db = self._db
-            db.execute("BEGIN IMMEDIATE")
+            self._begin_write(db)
             try:
                 _create_pack_tables(db)
                 carried: list[str] = []
@@ -820,7 +847,7 @@ class SqliteBackend(Backend):
     ) -> AppendedEntry | None:
         with self._lock, self._errors():
             db = self._db
-            db.execute("BEGIN IMMEDIATE")
+            self._begin_write(db)
             entry = None
             try:
                 for update in ref_updates:
