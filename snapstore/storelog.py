@@ -28,14 +28,23 @@ the store; keep your own key elsewhere to protect against those who can.
 
 Anchors are not kept in the store: :meth:`StoreLog.anchors` is empty and the
 chain is checked from its first entry.
+
+A row is checked as well as its line: :meth:`StoreLog.verify` names a row
+that holds no line of text (``unparsable_line``), one whose key is not its
+line's sequence or whose ``entry_hash`` column is not its line's hash
+(``row_mismatch``); readers name such a row in their error; and the SQLite
+backend refuses to append after a last row whose key is not its line's
+sequence, since the new entry would collide with a row or leave a gap.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import replace
 from enum import Enum
 from pathlib import Path
 from typing import Any
@@ -48,8 +57,55 @@ from .ozolith.files import make_dirs, write_atomic
 from .ozolith.keys import KEY_FILE_NAME
 from .ozolith.log import CorruptEntry, EntryQueries, LoadResult, UnparsableLine, WrongKey, _entry_from_line
 from .ozolith.verify import ChainReport, Finding, FindingKind, verify_data
+from .ozolith.walk import parse_entry
 
 _PAGE = 5000
+_SEQUENCE_HINT = re.compile(r'"sequence"\s*:\s*(-?\d+)')
+# What verify reads in place of a row that holds no line of text (the row is reported by name instead).
+_STAND_IN = b"-\n"
+
+
+class RowMismatch(LogError):
+    """A row of the log kept in the store does not hold the entry its key names."""
+
+
+def _not_a_line(line: object) -> str | None:
+    """Why a row's stored line is not one line of text, or None if it is."""
+    if isinstance(line, str):
+        return "holds more than one line" if "\n" in line else None
+    if line is None:
+        return "holds no line (NULL)"
+    if isinstance(line, bytes):
+        return f"holds {len(line)} bytes that are not a line of text"
+    return f"holds a {type(line).__name__}, not a line of text"
+
+
+def _claimed_sequence(sequence: int, line: str) -> int | None:
+    """The sequence a row's line holds, if it parses as an entry (cheaply for the client's own lines)."""
+    if line.startswith(f'{{"sequence": {sequence}, '):
+        return sequence
+    fields, _ = parse_entry(line.encode("utf-8"))
+    return None if fields is None else fields["sequence"]
+
+
+def _column_differs(line: str, column: object) -> str | None:
+    """The entry_hash a line holds if its row's ``entry_hash`` column differs from it, else None."""
+    if isinstance(column, str) and line.endswith(f'"entry_hash": "{column}"}}'):
+        return None  # the client's own line: entry_hash is its last field
+    fields, _ = parse_entry(line.encode("utf-8"))
+    if fields is None or fields["entry_hash"] == column:
+        return None  # a line that is no entry is the walk's to report
+    return str(fields["entry_hash"])
+
+
+def _paged(read: Callable[[int, int], list[tuple[int, Any]]], after: int = 0) -> Iterator[tuple[int, Any]]:
+    """Every row ``read(after, limit)`` returns, a page at a time."""
+    while True:
+        rows = read(after, _PAGE)
+        yield from rows
+        if len(rows) < _PAGE:
+            return
+        after = rows[-1][0]
 
 
 class StoreLog(EntryQueries):
@@ -95,8 +151,19 @@ class StoreLog(EntryQueries):
         """The signing key (never created by a read)."""
         text = self._key_arg if self._key_arg is not None else self.backend.get_meta(LOG_KEY_META)
         if not text:
+            tail = self.backend.log_tail()
+            if tail is not None:
+                try:
+                    held = f"{sum(1 for _ in self._rows())} entries"
+                except LogError:
+                    held = f"entries up to sequence {tail[0]}"
+                raise self._key_missing(held, tail[0])
             raise LogError(f"{self.where} has no signing key yet (no entry was ever appended)")
         return key_bytes(text)
+
+    def _key_missing(self, held: str, sequence: int | None) -> LogError:
+        return LogError(f"the signing key of {self.where} (meta {LOG_KEY_META!r}) is missing though the log holds "
+                        f"{held}: restore it or give the key (--key-file); appends are refused until then", sequence)
 
     # -- writing ------------------------------------------------------------------
 
@@ -106,6 +173,11 @@ class StoreLog(EntryQueries):
         kind = event_type.value if isinstance(event_type, Enum) else event_type
 
         def build(last_line: str | None, stored_key: str | None) -> tuple[AppendedEntry, str | None]:
+            if last_line is not None and not stored_key and self._key_arg is None:
+                # Never a new key for a log that has entries: they could no longer be verified.
+                hint = _SEQUENCE_HINT.search(last_line) if isinstance(last_line, str) else None
+                last = int(hint.group(1)) if hint else None
+                raise self._key_missing("entries" if last is None else f"entries up to sequence {last}", last)
             text, new_key = self._key_text(stored_key)
             key = key_bytes(text)
             sequence, previous_hash = self._tail_entry(last_line, text) if last_line is not None else (0, "")
@@ -129,6 +201,9 @@ class StoreLog(EntryQueries):
         if known is not None and known[0].line == line and known[1] == key_text:
             # The very line this process wrote (compared in full), under the same key.
             return known[0].sequence, known[0].entry_hash
+        problem = _not_a_line(line)
+        if problem is not None:
+            raise UnparsableLine(f"the last row of {self.where} {problem}; verify the log before appending")
         try:
             entry = _entry_from_line(line.encode("utf-8"))
         except ValueError as exc:
@@ -163,31 +238,37 @@ class StoreLog(EntryQueries):
 
     # -- reading ------------------------------------------------------------------
 
-    def _rows(self, after: int = 0) -> Iterator[tuple[int, str]]:
-        while True:
-            rows = self.backend.log_lines(after, _PAGE)
-            yield from rows
-            if len(rows) < _PAGE:
-                return
-            after = rows[-1][0]
+    def _rows(self, after: int = 0) -> Iterator[tuple[int, Any]]:
+        """``(sequence, line)`` of every row past ``after``; a damaged row's line may be bytes or None."""
+        return _paged(self.backend.log_lines, after)
+
+    def _entry(self, sequence: int, line: object) -> LogEntry:
+        """The entry the row keyed ``sequence`` holds: :class:`UnparsableLine` if it holds none,
+        :class:`RowMismatch` if it holds another entry."""
+        problem = _not_a_line(line)
+        if problem is not None:
+            raise UnparsableLine(f"entry {sequence} of {self.where} {problem}: run snap verify", sequence)
+        assert isinstance(line, str)
+        try:
+            entry = _entry_from_line(line.encode("utf-8"))
+        except ValueError as exc:
+            raise UnparsableLine(f"entry {sequence} of {self.where} is not an entry: {exc}", sequence) from exc
+        if entry.sequence != sequence:
+            raise RowMismatch(f"row {sequence} of {self.where} holds entry {entry.sequence}: run snap verify",
+                              sequence)
+        return entry
 
     def entries(self) -> Iterator[LogEntry]:
-        """Every entry, oldest first. Raises :class:`UnparsableLine` at the first bad row."""
+        """Every entry, oldest first. Raises :class:`UnparsableLine` (or :class:`RowMismatch`) at the first bad row."""
         for sequence, line in self._rows():
-            try:
-                yield _entry_from_line(line.encode("utf-8"))
-            except ValueError as exc:
-                raise UnparsableLine(f"entry {sequence} of {self.where} is not an entry: {exc}", sequence) from exc
+            yield self._entry(sequence, line)
 
     __iter__ = entries
 
     def entries_after(self, sequence: int) -> Iterator[LogEntry]:
         """Entries newer than ``sequence``, oldest first (reads only those)."""
         for number, line in self._rows(sequence):
-            try:
-                yield _entry_from_line(line.encode("utf-8"))
-            except ValueError as exc:
-                raise UnparsableLine(f"entry {number} of {self.where} is not an entry: {exc}", number) from exc
+            yield self._entry(number, line)
 
     def load(self) -> LoadResult:
         """Every readable entry, with a finding for each row that is not one."""
@@ -195,31 +276,77 @@ class StoreLog(EntryQueries):
         findings: list[Finding] = []
         for sequence, line in self._rows():
             try:
-                entries.append(_entry_from_line(line.encode("utf-8")))
-            except ValueError as exc:
-                findings.append(Finding(FindingKind.UNPARSABLE_LINE, f"not an entry: {exc}", sequence, sequence))
+                entries.append(self._entry(sequence, line))
+            except RowMismatch as exc:
+                findings.append(Finding(FindingKind.ROW_MISMATCH, str(exc), sequence, sequence))
+            except UnparsableLine as exc:
+                findings.append(Finding(FindingKind.UNPARSABLE_LINE, str(exc), sequence, sequence))
         return LoadResult(tuple(entries), tuple(findings))
 
     def last(self) -> LogEntry | None:
         tail = self.backend.log_tail()
-        return None if tail is None else _entry_from_line(tail[1].encode("utf-8"))
+        return None if tail is None else self._entry(*tail)
 
     def get(self, sequence: int) -> LogEntry | None:
         rows = self.backend.log_lines(sequence - 1, 1)
         if not rows or rows[0][0] != sequence:
             return None
-        return _entry_from_line(rows[0][1].encode("utf-8"))
+        return self._entry(*rows[0])
 
     def anchors(self) -> list[Anchor]:
         return []
 
     def data(self) -> bytes:
-        """The log as the client's JSON Lines bytes."""
-        return b"".join(line.encode("utf-8") + b"\n" for _, line in self._rows())
+        """The log as the client's JSON Lines bytes; :class:`UnparsableLine` naming a row that holds no line."""
+        out = []
+        for sequence, line in self._rows():
+            problem = _not_a_line(line)
+            if problem is not None:
+                raise UnparsableLine(f"entry {sequence} of {self.where} {problem}: run snap verify", sequence)
+            out.append(line.encode("utf-8") + b"\n")
+        return b"".join(out)
 
     def verify(self, *, sample: int | None = None, seed: int | None = None) -> ChainReport:
-        """Verify the chain (hashes, links, signatures, sequence numbers) as for a log file."""
-        return verify_data(self.data(), [], self.key(), sample=sample, seed=seed)
+        """Verify the chain (hashes, links, signatures, sequence numbers) as for a log file, and each row:
+        it holds one line (``unparsable_line``), of the entry its key names, with the entry_hash its
+        ``entry_hash`` column holds where the store keeps one (``row_mismatch``)."""
+        key = self.key()
+        lines: list[bytes] = []
+        found: list[Finding] = []
+        stand_ins: set[int] = set()
+        column = self._hash_columns()
+        for number, (sequence, line) in enumerate(self._rows(), 1):
+            problem = _not_a_line(line)
+            if problem is not None:
+                found.append(Finding(FindingKind.UNPARSABLE_LINE, f"row {sequence} {problem}", sequence, number))
+                stand_ins.add(number)  # the walk sees an unparsable line there; this finding names it
+                lines.append(_STAND_IN)
+                continue
+            lines.append(line.encode("utf-8") + b"\n")
+            found.extend(_row_mismatches(sequence, line, column(sequence), number))
+        report = verify_data(b"".join(lines), [], key, sample=sample, seed=seed)
+        if not found:
+            return report
+        kept = [f for f in report.findings if f.line not in stand_ins]
+        findings = tuple(sorted(kept + found, key=lambda f: (f.line is None, f.line or 0)))
+        return replace(report, ok=False, findings=findings)
+
+    def _hash_columns(self) -> Callable[[int], Any]:
+        """Each loose row's ``entry_hash`` column by sequence, asked for in ascending order (None where
+        the store keeps none: a packed line, or a backend that does not say)."""
+        read = getattr(self.backend, "log_hashes", None)
+        if read is None:
+            return lambda sequence: None
+        pages = _paged(read)
+        current = next(pages, None)
+
+        def column(sequence: int) -> Any:
+            nonlocal current
+            while current is not None and current[0] < sequence:
+                current = next(pages, None)
+            return current[1] if current is not None and current[0] == sequence else None
+
+        return column
 
     def export(self, path: str | os.PathLike[str], *, key_file: bool = True) -> int:
         """Write the log as the client's JSON Lines file (atomically) and, unless told not to, its key file
@@ -234,6 +361,23 @@ class StoreLog(EntryQueries):
             if text and not key_path.exists():
                 write_atomic(key_path, text.encode("ascii"), mode=0o600)
         return data.count(b"\n")
+
+
+def _row_mismatches(sequence: int, line: str, column: Any, number: int) -> list[Finding]:
+    """Findings for a row whose key is not its line's sequence, or whose entry_hash column is not its
+    line's entry_hash (a line that is no entry is the walk's to report)."""
+    out = []
+    claimed = _claimed_sequence(sequence, line)
+    if claimed is not None and claimed != sequence:
+        out.append(Finding(FindingKind.ROW_MISMATCH,
+                           f"row {sequence} holds entry {claimed} (a row's key is its entry's sequence)",
+                           sequence, number))
+    held = None if column is None else _column_differs(line, column)
+    if held is not None:
+        out.append(Finding(FindingKind.ROW_MISMATCH,
+                           f"row {sequence}'s entry_hash column is {str(column)[:16]!r}, its line's entry_hash "
+                           f"is {held[:12]}", sequence, number))
+    return out
 
 
 class StoreAudit:

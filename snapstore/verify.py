@@ -262,15 +262,26 @@ def verify(repo: Repository, log: OzolithLog | None = None, conversation: str | 
 
     # 1. chain integrity
     entries: dict[int, LogEntry] = {}
+    chain = None
+    log_read = log is not None  # whether the store can be checked against the log's entries
     if log is not None:
-        chain = log.verify(sample=sample, seed=seed)
-        for f in chain.findings:
-            checker.add(str(f.kind), f.message, sequence=f.sequence)
+        try:
+            chain = log.verify(sample=sample, seed=seed)
+        except SnapstoreError as exc:  # a damaged log pack, a missing key: a finding, the other checks go on
+            checker.add("unreadable", f"cannot verify the log: {exc}", sequence=getattr(exc, "sequence", None))
+        else:
+            for f in chain.findings:
+                checker.add(str(f.kind), f.message, sequence=f.sequence)
         try:
             for entry in log.entries():
                 entries[entry.sequence] = entry
         except SnapstoreError as exc:
-            checker.add("log-unreadable", str(exc), sequence=getattr(exc, "sequence", None))
+            if chain is None:
+                log_read = False  # the fault that stopped the chain check (reported): nothing to compare
+            else:
+                checker.add("log-unreadable", str(exc), sequence=getattr(exc, "sequence", None))
+        if chain is None and not entries:
+            log_read = False  # no entry read (no log at all, say): the finding above says why
 
     # 2. store integrity
     objects = 0
@@ -297,7 +308,7 @@ def verify(repo: Repository, log: OzolithLog | None = None, conversation: str | 
             objects += 1 + len(link.get("nodes") or {})
 
     # 3b. snapshots and ref changes -> entries
-    if log is not None:
+    if log_read:
         for sid, snap in snapshots.items():
             if snap.log is not None:
                 checker.check_named_entry(snap.log.sequence, snap.log.entry_hash, entries, snapshot=sid)
@@ -314,7 +325,7 @@ def verify(repo: Repository, log: OzolithLog | None = None, conversation: str | 
                             snapshot=str(link.get("snapshot")))
 
     # 4. replay (Option C): the structure from the log equals the stored head's.
-    if log is not None and sample is None:
+    if log_read and sample is None:
         by_conv: dict[str, list[LogEntry]] = {}
         for entry in entries.values():
             link = link_of(entry)
@@ -330,7 +341,7 @@ def verify(repo: Repository, log: OzolithLog | None = None, conversation: str | 
             replayed = structure(replay_entries(by_conv[conv]).state(conv))
             _compare_structure(checker, conv, replayed, stored)
 
-    checked = chain.entries_checked if log is not None else 0
+    checked = chain.entries_checked if chain is not None else 0
     return VerifyReport(tuple(checker.problems), checked, objects, len(snapshots), sample is not None)
 
 

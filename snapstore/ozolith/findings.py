@@ -24,6 +24,8 @@ class FindingKind(StrEnum):
     TRUNCATED = "truncated"
     ANCHOR_MISMATCH = "anchor_mismatch"
     ANCHORS_UNREADABLE = "anchors_unreadable"
+    #: A row of the log kept in a store disagrees with its line (its key, its entry_hash column).
+    ROW_MISMATCH = "row_mismatch"
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,295 @@
+"""The audit log kept in an SQLite store, damaged behind the store's back.
+
+Each defect test fails on the code before its fix: a blob (or non-UTF-8
+text) in ``ozolith.line`` gave an internal AttributeError (or an error naming
+no row); a renumbered row, a row holding another entry's line and an edited
+``entry_hash`` column went undetected, and an append chained onto a
+renumbered row or died on a UNIQUE constraint; a deleted key was reported as
+"no entry was ever appended"; a damaged log pack stopped the library's
+``verify()`` with an exception (or a TypeError for a pack holding text); with
+the loose rows gone an append started a second chain at sequence 1; a row
+holding two lines was exported as two; packing met a row holding a blob with
+a TypeError. Guards: a line that is JSON but no
+entry, a row with no line (NULL, on a backend without the constraint), an
+edited column does not fork the chain.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sqlite3
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from snapstore.backends.memory import MemoryBackend
+from snapstore.cli.main import cli
+from snapstore.errors import LogError
+from snapstore.ozolith import FindingKind
+from snapstore.repository import Repository
+from snapstore.storelog import StoreLog
+from snapstore.verify import verify
+
+CONV = "demo"
+
+
+@pytest.fixture(scope="module")
+def demo_template(tmp_path_factory) -> Path:
+    """A store holding `snap demo`'s conversation and its 12 log entries, made once."""
+    folder = tmp_path_factory.mktemp("template") / "store"
+    result = CliRunner().invoke(cli, ["--store", str(folder), "demo"])
+    assert result.exit_code == 0, result.output
+    return folder
+
+
+@pytest.fixture
+def store(demo_template, tmp_path, monkeypatch) -> Path:
+    """A fresh copy of the demo store."""
+    for name in ("SNAPSTORE", "SNAPSTORE_DEBUG", "SNAPSTORE_OZOLITH"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(tmp_path)
+    folder = tmp_path / "store"
+    shutil.copytree(demo_template, folder)
+    return folder
+
+
+def _sql(store: Path, *statements: str) -> None:
+    con = sqlite3.connect(store / "store.sqlite")
+    for statement in statements:
+        con.execute(statement)
+    con.commit()
+    con.close()
+
+
+def _log_rows(store: Path) -> list[tuple]:
+    con = sqlite3.connect(store / "store.sqlite")
+    try:
+        return con.execute("SELECT sequence, entry_hash FROM ozolith ORDER BY sequence").fetchall() + \
+            con.execute("SELECT key, value FROM meta WHERE key = 'ozolith/key'").fetchall()
+    finally:
+        con.close()
+
+
+def _snap(store: Path, *args: str):
+    return CliRunner().invoke(cli, ["--store", str(store), *args])
+
+
+def _verify_json(store: Path) -> list[dict]:
+    result = _snap(store, "verify", "--json")
+    assert result.exit_code == 1, result.output
+    return json.loads(result.stdout)["problems"]
+
+
+def _append(store: Path) -> None:
+    repo = Repository.open(str(store))
+    try:
+        StoreLog(repo.backend).append("exchange", "SB-1", "system", {"n": 1})
+    finally:
+        repo.close()
+
+
+def _chain(store: Path):
+    repo = Repository.open(str(store))
+    try:
+        return StoreLog(repo.backend).verify()
+    finally:
+        repo.close()
+
+
+# -- 1. a line that is not text ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("damage", ["x'00ff'", "CAST(x'7b22ff' AS TEXT)"], ids=["blob", "not-utf8"])
+def test_a_row_that_holds_no_text_is_named_by_every_command(store, damage):
+    _sql(store, f"UPDATE ozolith SET line = {damage} WHERE sequence = 5")
+    problems = _verify_json(store)
+    assert {"kind": "unparsable_line", "sequence": 5} in [
+        {"kind": p["kind"], "sequence": p.get("sequence")} for p in problems], problems
+    for args in (["verify"], ["status"], ["export-log", "-o", "out.jsonl"], ["replay", CONV, "--as", "r"]):
+        result = _snap(store, *args)
+        assert "internal error" not in result.output, (args, result.output)
+        assert "5" in result.output and ("entry 5" in result.output or "row 5" in result.output), (args, result.output)
+    assert _snap(store, "export-log", "-o", "out.jsonl").exit_code != 0
+    report = _chain(store)
+    assert not report.ok
+    [finding] = report.findings  # the row's own finding, not also the walk's for its stand-in
+    assert (finding.kind, finding.sequence, finding.line) == (FindingKind.UNPARSABLE_LINE, 5, 5)
+
+
+def test_an_append_onto_a_row_that_holds_no_text_is_refused_naming_it(store):
+    _sql(store, "UPDATE ozolith SET line = x'00ff' WHERE sequence = 12")
+    before = _log_rows(store)
+    with pytest.raises(LogError, match="entry 12, holds no line of text"):
+        _append(store)
+    assert _log_rows(store) == before
+
+
+def test_a_row_holding_two_lines_is_found_and_not_exported(store):
+    con = sqlite3.connect(store / "store.sqlite")
+    five, six = (con.execute("SELECT line FROM ozolith WHERE sequence = ?", (n,)).fetchone()[0] for n in (5, 6))
+    con.execute("UPDATE ozolith SET line = ? WHERE sequence = 5", (five + "\n" + six,))
+    con.commit()
+    con.close()
+    report = _chain(store)
+    assert [(f.kind, f.sequence) for f in report.findings] == [(FindingKind.UNPARSABLE_LINE, 5)], report.findings
+    assert "more than one line" in report.findings[0].message
+    result = _snap(store, "export-log", "-o", "out.jsonl")
+    assert result.exit_code != 0 and "entry 5" in result.output, result.output
+
+
+# -- 2. a row whose key is not its line's sequence --------------------------------------------------
+
+
+def test_a_renumbered_row_is_found_naming_both_numbers(store):
+    _sql(store, "UPDATE ozolith SET sequence = 100 WHERE sequence = 12")
+    problems = [p for p in _verify_json(store) if p["kind"] == "row_mismatch"]
+    assert len(problems) == 1 and "row 100" in problems[0]["message"] and "entry 12" in problems[0]["message"]
+    status = _snap(store, "status")
+    assert "row 100 holds entry 12" in status.output, status.output
+
+
+def test_an_append_after_a_renumbered_row_is_refused(store):
+    _sql(store, "UPDATE ozolith SET sequence = 100 WHERE sequence = 12")
+    before = _log_rows(store)
+    with pytest.raises(LogError, match="keyed 100 but holds entry 12"):
+        _append(store)  # was: entry 13 written, chained onto the line of row 100
+    assert _log_rows(store) == before
+
+
+def test_a_row_holding_another_entrys_line_is_found_and_refused_as_a_base(store):
+    _sql(store, "UPDATE ozolith SET line = (SELECT line FROM ozolith WHERE sequence = 11) WHERE sequence = 12")
+    report = _chain(store)
+    assert any(f.kind == FindingKind.ROW_MISMATCH and f.sequence == 12 and "holds entry 11" in f.message
+               for f in report.findings), report.findings
+    before = _log_rows(store)
+    with pytest.raises(LogError, match="keyed 12 but holds entry 11"):
+        _append(store)  # was: "UNIQUE constraint failed"
+    assert _log_rows(store) == before
+
+
+# -- 3. the entry_hash column ----------------------------------------------------------------------
+
+
+def test_an_edited_entry_hash_column_is_found(store):
+    _sql(store, "UPDATE ozolith SET entry_hash = '00' WHERE sequence = 7")
+    problems = _verify_json(store)
+    assert [(p["kind"], p.get("sequence")) for p in problems] == [("row_mismatch", 7)], problems
+    assert "entry_hash column" in problems[0]["message"]
+
+
+def test_an_edited_column_of_the_last_row_does_not_fork_the_chain(store):
+    _sql(store, "UPDATE ozolith SET entry_hash = '00' WHERE sequence = 12")
+    _append(store)  # appends chain onto the line, never the column
+    report = _chain(store)
+    assert [(f.kind, f.sequence) for f in report.findings] == [(FindingKind.ROW_MISMATCH, 12)], report.findings
+    assert report.last_sequence == 13
+
+
+# -- 4. the key ------------------------------------------------------------------------------------
+
+
+def test_a_deleted_key_is_named_missing_and_appends_are_refused(store):
+    _sql(store, "DELETE FROM meta WHERE key = 'ozolith/key'")
+    repo = Repository.open(str(store))
+    try:
+        with pytest.raises(LogError, match="is missing though the log holds 12 entries"):
+            StoreLog(repo.backend).key()
+        report = verify(repo, StoreLog(repo.backend))
+    finally:
+        repo.close()
+    assert [(p.kind, p.sequence) for p in report.problems] == [("unreadable", 12)], report.problems
+    before = _log_rows(store)
+    with pytest.raises(LogError, match="signing key .* is missing"):
+        _append(store)  # never a new key signing new entries
+    assert _log_rows(store) == before
+
+
+# -- 5. log packs ----------------------------------------------------------------------------------
+
+
+def _packed(store: Path) -> tuple[int, int]:
+    assert _snap(store, "pack").exit_code == 0
+    con = sqlite3.connect(store / "store.sqlite")
+    try:
+        return con.execute("SELECT first, last FROM ozolith_packs").fetchone()
+    finally:
+        con.close()
+
+
+@pytest.mark.parametrize("data", ["x'00112233445566778899'", "'text, not bytes'"], ids=["bytes", "text"])
+def test_library_verify_reports_a_damaged_log_pack(store, data):
+    first, last = _packed(store)
+    _sql(store, f"UPDATE ozolith_packs SET data = {data}")
+    repo = Repository.open(str(store))
+    try:
+        report = verify(repo, StoreLog(repo.backend), CONV)  # was: LogError (or TypeError) raised
+    finally:
+        repo.close()
+    unreadable = [p for p in report.problems if p.kind == "unreadable"]
+    assert len(unreadable) == 1 and unreadable[0].sequence == first, report.problems
+    assert f"{first}-{last}" in unreadable[0].message
+    assert not [p for p in report.problems if p.kind in ("entry-missing", "log-unreadable")]
+    for args in (["verify"], ["status"], ["export-log", "-o", "out.jsonl"]):
+        result = _snap(store, *args)
+        assert "internal error" not in result.output and f"{first}-{last}" in result.output, (args, result.output)
+
+
+def test_packing_leaves_a_row_that_holds_no_text_loose(store):
+    _sql(store, "UPDATE ozolith SET line = x'00ff' WHERE sequence = 5")
+    result = _snap(store, "pack")
+    assert result.exit_code == 0, result.output  # was: internal error (TypeError)
+    assert _packed_rows(store) == (1, 4)
+    assert [(f.kind, f.sequence) for f in _chain(store).findings] == [(FindingKind.UNPARSABLE_LINE, 5)]
+
+
+def _packed_rows(store: Path) -> tuple[int, int]:
+    con = sqlite3.connect(store / "store.sqlite")
+    try:
+        return con.execute("SELECT min(first), max(last) FROM ozolith_packs").fetchone()
+    finally:
+        con.close()
+
+
+def test_an_append_with_the_loose_rows_gone_is_refused(store):
+    _, last = _packed(store)
+    _sql(store, "DELETE FROM ozolith")
+    before = _log_rows(store)
+    with pytest.raises(LogError, match=f"packs end at entry {last}"):
+        _append(store)  # was: entry 1 again, a second chain
+    assert _log_rows(store) == before
+
+
+def test_a_shifted_pack_is_found(store):
+    first, last = _packed(store)
+    _sql(store, "UPDATE ozolith SET sequence = sequence + 1",
+         f"UPDATE ozolith_packs SET first = {first + 1}, last = {last + 1}")
+    report = _chain(store)
+    assert report.findings and all(f.kind == FindingKind.ROW_MISMATCH for f in report.findings), report.findings
+    assert f"row {first + 1} holds entry {first}" in report.findings[0].message
+
+
+# -- guards ----------------------------------------------------------------------------------------
+
+
+def test_a_line_that_is_json_but_no_entry_is_named(store):
+    _sql(store, "UPDATE ozolith SET line = '[1, 2]' WHERE sequence = 5")
+    problems = _verify_json(store)
+    assert ("unparsable_line", 5) in [(p["kind"], p.get("sequence")) for p in problems]
+    result = _snap(store, "replay", CONV, "--as", "r")
+    assert result.exit_code != 0 and "entry 5" in result.output and "internal error" not in result.output
+
+
+def test_a_row_with_no_line_is_named():
+    backend = MemoryBackend()
+    log = StoreLog(backend)
+    for n in range(3):
+        log.append("exchange", "SB-1", "system", {"n": n})
+    backend._log[1] = (2, None)  # type: ignore[attr-defined]  # no NOT NULL constraint to stop it here
+    report = log.verify()
+    assert [(f.kind, f.sequence) for f in report.findings] == [(FindingKind.UNPARSABLE_LINE, 2)]
+    with pytest.raises(LogError, match="entry 2 .*NULL"):
+        list(log.entries())
+    with pytest.raises(LogError, match="entry 2"):
+        log.data()
