@@ -312,6 +312,7 @@ def fsck(as_json: bool) -> None:
         for problem in report.problems:
             click.echo(click.style(f"{problem.kind}: {safe(problem.message)}", fg="red"))
         verdict = "ok" if report.ok else f"{len(report.problems)} problem{'' if len(report.problems) == 1 else 's'}"
-        click.echo(f"{report.objects} objects, {report.reachable} reachable: {verdict}")
+        missing = f", {report.missing} missing" if report.missing else ""
+        click.echo(f"{report.objects} objects, {report.reachable} reachable{missing}: {verdict}")
     if not report.ok:
         click.get_current_context().exit(1)

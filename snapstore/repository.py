@@ -26,6 +26,7 @@ from .diff import TreeDiff, diff_states
 from .errors import (
     AmbiguousRevision,
     CorruptObject,
+    DamagedRecord,
     FormatError,
     InvalidInput,
     ObjectNotFound,
@@ -198,8 +199,10 @@ class FsckReport:
     """What :meth:`Repository.fsck` found."""
 
     objects: int
+    # Stored objects that refs and reflogs reach; those they name but the store lacks are ``missing``.
     reachable: int
     problems: tuple[Problem, ...]
+    missing: int = 0
 
     @property
     def ok(self) -> bool:
@@ -213,6 +216,7 @@ class FsckReport:
             "ok": self.ok,
             "objects": self.objects,
             "reachable": self.reachable,
+            "missing": self.missing,
             "problems": [p.to_json() for p in self.problems],
         }
 
@@ -887,7 +891,8 @@ class Repository:
             )
         return matches[0] if matches else None
 
-    def reflog_lineage(self, conversation: str) -> list[ReflogEntry]:
+    def reflog_lineage(self, conversation: str,
+                       rows_of: Callable[[str], list[ReflogEntry]] | None = None) -> list[ReflogEntry]:
         """A conversation's reflog followed back through its renames, oldest first.
 
         A conversation renamed from OLD starts its own reflog with a row
@@ -895,10 +900,12 @@ class Repository:
         row come first, and so on back through every earlier name (the rows of
         an earlier conversation that once had the current name are left out).
         ``CONV@{TIME}``, log links and fsck read this. At most
-        :data:`MAX_RENAMES_FOLLOWED` renames are followed.
+        :data:`MAX_RENAMES_FOLLOWED` renames are followed. ``rows_of`` reads one ref's reflog
+        (default: the backend's; fsck passes the rows it read once).
         """
+        rows_of = rows_of or self.backend.reflog
         conv = validate_conversation_id(conversation)
-        rows = self.backend.reflog(ref_name(conv))
+        rows = rows_of(ref_name(conv))
         segments: list[list[ReflogEntry]] = []
         name, end = conv, len(rows)
         for _ in range(MAX_RENAMES_FOLLOWED):
@@ -908,7 +915,7 @@ class Repository:
                       if created is not None and created.reason.startswith(_RENAMED_FROM) else None)
             if source is None or created is None or start is None:
                 break
-            earlier = self.backend.reflog(ref_name(source))
+            earlier = rows_of(ref_name(source))
             match = next((j for j in range(len(earlier) - 1, -1, -1)
                           if earlier[j].new is None and earlier[j].old == created.new
                           and earlier[j].reason == _RENAMED_TO + name and earlier[j].time == created.time), None)
@@ -924,8 +931,15 @@ class Repository:
         if conv is None or self.backend.get_ref(ref_name(conv)) is None:
             raise UnknownRevision(f"unknown conversation {base!r}")
         value: ObjectId | None = None
-        for entry in self.reflog_lineage(conv):
-            if parse_time(entry.time) > moment:
+        for position, entry in enumerate(self.reflog_lineage(conv), 1):
+            try:
+                when = parse_time(entry.time)
+            except (TypeError, ValueError, AttributeError):
+                # A row skipped here would answer with the value before it: damage, named instead.
+                raise DamagedRecord(
+                    f"reflog row {position} of {conv!r} (in the reflog of {entry.name!r}, {entry.reason!r:.60}) "
+                    f"holds time {entry.time!r:.40}, not a time: the store is damaged") from None
+            if when > moment:
                 break
             value = entry.new
         if value is None:
@@ -1052,18 +1066,37 @@ class Repository:
             reason = message.removeprefix("stored in a damaged pack: ")
             problems.append(Problem("corrupt-pack", f"{reason}; what pack {pack_id} held is reported missing",
                                     object=None))
+        malformed = getattr(self.backend, "malformed_object_rows", None)
+        for line in malformed() if malformed is not None else ():
+            count += 1  # a row no id finds: counted, and named
+            problems.append(Problem("malformed-id", line, object=None))
+        refs, by_name, rows_of = self._fsck_reflogs()
+        problems.extend(_reflog_problems(refs, by_name))
+        active = self.backend.get_meta(ACTIVE_KEY)
+        if active is not None:
+            try:
+                active_ref = ref_name(validate_conversation_id(active))
+            except InvalidInput as exc:
+                problems.append(Problem("dangling-active", f"the active conversation {active!r:.80} (meta "
+                                        f"{ACTIVE_KEY!r}) is not a conversation name: {exc}", object=None))
+            else:
+                if active_ref not in refs:
+                    problems.append(Problem("dangling-active", f"the active conversation {active!r} (meta "
+                                            f"{ACTIVE_KEY!r}) does not exist: no ref {active_ref!r}", object=None))
         starts: list[tuple[ObjectId, str, str]] = []
         # Named only by the reflog of a conversation's earlier name (before a rename): checked
         # where present, but gc does not keep them, so one that is gone is not a problem.
         earlier: list[tuple[ObjectId, str, str]] = []
         rewrites = Rewrites.load(self.backend)
-        for ref, target in self.backend.list_refs(REF_PREFIX).items():
+        for ref, target in refs.items():
+            if not ref.startswith(REF_PREFIX):
+                continue
             starts.append((target, "snapshot", ref))
             conv = conversation_of(ref)
             try:
-                rows = self.reflog_lineage(conv)  # type: ignore[arg-type]
+                rows = self.reflog_lineage(conv, rows_of)  # type: ignore[arg-type]
             except InvalidInput:  # a ref whose name is no conversation id: its own reflog only
-                rows = self.backend.reflog(ref)
+                rows = rows_of(ref)
             for entry in rows:
                 own = entry.name == ref
                 for oid in (entry.old, entry.new):
@@ -1074,15 +1107,16 @@ class Repository:
                     elif not rewrites.superseded(conversation_of(entry.name), oid):
                         earlier.append((oid, "snapshot", f"reflog of {entry.name}, an earlier name of {ref}"))
         reachable: set[ObjectId] = set()
+        missing: set[ObjectId] = set()  # named but not stored: not counted as reachable
         for roots, strict in ((starts, True), (earlier, False)):
             stack = list(reversed(roots))
             while stack:
                 oid, want, where = stack.pop()
-                if oid in reachable:
+                if oid in reachable or oid in missing:
                     continue
                 if oid not in named:
                     if strict:
-                        reachable.add(oid)
+                        missing.add(oid)
                         problems.append(Problem("missing", f"{want} {oid} is missing (named by {where})", object=oid))
                     continue
                 reachable.add(oid)
@@ -1094,7 +1128,38 @@ class Repository:
                     continue
                 label = f"{want} {oid[:12]}"
                 stack.extend((child, kind, label) for child, kind in children)
-        return FsckReport(count, len(reachable), tuple(problems))
+        return FsckReport(count, len(reachable), tuple(problems), len(missing))
+
+    def _fsck_reflogs(self) -> tuple[dict[str, ObjectId], dict[Any, list[tuple[str, ReflogEntry, tuple[str, ...]]]],
+                                     Callable[[str], list[ReflogEntry]]]:
+        """Refs, every reflog's rows ``(label, entry, damage)`` by name, and a reader of one reflog, for fsck.
+
+        A backend that can (``reflog_rows``) hands refs and all reflog rows of one moment in one
+        read, names without a ref included; another is read ref by ref.
+        """
+        scan = getattr(self.backend, "reflog_rows", None)
+        by_name: dict[Any, list[tuple[str, ReflogEntry, tuple[str, ...]]]] = {}
+        if scan is not None:
+            refs, rows = scan()
+            for row in rows:
+                by_name.setdefault(row[1].name, []).append(row)
+        else:
+            refs = dict(self.backend.list_refs())
+            for ref in refs:
+                entries = self.backend.reflog(ref)
+                if entries and entries[-1].new != refs[ref]:  # moved since it was listed?
+                    now = self.backend.get_ref(ref)
+                    if now is not None and now == entries[-1].new:
+                        refs[ref] = now
+                by_name[ref] = [(f"row {i}", e, ()) for i, e in enumerate(entries, 1)]
+        read = {name: [e for _, e, _ in rows] for name, rows in by_name.items()}
+
+        def rows_of(name: str) -> list[ReflogEntry]:
+            if name in read:
+                return read[name]
+            return [] if scan is not None else self.backend.reflog(name)
+
+        return refs, by_name, rows_of
 
 
 def _check_event_and_log(event: Any, log: Any) -> None:
@@ -1117,6 +1182,73 @@ def _reflog_link(change: ReflogEntry) -> LogLink | None:
         return LogLink(change.log_sequence, change.log_hash)
     except InvalidInput:
         return None
+
+
+def _row_time(time: object) -> str:
+    return time if isinstance(time, str) else repr(time)
+
+
+def _row_damage(entry: ReflogEntry) -> str | None:
+    """What a reflog row holds that it never holds (besides its ids, which the backend judges), or None."""
+    if not isinstance(entry.time, str):
+        return f"its time is {entry.time!r:.40}, not a time"
+    try:
+        parse_time(entry.time)
+    except ValueError:
+        return f"its time is {entry.time!r:.40}, not a time"
+    if not isinstance(entry.reason, str):
+        return f"its reason is {entry.reason!r:.40}, not text"
+    if entry.log_sequence is not None and (type(entry.log_sequence) is not int or entry.log_sequence < 0):
+        return f"its log_sequence is {entry.log_sequence!r:.40}, not a non-negative integer"
+    if entry.log_hash is not None and not isinstance(entry.log_hash, str):
+        return f"its log_hash is {entry.log_hash!r:.40}, not text"
+    return None
+
+
+def _reflog_problems(refs: Mapping[str, ObjectId],
+                     by_name: Mapping[Any, list[tuple[str, ReflogEntry, tuple[str, ...]]]]) -> list[Problem]:
+    """Damaged reflog rows, and reflogs that do not chain: each row moves the ref from where the row
+    before left it (the first from nothing: no writer ever removes a reflog row, not prune, gc,
+    rename or import), the last leaves it where the ref points (nowhere if there is no ref)."""
+    problems: list[Problem] = []
+    unknown = object()  # after a row whose ids are damaged: the chain is not judged across it
+    for name in sorted(by_name, key=str):
+        rows = by_name[name]
+        previous: object = None
+        for position, (label, entry, damage) in enumerate(rows):
+            where = f"reflog row {label} of {name!r} ({_row_time(entry.time):.40})"
+            for line in damage:
+                problems.append(Problem("damaged-row", f"{line} ({label}, {_row_time(entry.time):.40}): "
+                                        "the store is damaged", object=None))
+            field = _row_damage(entry)
+            if field is not None:
+                problems.append(Problem("damaged-row", f"{where}: {field}: the store is damaged", object=None))
+            if damage:
+                previous = unknown
+                continue
+            if previous is not unknown and entry.old != previous:
+                if position == 0:
+                    message = (f"{where} moves it from {entry.old}, but no row before it does: "
+                               "its earlier reflog rows are missing")
+                else:
+                    message = (f"{where} moves it from {entry.old or 'nothing'}, but the row before left it at "
+                               f"{previous or 'nothing'}: a row between them is missing or altered")
+                problems.append(Problem("broken-reflog", message, object=None))
+            previous = entry.new
+        target = refs.get(name)
+        if rows and previous is not unknown and previous != target:
+            label, entry, _ = rows[-1]
+            last = f"its last reflog row {label} ({_row_time(entry.time):.40}) leaves it at {previous or 'nothing'}"
+            if target is None:
+                message = f"there is no ref {name!r}, but {last}: the ref or its later reflog rows are missing"
+            else:
+                message = f"ref {name!r} points at {target}, but {last}: reflog rows are missing or the ref was altered"
+            problems.append(Problem("broken-reflog", message, object=None))
+    for name in refs:
+        if name not in by_name:
+            problems.append(Problem("broken-reflog", f"ref {name!r} (pointing at {refs[name]}) has no reflog rows: "
+                                    "its history is missing", object=None))
+    return problems
 
 
 def _kind_name(obj: AnyObject) -> str:

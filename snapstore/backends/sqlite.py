@@ -19,11 +19,13 @@ update. Every query works on both schemas.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import errno
 import fcntl
 import hashlib
 import json
+import math
 import os
 import sqlite3
 import threading
@@ -34,7 +36,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from ..errors import BackendError, CorruptObject, DamagedRecord, LogError, RefConflict, StoreExists, StoreNotFound
-from ..objects import ObjectId
+from ..objects import ObjectId, is_object_id
 from ..packs import Pack, decode_lines, decode_objects, encode_lines, prefix_key, prefix_range, raw_frame
 from ..timeutil import utc_now
 from .base import (
@@ -78,6 +80,27 @@ _LOG_SCHEMA = """CREATE TABLE IF NOT EXISTS ozolith (
     entry_hash TEXT NOT NULL,
     line TEXT NOT NULL
 )"""
+
+# A log row read whatever it holds (see _log_row): a line that is not UTF-8 text fails a plain read.
+_LOG_ROW = "sequence, CAST(line AS BLOB), typeof(line)"
+# An append's one read: the last row's key and line (NULLs if there is none) and the log's key.
+_LOG_TAIL_AND_KEY = (
+    "SELECT (SELECT max(sequence) FROM ozolith), (SELECT line FROM ozolith ORDER BY sequence DESC LIMIT 1),"
+    " (SELECT value FROM meta WHERE key = ?)"
+)
+
+
+def _log_row(row: tuple[int, bytes | None, str]) -> tuple[int, Any]:
+    """``(sequence, line)`` of a row read with ``_LOG_ROW``: the line's text, else what the row holds
+    (bytes or None), for the reader to name the row."""
+    sequence, raw, kind = row
+    if kind == "text":
+        try:
+            return sequence, raw.decode("utf-8")  # type: ignore[union-attr]
+        except UnicodeDecodeError:
+            pass
+    return sequence, raw
+
 
 # Packs (snapstore/packs.py), created by the first ``pack``: cold objects
 # compressed together, found through ``packed`` by the first 8 bytes of their
@@ -152,14 +175,45 @@ def _identity_of(path: Path) -> tuple[int, int]:
     return st.st_dev, st.st_ino
 
 
+def _id_damage(raw: object) -> str | None:
+    """What an id column holds if it is not None or 32 bytes (``"29 bytes"``, ``"a str ('xyz')"``), else None."""
+    if raw is None or (isinstance(raw, bytes) and len(raw) == 32):
+        return None
+    return f"{len(raw)} bytes" if isinstance(raw, bytes) else f"a {type(raw).__name__} ({str(raw)[:40]!r})"
+
+
 def _hex(raw: bytes | None, where: str = "a row") -> ObjectId | None:
     """An id column's 32 bytes as hex; :class:`DamagedRecord` naming ``where`` for anything else."""
     if raw is None:
         return None
-    if not isinstance(raw, bytes) or len(raw) != 32:
-        shown = f"{len(raw)} bytes" if isinstance(raw, bytes) else f"a {type(raw).__name__} ({str(raw)[:40]!r})"
+    shown = _id_damage(raw)
+    if shown is not None:
         raise DamagedRecord(f"{where} holds {shown}, not a 32-byte object id: the store is damaged")
     return ObjectId(raw.hex())
+
+
+def _reflog_damage(time: object, reason: object, log_sequence: object, log_hash: object) -> str | None:
+    """What is wrong with a reflog row's other columns (types only; fsck also parses the time), or None."""
+    if not isinstance(time, str):
+        return f"its time is a {type(time).__name__} ({str(time)[:40]!r})"
+    if not isinstance(reason, str):
+        return f"its reason is a {type(reason).__name__} ({str(reason)[:40]!r})"
+    if log_sequence is not None and (type(log_sequence) is not int or log_sequence < 0):
+        return f"its log_sequence is {log_sequence!r:.40}, not a non-negative integer"
+    if log_hash is not None and not isinstance(log_hash, str):
+        return f"its log_hash is a {type(log_hash).__name__} ({str(log_hash)[:40]!r})"
+    return None
+
+
+def _packable_reflog_row(path: Path, row: tuple) -> list[object]:
+    """A loose reflog row ``(seq, name, old, new, time, reason, log_sequence, log_hash)`` as a pack holds it;
+    :class:`DamagedRecord` naming the row if a column holds what it never holds (packing would hide it)."""
+    seq, n, o, w, t, r, ls, lh = row
+    where = f"{path}: a reflog row of {n!r} (seq {seq})"
+    damage = _reflog_damage(t, r, ls, lh) if isinstance(n, str) else f"its name is {n!r:.40}, not text"
+    if damage is not None:
+        raise DamagedRecord(f"{where}: {damage}: the store is damaged")
+    return [n, _hex(o, where), _hex(w, where), t, r, ls, lh]
 
 
 class SqliteBackend(Backend):
@@ -389,7 +443,9 @@ class SqliteBackend(Backend):
             if not rows:
                 break
             for raw, k, size, data in rows:
-                yield StoredObject(ObjectId(raw.hex()), k, size, data)
+                # An id of another length names no object (fsck reports it: malformed_object_rows).
+                if len(raw) == 32:
+                    yield StoredObject(ObjectId(raw.hex()), k, size, data)
             last = rows[-1][0]
         if not self._has_packs():
             return
@@ -409,6 +465,20 @@ class SqliteBackend(Backend):
             for oid, (k, body) in members.items():
                 if kind is None or k == kind:
                     yield StoredObject(oid, k, len(body), raw_frame(body))
+
+    def malformed_object_rows(self) -> list[str]:
+        """One line for each objects row whose id is not 32 bytes (a text, a number, another length):
+        no id can find such a row and :meth:`iter_objects` skips it; fsck reports these. One scan of the id index."""
+        rows = self._query(
+            "SELECT hex(id), typeof(id), length(CAST(id AS BLOB)) FROM objects "
+            "WHERE typeof(id) != 'blob' OR length(id) != 32 ORDER BY id"
+        )
+        out = []
+        for shown, kind, size in rows:
+            held = f"{size} bytes" if kind == "blob" else f"a {kind} of {size} bytes"
+            out.append(f"{self.path}: the objects row with id x'{shown[:80]}' holds {held}, "
+                       "not a 32-byte object id: the store is damaged")
+        return out
 
     def count_objects(self) -> tuple[int, int, int]:
         count, stored, logical = self._query(
@@ -670,8 +740,9 @@ class SqliteBackend(Backend):
         return self._pack_lines("log", max(keep, 1), lines, partial)  # an append chains onto the newest loose line
 
     def pack_reflog(self, keep: int, rows: int, partial: bool = False) -> int:
-        """As :meth:`pack_log`, for reflog rows."""
-        return self._pack_lines("reflog", keep, rows, partial)
+        """As :meth:`pack_log`, for reflog rows (the newest stays loose: were the table left empty, SQLite
+        would number the next row 1 again, inside a pack's range)."""
+        return self._pack_lines("reflog", max(keep, 1), rows, partial)
 
     def _pack_lines(self, kind: str, keep: int, lines: int, partial: bool) -> int:
         loose, key, columns, packs = _LINE_PACKS[kind]
@@ -694,8 +765,9 @@ class SqliteBackend(Backend):
                     f"SELECT {key}, {columns} FROM {loose} WHERE {key} <= (SELECT max({key}) FROM {loose}) - ? "
                     f"ORDER BY {key} LIMIT ?", (keep, lines - len(carried))).fetchall()
                 if kind == "log":
-                    run = 1
-                    while run < len(rows) and rows[run][0] == rows[0][0] + run:
+                    # Consecutive rows of text only: a gap or a row holding no text stays loose for verify.
+                    run = 0
+                    while run < len(rows) and rows[run][0] == rows[0][0] + run and isinstance(rows[run][1], str):
                         run += 1
                     rows = rows[:run]
                     if carried and rows and rows[0][0] != tail[1] + 1:
@@ -707,7 +779,7 @@ class SqliteBackend(Backend):
                     if carried:
                         db.execute(f"DELETE FROM {packs} WHERE first = ?", (first,))
                     new = [row[1] for row in rows] if kind == "log" else [
-                        json.dumps([n, _hex(o), _hex(w), t, r, ls, lh]) for _, n, o, w, t, r, ls, lh in rows]
+                        json.dumps(_packable_reflog_row(self.path, row)) for row in rows]
                     db.execute(f"INSERT INTO {packs} (first, last, data) VALUES (?, ?, ?)",
                                (first, rows[-1][0], encode_lines(carried + new)))
                     db.execute(f"DELETE FROM {loose} WHERE {key} BETWEEN ? AND ?", (rows[0][0], rows[-1][0]))
@@ -775,13 +847,71 @@ class SqliteBackend(Backend):
         return entries
 
     def _loose_reflog(self, name: str, order: str, params: Sequence[object]) -> list[ReflogEntry]:
-        """The loose reflog rows of ``name`` in ``order`` (an ORDER BY clause, maybe with LIMIT ?)."""
+        """The loose reflog rows of ``name`` in ``order`` (an ORDER BY clause, maybe with LIMIT ?);
+        :class:`DamagedRecord` naming the row for a column holding what it never holds."""
         rows = self._db.execute(
-            "SELECT name, old, new, time, reason, log_sequence, log_hash FROM reflog WHERE name = ? " + order,
+            "SELECT seq, name, old, new, time, reason, log_sequence, log_hash FROM reflog WHERE name = ? " + order,
             (name, *params),
         ).fetchall()
-        where = f"{self.path}: a reflog row of {name!r}"
-        return [ReflogEntry(n, _hex(o, where), _hex(w, where), t, r, ls, lh) for n, o, w, t, r, ls, lh in rows]
+        out = []
+        for seq, n, o, w, t, r, ls, lh in rows:
+            where = f"{self.path}: a reflog row of {name!r} (seq {seq})"
+            damage = _reflog_damage(t, r, ls, lh)
+            if damage is not None:
+                raise DamagedRecord(f"{where}: {damage}: the store is damaged")
+            out.append(ReflogEntry(n, _hex(o, where), _hex(w, where), t, r, ls, lh))
+        return out
+
+    def reflog_rows(self) -> tuple[dict[str, ObjectId], list[tuple[str, ReflogEntry, tuple[str, ...]]]]:
+        """The refs and every reflog row, read at one moment (what fsck checks the reflogs with).
+
+        Returns ``(refs, rows)``: ``refs`` maps each ref name to its target (a damaged target
+        raises :class:`DamagedRecord`, as in :meth:`list_refs`); ``rows`` are ``(label, entry, damage)``
+        in reflog order, packed rows first, then loose ones by ``seq``. ``label`` names the row (``seq 5``);
+        ``damage`` lines say which id column holds what no id is (in ``entry`` such a column is
+        None), a loose row inside a pack's range, a row whose name is not text. One read of each
+        table and pack; a damaged reflog pack raises :class:`DamagedRecord`.
+        """
+        with self._lock, self._errors(), self._read_snapshot() as db:
+            refs = {n: _hex(t, f"{self.path}: ref {n!r}")
+                    for n, t in db.execute("SELECT name, target FROM refs ORDER BY name").fetchall()}
+            out: list[tuple[str, ReflogEntry, tuple[str, ...]]] = []
+            ranges: list[tuple[int, int]] = []
+            if self._has_packs():
+                for first, last in db.execute("SELECT first, last FROM reflog_packs ORDER BY first").fetchall():
+                    ranges.append((first, last))
+                    entries = self._reflog_pack(first, last)
+                    exact = len(entries) == last - first + 1
+                    for i, e in enumerate(entries):
+                        label = (f"seq {first + i}" if exact
+                                 else f"row {i + 1} of the reflog pack of rows {first}-{last}")
+                        bad = [(column, value) for column, value in (("old", e.old), ("new", e.new))
+                               if value is not None and not (isinstance(value, str) and is_object_id(value))]
+                        if bad:
+                            e = ReflogEntry(e.name, None if bad[0][0] == "old" else e.old,
+                                            None if bad[-1][0] == "new" else e.new,
+                                            e.time, e.reason, e.log_sequence, e.log_hash)
+                        damage = [f"a reflog row of {e.name!r} holds {value!r:.80} in {column}, not an object id"
+                                  for column, value in bad]
+                        if not isinstance(e.name, str):
+                            damage.append(f"its name is {e.name!r:.80}, not text")
+                        out.append((label, e, tuple(damage)))
+            for seq, n, o, w, t, r, ls, lh in db.execute(
+                    "SELECT seq, name, old, new, time, reason, log_sequence, log_hash FROM reflog ORDER BY seq"):
+                damage = []
+                for column, value in (("old", o), ("new", w)):
+                    shown = _id_damage(value)
+                    if shown is not None:
+                        damage.append(f"a reflog row of {n!r} holds {shown} in {column}, not a 32-byte object id")
+                at = bisect.bisect_right(ranges, (seq, math.inf)) - 1  # the pack starting at or before seq
+                if at >= 0 and seq <= ranges[at][1]:
+                    damage.append(f"seq {seq} is also a row of the reflog pack of rows {ranges[at][0]}-{ranges[at][1]}")
+                if not isinstance(n, str):
+                    damage.append(f"its name is {n!r:.80}, not text")
+                entry = ReflogEntry(n, None if _id_damage(o) else _hex(o), None if _id_damage(w) else _hex(w),
+                                    t, r, ls, lh)
+                out.append((f"seq {seq}", entry, tuple(damage)))
+        return refs, out
 
     def _has_packed_reflog(self, name: str) -> bool:
         """Whether packs hold reflog rows of ``name`` (the caller holds the lock)."""
@@ -795,10 +925,19 @@ class SqliteBackend(Backend):
             # The reflog_name index holds (name, seq) only: one aggregate over the loose rows.
             for name, top in db.execute("SELECT name, max(log_sequence) FROM reflog GROUP BY name").fetchall():
                 if name in out and top is not None:
+                    if type(top) is not int or top < 0:  # text sorts above every number: it is the max
+                        seq, value = db.execute(
+                            "SELECT seq, log_sequence FROM reflog WHERE name = ? AND (typeof(log_sequence) "
+                            "NOT IN ('integer', 'null') OR log_sequence < 0) ORDER BY seq LIMIT 1", (name,)).fetchone()
+                        raise DamagedRecord(f"{self.path}: a reflog row of {name!r} (seq {seq}): its log_sequence "
+                                            f"is {value!r:.40}, not a non-negative integer: the store is damaged")
                     out[name] = max(out[name], top)
             if self._has_packs():
                 for name, top in db.execute("SELECT name, max_log_sequence FROM reflog_packed").fetchall():
                     if name in out:
+                        if type(top) is not int:
+                            raise DamagedRecord(f"{self.path}: the reflog_packed row of {name!r} holds "
+                                                f"max_log_sequence {top!r:.40}, not an integer: the store is damaged")
                         out[name] = max(out[name], top)
         return out
 
@@ -807,7 +946,7 @@ class SqliteBackend(Backend):
             try:
                 return [ReflogEntry(*json.loads(line)) for line in decode_lines(data, 1, 0, count=False)]
             except (ValueError, TypeError) as exc:
-                raise BackendError(f"{self.path}: the reflog pack of rows {first}-{last} is damaged: {exc}") from None
+                raise DamagedRecord(f"{self.path}: the reflog pack of rows {first}-{last} is damaged: {exc}") from None
 
         return self._line_pack(self._reflog_pack_cache, 256, "reflog_packs", first, last, parse)  # ~32,000 rows
 
@@ -926,10 +1065,25 @@ class SqliteBackend(Backend):
     def _append_locked(self, db: sqlite3.Connection, append: LogAppend) -> AppendedEntry:
         if not self._log_table:
             db.execute(_LOG_SCHEMA)
-        last_line, key = db.execute(
-            "SELECT (SELECT line FROM ozolith ORDER BY sequence DESC LIMIT 1),"
-            " (SELECT value FROM meta WHERE key = ?)", (LOG_KEY_META,)).fetchone()
+        try:  # the last row and the key in one statement (every commit that links an entry runs it)
+            last, last_line, key = db.execute(_LOG_TAIL_AND_KEY, (LOG_KEY_META,)).fetchone()
+        except sqlite3.OperationalError:  # a last line that is not UTF-8 text: read the row as it is stored
+            row = db.execute(f"SELECT {_LOG_ROW} FROM ozolith ORDER BY sequence DESC LIMIT 1").fetchone()
+            last, last_line = _log_row(row)
+            key = None
+        if last is None:
+            last = self._packed_log_end(db)
+            if last:
+                raise LogError(f"{self.path}: the audit log's packs end at entry {last} but no row follows (the "
+                               "newest rows are gone): nothing was written; run snap verify", last)
+        elif not isinstance(last_line, str):
+            raise LogError(f"{self.path}: the audit log's last row, entry {last}, holds no line of text: "
+                           "nothing was written; run snap verify", last)
         entry, new_key = append.build(last_line, key)
+        if entry.sequence != last + 1:
+            # The row's key is not the sequence its line holds (renumbered, or another entry's line).
+            raise LogError(f"{self.path}: the audit log's last row is keyed {last} but holds entry "
+                           f"{entry.sequence - 1}: nothing was written; run snap verify", last)
         db.execute("INSERT INTO ozolith (sequence, entry_hash, line) VALUES (?, ?, ?)",
                    (entry.sequence, entry.entry_hash, entry.line))
         if new_key is not None:
@@ -1006,6 +1160,12 @@ class SqliteBackend(Backend):
         finally:
             local.release()
 
+    def _packed_log_end(self, db: sqlite3.Connection) -> int:
+        """The last sequence the log packs hold (0 if none); the caller holds the lock."""
+        if not self._has_packs():
+            return 0
+        return db.execute("SELECT coalesce(max(last), 0) FROM ozolith_packs").fetchone()[0]
+
     def _has_log(self) -> bool:
         if not self._log_table:
             self._log_table = bool(self._query("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'ozolith'"))
@@ -1029,26 +1189,40 @@ class SqliteBackend(Backend):
                         out.append((first + offset, line))
                 position = last
             if limit is None or len(out) < limit:
-                out.extend(db.execute(
-                    "SELECT sequence, line FROM ozolith WHERE sequence > ? ORDER BY sequence LIMIT ?",
-                    (position, -1 if limit is None else limit - len(out))).fetchall())
+                params = (position, -1 if limit is None else limit - len(out))
+                try:
+                    out.extend(db.execute(
+                        "SELECT sequence, line FROM ozolith WHERE sequence > ? ORDER BY sequence LIMIT ?",
+                        params).fetchall())
+                except sqlite3.OperationalError:  # a line that is not UTF-8 text: each row as it is stored
+                    out.extend(_log_row(row) for row in db.execute(
+                        f"SELECT {_LOG_ROW} FROM ozolith WHERE sequence > ? ORDER BY sequence LIMIT ?", params))
         return out
 
     def _log_pack(self, first: int, last: int) -> list[str]:
         def parse(data: bytes) -> list[str]:
             try:
                 return decode_lines(data, first, last)
-            except (ValueError, UnicodeDecodeError) as exc:
+            except (ValueError, UnicodeDecodeError, TypeError) as exc:  # TypeError: data that is not bytes
                 raise LogError(f"{self.path}: log entries {first}-{last} are damaged: {exc}", first) from None
 
         return self._line_pack(self._log_pack_cache, 8, "ozolith_packs", first, last, parse)
 
+    def log_hashes(self, after: int = 0, limit: int | None = None) -> list[tuple[int, Any]]:
+        """``(sequence, entry_hash column)`` of the loose log rows past ``after``, in order (a packed line
+        keeps no column): what verify compares with each row's line."""
+        if not self._has_log():
+            return []
+        rows = self._query("SELECT sequence, CAST(entry_hash AS BLOB), typeof(entry_hash) FROM ozolith "
+                           "WHERE sequence > ? ORDER BY sequence LIMIT ?", (after, -1 if limit is None else limit))
+        return [_log_row(row) for row in rows]
+
     def log_tail(self) -> tuple[int, str] | None:
         if not self._has_log():
             return None
-        rows = self._query("SELECT sequence, line FROM ozolith ORDER BY sequence DESC LIMIT 1")
+        rows = self._query(f"SELECT {_LOG_ROW} FROM ozolith ORDER BY sequence DESC LIMIT 1")
         if rows:
-            return (rows[0][0], rows[0][1])
+            return _log_row(rows[0])
         # Every line packed (packing keeps the newest loose, so only if told to keep none).
         if not self._has_packs():
             return None

@@ -1,0 +1,290 @@
+"""fsck and reflog readers against a tampered SQLite store: each damage is found and named.
+
+Each defect test fails on the code before its fix: a deleted or renamed reflog
+row that fsck called ok, a garbage reflog time that fsck passed and
+``CONV@{TIME}`` skipped, a text log_sequence that crashed ``snap status``, an
+objects row with a text or short id that nothing saw, a dangling active
+conversation that fsck passed, a damaged reflog pack raised as a plain
+BackendError, and "53 objects, 54 reachable" for a ref naming a missing
+object. The guards check that legitimate histories (renames, prune, gc,
+import --force, packed reflogs, forks) stay ok.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import sqlite3
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from snapstore.bundle import export_bundle, import_bundle
+from snapstore.cli.main import cli
+from snapstore.errors import DamagedRecord
+from snapstore.gc import collect_garbage
+from snapstore.objects import Event
+from snapstore.packing import pack
+from snapstore.prune import prune
+from snapstore.repository import Repository
+
+from .factories import exchange, sample_state
+
+CONV = "demo"
+
+
+@pytest.fixture(scope="module")
+def demo_template(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("template") / "store"
+    result = CliRunner().invoke(cli, ["--store", str(folder), "demo"])
+    assert result.exit_code == 0, result.output
+    return folder
+
+
+@pytest.fixture
+def snap(demo_template, tmp_path, monkeypatch):
+    """``snap --store <a fresh copy of the demo store> ARGS`` through CliRunner."""
+    monkeypatch.chdir(tmp_path)
+    for name in ("SNAPSTORE", "SNAPSTORE_DEBUG", "SNAPSTORE_OZOLITH"):
+        monkeypatch.delenv(name, raising=False)
+    folder = tmp_path / "store"
+    shutil.copytree(demo_template, folder)
+    runner = CliRunner()
+
+    def run(*args: str):
+        return runner.invoke(cli, ["--store", str(folder), *args])
+
+    run.location = str(folder)  # type: ignore[attr-defined]
+    run.db = folder / "store.sqlite"  # type: ignore[attr-defined]
+    return run
+
+
+def sql(db: Path, statement: str, *args) -> None:
+    con = sqlite3.connect(db)
+    con.execute(statement, args)
+    con.commit()
+    con.close()
+
+
+def one_line_error(result) -> str:
+    assert result.exit_code != 0, result.output
+    assert "Traceback" not in result.output
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert "internal error" not in lines[0], lines[0]
+    return lines[0]
+
+
+def fsck_fails(snap, *patterns: str) -> list[dict]:
+    """fsck exits 1, its text names every pattern (regex), --json agrees; returns the problems."""
+    result = snap("fsck")
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output and "internal error" not in result.output, result.output
+    for pattern in patterns:
+        assert re.search(pattern, result.stdout), (pattern, result.stdout)
+    report = json.loads(snap("fsck", "--json").stdout)
+    assert report["ok"] is False
+    return report["problems"]
+
+
+def test_the_demo_store_is_ok(snap):
+    result = snap("fsck")
+    assert result.exit_code == 0 and result.stdout.strip().endswith(": ok"), result.output
+
+
+# -- 1. reflog rows that do not chain -------------------------------------------------------------
+
+
+def test_a_deleted_reflog_row_is_found(snap):
+    sql(snap.db, "DELETE FROM reflog WHERE seq = 5")
+    problems = fsck_fails(snap, r"reflog row seq 6 of 'conversations/demo'", r"missing or altered")
+    assert [p["kind"] for p in problems] == ["broken-reflog"]
+
+
+def test_a_reflog_row_moved_to_a_name_without_ref_is_found(snap):
+    sql(snap.db, "UPDATE reflog SET name = 'conversations/zzz' WHERE seq = 5")
+    fsck_fails(snap, r"reflog row seq 6 of 'conversations/demo'",
+               r"no ref 'conversations/zzz'.*seq 5", r"'conversations/zzz'.*no row before it")
+
+
+@pytest.mark.parametrize("which, pattern", [
+    ("(SELECT max(seq) FROM reflog)", r"ref 'conversations/demo' points at \w+, but its last reflog row seq 11"),
+    ("1", r"reflog row seq 2 of 'conversations/demo' .*no row before it"),
+])
+def test_a_deleted_first_or_last_reflog_row_is_found(snap, which, pattern):
+    sql(snap.db, f"DELETE FROM reflog WHERE seq = {which}")
+    fsck_fails(snap, pattern)
+
+
+def test_a_ref_without_reflog_rows_is_found(snap):
+    sql(snap.db, "DELETE FROM reflog WHERE name = 'conversations/demo'")
+    fsck_fails(snap, r"ref 'conversations/demo' \(pointing at \w+\) has no reflog rows")
+
+
+# -- 2. a reflog time that is no time -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value", ["notatime", 5])
+def test_a_garbage_reflog_time_is_found(snap, value):
+    sql(snap.db, "UPDATE reflog SET time = ? WHERE seq = 5", value)
+    fsck_fails(snap, rf"reflog row seq 5 of 'conversations/demo' .*its time is '{value}', not a time")
+
+
+def test_at_time_does_not_skip_a_row_with_a_garbage_time(snap):
+    con = sqlite3.connect(snap.db)
+    (moment,) = con.execute("SELECT time FROM reflog WHERE seq = 8").fetchone()
+    con.close()
+    before = snap("show", f"{CONV}@{{{moment}}}", "--json")
+    assert before.exit_code == 0, before.output
+    sql(snap.db, "UPDATE reflog SET time = 'notatime' WHERE seq = 5")
+    line = one_line_error(snap("show", f"{CONV}@{{{moment}}}", "--json"))
+    assert "'notatime'" in line and "conversations/demo" in line, line
+
+
+# -- 3. a log_sequence that is no number ----------------------------------------------------------
+
+
+def test_a_text_log_sequence_is_named_by_status_and_fsck(snap):
+    sql(snap.db, "UPDATE reflog SET log_sequence = 'x' WHERE seq = 5")
+    line = one_line_error(snap("status"))
+    assert "seq 5" in line and "log_sequence" in line, line
+    fsck_fails(snap, r"reflog row seq 5 of 'conversations/demo' .*its log_sequence is 'x'")
+
+
+def test_newest_log_sequences_raises_damaged_record(snap):
+    sql(snap.db, "UPDATE reflog SET log_sequence = 'x' WHERE seq = 5")
+    repo = Repository.open(snap.location)
+    try:
+        with pytest.raises(DamagedRecord, match=r"seq 5"):
+            repo.backend.newest_log_sequences(["conversations/demo"])
+    finally:
+        repo.close()
+
+
+@pytest.mark.parametrize("command", [["log", CONV], ["pack"]])
+def test_a_text_log_sequence_is_named_not_ignored_or_packed(snap, command):
+    sql(snap.db, "UPDATE reflog SET log_sequence = 'x' WHERE seq = 5")
+    line = one_line_error(snap(*command))  # was: log dropped the row's link silently; pack: internal error
+    assert "(seq 5)" in line and "log_sequence is 'x'" in line, line
+
+
+# -- 4. objects rows whose id is no id ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("expression, held", [
+    ("x'ecfc60' || randomblob(29)", "a text"),  # || makes text
+    ("CAST(x'ecfc60' || randomblob(26) AS BLOB)", "29 bytes"),
+])
+def test_an_objects_row_with_a_malformed_id_is_found(snap, expression, held):
+    sql(snap.db, f"INSERT INTO objects SELECT {expression}, kind, size, data FROM objects LIMIT 1")
+    problems = fsck_fails(snap, r"objects row with id x'ECFC60\w*' holds " + held)
+    assert [p["kind"] for p in problems] == ["malformed-id"]
+    report = json.loads(snap("fsck", "--json").stdout)
+    assert report["objects"] == report["reachable"] + 1  # counted, like count_objects counts it
+
+
+# -- 5. a dangling active conversation ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value", ["ghost", "bad name/.."])
+def test_a_dangling_active_conversation_is_found(snap, value):
+    sql(snap.db, "UPDATE meta SET value = ? WHERE key = 'active_conversation'", value)
+    problems = fsck_fails(snap, re.escape(repr(value)))
+    assert [p["kind"] for p in problems] == ["dangling-active"]
+
+
+# -- 6. a damaged reflog pack is a DamagedRecord --------------------------------------------------
+
+
+def test_a_damaged_reflog_pack_raises_damaged_record_naming_its_rows(snap):
+    assert snap("pack", "--keep", "0").exit_code == 0
+    con = sqlite3.connect(snap.db)
+    first, last, data = con.execute("SELECT first, last, data FROM reflog_packs ORDER BY first LIMIT 1").fetchone()
+    flipped = bytearray(data)
+    flipped[len(flipped) // 2] ^= 1
+    con.execute("UPDATE reflog_packs SET data = ? WHERE first = ?", (bytes(flipped), first))
+    con.commit()
+    con.close()
+    repo = Repository.open(snap.location)
+    try:
+        with pytest.raises(DamagedRecord, match=rf"reflog pack of rows {first}-{last}"):
+            repo.backend.reflog("conversations/demo")
+    finally:
+        repo.close()
+
+
+# -- 7. a ref naming a missing object -------------------------------------------------------------
+
+
+def test_a_missing_head_is_not_counted_as_reachable(snap):
+    sql(snap.db, "UPDATE refs SET target = randomblob(32)")
+    result = snap("fsck")
+    assert result.exit_code == 1
+    counts = re.search(r"(\d+) objects, (\d+) reachable, 1 missing:", result.stdout)
+    assert counts, result.stdout
+    assert int(counts[2]) <= int(counts[1])
+    assert re.search(r"missing: snapshot \w+ is missing \(named by conversations/demo\)", result.stdout)
+    report = json.loads(snap("fsck", "--json").stdout)
+    assert report["missing"] == 1 and report["reachable"] <= report["objects"]
+
+
+# -- nearby: a loose reflog row inside a pack's range ---------------------------------------------
+
+
+def test_a_loose_reflog_row_duplicating_a_packed_seq_is_found(snap):
+    assert snap("pack", "--keep", "0").exit_code == 0
+    sql(snap.db, "INSERT INTO reflog (seq, name, old, new, time, reason) SELECT 3, name, new, new, time, reason "
+                 "FROM reflog ORDER BY seq DESC LIMIT 1")
+    fsck_fails(snap, r"seq 3 is also a row of the reflog pack of rows 1-\d+")
+
+
+# -- guards: legitimate histories stay ok ---------------------------------------------------------
+
+
+def commit_steps(repo: Repository, conv: str, n: int, start: int = 0) -> None:
+    state = sample_state(conv)
+    for i in range(start, start + n):
+        state["contexts"][0]["local_memory"].append(exchange(100 + i, "SB-1"))
+        repo.commit(conv, state, event=Event("exchange", "SB-1", f"step {i}"))
+
+
+def assert_ok(repo: Repository) -> None:
+    report = repo.fsck()
+    assert report.ok, report.problems
+    assert report.reachable <= report.objects and getattr(report, "missing", 0) == 0
+
+
+def test_renames_prune_gc_pack_and_forced_import_keep_fsck_ok(tmp_path):
+    repo = Repository.init(str(tmp_path / "store"))
+    try:
+        commit_steps(repo, "a", 6)
+        repo.set_active("a")
+        repo.rename_conversation("a", "b")
+        assert repo.active_conversation == "b"
+        commit_steps(repo, "b", 2, start=10)
+        repo.rename_conversation("b", "a")  # a name used before, again
+        assert_ok(repo)
+        commit_steps(repo, "c", 3)
+        prune(repo, "a", keep_last=2)
+        assert_ok(repo)
+        collect_garbage(repo, timedelta(0))
+        assert_ok(repo)
+        pack(repo, keep=0, keep_log=0)
+        commit_steps(repo, "c", 2, start=50)
+        pack(repo, keep=0, keep_log=0)
+        assert_ok(repo)
+        bundle = tmp_path / "c.bundle"
+        export_bundle(repo, ["c"], bundle)
+        other = Repository.init(str(tmp_path / "other"))
+        try:
+            commit_steps(other, "c", 2, start=200)  # a diverged head: replaced with --force
+            import_bundle(other, bundle, force=True)
+            assert_ok(other)
+        finally:
+            other.close()
+        assert_ok(repo)
+    finally:
+        repo.close()
