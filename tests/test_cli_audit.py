@@ -21,39 +21,11 @@ from click.testing import CliRunner
 
 from snapstore.cli.main import cli
 
+from .demo_store import demo_template, snap, sql, store  # noqa: F401 (fixtures)
 from .test_cli_defects import one_line_error
 
 # The demo conversation's ids differ run to run: tests find them with `snap show`.
 CONV = "demo"
-
-
-@pytest.fixture(scope="module")
-def demo_template(tmp_path_factory) -> Path:
-    """A store holding `snap demo`'s conversation (with its audit log), made once."""
-    folder = tmp_path_factory.mktemp("template") / "store"
-    result = CliRunner().invoke(cli, ["--store", str(folder), "demo"])
-    assert result.exit_code == 0, result.output
-    return folder
-
-
-@pytest.fixture
-def snap(demo_template, tmp_path, monkeypatch):
-    """``snap --store <a fresh copy of the demo store> ARGS`` through CliRunner."""
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("SNAPSTORE", raising=False)
-    monkeypatch.delenv("SNAPSTORE_DEBUG", raising=False)
-    monkeypatch.delenv("SNAPSTORE_OZOLITH", raising=False)
-    folder = tmp_path / "store"
-    shutil.copytree(demo_template, folder)
-    runner = CliRunner()
-
-    def run(*args: str):
-        return runner.invoke(cli, ["--store", str(folder), *args])
-
-    run.location = str(folder)  # type: ignore[attr-defined]
-    run.db = folder / "store.sqlite"  # type: ignore[attr-defined]
-    run.runner = runner  # type: ignore[attr-defined]
-    return run
 
 
 def tables(db: Path) -> dict[str, list[tuple]]:
@@ -66,11 +38,7 @@ def tables(db: Path) -> dict[str, list[tuple]]:
         con.close()
 
 
-def sql(db: Path, statement: str, *args) -> None:
-    con = sqlite3.connect(db)
-    con.execute(statement, args)
-    con.commit()
-    con.close()
+
 
 
 def show(snap, name: str) -> dict:

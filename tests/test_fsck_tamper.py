@@ -31,51 +31,14 @@ from snapstore.packing import pack
 from snapstore.prune import prune
 from snapstore.repository import Repository
 
+from .demo_store import demo_template, snap, sql, store  # noqa: F401 (fixtures)
 from .factories import exchange, sample_state
+from .test_cli_defects import one_line_error
 
 CONV = "demo"
 
 
-@pytest.fixture(scope="module")
-def demo_template(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("template") / "store"
-    result = CliRunner().invoke(cli, ["--store", str(folder), "demo"])
-    assert result.exit_code == 0, result.output
-    return folder
 
-
-@pytest.fixture
-def snap(demo_template, tmp_path, monkeypatch):
-    """``snap --store <a fresh copy of the demo store> ARGS`` through CliRunner."""
-    monkeypatch.chdir(tmp_path)
-    for name in ("SNAPSTORE", "SNAPSTORE_DEBUG", "SNAPSTORE_OZOLITH"):
-        monkeypatch.delenv(name, raising=False)
-    folder = tmp_path / "store"
-    shutil.copytree(demo_template, folder)
-    runner = CliRunner()
-
-    def run(*args: str):
-        return runner.invoke(cli, ["--store", str(folder), *args])
-
-    run.location = str(folder)  # type: ignore[attr-defined]
-    run.db = folder / "store.sqlite"  # type: ignore[attr-defined]
-    return run
-
-
-def sql(db: Path, statement: str, *args) -> None:
-    con = sqlite3.connect(db)
-    con.execute(statement, args)
-    con.commit()
-    con.close()
-
-
-def one_line_error(result) -> str:
-    assert result.exit_code != 0, result.output
-    assert "Traceback" not in result.output
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, result.stderr
-    assert "internal error" not in lines[0], lines[0]
-    return lines[0]
 
 
 def fsck_fails(snap, *patterns: str) -> list[dict]:

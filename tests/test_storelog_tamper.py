@@ -32,27 +32,9 @@ from snapstore.repository import Repository
 from snapstore.storelog import StoreLog
 from snapstore.verify import verify
 
+from .demo_store import demo_template, store  # noqa: F401 (fixtures)
+
 CONV = "demo"
-
-
-@pytest.fixture(scope="module")
-def demo_template(tmp_path_factory) -> Path:
-    """A store holding `snap demo`'s conversation and its 12 log entries, made once."""
-    folder = tmp_path_factory.mktemp("template") / "store"
-    result = CliRunner().invoke(cli, ["--store", str(folder), "demo"])
-    assert result.exit_code == 0, result.output
-    return folder
-
-
-@pytest.fixture
-def store(demo_template, tmp_path, monkeypatch) -> Path:
-    """A fresh copy of the demo store."""
-    for name in ("SNAPSTORE", "SNAPSTORE_DEBUG", "SNAPSTORE_OZOLITH"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.chdir(tmp_path)
-    folder = tmp_path / "store"
-    shutil.copytree(demo_template, folder)
-    return folder
 
 
 def _sql(store: Path, *statements: str) -> None:
