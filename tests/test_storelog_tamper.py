@@ -275,3 +275,18 @@ def test_a_row_with_no_line_is_named():
         list(log.entries())
     with pytest.raises(LogError, match="entry 2"):
         log.data()
+
+
+def test_packing_onto_a_log_pack_that_holds_text_names_the_pack(store):
+    """`snap pack` carries the newest pack's lines over: a pack whose data is text was an internal TypeError."""
+    from snapstore.errors import DamagedRecord
+    from snapstore.packing import pack
+
+    repo = Repository.open(str(store))
+    pack(repo, keep_log=1)
+    repo.close()
+    _sql(store, "UPDATE ozolith_packs SET data = 'not a pack' WHERE first = (SELECT max(first) FROM ozolith_packs)")
+    repo = Repository.open(str(store))
+    with pytest.raises(DamagedRecord, match="pack of 1-"):
+        repo.backend.pack_log(1, 1000)
+    repo.close()

@@ -756,9 +756,9 @@ class SqliteBackend(Backend):
                 if tail is not None:
                     try:
                         carried = decode_lines(tail[2], tail[0], tail[1], count=False)
-                    except (ValueError, UnicodeDecodeError) as exc:
-                        raise BackendError(f"{self.path}: the {kind} pack of {tail[0]}-{tail[1]} is damaged: {exc}"
-                                           ) from None
+                    except (ValueError, UnicodeDecodeError, TypeError) as exc:  # TypeError: data that is not bytes
+                        raise DamagedRecord(f"{self.path}: the {kind} pack of {tail[0]}-{tail[1]} is damaged: {exc}"
+                                            ) from None
                     if len(carried) >= lines:
                         carried = []
                 rows = db.execute(
