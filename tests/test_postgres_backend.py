@@ -509,3 +509,23 @@ def test_replicas_starting_together_on_an_empty_database_all_start(pg_store):
         assert racer.returncode == 0, err
         assert out.strip() in {"CLEAN", "AUDIT_RECOMMENDED"}, out
     Repository.open(pg_store.location).close()
+
+
+def test_an_append_after_a_renumbered_log_row_is_refused(shared_store):
+    """A last row keyed 100 holding entry 3: the next entry (4) would be written below it and chain onto a
+    row out of place; it is refused, nothing written (as on the embedded store)."""
+    from snapstore.errors import LogError
+    from snapstore.storelog import StoreLog
+
+    repo = Repository.init(shared_store.location)
+    try:
+        log = StoreLog(repo.backend)
+        for n in range(3):
+            log.append("exchange", "SB-1", "system", {"n": n})
+        url = pg_url_of(shared_store)
+        query(url, "UPDATE snapstore_ozolith SET sequence = 100 WHERE sequence = 3 RETURNING sequence")
+        with pytest.raises(LogError, match="keyed 100 but holds entry 3"):
+            log.append("exchange", "SB-1", "system", {"n": 3})
+        assert query(url, "SELECT sequence FROM snapstore_ozolith ORDER BY sequence") == [(1,), (2,), (100,)]
+    finally:
+        repo.close()

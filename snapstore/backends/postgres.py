@@ -58,7 +58,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from urllib.parse import parse_qsl, unquote, urlsplit
 
-from ..errors import BackendError, FormatError, InvalidInput, RefConflict, StoreExists, StoreNotFound
+from ..errors import BackendError, FormatError, InvalidInput, LogError, RefConflict, StoreExists, StoreNotFound
 from ..location import redact, register_url_backend
 from ..objects import ObjectId
 from .base import (
@@ -597,11 +597,16 @@ class PostgresBackend(Backend):
     @staticmethod
     def _append_locked(cur: psycopg.Cursor, append: LogAppend) -> AppendedEntry:
         cur.execute("SELECT pg_advisory_xact_lock(%s)", (_LOG_LOCK,))
-        cur.execute("SELECT line FROM snapstore_ozolith ORDER BY sequence DESC LIMIT 1")
+        cur.execute("SELECT sequence, line FROM snapstore_ozolith ORDER BY sequence DESC LIMIT 1")
         row = cur.fetchone()
         cur.execute("SELECT value FROM snapstore_meta WHERE key = %s", (LOG_KEY_META,))
         key_row = cur.fetchone()
-        entry, new_key = append.build(row[0] if row else None, key_row[0] if key_row else None)
+        entry, new_key = append.build(row[1] if row else None, key_row[0] if key_row else None)
+        if row is not None and entry.sequence != row[0] + 1:
+            # The last row's key is not the sequence its line holds (renumbered, or another entry's line):
+            # the new entry would collide with a row or leave a gap.
+            raise LogError(f"the audit log's last row is keyed {row[0]} but holds entry {entry.sequence - 1}: "
+                           "nothing was written; run snap verify", row[0])
         cur.execute("INSERT INTO snapstore_ozolith (sequence, entry_hash, line) VALUES (%s, %s, %s)",
                     (entry.sequence, entry.entry_hash, entry.line))
         if new_key is not None:
