@@ -20,7 +20,7 @@ from typing import Any
 
 from blake3 import blake3
 
-from .backends.base import Backend, RefUpdate, ReflogEntry, StoredObject
+from .backends.base import Backend, RefUpdate, ReflogEntry, StoredObject, reflog_row_damage
 from .compression import Codec, train_dictionary
 from .diff import TreeDiff, diff_states
 from .errors import (
@@ -1189,20 +1189,15 @@ def _row_time(time: object) -> str:
 
 
 def _row_damage(entry: ReflogEntry) -> str | None:
-    """What a reflog row holds that it never holds (besides its ids, which the backend judges), or None."""
-    if not isinstance(entry.time, str):
-        return f"its time is {entry.time!r:.40}, not a time"
-    try:
-        parse_time(entry.time)
-    except ValueError:
-        return f"its time is {entry.time!r:.40}, not a time"
-    if not isinstance(entry.reason, str):
-        return f"its reason is {entry.reason!r:.40}, not text"
-    if entry.log_sequence is not None and (type(entry.log_sequence) is not int or entry.log_sequence < 0):
-        return f"its log_sequence is {entry.log_sequence!r:.40}, not a non-negative integer"
-    if entry.log_hash is not None and not isinstance(entry.log_hash, str):
-        return f"its log_hash is {entry.log_hash!r:.40}, not text"
-    return None
+    """What a reflog row holds that it never holds (besides its ids, which the backend judges), or None:
+    the column types, and a time that does not parse."""
+    damage = reflog_row_damage(entry.time, entry.reason, entry.log_sequence, entry.log_hash)
+    if damage is None:
+        try:
+            parse_time(entry.time)
+        except ValueError:
+            return f"its time is {entry.time!r:.40}, not a time"
+    return damage
 
 
 def _reflog_problems(refs: Mapping[str, ObjectId],

@@ -189,22 +189,6 @@ def _max_depth(parents: dict[str, str | None]) -> int:
     return max(depth.values(), default=0)
 
 
-def _identity(stat: os.stat_result) -> tuple[int, int]:
-    return stat.st_dev, stat.st_ino
-
-
-def _file_identity(repo: Repository) -> tuple[Path | None, tuple[int, int] | None]:
-    """The file an embedded store lives in and its identity; ``(None, None)`` for other backends."""
-    path = getattr(repo.backend, "path", None)
-    if not isinstance(path, Path):
-        return None, None
-    path = Path(os.path.abspath(path))  # the file opened, even after the process changes directory
-    try:
-        return path, _identity(os.stat(path))
-    except OSError:
-        return None, None
-
-
 def _check_id(sidebar_id: Any) -> None:
     """Refuse a context id that is not a string (a clear error instead of "no such context")."""
     if not isinstance(sidebar_id, str):
@@ -246,7 +230,6 @@ class SidebarPersistence:
             except StoreExists:  # another replica created it a moment ago
                 self.repo = Repository.open(location)
         self.location = location
-        self._store_file, self._store_identity = _file_identity(self.repo)
         self.context_class = context_class or _config["context_class"]
         self._class_noted = self.repo.backend.get_meta(CONTEXT_CLASS)
         log_path = ozolith or _config["ozolith"]
@@ -751,15 +734,10 @@ class SidebarPersistence:
         after another store was made in its place) would return True and be
         lost, and loads would give what no other instance sees.
         """
-        if self._store_file is None:
-            return
-        try:
-            now = _identity(os.stat(self._store_file))
-        except FileNotFoundError:
-            now = None
-        if now != self._store_identity:
-            what = "deleted" if now is None else "replaced"
-            raise StoreNotFound(f"{self._store_file} was {what} after this instance opened it; "
+        changed = getattr(self.repo.backend, "file_changed", None)  # the embedded store's file (SQLite)
+        what = changed() if changed is not None else None
+        if what is not None:
+            raise StoreNotFound(f"{self.repo.backend.path} was {what} after this instance opened it; "
                                 "open the store again")
 
     def mark_clean_shutdown(self) -> None:

@@ -123,6 +123,19 @@ class LogAppend:
     build: Callable[[str | None, str | None], tuple[AppendedEntry, str | None]]
 
 
+def reflog_row_damage(time: object, reason: object, log_sequence: object, log_hash: object) -> str | None:
+    """What a reflog row's columns besides its name and ids hold that they never hold (their types), or None."""
+    if not isinstance(time, str):
+        return f"its time is {time!r:.40}, not a time"
+    if not isinstance(reason, str):
+        return f"its reason is {reason!r:.40}, not text"
+    if log_sequence is not None and (type(log_sequence) is not int or log_sequence < 0):
+        return f"its log_sequence is {log_sequence!r:.40}, not a non-negative integer"
+    if log_hash is not None and not isinstance(log_hash, str):
+        return f"its log_hash is {log_hash!r:.40}, not text"
+    return None
+
+
 def link(update: RefUpdate, entry: AppendedEntry | None) -> RefUpdate:
     """``update`` with its audit-log link filled in from ``entry`` if it asks for it."""
     if not update.link_appended or entry is None:

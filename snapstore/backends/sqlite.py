@@ -41,7 +41,7 @@ from ..packs import Pack, decode_lines, decode_objects, encode_lines, prefix_key
 from ..timeutil import utc_now
 from .base import (
     LOG_KEY_META, AppendedEntry, Backend, Capability, LogAppend, RefUpdate, ReflogEntry, StoredObject,
-    check_fence, link,
+    check_fence, link, reflog_row_damage,
 )
 
 _SCHEMA = """
@@ -192,25 +192,13 @@ def _hex(raw: bytes | None, where: str = "a row") -> ObjectId | None:
     return ObjectId(raw.hex())
 
 
-def _reflog_damage(time: object, reason: object, log_sequence: object, log_hash: object) -> str | None:
-    """What is wrong with a reflog row's other columns (types only; fsck also parses the time), or None."""
-    if not isinstance(time, str):
-        return f"its time is a {type(time).__name__} ({str(time)[:40]!r})"
-    if not isinstance(reason, str):
-        return f"its reason is a {type(reason).__name__} ({str(reason)[:40]!r})"
-    if log_sequence is not None and (type(log_sequence) is not int or log_sequence < 0):
-        return f"its log_sequence is {log_sequence!r:.40}, not a non-negative integer"
-    if log_hash is not None and not isinstance(log_hash, str):
-        return f"its log_hash is a {type(log_hash).__name__} ({str(log_hash)[:40]!r})"
-    return None
-
-
-def _packable_reflog_row(path: Path, row: tuple) -> list[object]:
-    """A loose reflog row ``(seq, name, old, new, time, reason, log_sequence, log_hash)`` as a pack holds it;
-    :class:`DamagedRecord` naming the row if a column holds what it never holds (packing would hide it)."""
+def _checked_reflog_row(path: Path, row: tuple) -> list[object]:
+    """A loose reflog row ``(seq, name, old, new, time, reason, log_sequence, log_hash)`` as a
+    :class:`ReflogEntry`'s fields (ids as hex), the form a pack holds it in; :class:`DamagedRecord`
+    naming the row if a column holds what it never holds (read or packed, it would be hidden)."""
     seq, n, o, w, t, r, ls, lh = row
     where = f"{path}: a reflog row of {n!r} (seq {seq})"
-    damage = _reflog_damage(t, r, ls, lh) if isinstance(n, str) else f"its name is {n!r:.40}, not text"
+    damage = reflog_row_damage(t, r, ls, lh) if isinstance(n, str) else f"its name is {n!r:.40}, not text"
     if damage is not None:
         raise DamagedRecord(f"{where}: {damage}: the store is damaged")
     return [n, _hex(o, where), _hex(w, where), t, r, ls, lh]
@@ -293,15 +281,20 @@ class SqliteBackend(Backend):
         a file nobody will open again and be lost. The caller holds ``self._lock``.
         """
         db.execute("BEGIN IMMEDIATE")
+        what = self.file_changed()
+        if what is not None:
+            db.execute("ROLLBACK")
+            raise StoreNotFound(f"{self.path} was {what} after this process opened it: nothing was written; "
+                                "open the store again")
+
+    def file_changed(self) -> str | None:
+        """How the store's file changed since this backend opened it (``"deleted"``, ``"replaced by another
+        file"``), or None: a caller that also reads may want to know (writes check it themselves)."""
         try:
             now = _identity_of(self._file)
         except OSError:
-            now = None
-        if now != self._identity:
-            db.execute("ROLLBACK")
-            what = "deleted" if now is None else "replaced by another file"
-            raise StoreNotFound(f"{self.path} was {what} after this process opened it: nothing was written; "
-                                "open the store again")
+            return "deleted"
+        return None if now == self._identity else "replaced by another file"
 
     def _switch_to_wal(self) -> str:
         """``PRAGMA journal_mode = WAL``, retried while other connections hold the file; the mode it reports.
@@ -779,7 +772,7 @@ class SqliteBackend(Backend):
                     if carried:
                         db.execute(f"DELETE FROM {packs} WHERE first = ?", (first,))
                     new = [row[1] for row in rows] if kind == "log" else [
-                        json.dumps(_packable_reflog_row(self.path, row)) for row in rows]
+                        json.dumps(_checked_reflog_row(self.path, row)) for row in rows]
                     db.execute(f"INSERT INTO {packs} (first, last, data) VALUES (?, ?, ?)",
                                (first, rows[-1][0], encode_lines(carried + new)))
                     db.execute(f"DELETE FROM {loose} WHERE {key} BETWEEN ? AND ?", (rows[0][0], rows[-1][0]))
@@ -853,14 +846,7 @@ class SqliteBackend(Backend):
             "SELECT seq, name, old, new, time, reason, log_sequence, log_hash FROM reflog WHERE name = ? " + order,
             (name, *params),
         ).fetchall()
-        out = []
-        for seq, n, o, w, t, r, ls, lh in rows:
-            where = f"{self.path}: a reflog row of {name!r} (seq {seq})"
-            damage = _reflog_damage(t, r, ls, lh)
-            if damage is not None:
-                raise DamagedRecord(f"{where}: {damage}: the store is damaged")
-            out.append(ReflogEntry(n, _hex(o, where), _hex(w, where), t, r, ls, lh))
-        return out
+        return [ReflogEntry(*_checked_reflog_row(self.path, row)) for row in rows]
 
     def reflog_rows(self) -> tuple[dict[str, ObjectId], list[tuple[str, ReflogEntry, tuple[str, ...]]]]:
         """The refs and every reflog row, read at one moment (what fsck checks the reflogs with).
@@ -899,17 +885,18 @@ class SqliteBackend(Backend):
             for seq, n, o, w, t, r, ls, lh in db.execute(
                     "SELECT seq, name, old, new, time, reason, log_sequence, log_hash FROM reflog ORDER BY seq"):
                 damage = []
+                ids: list[ObjectId | None] = []  # a damaged id column reads as None
                 for column, value in (("old", o), ("new", w)):
                     shown = _id_damage(value)
                     if shown is not None:
                         damage.append(f"a reflog row of {n!r} holds {shown} in {column}, not a 32-byte object id")
+                    ids.append(None if shown is not None else _hex(value))
                 at = bisect.bisect_right(ranges, (seq, math.inf)) - 1  # the pack starting at or before seq
                 if at >= 0 and seq <= ranges[at][1]:
                     damage.append(f"seq {seq} is also a row of the reflog pack of rows {ranges[at][0]}-{ranges[at][1]}")
                 if not isinstance(n, str):
                     damage.append(f"its name is {n!r:.80}, not text")
-                entry = ReflogEntry(n, None if _id_damage(o) else _hex(o), None if _id_damage(w) else _hex(w),
-                                    t, r, ls, lh)
+                entry = ReflogEntry(n, *ids, t, r, ls, lh)
                 out.append((f"seq {seq}", entry, tuple(damage)))
         return refs, out
 
