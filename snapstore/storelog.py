@@ -242,15 +242,20 @@ class StoreLog(EntryQueries):
         """``(sequence, line)`` of every row past ``after``; a damaged row's line may be bytes or None."""
         return _paged(self.backend.log_lines, after)
 
-    def _entry(self, sequence: int, line: object) -> LogEntry:
-        """The entry the row keyed ``sequence`` holds: :class:`UnparsableLine` if it holds none,
-        :class:`RowMismatch` if it holds another entry."""
+    def _line(self, sequence: int, line: object) -> str:
+        """The text the row keyed ``sequence`` holds; :class:`UnparsableLine` if it holds no line of text."""
         problem = _not_a_line(line)
         if problem is not None:
             raise UnparsableLine(f"entry {sequence} of {self.where} {problem}: run snap verify", sequence)
         assert isinstance(line, str)
+        return line
+
+    def _entry(self, sequence: int, line: object) -> LogEntry:
+        """The entry the row keyed ``sequence`` holds: :class:`UnparsableLine` if it holds none,
+        :class:`RowMismatch` if it holds another entry."""
+        text = self._line(sequence, line)
         try:
-            entry = _entry_from_line(line.encode("utf-8"))
+            entry = _entry_from_line(text.encode("utf-8"))
         except ValueError as exc:
             raise UnparsableLine(f"entry {sequence} of {self.where} is not an entry: {exc}", sequence) from exc
         if entry.sequence != sequence:
@@ -298,13 +303,7 @@ class StoreLog(EntryQueries):
 
     def data(self) -> bytes:
         """The log as the client's JSON Lines bytes; :class:`UnparsableLine` naming a row that holds no line."""
-        out = []
-        for sequence, line in self._rows():
-            problem = _not_a_line(line)
-            if problem is not None:
-                raise UnparsableLine(f"entry {sequence} of {self.where} {problem}: run snap verify", sequence)
-            out.append(line.encode("utf-8") + b"\n")
-        return b"".join(out)
+        return b"".join(self._line(sequence, line).encode("utf-8") + b"\n" for sequence, line in self._rows())
 
     def verify(self, *, sample: int | None = None, seed: int | None = None) -> ChainReport:
         """Verify the chain (hashes, links, signatures, sequence numbers) as for a log file, and each row:
