@@ -95,10 +95,14 @@ def linked_sequences(repo: Repository) -> dict[str, int]:
     return newest
 
 
-def pending_entries(repo: Repository, log: OzolithLog,
-                    skip: frozenset[int] = frozenset()) -> list[tuple[LogEntry, dict[str, Any]]]:
-    """Linked entries newer than what the store's reflogs record, oldest first (but those in ``skip``)."""
-    newest = linked_sequences(repo)
+def pending_entries(repo: Repository, log: OzolithLog, skip: frozenset[int] = frozenset(),
+                    newest: dict[str, int] | None = None) -> list[tuple[LogEntry, dict[str, Any]]]:
+    """Linked entries newer than what the store's reflogs record, oldest first (but those in ``skip``).
+
+    ``newest``: :func:`linked_sequences` if the caller has read it already (a start reads it once).
+    """
+    if newest is None:
+        newest = linked_sequences(repo)
     floor = min(newest.values(), default=0)
     recent = list(log.entries_after(floor))  # both kinds of log read only what is newer
     voided = voided_sequences(recent)
@@ -129,10 +133,11 @@ def pending_entries(repo: Repository, log: OzolithLog,
     return out
 
 
-def roll_forward(repo: Repository, log: OzolithLog, skip: frozenset[int] = frozenset()) -> list[Recovery]:
+def roll_forward(repo: Repository, log: OzolithLog, skip: frozenset[int] = frozenset(),
+                 newest: dict[str, int] | None = None) -> list[Recovery]:
     """Move refs forward to snapshots that logged entries name but no ref reached (but entries in ``skip``)."""
     results: list[Recovery] = []
-    for entry, link in pending_entries(repo, log, skip):
+    for entry, link in pending_entries(repo, log, skip, newest):
         snapshot = ObjectId(link["snapshot"])
         try:
             conv = validate_conversation_id(link.get("conversation"))

@@ -167,16 +167,19 @@ def inspect(repo: Repository, log: OzolithLog | StoreLog | None = None, *, conve
             checks.append(f"{len(discarded)} log entries discarded earlier are left alone "
                           f"(newest {max(discarded)})")
         try:
+            newest: dict[str, int] | None = linked_sequences(repo)  # read once for both checks below
             if repair:
-                recoveries = _cut_torn_tail(log) + roll_forward(repo, log, discarded)
+                recoveries = _cut_torn_tail(log) + roll_forward(repo, log, discarded, newest)
+                if any(r.action == "rolled-forward" for r in recoveries):
+                    newest = None  # refs moved: log_behind reads the reflogs again
             else:
                 recoveries = [
                     Recovery(e.sequence, str(link.get("conversation")), str(link.get("snapshot")), "pending",
                              f"log entry {e.sequence} names snapshot {str(link.get('snapshot'))[:12]}, "
                              "which no ref reaches yet")
-                    for e, link in pending_entries(repo, log, discarded)
+                    for e, link in pending_entries(repo, log, discarded, newest)
                 ]
-            behind = log_behind(repo, log)
+            behind = log_behind(repo, log, newest)
             if behind is not None:
                 unreadable.append(behind)
         except LogError as exc:
@@ -241,7 +244,7 @@ def discarded_sequences(repo: Repository) -> frozenset[int]:
         values, list) else frozenset()
 
 
-def log_behind(repo: Repository, log: OzolithLog | StoreLog) -> str | None:
+def log_behind(repo: Repository, log: OzolithLog | StoreLog, newest: dict[str, int] | None = None) -> str | None:
     """Why an OZOLITH file is behind the store, or None: it lacks the newest entry a ref change links.
 
     A deleted log, an older copy or another log put in its place would
@@ -252,7 +255,8 @@ def log_behind(repo: Repository, log: OzolithLog | StoreLog) -> str | None:
     """
     if not isinstance(log, OzolithLog):
         return None  # the store's own log commits in the same transactions as the refs
-    newest = linked_sequences(repo)
+    if newest is None:
+        newest = linked_sequences(repo)
     if not newest:
         return None
     conv, highest = max(newest.items(), key=lambda item: item[1])
