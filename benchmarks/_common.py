@@ -20,6 +20,7 @@ import statistics
 import subprocess
 import sys
 import tarfile
+import tempfile
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -48,6 +49,13 @@ _CODE = (
     "$ snap diff main~1 main\n  1 changed: SB-12 (+1 exchange)\n",
 )
 STATUSES = ("active", "paused", "waiting", "reviewing", "merged", "archived")
+
+
+def work_folder(parent: str | Path | None, prefix: str) -> Path:
+    """A new temporary folder for a run, inside ``parent`` (made if missing; the system's temp folder if None)."""
+    if parent is not None:
+        Path(parent).mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
 
 
 def text(rng: random.Random, low: int, high: int) -> str:

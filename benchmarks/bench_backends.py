@@ -38,14 +38,13 @@ import sqlite3
 import struct
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import SEED, Summary, machine, ratio, table, us  # noqa: E402
+from _common import SEED, Summary, machine, ratio, table, us, work_folder  # noqa: E402
 from blake3 import blake3  # noqa: E402
 
 from snapstore.backends.base import RefUpdate, StoredObject  # noqa: E402
@@ -413,7 +412,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         return
     commits = 200 if args.quick else 1000
     prefill = 2_000 if args.quick else 20_000
-    folder = Path(tempfile.mkdtemp(prefix="snapstore-backends-", dir=args.dir))
+    folder = work_folder(args.dir, "snapstore-backends-")
     started = time.perf_counter()
     try:
         print(f"## bench_backends{' --quick' if args.quick else ''}\n")

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import base64
-import io
 import json
 import os
 import random
@@ -34,7 +33,6 @@ import shutil
 import sqlite3
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -54,6 +52,7 @@ from _common import (  # noqa: E402
     table,
     us,
     verdict,
+    work_folder,
 )
 
 from snapstore import objects as snap_objects  # noqa: E402
@@ -976,7 +975,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--whatif", action="store_true",
                         help="instead of a-e, time commit and diff with the proposed changes patched in")
     args = parser.parse_args(argv)
-    folder = Path(tempfile.mkdtemp(prefix="snapstore-bench-", dir=args.dir))
+    folder = work_folder(args.dir, "snapstore-bench-")
     try:
         revision = subprocess.run(
             ["git", "-C", str(Path(__file__).resolve().parent), "describe", "--always", "--dirty"],

@@ -60,7 +60,6 @@ import shutil
 import sqlite3
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -70,7 +69,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(1, str(Path(__file__).resolve().parents[1]))
 
 import client_sqlite_layer
-from _common import SEED, Summary, machine, ms, ratio, snapstore_at, table, text, verdict
+from _common import SEED, Summary, machine, ms, ratio, snapstore_at, table, text, verdict, work_folder
 from client_orchestrator import ClientOrchestrator
 from client_ozolith import ClientOzolith
 
@@ -837,7 +836,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",")] if args.sizes else list(QUICK_SIZES if args.quick else SIZES)
     window = args.window or (100 if args.quick else WINDOW)
-    root = Path(tempfile.mkdtemp(prefix="bench-persistence-", dir=args.dir))
+    root = work_folder(args.dir, "bench-persistence-")
     extra = [snapstore_against(args.against, root)] if args.against else []
 
     def log(line: str) -> None:

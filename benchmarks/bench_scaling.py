@@ -66,7 +66,6 @@ import shutil
 import signal
 import statistics
 import sys
-import tempfile
 import time
 import traceback
 from collections import Counter
@@ -78,7 +77,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(1, str(Path(__file__).resolve().parents[1]))
 
-from _common import SEED, Summary, machine, ms, table, text  # noqa: E402
+from _common import SEED, Summary, machine, ms, table, text, work_folder  # noqa: E402
 
 from snapstore.errors import RefConflict, SnapstoreError  # noqa: E402
 from snapstore.orchestrator import ConversationOrchestrator  # noqa: E402
@@ -548,7 +547,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     counts = [int(n) for n in args.writers.split(",")] if args.writers else list(WRITERS)
     workloads = args.workloads.split(",") if args.workloads else list(WORKLOADS)
     wanted = set(args.stores.split(",")) if args.stores else None
-    folder = Path(tempfile.mkdtemp(prefix="bench-scaling-", dir=args.dir))
+    folder = work_folder(args.dir, "bench-scaling-")
 
     def log(line: str) -> None:
         print(line, file=sys.stderr, flush=True)
