@@ -13,7 +13,7 @@ from snapstore.refs import validate_conversation_id
 from snapstore.repository import Repository
 from snapstore.storelog import StoreLog
 
-from .main import Settings, cli, not_empty
+from .main import Settings, cli, export_target, not_empty
 from .render import dump_json, safe
 
 LOG_ENV = "SNAPSTORE_OZOLITH"
@@ -83,13 +83,7 @@ def export_log(settings: Settings, output: str, no_key_file: bool, as_json: bool
     log = StoreLog(settings.repo().backend)
     if not log.exists():
         raise InvalidInput(f"{settings.location}: this store keeps no audit log")
-    target = Path(output)
-    if target.is_dir():
-        raise InvalidInput(f"{output} is a directory")
-    # The export makes missing folders; one that is a file stops it with a confusing "File exists".
-    blocker = next((p for p in target.parents if p.exists()), None)
-    if blocker is not None and not blocker.is_dir():
-        raise InvalidInput(f"cannot write {output}: {blocker} is a file, not a folder")
+    target = export_target(output)
     count = log.export(target, key_file=not no_key_file)
     if as_json:
         click.echo(dump_json({"output": str(target), "entries": count}))

@@ -10,6 +10,7 @@ import io
 import os
 import re
 import sys
+from pathlib import Path
 from typing import Any
 
 import click
@@ -65,6 +66,23 @@ def not_empty(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
     if isinstance(value, str) and not value.strip():
         raise click.BadParameter(f"{value!r} is empty: give a name (or leave the option out)", ctx=ctx, param=param)
     return value
+
+
+def export_target(output: str) -> Path:
+    """The FILE an export command (`snap export`, `snap export-log`) writes, checked before any work.
+
+    Both make the folders missing above FILE (and remove them again if the
+    export fails). A FILE that is a folder, or a file standing where a
+    folder must be, is one line naming it, the same for both, instead of
+    the system's "File exists" or "Not a directory".
+    """
+    target = Path(output)
+    if target.is_dir():
+        raise InvalidInput(f"{output} is a directory: give the export a file name")
+    blocker = next((p for p in target.parents if p.exists()), None)
+    if blocker is not None and not blocker.is_dir():
+        raise InvalidInput(f"cannot write {output}: {blocker} is a file, not a folder")
+    return target
 
 
 class OutputClosed(Exception):

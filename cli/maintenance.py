@@ -6,7 +6,6 @@ import re
 import sys
 from contextlib import AbstractContextManager
 from datetime import timedelta
-from pathlib import Path
 
 import click
 
@@ -17,7 +16,7 @@ from snapstore.progress import Bar, quiet
 
 from .audit import find_log, key_option, ozolith_option
 from .commands import PROGRESS_MIN_OBJECTS, at_most_max_count, json_option
-from .main import Settings, cli, describe_location, not_empty
+from .main import Settings, cli, describe_location, export_target, not_empty
 from .render import dump_json, safe
 
 # Below these sizes a phase is over in a moment: no progress bar.
@@ -183,10 +182,9 @@ def export(settings: Settings, conversations: tuple[str, ...], output: str, ever
     if not names:
         raise InvalidInput("name the conversations to export (or --all)")
     log = find_log(settings, log_path, key_file, required=False)
-    if Path(output).is_dir():
-        raise InvalidInput(f"{output} is a directory: give the bundle a file name")
+    target = export_target(output)
     try:
-        report = export_bundle(repo, names, output, log=log, progress=progress)
+        report = export_bundle(repo, names, target, log=log, progress=progress)
     except SnapstoreError:
         raise
     except OSError as exc:  # name FILE, not the temporary file written beside it

@@ -50,7 +50,7 @@ from .graph import Verified, Walk, references
 from .objects import KINDS, AnyObject, ObjectId, Snapshot, decode, hash_object, is_object_id
 from .ozolith import LogEntry, OzolithLog
 from .ozolith.entry import check_sealed
-from .ozolith.files import atomic_file
+from .ozolith.files import atomic_file, folders_for
 from .progress import Progress, quiet
 from .refs import conversation_of, ref_name, validate_conversation_id
 from .repository import STORE_FORMAT, Repository
@@ -129,8 +129,9 @@ def export_bundle(repo: Repository, conversations: Iterable[str], path: str | os
         # Values a prune superseded are history no more (and may be gone).
         reflogs[conv] = [e for e in repo.reflog(conv) if e.new is not None and not rewrites.superseded(conv, e.new)]
     target = Path(path)
-    # Replaced whole and durably: a crash or an error leaves the old bundle (or none), never a part.
-    with atomic_file(target) as handle:
+    # Replaced whole and durably: a crash or an error leaves the old bundle (or none), never a part,
+    # and no folder it made for the bundle (missing folders are made, as `snap export-log` does).
+    with folders_for(target), atomic_file(target) as handle:
         writer = _Writer(handle)
         writer.json(b"H", {"version": VERSION, "created": utc_now(), "store_format": STORE_FORMAT,
                            "conversations": convs, "audit_log": log is not None})

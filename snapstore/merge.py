@@ -12,7 +12,8 @@ overwrite it. :func:`merge_trees` combines the two against the base:
   any other divergence of an exchange list is a conflict;
 - ``child_sidebar_ids`` both sides extended are merged the same way;
 - a context one side removed and the other changed is a conflict;
-- the focus and top-level keys follow the side that changed them.
+- the focus and top-level keys follow the side that changed them; a focus
+  moved to a context the other side removed is a conflict.
 
 A conflict raises :class:`MergeConflict` naming the context and the field.
 """
@@ -113,6 +114,8 @@ def merge_trees(base: Tree, theirs: Tree, ours: Tree,
             continue
         _put_merged(ws, cid, b, t, o, renumber)
     if ours.active_context_id != base.active_context_id:
+        if ours.active_context_id is not None and ours.active_context_id not in ws:
+            raise MergeConflict(ours.active_context_id, "the focus moved to it on one side, removed on the other")
         ws.set_active(ours.active_context_id)
     if not json_equal(ours.extra, base.extra):
         ws.set_extra(_merge_fields("(conversation)", base.extra, theirs.extra, ours.extra, {}))

@@ -15,7 +15,7 @@ applied in sequence order to an empty forest:
 ``context_archive``
 ``context_reparent``   the context (and its subtree) under ``new_parent``
 ``focus_switch``       focus
-``context_deleted``    the context removed
+``context_deleted``    the context removed (a focus on it cleared)
 =====================  ====================================================
 
 What the log does not hold, replay cannot bring back: the texts of
@@ -160,6 +160,8 @@ def replay_entries(entries: list[LogEntry]) -> ReplayResult:
                 out.active_context_id = cid
         elif kind == "context_deleted":
             c = ctx.pop(cid, None)
+            if out.active_context_id == cid:  # as the store does: no focus on a context that is gone
+                out.active_context_id = None
             if c is not None and c.get("parent_context_id") in ctx:
                 parent = ctx[c["parent_context_id"]]
                 parent["child_sidebar_ids"] = [k for k in parent["child_sidebar_ids"] if k != cid]
@@ -173,8 +175,15 @@ def replay(log: OzolithLog, conversation: str | None = None) -> ReplayResult:
 
 
 def structure(state: dict[str, Any]) -> dict[str, Any]:
-    """What replay can reproduce of a state: ids, parents, order, statuses, focus, exchange ids."""
-    out: dict[str, Any] = {"focus": state.get("active_context_id"), "contexts": {}}
+    """What replay can reproduce of a state: ids, parents, order, statuses, focus, exchange ids.
+
+    A focus naming no context of the state counts as none: stores written
+    before deletes cleared the focus keep a deleted context's id there.
+    """
+    focus = state.get("active_context_id")
+    if focus not in {c.get("sidebar_id") for c in state["contexts"]}:
+        focus = None
+    out: dict[str, Any] = {"focus": focus, "contexts": {}}
     for c in state["contexts"]:
         out["contexts"][c["sidebar_id"]] = {
             "parent": c.get("parent_context_id"),

@@ -24,7 +24,6 @@ from .backends.base import Backend, RefUpdate, ReflogEntry, StoredObject, reflog
 from .compression import Codec, train_dictionary
 from .diff import TreeDiff, diff_states
 from .errors import (
-    AmbiguousRevision,
     CorruptObject,
     DamagedRecord,
     FormatError,
@@ -62,7 +61,7 @@ from .refs import (
     validate_conversation_id,
     validate_new_conversation_id,
 )
-from .revisions import parse_revision
+from .revisions import AMBIGUOUS_SHOWN, MIN_PREFIX, ambiguous_short_id, parse_revision
 from .rewrites import Rewrites
 from .state import ConversationState
 from .timeutil import parse_time, utc_now
@@ -80,6 +79,8 @@ _REFLOG_SLACK = 16
 # The reasons of the two reflog rows a rename writes (the new name's, the old name's).
 _RENAMED_FROM = "rename from "
 _RENAMED_TO = "rename to "
+# Objects a short id is looked up among, at most (an ambiguous one is listed, see revisions.ambiguous_short_id).
+PREFIX_LOOKUP_LIMIT = 4096
 # Renames Repository.reflog_lineage follows back (each costs one reflog read).
 MAX_RENAMES_FOLLOWED = 1000
 FORMAT_KEY = "format"
@@ -569,7 +570,9 @@ class Repository:
         """Commit a whole conversation state as a new snapshot on top of the head.
 
         Unchanged contexts and exchanges are not written again; a state equal
-        to the head creates nothing (``created`` is False).
+        to the head creates nothing (``created`` is False). A focus
+        (``active_context_id``) naming no context of the state is
+        :class:`InvalidInput`, and nothing is written.
         """
         _check_event_and_log(event, log)
         if not isinstance(state, ConversationState):
@@ -579,6 +582,7 @@ class Repository:
         tree, objects = tree_from_contexts(
             state.contexts, state.active_context_id, state.extra, workspace.base
         )
+        _check_focus(tree, workspace.base)
         workspace.objects.update(objects)
         return self._commit_tree(staging, tree, workspace.objects, event, log, activate)
 
@@ -608,9 +612,13 @@ class Repository:
         With ``audit``, the entry is appended to the store's own audit log in
         the same transaction as the objects and the ref move, which records it:
         one durable write, and all of it or nothing.
+
+        A staged focus naming no context of the new tree is :class:`InvalidInput`
+        (see :func:`_check_focus`), before anything is written.
         """
         _check_event_and_log(event, log)
         tree = staging.workspace.build()
+        _check_focus(tree, staging.workspace.base)
         return self._commit_tree(
             staging, tree, staging.workspace.objects, event, log, activate, allow_empty, before_ref, amend, audit
         )
@@ -882,13 +890,12 @@ class Repository:
     def _snapshot_by_prefix(self, prefix: str) -> ObjectId | None:
         if len(prefix) >= ID_HEX_LENGTH:  # a full id is looked up as one; a longer "prefix" names nothing
             return self._snapshot_by_id(ObjectId(prefix)) if is_object_id(prefix) else None
-        candidates = self.backend.find_ids(prefix, limit=4096)
+        candidates = self.backend.find_ids(prefix, limit=PREFIX_LOOKUP_LIMIT)
         found = self.backend.get_objects(candidates)
         matches = [oid for oid in candidates if oid.startswith(prefix) and found[oid].kind == "snapshot"]
         if len(matches) > 1:
-            raise AmbiguousRevision(
-                f"snapshot prefix {prefix!r} is ambiguous: {', '.join(m[:12] for m in matches[:5])}"
-            )
+            raise ambiguous_short_id(prefix, matches, {m: "snapshot" for m in matches},
+                                     complete=len(candidates) < PREFIX_LOOKUP_LIMIT)
         return matches[0] if matches else None
 
     def reflog_lineage(self, conversation: str,
@@ -1030,10 +1037,12 @@ class Repository:
         """``(kind, id, decoded JSON)`` of an object id, unique prefix or revision."""
         oid: ObjectId | None = None
         text = name.strip().lower()
-        if 4 <= len(text) <= ID_HEX_LENGTH and all(c in "0123456789abcdef" for c in text):
-            matches = self.backend.find_ids(text, limit=2)
+        if MIN_PREFIX <= len(text) <= ID_HEX_LENGTH and all(c in "0123456789abcdef" for c in text):
+            matches = self.backend.find_ids(text, limit=PREFIX_LOOKUP_LIMIT)
             if len(matches) > 1:
-                raise AmbiguousRevision(f"object prefix {name!r} is ambiguous")
+                shown = sorted(matches)[:AMBIGUOUS_SHOWN]
+                kinds = {oid: stored.kind for oid, stored in self.backend.get_objects(shown).items()}
+                raise ambiguous_short_id(text, matches, kinds, complete=len(matches) < PREFIX_LOOKUP_LIMIT)
             if matches:
                 oid = matches[0]
         if oid is None:
@@ -1172,6 +1181,26 @@ def _check_event_and_log(event: Any, log: Any) -> None:
         raise InvalidInput(f"event must be an Event, not {type(event).__name__}")
     if log is not None and not isinstance(log, LogLink):
         raise InvalidInput(f"log must be a LogLink, not {type(log).__name__}")
+
+
+def _check_focus(tree: Tree, base: Tree) -> None:
+    """:class:`InvalidInput` if a new tree's focus names none of its contexts.
+
+    Restoring such a state would put the user nowhere: the focus is the
+    context a restart resumes. A focus the head already holds that names no
+    context (stores written before this check could keep a deleted context's
+    id) is let through unchanged, so every other change to that conversation
+    still commits; setting one, or keeping the focus on a context the commit
+    removes, is refused.
+    """
+    focus = tree.active_context_id
+    if focus is None or focus in tree.records:
+        return
+    if focus == base.active_context_id and focus not in base.records:
+        return
+    raise InvalidInput(
+        f"active_context_id {focus!r} names no context in the state: give one of its contexts, or null"
+    )
 
 
 def _reflog_link(change: ReflogEntry) -> LogLink | None:

@@ -7,19 +7,26 @@
 - any of these followed by ``~N`` (or ``~``, meaning ``~1``): the N-th
   first-parent ancestor.
 
-This module only parses; :class:`snapstore.repository.Repository` resolves.
+This module parses, and words the error for a short id that matches several
+objects (:func:`ambiguous_short_id`); :class:`snapstore.repository.Repository`
+resolves.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from .errors import UnknownRevision
+from .errors import AmbiguousRevision, UnknownRevision
 from .timeutil import parse_time
 
 MIN_PREFIX = 4
+# An ambiguous short id's error lists this many of the objects it matches, then "and N more".
+AMBIGUOUS_SHOWN = 5
+# Digits each listed candidate is shown with, at least (more when needed to tell them apart).
+SHORT_ID_DIGITS = 12
 _ANCESTRY = re.compile(r"~(\d*)$")
 _AT_TIME = re.compile(r"@\{([^{}]*)\}$")
 _HEX = re.compile(r"[0-9a-f]+")
@@ -67,3 +74,24 @@ def parse_revision(text: str) -> Revision:
     if not rest or any(c in rest for c in "~@{}"):
         raise UnknownRevision(f"cannot parse revision {text!r}")
     return Revision(text=text, base=rest, at=at, ancestors=ancestors)
+
+
+def ambiguous_short_id(prefix: str, matches: Sequence[str], kinds: Mapping[str, str],
+                       complete: bool = True) -> AmbiguousRevision:
+    """The one-line error for a short id matching several objects, naming them as git does.
+
+    ``short id 'ab12' is ambiguous: ab12c0ffee01 (snapshot), ab12d00dfeed (node) and 3 more``:
+    the first :data:`AMBIGUOUS_SHOWN` of ``matches`` (sorted), each with its
+    kind from ``kinds``, by enough digits to tell every match apart, so the
+    user can copy one. ``complete`` False means the lookup stopped at a limit:
+    there may be more than it counts.
+    """
+    ids = sorted(matches)
+    width = max(SHORT_ID_DIGITS, len(prefix))
+    while width < len(ids[0]) and len({m[:width] for m in ids}) < len(ids):
+        width += 1
+    listed = ", ".join(f"{m[:width]} ({kinds.get(m, 'object')})" for m in ids[:AMBIGUOUS_SHOWN])
+    rest = len(ids) - AMBIGUOUS_SHOWN
+    if rest > 0:
+        listed += f" and {rest} more" if complete else f" and at least {rest} more"
+    return AmbiguousRevision(f"short id {prefix!r} is ambiguous: {listed}")

@@ -53,7 +53,7 @@ from .backends.base import LOG_KEY_META, AppendedEntry, Backend, LogAppend
 from .errors import InvalidInput, LogError
 from .ozolith.anchors import Anchor
 from .ozolith.entry import EventType, LogEntry, check_sealed, key_bytes, make_entry
-from .ozolith.files import make_dirs, write_atomic
+from .ozolith.files import folders_for, write_atomic
 from .ozolith.keys import KEY_FILE_NAME
 from .ozolith.log import CorruptEntry, EntryQueries, LoadResult, UnparsableLine, WrongKey, _entry_from_line
 from .ozolith.verify import ChainReport, Finding, FindingKind, verify_data
@@ -352,8 +352,8 @@ class StoreLog(EntryQueries):
         (``.ozolith_key`` beside it, mode 0600, if none is there). Returns the number of entries."""
         target = Path(path)
         data = self.data()
-        make_dirs(target.parent)
-        write_atomic(target, data)
+        with folders_for(target):  # missing folders are made; a failed write removes them again
+            write_atomic(target, data)
         if key_file and data:
             key_path = target.parent / KEY_FILE_NAME
             text = self._key_arg if self._key_arg is not None else self.backend.get_meta(LOG_KEY_META)

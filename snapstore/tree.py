@@ -593,7 +593,11 @@ class Workspace:
         self._memory[cid] = chains
 
     def remove_context(self, context_id: str) -> bool:
-        """Stage the removal of one context (its children become roots unless moved)."""
+        """Stage the removal of one context (its children become roots unless moved).
+
+        A focus on it is cleared: a focus naming no context is no state to
+        restore, and a commit refuses to set one (see ``Repository.commit``).
+        """
         cid = ContextId(context_id)
         if self._current(cid) is None:
             return False
@@ -601,6 +605,8 @@ class Workspace:
         self._memory.pop(cid, None)
         if cid in self._records:
             self._removed.add(cid)
+        if self.active_context_id == cid:
+            self.active_context_id = None
         return True
 
     def set_active(self, context_id: str | None) -> None:

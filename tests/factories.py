@@ -128,6 +128,8 @@ def mutated(draw, state: dict[str, Any]) -> dict[str, Any]:
             target["local_memory"].pop(draw(st.integers(0, len(target["local_memory"]) - 1)))
         elif op == "remove":
             contexts.remove(target)
+            if new.get("active_context_id") == target["sidebar_id"]:
+                new["active_context_id"] = None  # a focus names a context of the state, or none
         elif op == "reparent":
             choices = [None] + [c["sidebar_id"] for c in contexts if c is not target]
             target["parent_context_id"] = draw(st.sampled_from(choices))

@@ -165,8 +165,11 @@ def test_a_dangling_active_conversation_is_named(snap, recorded, command):
 def test_export_errors_name_the_bundle_not_its_temporary_file(snap, tmp_path):
     (tmp_path / "folder").mkdir()
     (tmp_path / "plain.txt").write_text("x")
-    for output, words in ((tmp_path / "missing" / "x.bundle", "No such file"),
-                          (tmp_path / "plain.txt" / "x.bundle", "Not a directory"),
+    # A name the file system takes, but not with the temporary file's prefix and suffix around it.
+    long_name = "b" * 250
+    line = one_line_error(snap("export", CONV, "-o", str(tmp_path / long_name)))
+    assert "File name too long" in line and long_name[-50:] in line and ".tmp" not in line, line
+    for output, words in ((tmp_path / "plain.txt" / "x.bundle", "plain.txt is a file, not a folder"),
                           (tmp_path / "folder", "is a directory")):
         line = one_line_error(snap("export", CONV, "-o", str(output)))
         assert str(output) in line and words in line, line
@@ -404,3 +407,91 @@ def test_status_names_an_impossible_active_conversation(snap):
     assert "active conversation" in line and "--conversation" in line, line
     assert snap("status", "--conversation", CONV).exit_code == 0
     assert tables(snap.db) == before
+
+
+# -- the focus, ambiguous short ids, export folders ----------------------------------------------------------
+
+
+class TestFocusShortIdsAndExportFolders:
+    """A focus naming no context is refused; an ambiguous short id lists its candidates; the export commands
+    treat missing folders alike and a failed export leaves nothing behind. Each test failed before its fix."""
+
+    def test_commit_of_a_focus_naming_no_context_is_one_line_and_changes_nothing(self, snap, tmp_path):
+        assert snap("checkout", CONV, "-o", str(tmp_path / "state.json")).exit_code == 0
+        state = json.loads((tmp_path / "state.json").read_text())
+        state["active_context_id"] = "SB-99"
+        (tmp_path / "ghost.json").write_text(json.dumps(state))
+        before = tables(snap.db)
+        line = one_line_error(snap("commit", CONV, "--from", str(tmp_path / "ghost.json")))
+        assert "active_context_id 'SB-99' names no context in the state" in line, line  # was: committed
+        assert tables(snap.db) == before
+
+    def _twins(self, snap, source: str, count: int) -> list[str]:
+        """Copies of object ``source`` under ids sharing its first 6 hex digits: short ids matching several."""
+        twins = [source[:6] + f"{i:02x}" + "00" * 28 for i in range(count)]
+        for twin in twins:
+            sql(snap.db, "INSERT INTO objects (id, kind, size, data) SELECT ?, kind, size, data FROM objects"
+                " WHERE id = ?", bytes.fromhex(twin), bytes.fromhex(source))
+        return twins
+
+    def test_an_ambiguous_short_id_lists_its_candidates_in_every_command(self, snap):
+        ids = head_objects(snap)
+        head = ids["snapshot"]
+        [snapshot_twin] = self._twins(snap, head, 1)
+        # A node under the same 6 digits: any kind for `snap show`, only snapshots for a revision.
+        node_twin = head[:6] + "ff" + "00" * 28
+        sql(snap.db, "INSERT INTO objects (id, kind, size, data) SELECT ?, kind, size, data FROM objects WHERE id = ?",
+            bytes.fromhex(node_twin), bytes.fromhex(ids["node"]))
+        before = tables(snap.db)
+        line = one_line_error(snap("show", head[:6]))  # was: "object prefix '...' is ambiguous", nothing listed
+        assert line.startswith(f"snap: error: short id '{head[:6]}' is ambiguous: "), line
+        for candidate in (f"{head[:12]} (snapshot)", f"{snapshot_twin[:12]} (snapshot)", f"{node_twin[:12]} (node)"):
+            assert candidate in line, line
+        for command in (["log"], ["tree"], ["diff", CONV], ["checkout", CONV, "--at"]):
+            line = one_line_error(snap(*command, head[:6]))
+            assert f"short id '{head[:6]}' is ambiguous: " in line, (command, line)
+            assert f"{head[:12]} (snapshot)" in line and f"{snapshot_twin[:12]} (snapshot)" in line, (command, line)
+            assert node_twin[:12] not in line, (command, line)
+        assert tables(snap.db) == before
+
+    def test_an_ambiguous_short_id_lists_five_and_counts_the_rest(self, snap):
+        head = head_objects(snap)["snapshot"]
+        twins = self._twins(snap, head, 7)
+        for command in (["show"], ["log"]):
+            line = one_line_error(snap(*command, head[:6]))
+            assert line.endswith("and 3 more"), line
+            assert line.count("(snapshot)") == 5, line
+            assert twins[0][:12] in line and twins[4][:12] in line, line
+            assert len(line) < 400, line
+
+    def test_both_exports_make_missing_folders(self, snap, tmp_path):
+        bundle = tmp_path / "new" / "deeper" / "demo.bundle"
+        result = snap("export", CONV, "-o", str(bundle))  # was: "No such file or directory"
+        assert result.exit_code == 0, result.output
+        assert snap("export-log", "-o", str(tmp_path / "logs" / "deeper" / "ozolith.jsonl")).exit_code == 0
+        copy = tmp_path / "copy"
+        assert CliRunner().invoke(cli, ["init", str(copy)]).exit_code == 0
+        imported = CliRunner().invoke(cli, ["--store", str(copy), "import", str(bundle)])
+        assert imported.exit_code == 0, imported.output
+        assert (tmp_path / "logs" / "deeper" / ".ozolith_key").is_file()
+
+    def test_both_exports_refuse_a_bad_file_name_alike(self, snap, tmp_path):
+        (tmp_path / "plain.txt").write_text("x")
+        (tmp_path / "folder").mkdir()
+        for output, words in ((tmp_path / "plain.txt" / "x", "plain.txt is a file, not a folder"),
+                              (tmp_path / "folder", "folder is a directory: give the export a file name")):
+            lines = [one_line_error(snap(*command, "-o", str(output)))
+                     for command in (["export", CONV], ["export-log"])]
+            assert all(words in line for line in lines), lines  # export said "Not a directory", export-log no hint
+            assert lines[0] == lines[1], lines
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["folder", "plain.txt", "store"]
+        assert list((tmp_path / "folder").iterdir()) == []
+
+    def test_a_failed_export_leaves_no_file_and_no_folder_it_made(self, snap, tmp_path):
+        oid = _damage(snap, "flipped byte")
+        line = one_line_error(snap("export", "--all", "-o", str(tmp_path / "new" / "sub" / "out.bundle")))
+        assert oid[:12] in line, line  # was: "No such file or directory", before any object was read
+        sql(snap.db, "UPDATE ozolith SET line = x'00ff' WHERE sequence = 5")  # a row that holds no text
+        line = one_line_error(snap("export-log", "-o", str(tmp_path / "logs" / "sub" / "ozolith.jsonl")))
+        assert "entry 5" in line or "row 5" in line, line
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["store"]

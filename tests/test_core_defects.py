@@ -386,3 +386,118 @@ def test_stats_names_an_object_the_head_needs_but_the_store_lacks(tmp_path):
     with pytest.raises(ObjectNotFound, match=node_id):
         store_stats(repo)
     repo.close()
+
+
+# -- a focus naming no context of the state ----------------------------------------------------
+
+
+def _focus(repo: Repository, conv: str) -> str | None:
+    return repo.load(conv).active_context_id
+
+
+def test_commit_refuses_a_focus_naming_no_context(sqlite_repo):
+    ghost = sample_state("c")
+    ghost["active_context_id"] = "SB-9"
+    with pytest.raises(InvalidInput, match=r"active_context_id 'SB-9' names no context in the state"):
+        sqlite_repo.commit("c", ghost)
+    assert sqlite_repo.conversation_ids() == [] and sqlite_repo.backend.count_objects()[0] == 0
+    head = sqlite_repo.commit("c", sample_state("c")).snapshot
+    # The focused context left out of the state while the focus still names it: refused too.
+    gone = sample_state("c")
+    gone["contexts"] = [c for c in gone["contexts"] if c["sidebar_id"] != "SB-2"]
+    with pytest.raises(InvalidInput, match="'SB-2' names no context"):
+        sqlite_repo.commit("c", gone)
+    _unchanged(sqlite_repo, "c", head)
+    assert _focus(sqlite_repo, "c") == "SB-2"
+
+
+def test_a_staged_focus_naming_no_context_is_refused(sqlite_repo):
+    head = sqlite_repo.commit("c", sample_state("c")).snapshot
+    staging = sqlite_repo.stage("c")
+    staging.workspace.set_active("ghost")
+    with pytest.raises(InvalidInput, match="active_context_id 'ghost' names no context"):
+        sqlite_repo.commit_staged(staging, event=Event("focus_switch", "ghost"))
+    _unchanged(sqlite_repo, "c", head)
+    assert _focus(sqlite_repo, "c") == "SB-2"
+
+
+def test_removing_the_focused_context_clears_the_focus(sqlite_repo):
+    sqlite_repo.commit("c", sample_state("c"))
+    staging = sqlite_repo.stage("c")
+    assert staging.workspace.remove_context("SB-2")
+    assert staging.workspace.active_context_id is None
+    sqlite_repo.commit_staged(staging, event=Event("context_deleted", "SB-2"))
+    state = sqlite_repo.load("c")
+    assert state.active_context_id is None and "SB-2" not in {c["sidebar_id"] for c in state.contexts}
+    # Removing another context leaves the focus where it is.
+    staging = sqlite_repo.stage("c")
+    staging.workspace.set_active("SB-1")
+    staging.workspace.remove_context("SB-4")
+    sqlite_repo.commit_staged(staging)
+    assert _focus(sqlite_repo, "c") == "SB-1"
+
+
+def test_merge_refuses_a_focus_moved_to_a_context_the_other_side_removed(sqlite_repo):
+    from snapstore.merge import MergeConflict, merge_trees
+
+    base = sqlite_repo.tree(sqlite_repo.commit("c", sample_state("c")).snapshot)
+    theirs = sqlite_repo.stage("c")
+    theirs.workspace.remove_context("SB-4")
+    ours = sqlite_repo.stage("c")
+    ours.workspace.set_active("SB-4")
+    with pytest.raises(MergeConflict, match="SB-4.*focus moved to it"):
+        merge_trees(base, theirs.workspace.build(), ours.workspace.build())
+
+
+def test_replay_of_a_deleted_focused_context_commits_no_focus(sqlite_repo, tmp_path):
+    from snapstore.ozolith import OzolithLog
+    from snapstore.replay import commit_replay
+
+    log = OzolithLog(tmp_path / "ozolith.jsonl")
+    log.append("context_created", "SB-1", "system", {"task_description": "root"})
+    log.append("sidebar_spawn", "SB-2", "system", {"spawn_reason": "look", "parent_context": "SB-1",
+                                                    "child_id": "SB-2"})
+    log.append("context_deleted", "SB-2", "system", {})
+    commit_replay(sqlite_repo, log, "c")  # was: committed the focus on SB-2, which the state no longer holds
+    state = sqlite_repo.load("c")
+    assert [c["sidebar_id"] for c in state.contexts] == ["SB-1"]
+    assert state.active_context_id is None
+
+
+def test_adapter_deleting_the_focused_context_clears_the_tree_focus_not_the_session_value(tmp_path):
+    """The client's key/value store keeps what it was given; no snapshot names a focus that is not in its tree."""
+    from snapstore.adapters import sidebar_persistence as sp
+
+    from .client.model import SidebarContext
+    from .test_adapter import rich_context
+
+    persistence = sp.SidebarPersistence(str(tmp_path / "store"), context_class=SidebarContext)
+    # The client may set the focus before it saves the context: stored, and no snapshot is refused.
+    assert persistence.set_session_state("active_context_id", "SB-2") is True
+    persistence.save_context(rich_context("SB-1"))
+    persistence.save_context(rich_context("SB-2", "SB-1"))
+    assert persistence.set_session_state("active_context_id", "SB-2") is True
+    conv = persistence.repo.conversation_ids()[0]
+    assert persistence.repo.load(conv).active_context_id == "SB-2"
+    assert persistence.delete_context("SB-2") is True  # was: the head kept the focus on the deleted SB-2
+    assert persistence.repo.load(conv).active_context_id is None
+    assert persistence.get_session_state("active_context_id") == "SB-2"
+    assert persistence.repo.fsck().ok
+
+
+# -- an ambiguous short id lists what it matches -----------------------------------------------
+
+
+def test_an_ambiguous_short_id_lists_its_candidates_by_unique_digits():
+    from snapstore.errors import AmbiguousRevision
+    from snapstore.revisions import ambiguous_short_id
+
+    shared = "ab12" + "0" * 10  # 14 digits in common: 12 would not tell them apart
+    ids = [shared + f"{i:x}" + "0" * 49 for i in range(8)]
+    error = ambiguous_short_id("ab12", ids, {ids[0]: "snapshot", ids[1]: "node"})
+    assert isinstance(error, AmbiguousRevision)
+    message = str(error)
+    assert message.startswith("short id 'ab12' is ambiguous: ")
+    assert f"{ids[0][:15]} (snapshot), {ids[1][:15]} (node), {ids[2][:15]} (object)" in message
+    assert message.endswith("and 3 more") and ids[5][:15] not in message
+    assert "at least 3 more" in str(ambiguous_short_id("ab12", ids, {}, complete=False))

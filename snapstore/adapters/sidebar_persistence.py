@@ -619,7 +619,13 @@ class SidebarPersistence:
         return default if raw is None else typed.decode_value(json.loads(raw))
 
     def set_session_state(self, key: str, value: Any) -> bool:
-        """Store a small value durably; ``active_context_id`` also moves the conversation's focus."""
+        """Store a small value durably; ``active_context_id`` also moves the conversation's focus.
+
+        The value is stored whatever it names (the client may set the focus
+        before it saves the context); the focus of a conversation moves only
+        to a context its head holds, so no snapshot names a focus that is
+        not in its tree.
+        """
         _check_key("session key", key)
         try:
             encoded = json.dumps(typed.encode_value(value))
@@ -632,7 +638,8 @@ class SidebarPersistence:
             self.repo.backend.write(meta={SESSION_PREFIX + key: encoded})
             located = self._locate(value) if key == "active_context_id" and isinstance(value, str) else None
             if located is not None:
-                self._commit(located[0], lambda ws: ws.set_active(value), "focus_switch", value)
+                self._commit(located[0], lambda ws: ws.set_active(value) if value in ws else None,
+                             "focus_switch", value)
         return True
 
     def register_conversation_root(self, conversation_id: str, root_context_id: str) -> bool:

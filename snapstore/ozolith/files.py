@@ -169,22 +169,47 @@ def fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def make_dirs(directory: Path) -> None:
+def make_dirs(directory: Path) -> list[Path]:
     """Create ``directory`` and any missing parents, each durably: its parent is fsynced after it is made.
 
     ``mkdir(parents=True)`` alone leaves new folders that a power loss can
-    take away, and with them whatever was fsynced inside them.
+    take away, and with them whatever was fsynced inside them. Returns the
+    folders this call made, outermost first.
     """
     missing = []
     for folder in (directory, *directory.parents):
         if folder.is_dir():
             break
         missing.append(folder)
+    made = []
     for folder in reversed(missing):
         try:
             folder.mkdir()
+            made.append(folder)
         except FileExistsError:
             if not folder.is_dir():
                 raise
             # Made by another process a moment ago: its parent is fsynced below all the same.
         fsync_dir(folder.parent)
+    return made
+
+
+@contextmanager
+def folders_for(path: Path) -> Iterator[None]:
+    """Make the missing folders above ``path`` (see :func:`make_dirs`) for a file the block writes there.
+
+    If the block raises, the folders made here are removed again, innermost
+    first, as long as they are empty: an export that fails leaves no trace
+    of itself, not even an empty folder. One that is not empty (something
+    else wrote there meanwhile) is left, and so are those above it.
+    """
+    made = make_dirs(path.parent)
+    try:
+        yield
+    except BaseException:
+        for folder in reversed(made):
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+        raise
