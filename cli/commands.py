@@ -294,8 +294,8 @@ def fsck(as_json: bool) -> None:
         # A record fsck needs to walk the history (a prune record, say) is unreadable.
         report = FsckReport(total, 0, (Problem("corrupt", str(exc), object=exc.object_id),))
     except BackendError as exc:
-        # A row of the wrong type where fsck reads refs and reflogs (DamagedRecord), or
-        # a damaged reflog pack: a report (and --json) still, naming what failed.
+        # A damaged reflog pack (DamagedRecord; a damaged refs, reflog or meta row is a
+        # finding of its own): a report (and --json) still, naming what failed.
         report = FsckReport(total, 0, (Problem("unreadable", f"fsck could not read the store: {exc}", object=None),))
     except SnapstoreError:
         raise

@@ -13,7 +13,7 @@ import base64
 import json
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Set
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -48,6 +48,7 @@ from .objects import (
     encode,
     hash_object,
     ID_HEX_LENGTH,
+    KINDS,
     is_object_id,
     references,
     to_json,
@@ -314,6 +315,8 @@ class Repository:
         """The decompressed body of a stored object, checked against its id and size."""
         if stored.body is not None and len(stored.body) == stored.size:
             return stored.body  # checked by the backend against the id (a packed object)
+        if stored.kind not in KINDS:  # its row is damaged: named here, not hashed as some other kind
+            raise CorruptObject(stored.id, f"its stored kind is {stored.kind!r:.40}, not one of {', '.join(KINDS)}")
         body = self.codec.decompress(stored.data, stored.id)
         actual = hash_object(stored.kind, body)
         if actual != stored.id:
@@ -919,7 +922,8 @@ class Repository:
             start = next((i for i in range(end - 1, -1, -1) if rows[i].old is None), None)
             created = rows[start] if start is not None else None
             source = (_as_conversation(created.reason[len(_RENAMED_FROM):])
-                      if created is not None and created.reason.startswith(_RENAMED_FROM) else None)
+                      if created is not None and isinstance(created.reason, str)  # damaged: fsck names it
+                      and created.reason.startswith(_RENAMED_FROM) else None)
             if source is None or created is None or start is None:
                 break
             earlier = rows_of(ref_name(source))
@@ -1055,7 +1059,7 @@ class Repository:
     def fsck(self, progress: Callable[[int], None] | None = None) -> FsckReport:
         """Re-hash every object and check that everything refs and reflogs reach exists."""
         problems: list[Problem] = []
-        named: dict[ObjectId, tuple[str, list[tuple[ObjectId, str]]]] = {}
+        named: dict[ObjectId, tuple[str | None, list[tuple[ObjectId, str]]]] = {}
         count = 0
         damaged: list[tuple[int, str]] = []
         stored_objects = (self.backend.iter_objects(damaged=damaged)  # type: ignore[call-arg]
@@ -1066,7 +1070,8 @@ class Repository:
                 _, obj = self._verify(stored)
             except SnapstoreError as exc:
                 problems.append(Problem("corrupt", str(exc), object=stored.id))
-                named[stored.id] = (stored.kind, [])
+                # A kind that is none (a damaged row, named above) is not judged again by the walk.
+                named[stored.id] = (stored.kind if stored.kind in KINDS else None, [])
             else:
                 named[stored.id] = (stored.kind, list(references(obj)))
             if progress is not None:
@@ -1075,13 +1080,19 @@ class Repository:
             reason = message.removeprefix("stored in a damaged pack: ")
             problems.append(Problem("corrupt-pack", f"{reason}; what pack {pack_id} held is reported missing",
                                     object=None))
-        malformed = getattr(self.backend, "malformed_object_rows", None)
-        for line in malformed() if malformed is not None else ():
+        for line in self._backend_lines("malformed_object_rows"):
             count += 1  # a row no id finds: counted, and named
             problems.append(Problem("malformed-id", line, object=None))
-        refs, by_name, rows_of = self._fsck_reflogs()
-        problems.extend(_reflog_problems(refs, by_name))
-        active = self.backend.get_meta(ACTIVE_KEY)
+        refs, by_name, rows_of, damaged_refs = self._fsck_reflogs()
+        # A ref whose row is damaged is named, and its reflog still checked and walked.
+        problems.extend(Problem("damaged-row", line, object=None) for _, line in damaged_refs)
+        unreadable = {name for name, _ in damaged_refs if isinstance(name, str)}
+        problems.extend(_reflog_problems(refs, by_name, unreadable))
+        problems.extend(Problem("damaged-row", line, object=None) for line in self._backend_lines("damaged_meta_rows"))
+        try:
+            active = self.backend.get_meta(ACTIVE_KEY)
+        except DamagedRecord:
+            active = None  # its row is named with the other damaged meta rows
         if active is not None:
             try:
                 active_ref = ref_name(validate_conversation_id(active))
@@ -1089,7 +1100,7 @@ class Repository:
                 problems.append(Problem("dangling-active", f"the active conversation {active!r:.80} (meta "
                                         f"{ACTIVE_KEY!r}) is not a conversation name: {exc}", object=None))
             else:
-                if active_ref not in refs:
+                if active_ref not in refs and active_ref not in unreadable:
                     problems.append(Problem("dangling-active", f"the active conversation {active!r} (meta "
                                             f"{ACTIVE_KEY!r}) does not exist: no ref {active_ref!r}", object=None))
         starts: list[tuple[ObjectId, str, str]] = []
@@ -1097,10 +1108,11 @@ class Repository:
         # where present, but gc does not keep them, so one that is gone is not a problem.
         earlier: list[tuple[ObjectId, str, str]] = []
         rewrites = Rewrites.load(self.backend)
-        for ref, target in refs.items():
+        for ref in sorted(refs.keys() | unreadable):
             if not ref.startswith(REF_PREFIX):
                 continue
-            starts.append((target, "snapshot", ref))
+            if ref in refs:
+                starts.append((refs[ref], "snapshot", ref))
             conv = conversation_of(ref)
             try:
                 rows = self.reflog_lineage(conv, rows_of)  # type: ignore[arg-type]
@@ -1130,7 +1142,7 @@ class Repository:
                     continue
                 reachable.add(oid)
                 have, children = named[oid]
-                if have != want:
+                if have is not None and have != want:
                     problems.append(
                         Problem("wrong-kind", f"{oid} is a {have}, {where} names it as a {want}", object=oid)
                     )
@@ -1139,17 +1151,24 @@ class Repository:
                 stack.extend((child, kind, label) for child, kind in children)
         return FsckReport(count, len(reachable), tuple(problems), len(missing))
 
-    def _fsck_reflogs(self) -> tuple[dict[str, ObjectId], dict[Any, list[tuple[str, ReflogEntry, tuple[str, ...]]]],
-                                     Callable[[str], list[ReflogEntry]]]:
-        """Refs, every reflog's rows ``(label, entry, damage)`` by name, and a reader of one reflog, for fsck.
+    def _backend_lines(self, check: str) -> list[str]:
+        """The lines of a backend's own check of its rows (``malformed_object_rows``, ...), none if it has none."""
+        method = getattr(self.backend, check, None)
+        return [] if method is None else method()
 
-        A backend that can (``reflog_rows``) hands refs and all reflog rows of one moment in one
-        read, names without a ref included; another is read ref by ref.
+    def _fsck_reflogs(self) -> tuple[dict[str, ObjectId], dict[Any, list[tuple[str, ReflogEntry, tuple[str, ...]]]],
+                                     Callable[[str], list[ReflogEntry]], list[tuple[object, str]]]:
+        """Refs, every reflog's rows ``(label, entry, damage)`` by name, a reader of one reflog, and the
+        damaged refs rows ``(name, line)``, for fsck.
+
+        A backend that can (``reflog_rows``) hands refs, damaged refs rows and all reflog rows of one
+        moment in one read, names without a ref included; another is read ref by ref.
         """
         scan = getattr(self.backend, "reflog_rows", None)
         by_name: dict[Any, list[tuple[str, ReflogEntry, tuple[str, ...]]]] = {}
+        damaged_refs: list[tuple[object, str]] = []
         if scan is not None:
-            refs, rows = scan()
+            refs, rows, damaged_refs = scan()
             for row in rows:
                 by_name.setdefault(row[1].name, []).append(row)
         else:
@@ -1168,7 +1187,7 @@ class Repository:
                 return read[name]
             return [] if scan is not None else self.backend.reflog(name)
 
-        return refs, by_name, rows_of
+        return refs, by_name, rows_of, damaged_refs
 
 
 def _check_event_and_log(event: Any, log: Any) -> None:
@@ -1230,10 +1249,13 @@ def _row_damage(entry: ReflogEntry) -> str | None:
 
 
 def _reflog_problems(refs: Mapping[str, ObjectId],
-                     by_name: Mapping[Any, list[tuple[str, ReflogEntry, tuple[str, ...]]]]) -> list[Problem]:
+                     by_name: Mapping[Any, list[tuple[str, ReflogEntry, tuple[str, ...]]]],
+                     unreadable: Set[str] = frozenset()) -> list[Problem]:
     """Damaged reflog rows, and reflogs that do not chain: each row moves the ref from where the row
     before left it (the first from nothing: no writer ever removes a reflog row, not prune, gc,
-    rename or import), the last leaves it where the ref points (nowhere if there is no ref)."""
+    rename or import), the last leaves it where the ref points (nowhere if there is no ref).
+    A ref in ``unreadable`` exists but its target could not be read (named elsewhere): its last
+    row is not judged, and it must have rows like any ref."""
     problems: list[Problem] = []
     unknown = object()  # after a row whose ids are damaged: the chain is not judged across it
     for name in sorted(by_name, key=str):
@@ -1260,7 +1282,7 @@ def _reflog_problems(refs: Mapping[str, ObjectId],
                 problems.append(Problem("broken-reflog", message, object=None))
             previous = entry.new
         target = refs.get(name)
-        if rows and previous is not unknown and previous != target:
+        if rows and previous is not unknown and name not in unreadable and previous != target:
             label, entry, _ = rows[-1]
             last = f"its last reflog row {label} ({_row_time(entry.time):.40}) leaves it at {previous or 'nothing'}"
             if target is None:
@@ -1268,9 +1290,10 @@ def _reflog_problems(refs: Mapping[str, ObjectId],
             else:
                 message = f"ref {name!r} points at {target}, but {last}: reflog rows are missing or the ref was altered"
             problems.append(Problem("broken-reflog", message, object=None))
-    for name in refs:
+    for name in sorted(refs.keys() | unreadable):
         if name not in by_name:
-            problems.append(Problem("broken-reflog", f"ref {name!r} (pointing at {refs[name]}) has no reflog rows: "
+            pointing = f"pointing at {refs[name]}" if name in refs else "its target unreadable"
+            problems.append(Problem("broken-reflog", f"ref {name!r} ({pointing}) has no reflog rows: "
                                     "its history is missing", object=None))
     return problems
 

@@ -23,8 +23,10 @@ from typing import Any
 
 from .findings import Finding
 from .audit import link_of, voided_sequences
-from .errors import SnapstoreError
+from .backends.base import ReflogEntry
+from .errors import DamagedRecord, SnapstoreError
 from .objects import Chunk, Node, ObjectId, Page, Snapshot, State
+from .refs import conversation_of
 from .ozolith import LogEntry, OzolithLog
 from .replay import STRUCTURAL_EVENTS, replay_entries, structure
 from .repository import Repository
@@ -56,12 +58,50 @@ class VerifyReport:
 
 
 class _Checker:
-    def __init__(self, repo: Repository) -> None:
+    def __init__(self, repo: Repository, store_checked: bool = False) -> None:
         self.repo = repo
         self.problems: list[Finding] = []
+        # Whether fsck ran (and so named every damaged row met below).
+        self.store_checked = store_checked
+        self._damaged: set[str] = set()
 
     def add(self, kind: str, message: str, **where: Any) -> None:
         self.problems.append(Finding(kind, message, **where))
+
+    # -- refs and reflogs, read past a damaged row --------------------------------
+
+    def conversation_ids(self) -> list[str]:
+        """Every conversation, one whose refs row holds a damaged target included (reading its head
+        then names the damage) where the backend can tell (``ref_rows``)."""
+        rows = getattr(self.repo.backend, "ref_rows", None)
+        if rows is None:
+            return list(self.repo.conversation_ids())
+        refs, damaged = rows()
+        names = sorted([*refs, *(name for name, _ in damaged if isinstance(name, str))])
+        return [conv for name in names if (conv := conversation_of(name)) is not None]
+
+    def head(self, conv: str) -> ObjectId | None:
+        """``conv``'s head, or None if its refs row is damaged (see :meth:`damaged`)."""
+        try:
+            return self.repo.head(conv)
+        except DamagedRecord as exc:
+            self.damaged(exc)
+            return None
+
+    def reflog(self, conv: str) -> list[ReflogEntry]:
+        """``conv``'s reflog, or none if a row of it is damaged (see :meth:`damaged`)."""
+        try:
+            return self.repo.reflog(conv)
+        except DamagedRecord as exc:
+            self.damaged(exc)
+            return []
+
+    def damaged(self, exc: DamagedRecord) -> None:
+        """A damaged row met reading a head or reflog: the checks go on without it, and it is named
+        once (by fsck when it ran, else here), not one finding for the whole store."""
+        if not self.store_checked and str(exc) not in self._damaged:
+            self.add("damaged-row", str(exc))
+        self._damaged.add(str(exc))
 
     def read(self, oid: str, kind: str, **where: Any) -> Any:
         try:
@@ -229,16 +269,26 @@ def _describe(where: dict[str, Any]) -> str:
     return "a ref change"
 
 
+def _exists(repo: Repository, conversation: str) -> bool:
+    """Whether the store has a ref for ``conversation``; one whose row is damaged counts (the
+    damage is named where its head is read, or by fsck)."""
+    try:
+        return repo.head(conversation) is not None
+    except DamagedRecord:
+        return True
+
+
 def _history(repo: Repository, conversations: Iterable[str], checker: _Checker,
              rewrites: Rewrites) -> dict[str, Snapshot]:
     """Every snapshot reachable from the conversations' heads and reflogs (reflog values a prune superseded aside)."""
     seen: dict[str, Snapshot] = {}
     stack = []
     for conv in conversations:
-        head = repo.head(conv)
+        head = checker.head(conv)
         if head is not None:
             stack.append(head)
-        stack.extend(e.new for e in repo.reflog(conv) if e.new is not None and not rewrites.superseded(conv, e.new))
+        stack.extend(e.new for e in checker.reflog(conv)
+                     if e.new is not None and not rewrites.superseded(conv, e.new))
     while stack:
         sid = stack.pop()
         if sid in seen:
@@ -254,10 +304,10 @@ def _history(repo: Repository, conversations: Iterable[str], checker: _Checker,
 def verify(repo: Repository, log: OzolithLog | None = None, conversation: str | None = None,
            *, sample: int | None = None, seed: int | None = None) -> VerifyReport:
     """Check the log, the store and their agreement; ``sample`` spot-checks N entries."""
-    checker = _Checker(repo)
+    checker = _Checker(repo, store_checked=sample is None)
     rng = random.Random(seed)
-    conversations = [conversation] if conversation else repo.conversation_ids()
-    if conversation and repo.head(conversation) is None:
+    conversations = [conversation] if conversation else checker.conversation_ids()
+    if conversation and not _exists(repo, conversation):
         checker.add("unknown-conversation", f"no conversation {conversation!r} in the store")
 
     # 1. chain integrity
@@ -313,7 +363,7 @@ def verify(repo: Repository, log: OzolithLog | None = None, conversation: str | 
             if snap.log is not None:
                 checker.check_named_entry(snap.log.sequence, snap.log.entry_hash, entries, snapshot=sid)
         for conv in conversations:
-            for change in repo.reflog(conv):
+            for change in checker.reflog(conv):
                 if change.log_sequence is not None and change.log_hash is not None:
                     checker.check_named_entry(change.log_sequence, change.log_hash, entries, snapshot=change.new)
         # Every linked entry must be part of its conversation's history.
@@ -332,7 +382,7 @@ def verify(repo: Repository, log: OzolithLog | None = None, conversation: str | 
             if link is not None and entry.sequence not in voided:
                 by_conv.setdefault(str(link.get("conversation")), []).append(entry)
         for conv in conversations:
-            if conv not in by_conv or repo.head(conv) is None:
+            if conv not in by_conv or checker.head(conv) is None:
                 continue
             try:
                 stored = structure(repo.load(conv).to_json())

@@ -312,7 +312,7 @@ def test_damaged_ref_row_is_named(tmp_path, damage):
         assert "conversations/c" in result.output and "Traceback" not in result.output
         assert len(result.output.strip().splitlines()) == 1, result.output
     fsck = CliRunner().invoke(cli, ["--store", location, "fsck"])
-    assert fsck.exit_code == 1 and "unreadable: " in fsck.output and "ref 'conversations/c' holds" in fsck.output
+    assert fsck.exit_code == 1 and "damaged-row: " in fsck.output and "ref 'conversations/c' holds" in fsck.output
 
 
 def test_event_message_with_a_nul_commits_on_every_backend(repo):

@@ -251,3 +251,117 @@ def test_renames_prune_gc_pack_and_forced_import_keep_fsck_ok(tmp_path):
         assert_ok(repo)
     finally:
         repo.close()
+
+
+# -- 8. text that is not UTF-8, and refs rows that name no snapshot -----------------------------------
+#
+# One such row made fsck report "unreadable: fsck could not read the store" for the whole store (SQLite
+# fails the whole query: "Could not decode to UTF-8 column ..."), or stopped it (a ref whose target is
+# no id), and verify stopped the same way: each is now one finding naming the row, and the rest is checked.
+
+NOT_UTF8 = "CAST(x'ff41' AS TEXT)"
+
+
+def all_reachable(snap) -> dict:
+    """fsck's --json report, after checking every object was still reached (the walk went on)."""
+    report = json.loads(snap("fsck", "--json").stdout)
+    assert report["reachable"] == report["objects"] and report["missing"] == 0, report
+    return report
+
+
+@pytest.mark.parametrize("column, seq", [("reason", 5), ("reason", 1), ("time", 5), ("log_hash", 5)])
+def test_a_reflog_column_that_is_not_utf8_names_the_row(snap, column, seq):
+    sql(snap.db, f"UPDATE reflog SET {column} = {NOT_UTF8} WHERE seq = {seq}")
+    problems = fsck_fails(snap, rf"damaged-row: reflog row seq {seq} of 'conversations/demo' .*"
+                                rf"its {column} is b'\\xffA'")
+    assert [p["kind"] for p in problems] == ["damaged-row"], problems
+    all_reachable(snap)
+
+
+def test_a_reflog_name_that_is_not_utf8_names_the_row(snap):
+    sql(snap.db, f"UPDATE reflog SET name = {NOT_UTF8} WHERE seq = 5")
+    problems = fsck_fails(snap, r"damaged-row: its name is b'\\xffA', not text \(seq 5,",
+                          r"broken-reflog: reflog row seq 6 of 'conversations/demo'")
+    assert sorted(p["kind"] for p in problems) == ["broken-reflog", "damaged-row"], problems
+    all_reachable(snap)
+
+
+def test_reading_a_reflog_row_that_is_not_utf8_names_it(snap):
+    sql(snap.db, f"UPDATE reflog SET reason = {NOT_UTF8} WHERE seq = 5")
+    line = one_line_error(snap("log", CONV))  # was: "Could not decode to UTF-8 column 'reason'", no row
+    assert "'conversations/demo' (seq 5)" in line and "its reason is" in line, line
+
+
+def add_conversation(snap, conv: str = "other") -> None:
+    """A second conversation beside the demo's, two snapshots long."""
+    repo = Repository.open(snap.location)
+    try:
+        commit_steps(repo, conv, 2)
+    finally:
+        repo.close()
+
+
+@pytest.mark.parametrize("target, held", [
+    ("'abc'", r"a str \('abc'\)"),
+    ("x'00'", "1 bytes"),
+    (NOT_UTF8, "2 bytes"),
+])
+def test_a_damaged_ref_target_is_named_and_the_rest_checked(snap, target, held):
+    add_conversation(snap)
+    sql(snap.db, f"UPDATE refs SET target = {target} WHERE name = 'conversations/demo'")
+    problems = fsck_fails(snap, rf"damaged-row: .*ref 'conversations/demo' holds {held}, not a 32-byte object id")
+    assert [p["kind"] for p in problems] == ["damaged-row"], problems
+    all_reachable(snap)  # the demo's reflog and the other conversation were still walked
+
+
+def test_a_damaged_ref_target_is_found_beside_other_damage(snap):
+    add_conversation(snap)
+    sql(snap.db, "UPDATE refs SET target = 'abc' WHERE name = 'conversations/demo'")
+    sql(snap.db, "UPDATE refs SET target = randomblob(32) WHERE name = 'conversations/other'")
+    problems = fsck_fails(snap, r"ref 'conversations/demo' holds",
+                          r"missing: snapshot \w+ is missing \(named by conversations/other\)")
+    assert sorted(p["kind"] for p in problems) == ["broken-reflog", "damaged-row", "missing"], problems
+
+
+def test_a_ref_name_that_is_not_utf8_names_the_row(snap):
+    sql(snap.db, f"UPDATE refs SET name = {NOT_UTF8}")
+    problems = fsck_fails(snap, r"damaged-row: .*a refs row's name is b'\\xffA', not text",
+                          r"there is no ref 'conversations/demo'")
+    assert sorted(p["kind"] for p in problems) == ["broken-reflog", "damaged-row", "dangling-active"], problems
+
+
+@pytest.mark.parametrize("damage, named", [
+    (f"UPDATE meta SET value = {NOT_UTF8} WHERE key = 'created'", r"the meta row 'created' holds b'\\xffA'"),
+    (f"UPDATE meta SET value = {NOT_UTF8} WHERE key = 'active_conversation'",
+     r"the meta row 'active_conversation' holds b'\\xffA'"),
+    (f"INSERT INTO meta VALUES ({NOT_UTF8}, 'x')", r"a meta row's key is b'\\xffA', not text"),
+])
+def test_a_meta_row_that_is_not_utf8_is_named(snap, damage, named):
+    sql(snap.db, damage)  # was: every command, fsck too, failed to open the store ("Could not decode")
+    problems = fsck_fails(snap, "damaged-row: .*" + named)
+    assert [p["kind"] for p in problems] == ["damaged-row"], problems
+    all_reachable(snap)
+
+
+@pytest.mark.parametrize("kind", [NOT_UTF8, "'é'"])
+def test_an_object_kind_that_is_no_kind_names_the_object(snap, kind):
+    con = sqlite3.connect(snap.db)
+    (victim,) = con.execute("SELECT hex(id) FROM objects WHERE kind = 'node' LIMIT 1").fetchone()
+    con.close()
+    sql(snap.db, f"UPDATE objects SET kind = {kind} WHERE hex(id) = ?", victim)
+    problems = fsck_fails(snap, rf"corrupt: corrupt object {victim.lower()}: its stored kind is ")
+    assert [(p["kind"], p["object"]) for p in problems] == [("corrupt", victim.lower())], problems
+
+
+@pytest.mark.parametrize("damage", [
+    f"UPDATE reflog SET reason = {NOT_UTF8} WHERE seq = 5",
+    "UPDATE refs SET target = 'abc'",
+])
+@pytest.mark.parametrize("args", [[], ["--sample", "3"], [CONV]])
+def test_verify_names_a_damaged_ref_or_reflog_row_and_goes_on(snap, damage, args):
+    sql(snap.db, damage)
+    result = snap("verify", "--json", *args)
+    assert result.exit_code == 1, result.output
+    report = json.loads(result.stdout)
+    assert [p["kind"] for p in report["problems"]] == ["damaged-row"], report  # was: "verify stopped"
+    assert report["snapshots_checked"] == 12 and report["entries_checked"] > 0, report

@@ -192,6 +192,28 @@ def _hex(raw: bytes | None, where: str = "a row") -> ObjectId | None:
     return ObjectId(raw.hex())
 
 
+def _text_or_bytes(raw: bytes) -> str | bytes:
+    """A text column's value as text, or its bytes if they are not UTF-8 (the connection's text factory
+    while :meth:`SqliteBackend._as_stored` reads).
+
+    SQLite keeps whatever bytes a TEXT column was given; the default factory
+    fails the whole query on one row that is not UTF-8 ("Could not decode to
+    UTF-8 column ..."), naming no row. Read this way the query goes on, and the
+    reader, which checks each value it needs is a ``str``, names the row.
+    """
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw
+
+
+def _under(key: object, prefix: str) -> bool:
+    """Whether a meta key read as stored starts with ``prefix``; a key that is not text, by its bytes."""
+    if isinstance(key, str):
+        return key.startswith(prefix)
+    return isinstance(key, bytes) and key.startswith(prefix.encode("utf-8"))
+
+
 def _checked_reflog_row(path: Path, row: tuple) -> list[object]:
     """A loose reflog row ``(seq, name, old, new, time, reason, log_sequence, log_hash)`` as a
     :class:`ReflogEntry`'s fields (ids as hex), the form a pack holds it in; :class:`DamagedRecord`
@@ -377,9 +399,22 @@ class SqliteBackend(Backend):
         finally:
             self._db.execute("COMMIT")
 
-    def _query(self, sql: str, params: Sequence[object] = ()) -> list[tuple]:
+    @contextlib.contextmanager
+    def _as_stored(self) -> Iterator[sqlite3.Connection]:
+        """The connection, under the lock, reading text that is not UTF-8 as its bytes (see
+        :func:`_text_or_bytes`): the caller checks the values it reads are text and names a row that is not."""
         with self._lock, self._errors():
-            return self._db.execute(sql, params).fetchall()
+            before = self._db.text_factory
+            self._db.text_factory = _text_or_bytes
+            try:
+                yield self._db
+            finally:
+                self._db.text_factory = before
+
+    def _query(self, sql: str, params: Sequence[object] = ()) -> list[tuple]:
+        """The rows of one statement, text that is not UTF-8 read as bytes (see :meth:`_as_stored`)."""
+        with self._as_stored() as db:
+            return db.execute(sql, params).fetchall()
 
     # -- objects -----------------------------------------------------------
 
@@ -812,8 +847,40 @@ class SqliteBackend(Backend):
         return _hex(rows[0][0], f"{self.path}: ref {name!r}") if rows else None
 
     def list_refs(self, prefix: str = "") -> dict[str, ObjectId]:
-        rows = self._query("SELECT name, target FROM refs ORDER BY name")
-        return {n: _hex(t, f"{self.path}: ref {n!r}") for n, t in rows if n.startswith(prefix)}  # type: ignore[misc]
+        """The refs whose names start with ``prefix``; :class:`DamagedRecord` naming the first damaged one
+        (see :meth:`ref_rows`; a name that is not text could be any ref's, so it counts whatever the prefix)."""
+        refs, damaged = self.ref_rows()
+        for name, line in damaged:
+            if not isinstance(name, str) or name.startswith(prefix):
+                raise DamagedRecord(line)
+        return {n: t for n, t in refs.items() if n.startswith(prefix)}
+
+    def ref_rows(self) -> tuple[dict[str, ObjectId], list[tuple[object, str]]]:
+        """Every ref, and the refs rows that hold what they never hold, without raising: what fsck reads.
+
+        Returns ``(refs, damaged)``: ``refs`` maps each well-formed ref to its
+        target; ``damaged`` is ``(name as read, line naming the row)`` for a
+        row whose name is not text or whose target is not a 32-byte id.
+        """
+        with self._as_stored() as db:
+            return self._read_refs(db)
+
+    def _read_refs(self, db: sqlite3.Connection) -> tuple[dict[str, ObjectId], list[tuple[object, str]]]:
+        """:meth:`ref_rows` on ``db`` (the caller holds the lock and reads as stored)."""
+        refs: dict[str, ObjectId] = {}
+        damaged: list[tuple[object, str]] = []
+        for name, target in db.execute("SELECT name, target FROM refs ORDER BY name").fetchall():
+            if not isinstance(name, str):
+                damaged.append((name, f"{self.path}: a refs row's name is {name!r:.80}, not text "
+                                      "(its target is not read): the store is damaged"))
+                continue
+            shown = "nothing" if target is None else _id_damage(target)
+            if shown is not None:
+                damaged.append((name, f"{self.path}: ref {name!r} holds {shown}, not a 32-byte object id: "
+                                      "the store is damaged"))
+            else:
+                refs[name] = ObjectId(target.hex())
+        return refs, damaged
 
     def reflog(self, name: str) -> list[ReflogEntry]:
         with self._lock, self._errors(), self._read_snapshot():  # packs and loose rows of one moment
@@ -842,25 +909,27 @@ class SqliteBackend(Backend):
     def _loose_reflog(self, name: str, order: str, params: Sequence[object]) -> list[ReflogEntry]:
         """The loose reflog rows of ``name`` in ``order`` (an ORDER BY clause, maybe with LIMIT ?);
         :class:`DamagedRecord` naming the row for a column holding what it never holds."""
-        rows = self._db.execute(
-            "SELECT seq, name, old, new, time, reason, log_sequence, log_hash FROM reflog WHERE name = ? " + order,
-            (name, *params),
-        ).fetchall()
+        with self._as_stored() as db:  # a column that is not UTF-8 text: named by _checked_reflog_row
+            rows = db.execute(
+                "SELECT seq, name, old, new, time, reason, log_sequence, log_hash FROM reflog WHERE name = ? "
+                + order, (name, *params),
+            ).fetchall()
         return [ReflogEntry(*_checked_reflog_row(self.path, row)) for row in rows]
 
-    def reflog_rows(self) -> tuple[dict[str, ObjectId], list[tuple[str, ReflogEntry, tuple[str, ...]]]]:
+    def reflog_rows(self) -> tuple[dict[str, ObjectId], list[tuple[str, ReflogEntry, tuple[str, ...]]],
+                                   list[tuple[object, str]]]:
         """The refs and every reflog row, read at one moment (what fsck checks the reflogs with).
 
-        Returns ``(refs, rows)``: ``refs`` maps each ref name to its target (a damaged target
-        raises :class:`DamagedRecord`, as in :meth:`list_refs`); ``rows`` are ``(label, entry, damage)``
+        Returns ``(refs, rows, damaged_refs)``: ``refs`` and ``damaged_refs`` as :meth:`ref_rows` gives
+        them (a damaged ref is named there, not raised); ``rows`` are ``(label, entry, damage)``
         in reflog order, packed rows first, then loose ones by ``seq``. ``label`` names the row (``seq 5``);
         ``damage`` lines say which id column holds what no id is (in ``entry`` such a column is
-        None), a loose row inside a pack's range, a row whose name is not text. One read of each
-        table and pack; a damaged reflog pack raises :class:`DamagedRecord`.
+        None), a loose row inside a pack's range, a row whose name is not text. Text that is not
+        UTF-8 is read as its bytes, which the caller names (a column that is not a ``str``). One read
+        of each table and pack; a damaged reflog pack raises :class:`DamagedRecord`.
         """
-        with self._lock, self._errors(), self._read_snapshot() as db:
-            refs = {n: _hex(t, f"{self.path}: ref {n!r}")
-                    for n, t in db.execute("SELECT name, target FROM refs ORDER BY name").fetchall()}
+        with self._as_stored() as db, self._read_snapshot():
+            refs, damaged_refs = self._read_refs(db)
             out: list[tuple[str, ReflogEntry, tuple[str, ...]]] = []
             ranges: list[tuple[int, int]] = []
             if self._has_packs():
@@ -898,7 +967,7 @@ class SqliteBackend(Backend):
                     damage.append(f"its name is {n!r:.80}, not text")
                 entry = ReflogEntry(n, *ids, t, r, ls, lh)
                 out.append((f"seq {seq}", entry, tuple(damage)))
-        return refs, out
+        return refs, out, damaged_refs
 
     def _has_packed_reflog(self, name: str) -> bool:
         """Whether packs hold reflog rows of ``name`` (the caller holds the lock)."""
@@ -956,12 +1025,37 @@ class SqliteBackend(Backend):
         return value
 
     def get_meta(self, key: str) -> str | None:
+        """The value of ``key``; :class:`DamagedRecord` naming the row if it holds no text."""
         rows = self._query("SELECT value FROM meta WHERE key = ?", (key,))
-        return rows[0][0] if rows else None
+        if not rows:
+            return None
+        if not isinstance(rows[0][0], str):
+            raise DamagedRecord(self._meta_damage(key, rows[0][0]))
+        return rows[0][0]
 
     def list_meta(self, prefix: str = "") -> dict[str, str]:
-        rows = self._query("SELECT key, value FROM meta ORDER BY key")
-        return {k: v for k, v in rows if k.startswith(prefix)}
+        """The meta rows whose keys start with ``prefix``; :class:`DamagedRecord` naming the first of
+        them that holds no text. A damaged row under another prefix is no concern of this reader."""
+        out: dict[str, str] = {}
+        for key, value in self._query("SELECT key, value FROM meta ORDER BY key"):
+            if not _under(key, prefix):
+                continue
+            if not isinstance(key, str) or not isinstance(value, str):
+                raise DamagedRecord(self._meta_damage(key, value))
+            out[key] = value
+        return out
+
+    def damaged_meta_rows(self) -> list[str]:
+        """One line naming each meta row whose key or value is not text (text that is not UTF-8, say):
+        fsck reports these."""
+        return [self._meta_damage(key, value) for key, value in self._query("SELECT key, value FROM meta ORDER BY key")
+                if not isinstance(key, str) or not isinstance(value, str)]
+
+    def _meta_damage(self, key: object, value: object) -> str:
+        """A line naming a meta row whose key or value is not text."""
+        if not isinstance(key, str):
+            return f"{self.path}: a meta row's key is {key!r:.80}, not text: the store is damaged"
+        return f"{self.path}: the meta row {key!r:.80} holds {value!r:.40}, not text: the store is damaged"
 
     def write(
         self,
