@@ -130,7 +130,28 @@ def pending_entries(repo: Repository, log: OzolithLog, skip: frozenset[int] = fr
         conv = str(link.get("conversation"))
         if entry.sequence > newest.get(conv, 0):
             out.append((entry, link))
-    return out
+    return _not_applied_since(repo, out) if out else out
+
+
+def _not_applied_since(repo: Repository, candidates: list[tuple[LogEntry, dict[str, Any]]]
+                       ) -> list[tuple[LogEntry, dict[str, Any]]]:
+    """The candidates still newer than their conversation's reflog, read again now.
+
+    The reflogs were read before the log: another replica may have committed
+    entries and moved its ref in between (with the log kept in the store, both
+    in one transaction). Such an entry is applied, not pending; rolling it
+    forward would find the ref moved on and report a divergence that is not there.
+    """
+    names: dict[str, str] = {}
+    for _, link in candidates:
+        conv = link.get("conversation")
+        try:
+            names.setdefault(str(conv), ref_name(validate_conversation_id(conv)))
+        except SnapstoreError:
+            pass  # roll_forward names it
+    applied = repo.backend.newest_log_sequences(list(set(names.values())))
+    return [(entry, link) for entry, link in candidates
+            if entry.sequence > applied.get(names.get(str(link.get("conversation")), ""), 0)]
 
 
 def roll_forward(repo: Repository, log: OzolithLog, skip: frozenset[int] = frozenset(),

@@ -8,8 +8,11 @@ entry's payload names the snapshot, root and changed node ids, and the ref
 change records the entry's sequence and hash.
 
 An operation is durable when its method returns. If persisting fails (full
-disk, I/O error, a lost race) the method raises and the in-memory tree stays
-at the previous state; the next operation works on that state.
+disk, I/O error) the method raises and the in-memory tree stays at the
+previous state, or at the store's head if the operation had read it (after
+another writer moved it); the next operation works on that state. One that
+conflicts with another writer's change (:class:`~snapstore.merge.MergeConflict`)
+leaves the tree at the store's head it conflicted with.
 
 Known defects of the client's orchestrator avoided here: inherited memory is
 a deep copy (never shares dicts with the parent), and one process never has
@@ -187,8 +190,9 @@ class ConversationOrchestrator:
                  watch: tuple[str, tuple[str, ...]] | None = None) -> CommitResult:
         """Apply ``change`` to a workspace, then persist it as one snapshot (+ one log entry).
 
-        ``change`` returns the audit payload. Nothing in memory changes unless
-        the commit succeeds. When another writer moved the ref first, the
+        ``change`` returns the audit payload. Nothing of the operation is in
+        memory unless the commit succeeds (the tree may move to a head read
+        from the store meanwhile). When another writer moved the ref first, the
         operation is rebased: run again on their state, so its intent holds
         and ids stay unique (a three-way merge of the trees cannot see the
         intent of an operation that changed nothing from its own stale view).
@@ -228,10 +232,12 @@ class ConversationOrchestrator:
                         # contending replicas do not keep colliding.
                         time.sleep(random.uniform(0, min(MAX_BACKOFF, 0.0005 * 2 ** min(attempt, 10))))
                     theirs = self.repo.stage(self.conversation)
+                    # From here the tree in memory is the store's head just read, conflict or not:
+                    # what the conflict's message describes, and what the caller shows next.
+                    self._sync(theirs)
                     if watch is not None:
                         _check_watch(watch, staging.workspace.base, theirs.workspace.base)
                     staging = theirs
-                    self._sync(staging)
                     payload = change(staging.workspace)
             return self._committed(result)
 

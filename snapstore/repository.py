@@ -24,6 +24,7 @@ from .backends.base import Backend, RefUpdate, ReflogEntry, StoredObject, reflog
 from .compression import Codec, train_dictionary
 from .diff import TreeDiff, diff_states
 from .errors import (
+    BackendError,
     CorruptObject,
     DamagedRecord,
     FormatError,
@@ -725,19 +726,30 @@ class Repository:
         the commit's bytes, which hash to the id. Content addressing makes the
         swap safe for every reader: before it they get the named error they
         already got, after it the object.
+
+        A copy the store could not be asked about (S3 or the database did not
+        answer) is left alone: the commit is already durable, and a copy that
+        merely went unread is not damaged; removing it would leave the new
+        head naming an object the store no longer lists.
         """
         ids = [o.id for o in reused]
+        unread: set[ObjectId] = set()
         try:
             found = self.backend.get_objects(ids)
-        except SnapstoreError:  # a damaged pack, say: check each object on its own
+        except SnapstoreError as exc:  # a damaged pack, say: check each object on its own
+            if _unreachable(exc):
+                return  # the store did not answer: nothing is known to be damaged
             found = {}
             for oid in ids:
                 try:
                     found.update(self.backend.get_objects([oid]))
-                except SnapstoreError:
-                    pass
+                except SnapstoreError as each:
+                    if _unreachable(each):
+                        unread.add(oid)
         bad: list[StoredObject] = []
         for good in reused:
+            if good.id in unread:
+                continue
             stored = found.get(good.id)
             try:
                 if stored is None or stored.kind != good.kind:
@@ -787,6 +799,8 @@ class Repository:
     # -- compression dictionary -------------------------------------------------
 
     def _after_commit(self, written: int) -> None:
+        """Upkeep after a durable commit (packing, the dictionary); a store that does not answer meanwhile
+        leaves it for a later commit rather than failing the commit, which is done."""
         self._objects_since_pack += written
         if self._objects_since_pack >= packing.AUTO_PACK_CHECK:
             self._objects_since_pack = 0
@@ -796,11 +810,19 @@ class Repository:
         self._objects_since_check += written
         if self._objects_since_check >= DICT_TRAIN_AFTER // 4:
             self._objects_since_check = 0
-            current = self.backend.get_meta(DICT_CURRENT_KEY)
-            if current is not None:  # installed by another process
-                self.codec.add_dictionary(int(current), self._dictionaries()[int(current)])
-            elif self.backend.count_objects()[0] >= DICT_TRAIN_AFTER:
-                self.train_dictionary()
+            try:
+                self._check_dictionary()
+            except SnapstoreError as exc:
+                if not _unreachable(exc):
+                    raise
+
+    def _check_dictionary(self) -> None:
+        """Adopt the dictionary another process installed, or train one once the store has enough objects."""
+        current = self.backend.get_meta(DICT_CURRENT_KEY)
+        if current is not None:  # installed by another process
+            self.codec.add_dictionary(int(current), self._dictionaries()[int(current)])
+        elif self.backend.count_objects()[0] >= DICT_TRAIN_AFTER:
+            self.train_dictionary()
 
     def train_dictionary(self) -> int | None:
         """Train the store's zstd dictionary on its objects and use it from now on.
@@ -1188,6 +1210,12 @@ class Repository:
             return [] if scan is not None else self.backend.reflog(name)
 
         return refs, by_name, rows_of, damaged_refs
+
+
+def _unreachable(exc: SnapstoreError) -> bool:
+    """Whether ``exc`` says the store could not be read (a lost connection, S3 not answering), not that
+    what it holds is damaged (:class:`DamagedRecord`, :class:`CorruptObject`, :class:`ObjectNotFound`)."""
+    return isinstance(exc, BackendError) and not isinstance(exc, DamagedRecord)
 
 
 def _check_event_and_log(event: Any, log: Any) -> None:

@@ -218,9 +218,11 @@ class PostgresBackend(Backend):
         """``meta``: with ``create``, keys recorded in the transaction that creates the store."""
         self._lock = threading.RLock()
         self._conn: psycopg.Connection | None = None
-        # A second connection, only for writer_lock's session-level advisory locks.
+        # Connections for writer_lock's session-level advisory locks, one per lock held at a time:
+        # the idle ones, kept for the next lock (the guard protects the list only).
         self._lock_guard = threading.Lock()
-        self._lock_conn: psycopg.Connection | None = None
+        self._lock_conns: list[psycopg.Connection] = []
+        self._closed = False
         self.description = description or safe_location(url)
         self._secrets = url_secrets(url)
         self._connect_args = self._connection_args(url)
@@ -616,8 +618,11 @@ class PostgresBackend(Backend):
     def writer_lock(self, name: str) -> contextlib.AbstractContextManager[None]:
         """A session-level advisory lock keyed by the ref name's hash (see :meth:`Backend.writer_lock`).
 
-        It is taken on a connection of its own, so it never waits inside, or
-        holds up, this backend's transactions.
+        Each lock held at once is taken on a connection of its own, so it
+        never waits inside, or holds up, this backend's transactions, nor
+        another thread's wait for the lock of another ref (a thread queueing
+        behind a busy conversation does not hold back the losers of every
+        other conversation of the process).
         """
         return self._writer_lock(name)
 
@@ -625,24 +630,46 @@ class PostgresBackend(Backend):
     def _writer_lock(self, name: str) -> Iterator[None]:
         key = int.from_bytes(hashlib.blake2b(b"snapstore writer " + name.encode(), digest_size=8).digest(),
                              "big", signed=True)
-        with super().writer_lock(name), self._lock_guard:
-            conn = self._lock_conn
-            held = False
+        with super().writer_lock(name):
+            conn: psycopg.Connection | None = None
             try:
-                if conn is None or conn.closed:
-                    conn = self._lock_conn = self._connect()
+                conn = self._idle_lock_connection()
                 conn.execute("SELECT pg_advisory_lock(%s)", (key,))
-                held = True
             except (psycopg.Error, BackendError):
-                self._drop_lock_connection()  # only fairness is lost
+                self._discard(conn)  # only fairness is lost
+                conn = None
             try:
                 yield
             finally:
-                if held and self._lock_conn is not None:
+                if conn is not None:
                     try:
-                        self._lock_conn.execute("SELECT pg_advisory_unlock(%s)", (key,))
+                        conn.execute("SELECT pg_advisory_unlock(%s)", (key,))
+                        self._keep_lock_connection(conn)
                     except psycopg.Error:
-                        self._drop_lock_connection()  # closing the session releases the lock
+                        self._discard(conn)  # closing the session releases the lock
+
+    def _idle_lock_connection(self) -> psycopg.Connection:
+        """A connection holding no lock: an idle one kept from an earlier lock, or a new one."""
+        with self._lock_guard:
+            while self._lock_conns:
+                conn = self._lock_conns.pop()
+                if not (conn.closed or conn.broken):
+                    return conn
+        return self._connect()
+
+    def _keep_lock_connection(self, conn: psycopg.Connection) -> None:
+        """Keep a connection whose lock was released for the next lock (closed if the backend is)."""
+        with self._lock_guard:
+            if not self._closed:
+                self._lock_conns.append(conn)
+                return
+        self._discard(conn)
+
+    @staticmethod
+    def _discard(conn: psycopg.Connection | None) -> None:
+        if conn is not None:
+            with contextlib.suppress(psycopg.Error):
+                conn.close()
 
     @staticmethod
     def _presence_key(name: str) -> int:
@@ -683,11 +710,13 @@ class PostgresBackend(Backend):
             with contextlib.suppress(psycopg.Error):
                 conn.close()
 
-    def _drop_lock_connection(self) -> None:
-        conn, self._lock_conn = self._lock_conn, None
-        if conn is not None:
-            with contextlib.suppress(psycopg.Error):
-                conn.close()
+    def _drop_lock_connections(self) -> None:
+        """Close the idle lock connections, and from now on each one as its lock is released."""
+        with self._lock_guard:
+            self._closed = True
+            idle, self._lock_conns = self._lock_conns, []
+        for conn in idle:
+            self._discard(conn)
 
     def log_lines(self, after: int = 0, limit: int | None = None) -> list[tuple[int, str]]:
         return [(int(s), line) for s, line in self._read(
@@ -728,7 +757,7 @@ class PostgresBackend(Backend):
             if conn is not None:
                 with contextlib.suppress(psycopg.Error):
                     conn.close()
-        self._drop_lock_connection()
+        self._drop_lock_connections()
 
 
 def open_postgres(location: str, create: bool, meta: Mapping[str, str] | None = None) -> PostgresBackend:
