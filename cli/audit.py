@@ -10,11 +10,11 @@ import click
 from snapstore.errors import BackendError, InvalidInput, LogError, StoreNotFound
 from snapstore.ozolith import OzolithLog
 from snapstore.refs import validate_conversation_id
-from snapstore.repository import Repository
 from snapstore.storelog import StoreLog
 
 from .main import Settings, cli, export_target, not_empty
 from .render import dump_json, safe
+from .transfer import destination_store
 
 LOG_ENV = "SNAPSTORE_OZOLITH"
 DEFAULT_LOG_NAME = "ozolith.jsonl"
@@ -43,6 +43,16 @@ def find_log(settings: Settings, log_path: str | None, key_file: str | None,
         if required:
             raise InvalidInput("no audit log: give --ozolith LOG (this store keeps none)")
         return None
+    return named_log(path, key_file, may_be_missing)
+
+
+def named_log(path: str, key_file: str | None = None, may_be_missing: bool = False) -> OzolithLog:
+    """The log file a user named (``--ozolith LOG``, ``$SNAPSTORE_OZOLITH``), checked before it is read.
+
+    A folder or a missing file is one line naming it, the same for every
+    command that takes ``--ozolith``, instead of the system's "Is a directory"
+    or an empty log that seems to lack every entry.
+    """
     if Path(path).is_dir():
         raise InvalidInput(f"{path} is a folder, not a log file: give the log's path (--ozolith LOG)")
     if not Path(path).is_file() and not (may_be_missing and not Path(path).exists()):
@@ -134,10 +144,12 @@ def verify(settings: Settings, conversation: str | None, log_path: str | None, k
         click.echo(dump_json(report.to_json()))
     else:
         for p in report.problems:
-            where = " ".join(f"{k}={v}" for k, v in p.to_json().items() if k not in ("kind", "message"))
+            # The context a finding names may come from the log, which anyone can write: escaped too.
+            where = " ".join(f"{k}={safe(v)}" for k, v in p.to_json().items() if k not in ("kind", "message"))
             click.echo(click.style(f"{p.kind}: {safe(p.message)}", fg="red") + (f"  [{where}]" if where else ""))
+        count = len(report.problems)
         verdict = click.style("ok", fg="green", bold=True) if report.ok else click.style(
-            f"{len(report.problems)} problems", fg="red", bold=True)
+            f"{count} problem{'' if count == 1 else 's'}", fg="red", bold=True)
         scope = "sampled " if report.sampled else ""
         click.echo(f"{scope}{report.entries} log entries, {report.objects} objects, "
                    f"{report.snapshots} snapshots: {verdict}")
@@ -167,8 +179,12 @@ def replay(settings: Settings, conversation: str, log_path: str | None, key_file
     try:
         repo = settings.repo()
     except StoreNotFound:
-        repo = Repository.init(settings.location)
-    result, replayed = commit_replay(repo, log, conversation, as_conversation, force)
+        # No store here yet: make one, and take it away again if the replay fails
+        # (no structural entry, a bad --as name), so a failed command leaves nothing.
+        with destination_store(settings.location) as new_repo:
+            result, replayed = commit_replay(new_repo, log, conversation, as_conversation, force)
+    else:
+        result, replayed = commit_replay(repo, log, conversation, as_conversation, force)
     target = as_conversation or conversation
     if as_json:
         click.echo(dump_json({"conversation": target, "snapshot": result.snapshot, "created": result.created,
@@ -180,7 +196,8 @@ def replay(settings: Settings, conversation: str, log_path: str | None, key_file
     click.echo(f"{target}: {result.snapshot}")
     click.echo(replayed.missing())
     for line in replayed.skipped:
-        click.echo(click.style(f"skipped {line}", fg="yellow"), err=True)
+        # A skipped entry is named by the context ids the log holds: escaped, like stored data.
+        click.echo(click.style(f"skipped {safe(line)}", fg="yellow"), err=True)
 
 
 @cli.command()

@@ -36,10 +36,22 @@ def _clip(match: re.Match[str]) -> str:
     return f"{text[:ECHO_LIMIT]}...({len(text)} characters)...{text[-ECHO_LIMIT // 2:]}"
 
 
+def _escape_controls(text: str) -> str:
+    """``text`` with control characters (and lone surrogates) as escapes: ``\\x1b``, ``\\t``, ``\\ud800``.
+
+    An error message echoes what it was given (a path, a revision, a line of a
+    log): escaped, it cannot drive the terminal, as stored data cannot.
+    """
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
+
+
 def one_line(text: str) -> str:
-    """Collapse a message to one line, with long echoed input (a 5,000-digit number, say) cut short."""
+    """Collapse a message to one line, with long echoed input (a 5,000-digit number, say) cut short
+    and control characters escaped."""
     line = "; ".join(part.strip() for part in str(text).splitlines() if part.strip()) or "error"
-    return _LONG.sub(_clip, line)
+    return _LONG.sub(_clip, _escape_controls(line))
 
 
 def check_location(location: str) -> str:

@@ -11,10 +11,9 @@ import click
 
 from snapstore.errors import InvalidInput, SnapstoreError
 from snapstore.location import open_backend
-from snapstore.ozolith import OzolithLog
 from snapstore.progress import Bar, quiet
 
-from .audit import find_log, key_option, ozolith_option
+from .audit import find_log, key_option, named_log, ozolith_option
 from .commands import PROGRESS_MIN_OBJECTS, at_most_max_count, json_option
 from .main import Settings, cli, describe_location, export_target, not_empty
 from .render import dump_json, safe
@@ -203,10 +202,8 @@ def export(settings: Settings, conversations: tuple[str, ...], output: str, ever
 @click.option("--dry-run", is_flag=True, help="Check the bundle and report what would change.")
 @click.option("--ozolith", "log_path", metavar="LOG", callback=not_empty,
               help="Also check that this audit log holds the bundle's log entries unchanged.")
-@key_option
 @json_option
-def import_(bundle: str, force: bool, dry_run: bool, log_path: str | None, key_file: str | None,
-            as_json: bool) -> None:
+def import_(bundle: str, force: bool, dry_run: bool, log_path: str | None, as_json: bool) -> None:
     """Import a bundle made by `snap export`, after checking every hash in it.
 
     Nothing becomes visible unless the whole bundle is sound and complete.
@@ -216,7 +213,9 @@ def import_(bundle: str, force: bool, dry_run: bool, log_path: str | None, key_f
     """
     from snapstore.bundle import import_bundle
 
-    log = OzolithLog(log_path, key_file=key_file) if log_path else None
+    # The check compares entry hashes, so no key is read (import takes no --key-file). A folder
+    # or a missing LOG is named as such, not as a log that lacks the bundle's entries.
+    log = named_log(log_path) if log_path else None
     report = import_bundle(_settings().repo(), bundle, force=force, dry_run=dry_run, log=log, progress=progress)
     if as_json:
         click.echo(dump_json(report.to_json()))

@@ -96,6 +96,23 @@ def _dump_json_iteratively(value: Any, indent: str = "  ") -> str:
     return "".join(out)
 
 
+def status_text(status: Any) -> str:
+    """A context's ``status`` field as the tree and the diff print it.
+
+    A string as it is; ``-`` when there is none (absent, null or empty); any
+    other JSON value as JSON (``false``, ``{"x": 1}``), never as Python
+    would print it (``False``, ``None``).
+    """
+    if status is None or status == "":
+        return "-"
+    return safe(status) if isinstance(status, str) else _value(status)
+
+
+def _focus(context_id: str | None) -> str:
+    """One side of a focus change: the context id, or ``(none)`` when there is no focus."""
+    return "(none)" if context_id is None else safe(context_id)
+
+
 def _plural(n: int, word: str) -> str:
     return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
@@ -137,9 +154,9 @@ def render_tree(tree: Tree | Outline) -> list[str]:
         """Append the line of ``cid``; return its children as (id, prefix, connector), in order."""
         record = tree.records[cid]
         status = record.fields.get("status")
-        status_text = click.style(safe(status or "-"), fg=STATUS_COLOURS.get(str(status)))
+        shown = click.style(status_text(status), fg=STATUS_COLOURS.get(status) if isinstance(status, str) else None)
         label = click.style(safe(cid), bold=True)
-        parts = [f"{prefix}{connector}{label}", status_text, _plural(record.exchange_count(), "exchange")]
+        parts = [f"{prefix}{connector}{label}", shown, _plural(record.exchange_count(), "exchange")]
         task = record.fields.get("task_description")
         if isinstance(task, str) and task:
             short = task if len(task) <= 50 else task[:47] + "..."
@@ -197,7 +214,7 @@ def render_diff(diff: TreeDiff) -> list[str]:
     lines = []
     for c in diff.added:
         lines.append(click.style(
-            f"+ {safe(c.id)}  (under {_parent(c.parent)}, {safe(c.status)}, "
+            f"+ {safe(c.id)}  (under {_parent(c.parent)}, {status_text(c.status)}, "
             f"{_plural(c.exchanges, 'exchange')})", fg="green"))
     for c in diff.removed:
         lines.append(click.style(f"- {safe(c.id)}  (was under {_parent(c.parent)})", fg="red"))
@@ -220,7 +237,7 @@ def render_diff(diff: TreeDiff) -> list[str]:
                     lines.append(click.style(
                         f"    {safe(name)}: {len(ids)} {label} ({shown})", fg=colour))
     if diff.focus:
-        lines.append(click.style(f"* focus {safe(diff.focus[0])} -> {safe(diff.focus[1])}", fg="magenta"))
+        lines.append(click.style(f"* focus {_focus(diff.focus[0])} -> {_focus(diff.focus[1])}", fg="magenta"))
     for name, change in diff.extra.items():
         lines.append(click.style(f"* {safe(name)}: {_value(change.get('old'))} -> {_value(change.get('new'))}", fg="magenta"))
     return lines

@@ -56,8 +56,11 @@ class _Created:
 
 
 @contextmanager
-def _destination(location: str) -> Iterator[Repository]:
-    """The store at ``location``, created if there is none; if the copy fails, a store made here is removed."""
+def destination_store(location: str) -> Iterator[Repository]:
+    """The store at ``location``, created if there is none; if the work fails, a store made here is removed.
+
+    What clone, push and replay write into: a command that fails leaves no store it made.
+    """
     try:
         dst = Repository.open(location)
     except StoreNotFound as missing:
@@ -118,7 +121,7 @@ def clone(source: str, destination: str, conversations: tuple[str, ...], as_json
     """
     src = Repository.open(check_location(source))
     try:
-        with _destination(check_location(destination)) as dst:
+        with destination_store(check_location(destination)) as dst:
             _run_copy(src, dst, conversations, as_json)
     finally:
         src.close()
@@ -134,7 +137,7 @@ def push(settings: Settings, destination: str, conversations: tuple[str, ...], a
 
     The same as `snap clone <this store> DST`.
     """
-    with _destination(check_location(destination)) as dst:
+    with destination_store(check_location(destination)) as dst:
         _run_copy(settings.repo(), dst, conversations, as_json)
     if not as_json:
         click.echo(f"pushed to {redact(destination)}", err=True)

@@ -495,3 +495,114 @@ class TestFocusShortIdsAndExportFolders:
         line = one_line_error(snap("export-log", "-o", str(tmp_path / "logs" / "sub" / "ozolith.jsonl")))
         assert "entry 5" in line or "row 5" in line, line
         assert sorted(p.name for p in tmp_path.iterdir()) == ["store"]
+
+
+# -- docs/cli.md against the real CLI, command by command ----------------------------------------------------
+
+
+class TestDocumentedBehaviour:
+    """What docs/cli.md promises and the CLI did not do: a failed replay left the store it made, control
+    characters from a log or an argument reached the terminal, import misnamed a missing --ozolith LOG and
+    took a --key-file it never read, the text output printed Python values (None, False, {'x': 1}) and
+    "1 problems". Each test failed before its fix."""
+
+    ESC = "\x1b[2J"  # clears the screen when written raw to a terminal
+
+    def _exported_log(self, snap, tmp_path) -> Path:
+        """The demo store's own audit log as a file (12 linked entries, the signing key beside it)."""
+        path = tmp_path / "logs" / "ozolith.jsonl"
+        result = snap("export-log", "-o", str(path))
+        assert result.exit_code == 0, result.output
+        return path
+
+    @pytest.mark.parametrize("args", [["ghost"], [CONV, "--as", "bad name"]])
+    def test_a_failed_replay_leaves_no_store_it_created(self, snap, tmp_path, args):
+        log = self._exported_log(snap, tmp_path)
+        (tmp_path / "empty").mkdir()
+        for location in (tmp_path / "new" / "store", tmp_path / "empty"):
+            result = snap.runner.invoke(cli, ["--store", str(location), "replay", *args, "--ozolith", str(log)])
+            line = one_line_error(result)
+            assert "structural entries" in line or "invalid conversation id" in line, line
+        # was: new/store/store.sqlite and empty/store.sqlite, made before the replay failed
+        assert not (tmp_path / "new").exists()
+        assert list((tmp_path / "empty").iterdir()) == []
+        made = snap.runner.invoke(cli, ["--store", str(tmp_path / "new" / "store"), "replay", CONV,
+                                        "--ozolith", str(log)])
+        assert made.exit_code == 0, made.output  # the same location still takes a replay that works
+        assert (tmp_path / "new" / "store" / "store.sqlite").is_file()
+
+    def test_replay_escapes_a_context_id_from_the_log(self, snap, tmp_path):
+        from snapstore.ozolith import OzolithLog
+
+        log = OzolithLog(tmp_path / "client.jsonl")
+        log.append("context_created", "SB-1", "system", {"task_description": "root"})
+        log.append("exchange", f"{self.ESC}EVIL", "system", {"exchange_id": "EXCH-1"})
+        result = snap.runner.invoke(cli, ["--store", snap.location, "replay", "client", "--ozolith",
+                                          str(tmp_path / "client.jsonl")], color=True)
+        assert result.exit_code == 0, result.output
+        assert "exchange in unknown context \\x1b[2JEVIL" in result.stderr, result.stderr
+        assert self.ESC not in result.output  # was: written raw, clearing the screen
+
+    def test_verify_escapes_a_context_id_from_the_log(self, snap, tmp_path):
+        from snapstore.ozolith import OzolithLog
+
+        path = self._exported_log(snap, tmp_path)
+        head = show(snap, CONV)["id"]
+        link = {"conversation": CONV, "snapshot": head, "nodes": {f"{self.ESC}X": "ab" * 32}}
+        OzolithLog(path).append("exchange", "SB-1", "system", {"snapstore": link})
+        result = snap.runner.invoke(cli, ["--store", snap.location, "verify", "--ozolith", str(path)], color=True)
+        assert result.exit_code == 1, result.output
+        assert "context=\\x1b[2JX" in result.stdout, result.stdout
+        assert self.ESC not in result.output  # was: the [key=value] suffix wrote it raw
+
+    @pytest.mark.parametrize("args", [
+        ["--store", "zz\x1b[2J", "log"],
+        ["import", "a\x1b[2Jb.bundle"],
+        ["verify", "--ozolith", "a\x1b[2Jb.jsonl"],
+    ])
+    def test_an_error_line_escapes_control_characters(self, snap, args):
+        if args[0] != "--store":
+            args = ["--store", snap.location, *args]
+        result = snap.runner.invoke(cli, args, color=True)
+        line = one_line_error(result)
+        assert "\\x1b[2J" in line, line
+        assert self.ESC not in result.output, line  # was: echoed raw
+
+    def test_import_names_a_missing_or_folder_log_and_takes_no_key_file(self, snap, tmp_path):
+        bundle = tmp_path / "demo.bundle"
+        assert snap("export", CONV, "-o", str(bundle)).exit_code == 0
+        log = self._exported_log(snap, tmp_path)
+        (tmp_path / "folder").mkdir()
+        before = tables(snap.db)
+        line = one_line_error(snap("import", str(bundle), "--ozolith", "nowhere.jsonl"))
+        assert line == "snap: error: nowhere.jsonl: no such log file", line  # was: "does not hold log entry 1"
+        line = one_line_error(snap("import", str(bundle), "--ozolith", str(tmp_path / "folder")))
+        assert "folder is a folder, not a log file" in line, line  # was: "Is a directory: ..."
+        # was: taken and never read, as if the log's signatures had been checked with it
+        result = snap("import", str(bundle), "--ozolith", str(log), "--key-file", "no-such-key")
+        assert result.exit_code == 2 and "No such option '--key-file'" in result.stderr, result.output
+        assert tables(snap.db) == before
+        assert snap("import", str(bundle), "--ozolith", str(log)).exit_code == 0
+
+    def test_tree_and_diff_print_statuses_and_focus_as_json(self, snap, tmp_path):
+        states = [{"contexts": []},
+                  {"contexts": [{"sidebar_id": "A"}]},
+                  {"active_context_id": "A",
+                   "contexts": [{"sidebar_id": "A", "status": {"x": 1}}, {"sidebar_id": "B", "status": False}]}]
+        for n, state in enumerate(states):
+            (tmp_path / f"s{n}.json").write_text(json.dumps(state))
+            assert snap("commit", "t", "--from", str(tmp_path / f"s{n}.json")).exit_code == 0
+        tree = snap("tree", "t")
+        assert tree.stdout.splitlines() == ['A  {"x": 1}  0 exchanges  <- focus', "B  false  0 exchanges"], tree.stdout
+        added = snap("diff", "t~2", "t~1")
+        assert added.stdout.splitlines() == ["+ A  (under top level, -, 0 exchanges)"], added.stdout  # was: None
+        changed = snap("diff", "t~1", "t").stdout.splitlines()
+        assert "+ B  (under top level, false, 0 exchanges)" in changed, changed  # was: False
+        assert "* focus (none) -> A" in changed, changed  # was: "* focus None -> A"
+        assert "* focus A -> (none)" in snap("diff", "t", "t~1").stdout.splitlines()
+
+    def test_verify_counts_one_problem_in_the_singular(self, snap):
+        sql(snap.db, "UPDATE refs SET target = 'hello'")
+        result = snap("verify")
+        assert result.exit_code == 1, result.output
+        assert result.stdout.splitlines()[-1].endswith(": 1 problem"), result.stdout  # was: "1 problems"
