@@ -273,7 +273,7 @@ class ConversationOrchestrator:
             context_id = context_id()
         if callable(message):
             message = message()
-        before_ref = None
+        before_ref: Callable[[PreparedCommit], LogLink] | None = None
         appended: list[int] = []
         if getattr(self._audit, "in_transaction", False):
             # The store keeps the log: the entry rides in the commit's own write.
@@ -287,12 +287,14 @@ class ConversationOrchestrator:
         if self._audit is not None:
             audit = self._audit
 
-            def before_ref(prepared: PreparedCommit) -> LogLink:
+            def append_entry(prepared: PreparedCommit) -> LogLink:
                 linked = dict(payload)
                 linked["snapstore"] = _link(prepared)
                 sequence, entry_hash = audit(event_type, context_id, actor or self.actor, linked)
                 appended.append(sequence)
                 return LogLink(sequence, entry_hash)
+
+            before_ref = append_entry
 
         try:
             return self.repo.commit_staged(

@@ -19,7 +19,6 @@ import dataclasses
 import enum
 import functools
 import importlib
-import math
 import sys
 import types
 import typing
