@@ -1,4 +1,4 @@
-"""The audit log kept in an SQLite store, damaged behind the store's back.
+"""The audit log kept in an SQLite store (and, where it applies, a PostgreSQL one), damaged behind the store's back.
 
 Each defect test fails on the code before its fix: a blob (or non-UTF-8
 text) in ``ozolith.line`` gave an internal AttributeError (or an error naming
@@ -9,7 +9,9 @@ renumbered row or died on a UNIQUE constraint; a deleted key was reported as
 ``verify()`` with an exception (or a TypeError for a pack holding text); with
 the loose rows gone an append started a second chain at sequence 1; a row
 holding two lines was exported as two; packing met a row holding a blob with
-a TypeError. Guards: a line that is JSON but no
+a TypeError; on PostgreSQL, verify never compared a row's ``entry_hash``
+column with its line (an edited column, or a line re-sealed under the store's
+key, was not found at its row). Guards: a line that is JSON but no
 entry, a row with no line (NULL, on a backend without the constraint), an
 edited column does not fork the chain.
 """
@@ -19,6 +21,8 @@ from __future__ import annotations
 import json
 import shutil
 import sqlite3
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -28,11 +32,13 @@ from snapstore.backends.memory import MemoryBackend
 from snapstore.cli.main import cli
 from snapstore.errors import LogError
 from snapstore.ozolith import FindingKind
+from snapstore.ozolith.entry import make_entry
 from snapstore.repository import Repository
 from snapstore.storelog import StoreLog
 from snapstore.verify import verify
 
 from .demo_store import demo_template, store  # noqa: F401 (fixtures)
+from .shared_backends import SHARED_FACTORIES
 
 CONV = "demo"
 
@@ -151,22 +157,83 @@ def test_a_row_holding_another_entrys_line_is_found_and_refused_as_a_base(store)
     assert _log_rows(store) == before
 
 
-# -- 3. the entry_hash column ----------------------------------------------------------------------
+# -- 3. the entry_hash column (on SQLite and PostgreSQL) -------------------------------------------
 
 
-def test_an_edited_entry_hash_column_is_found(store):
-    _sql(store, "UPDATE ozolith SET entry_hash = '00' WHERE sequence = 7")
-    problems = _verify_json(store)
+@dataclass(frozen=True)
+class Logged:
+    """The demo store (12 log entries) on one backend: its location, its log table, and SQL run on it."""
+
+    location: str
+    table: str
+    sql: Callable[[str], None]
+    rows: Callable[[], list[tuple]]
+
+
+def _pg_sql(url: str, statement: str) -> list[tuple]:
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        cur = conn.execute(statement)
+        return cur.fetchall() if cur.description else []
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def logged(request, store, tmp_path):
+    """The demo store's log on SQLite (a copy of the template) or on PostgreSQL (`snap demo` on a fresh database)."""
+    if request.param == "sqlite":
+        yield Logged(str(store), "ozolith", lambda statement: _sql(store, statement), lambda: _log_rows(store))
+        return
+    for factory in SHARED_FACTORIES["postgres"](tmp_path):
+        url = factory.location
+        result = _snap(url, "demo")
+        assert result.exit_code == 0, result.output
+        yield Logged(url, "snapstore_ozolith", lambda statement: _pg_sql(url, statement), lambda: _pg_sql(
+            url, "SELECT sequence, entry_hash, line FROM snapstore_ozolith ORDER BY sequence"))
+
+
+def test_an_edited_entry_hash_column_is_found(logged):
+    """On PostgreSQL the column was never read: verify found nothing."""
+    logged.sql(f"UPDATE {logged.table} SET entry_hash = '00' WHERE sequence = 7")
+    problems = _verify_json(logged.location)
     assert [(p["kind"], p.get("sequence")) for p in problems] == [("row_mismatch", 7)], problems
     assert "entry_hash column" in problems[0]["message"]
 
 
-def test_an_edited_column_of_the_last_row_does_not_fork_the_chain(store):
-    _sql(store, "UPDATE ozolith SET entry_hash = '00' WHERE sequence = 12")
-    _append(store)  # appends chain onto the line, never the column
-    report = _chain(store)
+def test_an_edited_column_of_the_last_row_does_not_fork_the_chain(logged):
+    logged.sql(f"UPDATE {logged.table} SET entry_hash = '00' WHERE sequence = 12")
+    _append(logged.location)  # appends chain onto the line, never the column
+    report = _chain(logged.location)
     assert [(f.kind, f.sequence) for f in report.findings] == [(FindingKind.ROW_MISMATCH, 12)], report.findings
     assert report.last_sequence == 13
+
+
+def test_a_resealed_line_is_found_at_its_own_row(logged):
+    """A line replaced by another entry 7 sealed with the store's key: its hash is no longer its row's column.
+
+    The chain only shows the break at entry 8 (its previous_hash); the column names row 7 itself
+    (on PostgreSQL it was never compared: only entry 8 was reported).
+    """
+    repo = Repository.open(logged.location)
+    try:
+        key = StoreLog(repo.backend).key()
+        old = StoreLog(repo.backend).get(7)
+    finally:
+        repo.close()
+    assert old is not None
+    forged = make_entry(key, sequence=7, previous_hash=old.previous_hash, event_type=old.event_type,
+                        context_id=old.context_id, actor=old.actor, payload={"forged": True})
+    quoted = forged.to_line().replace("'", "''")
+    logged.sql(f"UPDATE {logged.table} SET line = '{quoted}' WHERE sequence = 7")
+    before = logged.rows()
+    report = _chain(logged.location)
+    assert (FindingKind.ROW_MISMATCH, 7) in [(f.kind, f.sequence) for f in report.findings], report.findings
+    [mismatch] = [f for f in report.findings if f.kind == FindingKind.ROW_MISMATCH]
+    assert f"its line's entry_hash is {forged.entry_hash[:12]}" in mismatch.message
+    assert any(f.kind == FindingKind.BROKEN_LINK and f.sequence == 8 for f in report.findings), report.findings
+    problems = _verify_json(logged.location)
+    assert ("row_mismatch", 7) in [(p["kind"], p.get("sequence")) for p in problems], problems
+    assert logged.rows() == before  # verify changes nothing
 
 
 # -- 4. the key ------------------------------------------------------------------------------------
