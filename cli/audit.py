@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from snapstore.errors import BackendError, InvalidInput, LogError, StoreNotFound
+from snapstore.errors import BackendError, DamagedRecord, InvalidInput, LogError, StoreNotFound
 from snapstore.ozolith import OzolithLog
 from snapstore.refs import validate_conversation_id
 from snapstore.storelog import StoreLog
@@ -131,7 +131,7 @@ def verify(settings: Settings, conversation: str | None, log_path: str | None, k
         report = VerifyReport(tuple(Finding(str(f.kind), f.message, sequence=f.sequence) for f in chain.findings),
                               chain.entries_checked, 0, 0, sample is not None)
     else:
-        if log is None and not repo.conversation_ids():
+        if log is None and not _holds_conversations(repo):
             raise InvalidInput("nothing to verify: no audit log given and no snapshots in the store")
         try:
             report = run_verify(repo, log, conversation, sample=sample)
@@ -155,6 +155,15 @@ def verify(settings: Settings, conversation: str | None, log_path: str | None, k
                    f"{report.snapshots} snapshots: {verdict}")
     if not report.ok:
         click.get_current_context().exit(1)
+
+
+def _holds_conversations(repo) -> bool:
+    """Whether the store holds a conversation to verify; a damaged refs row counts as one (verify names
+    it, as it does with a log, and checks the rest) instead of stopping with an error about it."""
+    try:
+        return bool(repo.conversation_ids())
+    except DamagedRecord:
+        return True
 
 
 @cli.command()

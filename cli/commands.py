@@ -291,10 +291,11 @@ def fsck(as_json: bool) -> None:
         else:
             report = repo.fsck()
     except CorruptObject as exc:
-        # A record fsck needs to walk the history (a prune record, say) is unreadable.
+        # A record fsck needs and could not read (a damaged prune record or reflog pack is a
+        # finding of its own, and fsck goes on): a report still, naming it.
         report = FsckReport(total, 0, (Problem("corrupt", str(exc), object=exc.object_id),))
     except BackendError as exc:
-        # A damaged reflog pack (DamagedRecord; a damaged refs, reflog or meta row is a
+        # A store fsck could not read (a damaged refs, reflog or meta row, or a reflog pack, is a
         # finding of its own): a report (and --json) still, naming what failed.
         report = FsckReport(total, 0, (Problem("unreadable", f"fsck could not read the store: {exc}", object=None),))
     except SnapstoreError:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import base64
 import json
 import threading
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Set
 from dataclasses import dataclass
 from datetime import datetime
@@ -20,7 +20,7 @@ from typing import Any
 
 from blake3 import blake3
 
-from .backends.base import Backend, RefUpdate, ReflogEntry, StoredObject, reflog_row_damage
+from .backends.base import Backend, LostReflogRows, RefUpdate, ReflogEntry, StoredObject, reflog_row_damage
 from .compression import Codec, train_dictionary
 from .diff import TreeDiff, diff_states
 from .errors import (
@@ -64,7 +64,7 @@ from .refs import (
     validate_new_conversation_id,
 )
 from .revisions import AMBIGUOUS_SHOWN, MIN_PREFIX, ambiguous_short_id, parse_revision
-from .rewrites import Rewrites
+from .rewrites import PREFIX as PRUNE_PREFIX, Rewrites
 from .state import ConversationState
 from .timeutil import parse_time, utc_now
 from .tree import (
@@ -1105,11 +1105,11 @@ class Repository:
         for line in self._backend_lines("malformed_object_rows"):
             count += 1  # a row no id finds: counted, and named
             problems.append(Problem("malformed-id", line, object=None))
-        refs, by_name, rows_of, damaged_refs = self._fsck_reflogs()
+        refs, by_name, rows_of, damaged_refs, gaps = self._fsck_reflogs(problems)
         # A ref whose row is damaged is named, and its reflog still checked and walked.
         problems.extend(Problem("damaged-row", line, object=None) for _, line in damaged_refs)
         unreadable = {name for name, _ in damaged_refs if isinstance(name, str)}
-        problems.extend(_reflog_problems(refs, by_name, unreadable))
+        problems.extend(_reflog_problems(refs, by_name, unreadable, gaps))
         problems.extend(Problem("damaged-row", line, object=None) for line in self._backend_lines("damaged_meta_rows"))
         try:
             active = self.backend.get_meta(ACTIVE_KEY)
@@ -1129,7 +1129,7 @@ class Repository:
         # Named only by the reflog of a conversation's earlier name (before a rename): checked
         # where present, but gc does not keep them, so one that is gone is not a problem.
         earlier: list[tuple[ObjectId, str, str]] = []
-        rewrites = Rewrites.load(self.backend)
+        rewrites = self._fsck_rewrites(problems)
         for ref in sorted(refs.keys() | unreadable):
             if not ref.startswith(REF_PREFIX):
                 continue
@@ -1173,26 +1173,50 @@ class Repository:
                 stack.extend((child, kind, label) for child, kind in children)
         return FsckReport(count, len(reachable), tuple(problems), len(missing))
 
+    def _fsck_rewrites(self, problems: list[Problem]) -> Rewrites:
+        """The prune records fsck walks the reflogs with, each one that cannot be read added to ``problems``
+        and left out: what it took out of its conversation's history is checked as history again,
+        so a snapshot its prune let gc delete is reported missing, and fsck goes on."""
+        damaged: list[CorruptObject] = []
+        rewrites = Rewrites.load(self.backend, damaged=damaged)
+        for exc in damaged:
+            conversation = exc.object_id.removeprefix(PRUNE_PREFIX).rpartition("/")[0]
+            problems.append(Problem("corrupt", f"{exc}: the snapshots it took out of the history of "
+                                    f"{conversation!r} are checked as history, so any gone since are reported "
+                                    "missing", object=exc.object_id))
+        return rewrites
+
     def _backend_lines(self, check: str) -> list[str]:
         """The lines of a backend's own check of its rows (``malformed_object_rows``, ...), none if it has none."""
         method = getattr(self.backend, check, None)
         return [] if method is None else method()
 
-    def _fsck_reflogs(self) -> tuple[dict[str, ObjectId], dict[Any, list[tuple[str, ReflogEntry, tuple[str, ...]]]],
-                                     Callable[[str], list[ReflogEntry]], list[tuple[object, str]]]:
-        """Refs, every reflog's rows ``(label, entry, damage)`` by name, a reader of one reflog, and the
-        damaged refs rows ``(name, line)``, for fsck.
+    def _fsck_reflogs(self, problems: list[Problem]) -> tuple[
+            dict[str, ObjectId], dict[Any, list[tuple[str, ReflogEntry, tuple[str, ...]]]],
+            Callable[[str], list[ReflogEntry]], list[tuple[object, str]], dict[str, set[int]]]:
+        """Refs, every reflog's rows ``(label, entry, damage)`` by name, a reader of one reflog, the
+        damaged refs rows ``(name, line)``, and where rows are lost, for fsck.
 
         A backend that can (``reflog_rows``) hands refs, damaged refs rows and all reflog rows of one
-        moment in one read, names without a ref included; another is read ref by ref.
+        moment in one read, names without a ref included; another is read ref by ref. A reflog pack
+        that cannot be read is added to ``problems`` naming it and the refs whose rows it held, and
+        the scan goes on; the last value says, for each such ref, before which of its rows (by
+        position) rows are lost, so its chain is not judged across the gap (see :func:`_reflog_problems`).
         """
         scan = getattr(self.backend, "reflog_rows", None)
         by_name: dict[Any, list[tuple[str, ReflogEntry, tuple[str, ...]]]] = {}
         damaged_refs: list[tuple[object, str]] = []
+        gaps: dict[str, set[int]] = {}
         if scan is not None:
-            refs, rows, damaged_refs = scan()
+            lost: list[LostReflogRows] = []
+            refs, rows, damaged_refs = scan(lost=lost)
             for row in rows:
                 by_name.setdefault(row[1].name, []).append(row)
+            for pack in lost:
+                problems.append(Problem("corrupt-pack", _lost_rows_line(pack), object=None))
+                before = Counter(e.name for _, e, _ in rows[:pack.at])  # each reflog's rows before the gap
+                for name in pack.names or [n for n in by_name if isinstance(n, str)]:
+                    gaps.setdefault(name, set()).add(before[name])
         else:
             refs = dict(self.backend.list_refs())
             for ref in refs:
@@ -1209,7 +1233,15 @@ class Repository:
                 return read[name]
             return [] if scan is not None else self.backend.reflog(name)
 
-        return refs, by_name, rows_of, damaged_refs
+        return refs, by_name, rows_of, damaged_refs, gaps
+
+
+def _lost_rows_line(pack: LostReflogRows) -> str:
+    """fsck's line for a reflog pack it could not read: the pack (its rows' range), why, and whose rows it held."""
+    whose = (f"it held reflog rows of {', '.join(repr(n) for n in pack.names)}" if pack.names
+             else "which refs' rows it held is not known")
+    return (f"{pack.reason}; {whose}: their chains are not judged across its rows, and what only those "
+            "rows named is not walked")
 
 
 def _unreachable(exc: SnapstoreError) -> bool:
@@ -1278,18 +1310,24 @@ def _row_damage(entry: ReflogEntry) -> str | None:
 
 def _reflog_problems(refs: Mapping[str, ObjectId],
                      by_name: Mapping[Any, list[tuple[str, ReflogEntry, tuple[str, ...]]]],
-                     unreadable: Set[str] = frozenset()) -> list[Problem]:
+                     unreadable: Set[str] = frozenset(),
+                     gaps: Mapping[str, Set[int]] | None = None) -> list[Problem]:
     """Damaged reflog rows, and reflogs that do not chain: each row moves the ref from where the row
     before left it (the first from nothing: no writer ever removes a reflog row, not prune, gc,
     rename or import), the last leaves it where the ref points (nowhere if there is no ref).
     A ref in ``unreadable`` exists but its target could not be read (named elsewhere): its last
-    row is not judged, and it must have rows like any ref."""
+    row is not judged, and it must have rows like any ref. ``gaps`` gives, by name, the positions
+    before which rows are lost (in a damaged pack, named elsewhere): the chain is not judged across them."""
     problems: list[Problem] = []
+    gaps = gaps or {}
     unknown = object()  # after a row whose ids are damaged: the chain is not judged across it
     for name in sorted(by_name, key=str):
         rows = by_name[name]
+        lost = gaps.get(name, ())
         previous: object = None
         for position, (label, entry, damage) in enumerate(rows):
+            if position in lost:
+                previous = unknown
             where = f"reflog row {label} of {name!r} ({_row_time(entry.time):.40})"
             for line in damage:
                 problems.append(Problem("damaged-row", f"{line} ({label}, {_row_time(entry.time):.40}): "
@@ -1309,6 +1347,8 @@ def _reflog_problems(refs: Mapping[str, ObjectId],
                                f"{previous or 'nothing'}: a row between them is missing or altered")
                 problems.append(Problem("broken-reflog", message, object=None))
             previous = entry.new
+        if len(rows) in lost:
+            previous = unknown
         target = refs.get(name)
         if rows and previous is not unknown and name not in unreadable and previous != target:
             label, entry, _ = rows[-1]
@@ -1319,7 +1359,7 @@ def _reflog_problems(refs: Mapping[str, ObjectId],
                 message = f"ref {name!r} points at {target}, but {last}: reflog rows are missing or the ref was altered"
             problems.append(Problem("broken-reflog", message, object=None))
     for name in sorted(refs.keys() | unreadable):
-        if name not in by_name:
+        if name not in by_name and name not in gaps:
             pointing = f"pointing at {refs[name]}" if name in refs else "its target unreadable"
             problems.append(Problem("broken-reflog", f"ref {name!r} ({pointing}) has no reflog rows: "
                                     "its history is missing", object=None))

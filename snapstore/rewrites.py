@@ -108,6 +108,8 @@ def _record(key: str, meta: Mapping[str, str]) -> PruneRecord:
         counts = (value["squashed"], value["dropped"])
     except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:  # e.g. not a JSON object
         raise CorruptObject(key, f"unreadable prune record: {exc}") from None
+    except CorruptObject as exc:  # an id set of it (named in the message): the record is what is lost
+        raise CorruptObject(key, f"unreadable prune record: {exc}") from None
     if (len(record.squashed), len(record.dropped)) != counts:
         raise CorruptObject(key, "prune record: id sets do not hold the recorded number of ids")
     return record
@@ -123,10 +125,26 @@ class Rewrites:
             self._superseded.setdefault(record.conversation, set()).update(record.superseded())
 
     @classmethod
-    def load(cls, backend: Backend) -> Rewrites:
-        meta = backend.list_meta(PREFIX)
-        keys = [k for k in meta if k.count("/") == 2]
-        return cls([_record(k, meta) for k in keys])
+    def load(cls, backend: Backend, damaged: list[CorruptObject] | None = None) -> Rewrites:
+        """The store's prune records; :class:`CorruptObject` naming the first that cannot be read.
+
+        Given ``damaged`` (fsck, verify), such a record is added to it and left out instead, so the
+        checks go on: the ids it would have taken out of its conversation's history are then
+        history again, and one that is gone is reported missing (the record that excused it
+        is unreadable, so nothing does). A meta row that holds no text is skipped here (the
+        backend's ``readable_meta``); fsck names it, and a record that needed it is damaged.
+        """
+        reader = getattr(backend, "readable_meta", None) if damaged is not None else None
+        meta = reader(PREFIX) if reader is not None else backend.list_meta(PREFIX)
+        records = []
+        for key in (k for k in meta if k.count("/") == 2):
+            try:
+                records.append(_record(key, meta))
+            except CorruptObject as exc:
+                if damaged is None:
+                    raise
+                damaged.append(exc)
+        return cls(records)
 
     def __bool__(self) -> bool:
         return bool(self.records)

@@ -305,6 +305,28 @@ class StoreLog(EntryQueries):
         """The log as the client's JSON Lines bytes; :class:`UnparsableLine` naming a row that holds no line."""
         return b"".join(self._line(sequence, line).encode("utf-8") + b"\n" for sequence, line in self._rows())
 
+    def _verified_data(self) -> bytes:
+        """:meth:`data`, checked as ``snap verify --ozolith FILE`` would check the file it is written to.
+
+        A row holding a line that is no entry (``{not json``, an edited hash, a
+        line out of the chain) would otherwise be copied byte for byte into a
+        file that fails verification, passing the damage on as if it were the
+        log: the export is refused instead, naming the row, and ``snap verify``
+        names every problem. A log whose signing key is missing is refused too
+        (its file could not be verified).
+        """
+        rows = [(sequence, self._line(sequence, line)) for sequence, line in self._rows()]
+        data = b"".join(line.encode("utf-8") + b"\n" for _, line in rows)
+        if not rows:
+            return data
+        report = verify_data(data, [], self.key())
+        if report.findings:
+            first = report.findings[0]
+            row = rows[first.line - 1][0] if first.line and first.line <= len(rows) else first.sequence
+            raise LogError(f"{self.where} was not exported: row {row}: {first.message} "
+                           "(the file would not verify; `snap verify` names every problem)", row)
+        return data
+
     def verify(self, *, sample: int | None = None, seed: int | None = None) -> ChainReport:
         """Verify the chain (hashes, links, signatures, sequence numbers) as for a log file, and each row:
         it holds one line (``unparsable_line``), of the entry its key names, with the entry_hash its
@@ -349,9 +371,12 @@ class StoreLog(EntryQueries):
 
     def export(self, path: str | os.PathLike[str], *, key_file: bool = True) -> int:
         """Write the log as the client's JSON Lines file (atomically) and, unless told not to, its key file
-        (``.ozolith_key`` beside it, mode 0600, if none is there). Returns the number of entries."""
+        (``.ozolith_key`` beside it, mode 0600, if none is there). Returns the number of entries.
+
+        :class:`LogError` naming the first bad row, and nothing written, if the file would not verify
+        (see :meth:`_verified_data`)."""
         target = Path(path)
-        data = self.data()
+        data = self._verified_data()
         with folders_for(target):  # missing folders are made; a failed write removes them again
             write_atomic(target, data)
         if key_file and data:

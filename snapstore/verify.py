@@ -24,7 +24,7 @@ from typing import Any
 from .findings import Finding
 from .audit import link_of, voided_sequences
 from .backends.base import ReflogEntry
-from .errors import DamagedRecord, SnapstoreError
+from .errors import CorruptObject, DamagedRecord, SnapstoreError
 from .objects import Chunk, Node, ObjectId, Page, Snapshot, State
 from .refs import conversation_of
 from .ozolith import LogEntry, OzolithLog
@@ -278,6 +278,17 @@ def _exists(repo: Repository, conversation: str) -> bool:
         return True
 
 
+def _rewrites(repo: Repository, checker: _Checker) -> Rewrites:
+    """The prune records, one that cannot be read left out (entries of its conversation are then checked
+    against the snapshots they name) and named once (by fsck when it ran, else here)."""
+    damaged: list[CorruptObject] = []
+    rewrites = Rewrites.load(repo.backend, damaged=damaged)
+    if not checker.store_checked:
+        for exc in damaged:
+            checker.add("corrupt", str(exc), object=exc.object_id)
+    return rewrites
+
+
 def _history(repo: Repository, conversations: Iterable[str], checker: _Checker,
              rewrites: Rewrites) -> dict[str, Snapshot]:
     """Every snapshot reachable from the conversations' heads and reflogs (reflog values a prune superseded aside)."""
@@ -340,7 +351,7 @@ def verify(repo: Repository, log: OzolithLog | None = None, conversation: str | 
         objects = fsck.objects
         for p in fsck.problems:
             checker.add(p.kind, p.message, object=p.object)
-    rewrites = Rewrites.load(repo.backend)
+    rewrites = _rewrites(repo, checker)
     snapshots = _history(repo, conversations, checker, rewrites)
 
     # 3a. entries -> objects (entries a correction voided made no snapshot)

@@ -125,9 +125,10 @@ def test_fsck_reports_a_damaged_reflog_pack(snap):
     assert result.exit_code == 1
     report = json.loads(result.stdout)  # was: no report at all, only an error line
     assert report["ok"] is False
-    [problem] = report["problems"]
-    assert problem["kind"] == "unreadable"
-    assert "reflog pack" in problem["message"], problem
+    [problem] = report["problems"]  # the pack, named; no longer "unreadable" for the whole store
+    assert problem["kind"] == "corrupt-pack"
+    assert f"reflog pack of rows {first}-" in problem["message"], problem
+    assert "'conversations/demo'" in problem["message"], problem
     text = snap("fsck")
     assert text.exit_code == 1 and "reflog pack" in text.stdout, text.output
     assert tables(snap.db) == before

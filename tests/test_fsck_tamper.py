@@ -365,3 +365,127 @@ def test_verify_names_a_damaged_ref_or_reflog_row_and_goes_on(snap, damage, args
     report = json.loads(result.stdout)
     assert [p["kind"] for p in report["problems"]] == ["damaged-row"], report  # was: "verify stopped"
     assert report["snapshots_checked"] == 12 and report["entries_checked"] > 0, report
+
+
+# -- 9. a damaged reflog pack, a damaged prune record, verify with no log ---------------------------
+#
+# A reflog pack that could not be read made fsck (and verify) report one "unreadable" finding for the
+# whole store; a prune record that could not be read stopped fsck with one "corrupt" finding (verify with
+# an internal error, or a bare error line); verify with no audit log stopped at a damaged ref target with
+# an error line. Each is now a finding naming the pack, record or row, and the rest is checked.
+
+
+def pack_reflog_in_fours(snap) -> None:
+    """The demo's 12 reflog rows as packs of rows 1-4 and 5-8, rows 9-12 loose."""
+    repo = Repository.open(snap.location)
+    try:
+        while repo.backend.pack_reflog(keep=4, rows=4, partial=True):
+            pass
+    finally:
+        repo.close()
+    con = sqlite3.connect(snap.db)
+    try:
+        assert con.execute("SELECT first, last FROM reflog_packs ORDER BY first").fetchall() == [(1, 4), (5, 8)]
+    finally:
+        con.close()
+
+
+def damage_reflog_pack(snap, first: int) -> None:
+    """One bit of the reflog pack starting at row ``first`` flipped."""
+    con = sqlite3.connect(snap.db)
+    (data,) = con.execute("SELECT data FROM reflog_packs WHERE first = ?", (first,)).fetchone()
+    flipped = bytearray(data)
+    flipped[len(flipped) // 2] ^= 1
+    con.execute("UPDATE reflog_packs SET data = ? WHERE first = ?", (bytes(flipped), first))
+    con.commit()
+    con.close()
+
+
+def test_a_damaged_reflog_pack_is_named_with_its_refs_and_the_rest_checked(snap):
+    assert snap("pack", "--keep", "0").exit_code == 0
+    add_conversation(snap)  # rows of its own, loose, none in the pack
+    damage_reflog_pack(snap, 1)
+    sql(snap.db, "DELETE FROM reflog WHERE seq = (SELECT max(seq) FROM reflog)")  # damage elsewhere, found too
+    problems = fsck_fails(snap, r"corrupt-pack: .*the reflog pack of rows 1-11 is damaged: .*"
+                                r"it held reflog rows of 'conversations/demo'",
+                          r"broken-reflog: ref 'conversations/other' points at")
+    assert sorted(p["kind"] for p in problems) == ["broken-reflog", "corrupt-pack"], problems
+    assert "conversations/other" not in next(p["message"] for p in problems if p["kind"] == "corrupt-pack")
+    all_reachable(snap)  # the demo's head and the other conversation were still walked
+
+
+@pytest.mark.parametrize("first", [1, 5])
+def test_a_reflog_chain_is_judged_up_to_and_after_a_damaged_pack(snap, first):
+    pack_reflog_in_fours(snap)
+    damage_reflog_pack(snap, first)
+    problems = fsck_fails(snap, rf"the reflog pack of rows {first}-{first + 3} is damaged")
+    assert [p["kind"] for p in problems] == ["corrupt-pack"], problems  # no broken chain at the gap itself
+    sql(snap.db, "DELETE FROM reflog WHERE seq = 10")  # after the gap: still judged
+    problems = fsck_fails(snap, r"broken-reflog: reflog row seq 11 of 'conversations/demo'")
+    assert sorted(p["kind"] for p in problems) == ["broken-reflog", "corrupt-pack"], problems
+
+
+def test_verify_names_a_damaged_reflog_pack_and_goes_on(snap):
+    assert snap("pack", "--keep", "0").exit_code == 0
+    damage_reflog_pack(snap, 1)
+    result = snap("verify", "--json")
+    assert result.exit_code == 1, result.output
+    report = json.loads(result.stdout)
+    assert [p["kind"] for p in report["problems"]] == ["corrupt-pack"], report  # was: "verify stopped"
+    assert report["snapshots_checked"] == 12 and report["entries_checked"] == 12, report
+
+
+def prune_and_collect(snap) -> str:
+    """The demo pruned to its last 3 snapshots and its old ones collected; returns the prune record's key."""
+    repo = Repository.open(snap.location)
+    try:
+        key = prune(repo, CONV, keep_last=3).record
+        for _ in range(2):  # gc deletes what stayed unreachable since its previous run
+            collect_garbage(repo, timedelta(0))
+    finally:
+        repo.close()
+    assert snap("fsck").exit_code == 0
+    return key
+
+
+@pytest.mark.parametrize("damage, named", [
+    ("UPDATE meta SET value = '{not json' WHERE key = ?", "corrupt"),
+    (f"UPDATE meta SET value = {NOT_UTF8} WHERE key = ?", "damaged-row"),
+    ("DELETE FROM meta WHERE key = ? || '/squashed/000000'", "corrupt"),
+])
+def test_a_damaged_prune_record_is_named_and_what_it_excused_is_checked(snap, damage, named):
+    key = prune_and_collect(snap)
+    sql(snap.db, damage, key)
+    problems = fsck_fails(snap, re.escape(key))
+    first, *rest = problems
+    assert first["kind"] == named and key in first["message"], problems  # was: this finding alone, fsck stopped
+    # Nothing excuses the snapshots the prune took out of the demo's history any more: gc deleted them.
+    assert rest and {p["kind"] for p in rest} == {"missing"}, problems
+    assert all("named by reflog of conversations/demo" in p["message"] for p in rest), rest
+    report = json.loads(snap("fsck", "--json").stdout)
+    assert report["missing"] == len(rest) and report["reachable"] == report["objects"], report
+
+
+@pytest.mark.parametrize("args", [[], ["--sample", "3"]])
+def test_verify_names_a_damaged_prune_record_and_goes_on(snap, args):
+    key = prune_and_collect(snap)
+    sql(snap.db, "UPDATE meta SET value = '{not json' WHERE key = ?", key)
+    result = snap("verify", "--json", *args)
+    assert result.exit_code == 1, result.output  # was: an error line, no report
+    report = json.loads(result.stdout)
+    named = [p for p in report["problems"] if p.get("object") == key]
+    assert [p["kind"] for p in named] == ["corrupt"], report  # once, with or without fsck's check
+    assert report["snapshots_checked"] > 0 and report["entries_checked"] > 0, report
+
+
+@pytest.mark.parametrize("args", [[], ["--sample", "3"], [CONV]])
+def test_verify_with_no_log_names_a_damaged_ref_target_and_goes_on(snap, args):
+    sql(snap.db, "DELETE FROM ozolith")  # the store keeps no audit log now, and none is given
+    assert snap("verify").exit_code == 0
+    sql(snap.db, "UPDATE refs SET target = 'abc'")
+    result = snap("verify", "--json", *args)
+    assert result.exit_code == 1, result.output  # was: a one-line error naming the ref, no report
+    report = json.loads(result.stdout)
+    assert [p["kind"] for p in report["problems"]] == ["damaged-row"], report
+    assert "ref 'conversations/demo' holds a str ('abc')" in report["problems"][0]["message"], report
+    assert report["snapshots_checked"] == 12, report  # its reflog was still walked

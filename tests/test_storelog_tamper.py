@@ -357,3 +357,50 @@ def test_packing_onto_a_log_pack_that_holds_text_names_the_pack(store):
     with pytest.raises(DamagedRecord, match="pack of 1-"):
         repo.backend.pack_log(1, 1000)
     repo.close()
+
+
+# -- 6. export-log never writes a log that does not verify -----------------------------------------
+#
+# A row holding a line that is no entry of the chain was copied byte for byte into the exported file,
+# which then failed `snap verify --ozolith FILE`: the export is now refused, naming the row, and writes
+# nothing (no file, no folder, an older file left as it was).
+
+
+def _tampered_line(store: Path) -> str:
+    """Row 5's line with one field changed, so its entry_hash no longer matches it."""
+    con = sqlite3.connect(store / "store.sqlite")
+    try:
+        (line,) = con.execute("SELECT line FROM ozolith WHERE sequence = 5").fetchone()
+    finally:
+        con.close()
+    entry = json.loads(line)
+    entry["actor"] = entry["actor"] + "x"
+    return json.dumps(entry)
+
+
+@pytest.mark.parametrize("line", ["{not json", "[1, 2]", "tampered"])
+def test_export_log_refuses_a_row_that_would_not_verify(store, tmp_path, line):
+    from .test_cli_defects import one_line_error
+
+    if line == "tampered":
+        line = _tampered_line(store)
+    con = sqlite3.connect(store / "store.sqlite")
+    con.execute("UPDATE ozolith SET line = ? WHERE sequence = 5", (line,))
+    con.commit()
+    con.close()
+    older = tmp_path / "older.jsonl"
+    older.write_text("an older export\n")
+    for target in (tmp_path / "new" / "out.jsonl", older):
+        error = one_line_error(_snap(store, "export-log", "-o", str(target)))  # was: written, exit 0
+        assert "row 5" in error and "not exported" in error, error
+    assert not (tmp_path / "new").exists() and older.read_text() == "an older export\n"
+    assert not (tmp_path / ".ozolith_key").exists()
+
+
+def test_export_log_refuses_a_log_whose_key_is_missing(store, tmp_path):
+    """The file could not be verified without the key that signed it (it was written, with no key file)."""
+    _sql(store, "DELETE FROM meta WHERE key = 'ozolith/key'")
+    result = _snap(store, "export-log", "-o", str(tmp_path / "out.jsonl"))
+    assert result.exit_code != 0 and "signing key" in result.output, result.output
+    assert not (tmp_path / "out.jsonl").exists()
+

@@ -87,6 +87,23 @@ class ReflogEntry:
     log_hash: str | None = None
 
 
+@dataclass(frozen=True)
+class LostReflogRows:
+    """A pack of reflog rows that could not be read, as a backend's ``reflog_rows`` reports it to fsck.
+
+    fsck names the pack and goes on: the reflogs whose rows it held are not
+    judged across the gap it leaves (their rows before and after it still are).
+    """
+
+    first: int  # the pack's range of row numbers (what identifies it)
+    last: int
+    reason: str  # the line naming the pack and its damage
+    # The refs whose rows it held: those the store counts more packed rows of than the readable packs
+    # hold; failing that count, every ref with packed rows (() if there is none).
+    names: tuple[str, ...]
+    at: int  # how many rows the scan returned before this pack's would have been
+
+
 _LOCAL_GUARD = threading.Lock()
 
 

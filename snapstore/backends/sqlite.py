@@ -40,8 +40,8 @@ from ..objects import ObjectId, is_object_id
 from ..packs import Pack, decode_lines, decode_objects, encode_lines, prefix_key, prefix_range, raw_frame
 from ..timeutil import utc_now
 from .base import (
-    LOG_KEY_META, AppendedEntry, Backend, Capability, LogAppend, RefUpdate, ReflogEntry, StoredObject,
-    check_fence, link, reflog_row_damage,
+    LOG_KEY_META, AppendedEntry, Backend, Capability, LogAppend, LostReflogRows, RefUpdate, ReflogEntry,
+    StoredObject, check_fence, link, reflog_row_damage,
 )
 
 _SCHEMA = """
@@ -916,8 +916,9 @@ class SqliteBackend(Backend):
             ).fetchall()
         return [ReflogEntry(*_checked_reflog_row(self.path, row)) for row in rows]
 
-    def reflog_rows(self) -> tuple[dict[str, ObjectId], list[tuple[str, ReflogEntry, tuple[str, ...]]],
-                                   list[tuple[object, str]]]:
+    def reflog_rows(self, lost: list[LostReflogRows] | None = None
+                    ) -> tuple[dict[str, ObjectId], list[tuple[str, ReflogEntry, tuple[str, ...]]],
+                               list[tuple[object, str]]]:
         """The refs and every reflog row, read at one moment (what fsck checks the reflogs with).
 
         Returns ``(refs, rows, damaged_refs)``: ``refs`` and ``damaged_refs`` as :meth:`ref_rows` gives
@@ -926,16 +927,25 @@ class SqliteBackend(Backend):
         ``damage`` lines say which id column holds what no id is (in ``entry`` such a column is
         None), a loose row inside a pack's range, a row whose name is not text. Text that is not
         UTF-8 is read as its bytes, which the caller names (a column that is not a ``str``). One read
-        of each table and pack; a damaged reflog pack raises :class:`DamagedRecord`.
+        of each table and pack; a damaged reflog pack raises :class:`DamagedRecord`, or, given ``lost``,
+        is added to it (naming the refs whose rows it held, see :meth:`_lost_reflog_rows`) and the scan
+        goes on: one damaged pack is no reason to leave every other row unchecked.
         """
         with self._as_stored() as db, self._read_snapshot():
             refs, damaged_refs = self._read_refs(db)
             out: list[tuple[str, ReflogEntry, tuple[str, ...]]] = []
             ranges: list[tuple[int, int]] = []
+            damaged_packs: list[tuple[int, int, str, int]] = []  # (first, last, line, rows before it)
             if self._has_packs():
                 for first, last in db.execute("SELECT first, last FROM reflog_packs ORDER BY first").fetchall():
                     ranges.append((first, last))
-                    entries = self._reflog_pack(first, last)
+                    try:
+                        entries = self._reflog_pack(first, last)
+                    except DamagedRecord as exc:
+                        if lost is None:
+                            raise
+                        damaged_packs.append((first, last, str(exc), len(out)))
+                        continue
                     exact = len(entries) == last - first + 1
                     for i, e in enumerate(entries):
                         label = (f"seq {first + i}" if exact
@@ -951,6 +961,7 @@ class SqliteBackend(Backend):
                         if not isinstance(e.name, str):
                             damage.append(f"its name is {e.name!r:.80}, not text")
                         out.append((label, e, tuple(damage)))
+            packed_rows = len(out)
             for seq, n, o, w, t, r, ls, lh in db.execute(
                     "SELECT seq, name, old, new, time, reason, log_sequence, log_hash FROM reflog ORDER BY seq"):
                 damage = []
@@ -967,7 +978,28 @@ class SqliteBackend(Backend):
                     damage.append(f"its name is {n!r:.80}, not text")
                 entry = ReflogEntry(n, *ids, t, r, ls, lh)
                 out.append((f"seq {seq}", entry, tuple(damage)))
+            if damaged_packs and lost is not None:
+                lost.extend(self._lost_reflog_rows(db, damaged_packs, out[:packed_rows]))
         return refs, out, damaged_refs
+
+    def _lost_reflog_rows(self, db: sqlite3.Connection, damaged: list[tuple[int, int, str, int]],
+                          packed: list[tuple[str, ReflogEntry, tuple[str, ...]]]) -> list[LostReflogRows]:
+        """The damaged reflog packs a scan met, each naming the refs whose rows it held.
+
+        A pack's rows cannot be read, but ``reflog_packed`` counts each ref's packed rows: a ref
+        with fewer rows in the readable packs than counted had the rest in a damaged one. If
+        that count cannot tell (its rows damaged too, or it accounts for no missing row), the
+        refs are not known: every reflog with packed rows is named.
+        """
+        readable: dict[object, int] = {}
+        for _, entry, _ in packed:
+            readable[entry.name] = readable.get(entry.name, 0) + 1
+        counted = db.execute("SELECT name, count FROM reflog_packed ORDER BY name").fetchall()
+        short = tuple(name for name, count in counted if isinstance(name, str) and type(count) is int
+                      and count > readable.get(name, 0))
+        if not short:
+            short = tuple(name for name, _ in counted if isinstance(name, str))
+        return [LostReflogRows(first, last, line, short, at) for first, last, line, at in damaged]
 
     def _has_packed_reflog(self, name: str) -> bool:
         """Whether packs hold reflog rows of ``name`` (the caller holds the lock)."""
@@ -1044,6 +1076,12 @@ class SqliteBackend(Backend):
                 raise DamagedRecord(self._meta_damage(key, value))
             out[key] = value
         return out
+
+    def readable_meta(self, prefix: str) -> dict[str, str]:
+        """:meth:`list_meta` without the rows that hold no text (fsck names them: :meth:`damaged_meta_rows`),
+        for a check that goes on past them."""
+        return {key: value for key, value in self._query("SELECT key, value FROM meta ORDER BY key")
+                if isinstance(key, str) and isinstance(value, str) and key.startswith(prefix)}
 
     def damaged_meta_rows(self) -> list[str]:
         """One line naming each meta row whose key or value is not text (text that is not UTF-8, say):
