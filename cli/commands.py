@@ -103,11 +103,19 @@ def init(settings: Settings, path: str | None) -> None:
     click.echo(f"Initialized empty snapstore store in {describe_location(location)}")
 
 
+def one_word(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    """Option callback: ``--event`` is one printable word; anything else is a bad option value (exit 2)."""
+    if not value or not value.isprintable() or " " in value:
+        raise click.BadParameter(f"{value!r} is not one printable word, like sidebar_spawn", ctx=ctx, param=param)
+    return value
+
+
 @cli.command()
 @click.argument("conversation")
 @click.option("--from", "state_file", required=True, metavar="STATE.json", callback=not_empty,
               help="The materialized state to commit ('-' reads standard input).")
-@click.option("--event", "event_type", default="commit", show_default=True, help="Event type recorded in the snapshot.")
+@click.option("--event", "event_type", default="commit", show_default=True, callback=one_word,
+              help="Event type recorded in the snapshot.")
 @click.option("--context", "context_id", default=None, help="Context the event concerns.")
 @click.option("-m", "--message", default="", help="Message recorded in the snapshot.")
 def commit(conversation: str, state_file: str, event_type: str, context_id: str | None, message: str) -> None:
@@ -123,8 +131,6 @@ def commit(conversation: str, state_file: str, event_type: str, context_id: str 
         raise InvalidInput(
             f"{state_file} holds conversation {state.conversation_id!r}, not {conv!r}"
         )
-    if not event_type or not event_type.isprintable() or " " in event_type:
-        raise InvalidInput("--event must be one printable word, like sidebar_spawn")
     if any("\ud800" <= ch <= "\udfff" for ch in message):
         # What bytes that are not UTF-8 on the command line become: the store cannot record it.
         raise InvalidInput(
@@ -180,12 +186,12 @@ def checkout(conversation: str, at: str | None, output: str | None, as_json: boo
                               "tree": tree_doc}))
         return
     if result.created:
-        click.echo(f"restored {at} as snapshot {result.snapshot[:12]}", err=True)
+        click.echo(f"restored {safe(at)} as snapshot {result.snapshot[:12]}", err=True)
     click.echo(f"conversation {conv} at {result.snapshot[:12]}")
     for line in lines:
         click.echo(line)
     if output:
-        click.echo(f"wrote {output}", err=True)
+        click.echo(f"wrote {safe(output)}", err=True)
 
 
 @cli.command()

@@ -83,7 +83,7 @@ def demo(settings: Settings) -> None:
     active = reopened.active_conversation
     resumed = ConversationOrchestrator(reopened, active)
     same = resumed.state() == expected
-    click.echo(f"active conversation: {active}, focus: {resumed.active_context_id}")
+    click.echo(f"active conversation: {active}, focus: {resumed.active_context_id or '(none)'}")
     click.echo(click.style("tree restored exactly" if same else "TREE DIFFERS AFTER RESTART",
                            fg="green" if same else "red", bold=True))
     for line in render_tree(resumed.tree):

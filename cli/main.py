@@ -210,7 +210,8 @@ def cli(ctx: click.Context, store: str | None) -> None:
 
 
 def describe_location(location: str) -> str:
-    return redact(location)
+    """A store location as a note names it: any password redacted, control characters escaped."""
+    return _escape_controls(redact(location))
 
 
 def main() -> None:

@@ -135,6 +135,10 @@ def prune(conversation: str, keep_last: int | None, older_than: timedelta | None
     """
     from snapstore.prune import prune as run_prune
 
+    if (keep_last is None) == (older_than is None):
+        # Which history to keep is a choice of options: a usage error (exit 2, with the pointer to --help).
+        raise click.UsageError("give exactly one of --keep-last N and --older-than DURATION",
+                               ctx=click.get_current_context())
     report = run_prune(_settings().repo(), conversation, keep_last=keep_last, older_than=older_than,
                        dry_run=dry_run, progress=progress)
     if as_json:
@@ -178,8 +182,11 @@ def export(settings: Settings, conversations: tuple[str, ...], output: str, ever
     names = list(conversations)
     if everything:
         names += [c for c in repo.conversation_ids() if c not in names]
+    if not names and not everything:
+        # No CONV and no --all: a usage error. --all on a store with no conversations is not.
+        raise click.UsageError("name the conversations to export (or --all)", ctx=click.get_current_context())
     if not names:
-        raise InvalidInput("name the conversations to export (or --all)")
+        raise InvalidInput("no conversations to export: the store holds none")
     log = find_log(settings, log_path, key_file, required=False)
     target = export_target(output)
     try:
@@ -191,7 +198,7 @@ def export(settings: Settings, conversations: tuple[str, ...], output: str, ever
     if as_json:
         click.echo(dump_json(report.to_json()))
         return
-    click.echo(f"wrote {output}: {_count(len(report.conversations), 'conversation')}, "
+    click.echo(f"wrote {safe(output)}: {_count(len(report.conversations), 'conversation')}, "
                f"{_count(report.objects, 'object')}, {report.reflog_entries} reflog and {report.log_entries} "
                f"audit-log entries, {_size(report.bytes)}")
 

@@ -13,12 +13,12 @@ import click
 
 from snapstore.backends.sqlite import DB_NAME
 from snapstore.errors import StoreExists, StoreNotFound
-from snapstore.location import is_url, redact
+from snapstore.location import is_url
 from snapstore.repository import Repository
 from snapstore.transfer import copy_conversations
 
-from .main import Settings, check_location, cli
-from .render import dump_json
+from .main import Settings, check_location, cli, describe_location
+from .render import dump_json, safe
 
 PROGRESS_MIN_OBJECTS = 20000
 
@@ -103,7 +103,7 @@ def _run_copy(src: Repository, dst: Repository, conversations: tuple[str, ...], 
     click.echo(f"copied {report.objects_copied} objects ({report.bytes_copied} bytes), "
                f"{report.objects_present} already there; every hash checked")
     for conv, head in report.refs_updated.items():
-        click.echo(f"{conv} -> {head[:12]}")
+        click.echo(f"{safe(conv)} -> {head[:12]}")
 
 
 @cli.command()
@@ -140,4 +140,4 @@ def push(settings: Settings, destination: str, conversations: tuple[str, ...], a
     with destination_store(check_location(destination)) as dst:
         _run_copy(settings.repo(), dst, conversations, as_json)
     if not as_json:
-        click.echo(f"pushed to {redact(destination)}", err=True)
+        click.echo(f"pushed to {describe_location(destination)}", err=True)

@@ -154,6 +154,11 @@ def _not_applied_since(repo: Repository, candidates: list[tuple[LogEntry, dict[s
             if entry.sequence > applied.get(names.get(str(link.get("conversation")), ""), 0)]
 
 
+def _continues(parent: Any) -> str:
+    """What a log entry's link says it follows: a snapshot, or (no parent) the start of the conversation."""
+    return "starts its conversation" if parent is None else f"continues {str(parent)[:12]}"
+
+
 def roll_forward(repo: Repository, log: OzolithLog, skip: frozenset[int] = frozenset(),
                  newest: dict[str, int] | None = None) -> list[Recovery]:
     """Move refs forward to snapshots that logged entries name but no ref reached (but entries in ``skip``)."""
@@ -182,8 +187,8 @@ def roll_forward(repo: Repository, log: OzolithLog, skip: frozenset[int] = froze
         expected_parent = link.get("parent")
         if head != expected_parent:
             results.append(Recovery(entry.sequence, conv, snapshot, "diverged",
-                                    f"log entry {entry.sequence} continues {str(expected_parent)[:12]}, "
-                                    f"but the head is {str(head)[:12]}"))
+                                    f"log entry {entry.sequence} {_continues(expected_parent)}, "
+                                    f"but {'there is no head' if head is None else f'the head is {head[:12]}'}"))
             continue
         try:
             repo.backend.write(ref_updates=[RefUpdate(

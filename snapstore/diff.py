@@ -117,7 +117,8 @@ class TreeDiff:
             f"{len(self.changed)} changed",
         ]
         if self.focus:
-            parts.append(f"focus {self.focus[0]} -> {self.focus[1]}")
+            old, new = ("(none)" if cid is None else cid for cid in self.focus)  # no focus, not "None"
+            parts.append(f"focus {old} -> {new}")
         return ", ".join(parts)
 
     def to_json(self) -> dict[str, Any]:

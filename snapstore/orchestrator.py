@@ -144,7 +144,10 @@ class ConversationOrchestrator:
 
     @property
     def active_context_id(self) -> str | None:
-        return self._tree.active_context_id
+        """The focused context; None when there is none, or when the stored focus names no context
+        (a store written before commits checked it could hold a deleted context's id)."""
+        focus = self._tree.active_context_id
+        return focus if focus in self._tree.records else None
 
     def _highest_exchange_number(self) -> int:
         """The highest ``EXCH-<n>`` in the tree, reading only the last item of each chain.
@@ -549,6 +552,12 @@ def _link(prepared: PreparedCommit) -> dict[str, Any]:
     }
 
 
+def _field_value(fields: dict[str, Any], name: str) -> str:
+    """A field's value as a conflict names it: its repr, ``(unset)`` when absent or null (not ``None``)."""
+    value = fields.get(name)
+    return "(unset)" if value is None else repr(value)
+
+
 def _check_watch(watch: tuple[str, tuple[str, ...]], ours: Tree, theirs: Tree) -> None:
     """Raise MergeConflict if another writer changed a watched field of a context we change."""
     cid, names = watch
@@ -557,8 +566,8 @@ def _check_watch(watch: tuple[str, tuple[str, ...]], ours: Tree, theirs: Tree) -
         return
     for name in names:
         if before.fields.get(name) != after.fields.get(name):
-            raise MergeConflict(cid, f"another writer changed {name} from {before.fields.get(name)!r} "
-                                     f"to {after.fields.get(name)!r}")
+            raise MergeConflict(cid, f"another writer changed {name} from {_field_value(before.fields, name)} "
+                                     f"to {_field_value(after.fields, name)}")
 
 
 def _exchange_number(item: Any) -> int:

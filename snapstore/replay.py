@@ -104,7 +104,8 @@ def replay_entries(entries: list[LogEntry]) -> ReplayResult:
             child = p.get("child_id") or cid
             parent = p.get("parent_context")
             if parent not in ctx:
-                out.skipped.append(f"#{entry.sequence}: spawn of {child} under unknown {parent}")
+                under = "no parent_context" if parent is None else f"unknown {parent}"
+                out.skipped.append(f"#{entry.sequence}: spawn of {child} under {under}")
                 continue
             ctx[child] = _context(child, parent, stamp)
             ctx[child]["task_description"] = p.get("task_description", p.get("spawn_reason"))

@@ -208,8 +208,10 @@ def inspect(repo: Repository, log: OzolithLog | StoreLog | None = None, *, conve
             except SnapstoreError as exc:
                 problems.append(f"cannot verify {log.where if isinstance(log, StoreLog) else log.path}: {exc}")
     if target is not None and not problems:
-        # From the state object alone: resuming loads the tree (once), not inspecting.
-        focus = repo.snapshot_state(repo.head(target)).active_context_id
+        focus, dangling = _focus(repo, target)
+        if dangling is not None:
+            checks.append(f"the focus of {target}'s head, {dangling!r}, names no context of it (a store written "
+                          "before commits checked the focus): resuming has no focus")
     if unresolved or problems or unreadable:
         status = RecoveryStatus.RECOVERY_NEEDED
         problems = unreadable + [r.message for r in unresolved] + problems
@@ -310,6 +312,26 @@ def _unreadable_log(log: OzolithLog | StoreLog, error: LogError) -> str:
         return f"cannot read the log {log.where} past the store's last entry: {error}"
     named = "; ".join(str(f) for f in findings[:3]) + ("; ..." if len(findings) > 3 else "")
     return f"cannot read the log {log.where} past the store's last entry: {named}"
+
+
+def _focus(repo: Repository, conversation: str) -> tuple[str | None, str | None]:
+    """The context a restart of ``conversation`` resumes on, and (second) a stored focus naming no context.
+
+    A store written before commits checked the focus can hold a deleted context's id: resuming onto it
+    would put the user nowhere, so it is no focus. A root focus is checked from the state object alone;
+    any other against the head's outline (its nodes, not one exchange; the tree itself once loaded).
+    A node that cannot be read leaves the focus unchecked: resuming names the damage, not this report.
+    """
+    head = repo.head(conversation)
+    state = repo.snapshot_state(head)
+    focus = state.active_context_id
+    if focus is None or focus in {cid for cid, _ in state.roots}:
+        return focus, None
+    try:
+        contexts = repo.outline(head).records
+    except SnapstoreError:
+        return focus, None
+    return (focus, None) if focus in contexts else (None, focus)
 
 
 def _choose(repo: Repository, infos: tuple[ConversationInfo, ...], wanted: str | None) -> str | None:

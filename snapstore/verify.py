@@ -132,17 +132,20 @@ class _Checker:
         if snap is None:
             return
         if snap.root != link.get("root"):
-            self.add("link-mismatch", f"entry {seq} says root {str(link.get('root'))[:12]}, snapshot "
+            self.add("link-mismatch", f"entry {seq} says {_said('root', link.get('root'))}, snapshot "
                      f"{snap_id[:12]} has {snap.root[:12]}", sequence=seq, snapshot=snap_id)
-        if (snap.parents[0] if snap.parents else None) != link.get("parent"):
-            self.add("link-mismatch", f"entry {seq} says parent {str(link.get('parent'))[:12]}, snapshot "
-                     f"{snap_id[:12]} differs", sequence=seq, snapshot=snap_id)
+        parent = snap.parents[0] if snap.parents else None
+        if parent != link.get("parent"):
+            self.add("link-mismatch", f"entry {seq} says {_said('parent', link.get('parent'))}, snapshot "
+                     f"{snap_id[:12]} has {_said('parent', parent)}", sequence=seq, snapshot=snap_id)
         if snap.conversation != link.get("conversation"):
-            self.add("link-mismatch", f"entry {seq} names conversation {link.get('conversation')!r}, snapshot "
-                     f"belongs to {snap.conversation!r}", sequence=seq, snapshot=snap_id)
+            named = link.get("conversation")
+            names = "no conversation" if named is None else f"conversation {named!r}"
+            self.add("link-mismatch", f"entry {seq} names {names}, snapshot belongs to {snap.conversation!r}",
+                     sequence=seq, snapshot=snap_id)
         if snap.event.type != entry.event_type or (snap.event.context_id or "") != entry.context_id:
             self.add("link-mismatch", f"entry {seq} is {entry.event_type} {entry.context_id}, snapshot "
-                     f"{snap_id[:12]} records {snap.event.type} {snap.event.context_id}",
+                     f"{snap_id[:12]} records {snap.event.type} {snap.event.context_id or '(no context)'}",
                      sequence=seq, snapshot=snap_id, context=entry.context_id)
         state: State | None = self.read(snap.root, "state", sequence=seq, snapshot=snap_id)
         nodes: dict[str, Node] = {}
@@ -179,8 +182,9 @@ class _Checker:
 
         def status(n: Node | None, want: str, who: str) -> None:
             if n is not None and n.fields.get("status") != want:
-                self.add("structure", f"after entry {seq} ({entry.event_type}) {who} {n.id} is "
-                         f"{n.fields.get('status')!r}, expected {want!r}", **where)
+                have = n.fields.get("status")
+                self.add("structure", f"after entry {seq} ({entry.event_type}) {who} {n.id} "
+                         f"{'has no status' if have is None else f'is {have!r}'}, expected {want!r}", **where)
 
         def listed(parent: Node | None, child: str, expected: bool = True) -> None:
             if parent is None:
@@ -204,7 +208,8 @@ class _Checker:
             status(parent, "paused", "parent")
             status(node(child), "active", "child")
             if state.active_context_id != child:
-                self.add("structure", f"after entry {seq} the focus is {state.active_context_id}, not {child}", **where)
+                self.add("structure", f"after entry {seq} the focus is {_focus(state.active_context_id)}, "
+                         f"not {child}", **where)
         elif kind == "sidebar_merge":
             status(node(cid), "merged", "sidebar")
             parent_id = p.get("parent_context")
@@ -230,7 +235,8 @@ class _Checker:
                 listed(nodes[old_parent], cid, expected=False)
         elif kind == "focus_switch":
             if state.active_context_id != cid:
-                self.add("structure", f"after entry {seq} the focus is {state.active_context_id}, not {cid}", **where)
+                self.add("structure", f"after entry {seq} the focus is {_focus(state.active_context_id)}, "
+                         f"not {cid}", **where)
         elif kind == "context_deleted":
             if cid in [r for r, _ in state.roots] or any(
                     cid in [c for c, _ in self.children(n, **where)] for n in nodes.values()):
@@ -406,10 +412,33 @@ def verify(repo: Repository, log: OzolithLog | None = None, conversation: str | 
     return VerifyReport(tuple(checker.problems), checked, objects, len(snapshots), sample is not None)
 
 
+def _said(what: str, value: Any) -> str:
+    """An id a log link or snapshot gives for ``what`` (root, parent), shortened; ``no root`` when it gives none
+    (Python would print ``None``)."""
+    return f"no {what}" if value is None else f"{what} {str(value)[:12]}"
+
+
+def _focus(context_id: Any) -> str:
+    """A focus as a finding names it: the context id, or ``(none)`` when there is no focus."""
+    return "(none)" if context_id is None else str(context_id)
+
+
+# What an absent value of a replayed field means (instead of Python's None).
+_ABSENT = {"parent": "top level", "status": "no status", "children": "(no id)", "exchanges": "(no id)"}
+
+
+def _structure_value(name: str, value: Any) -> str:
+    """A replayed field (parent, status, children, exchanges) as a finding shows it: values as Python's repr,
+    an absent one as what it means there (a root's parent is ``top level``, an exchange without an id ``(no id)``)."""
+    if isinstance(value, list):
+        return "[" + ", ".join(_structure_value(name, item) for item in value) + "]"
+    return _ABSENT[name] if value is None else repr(value)
+
+
 def _compare_structure(checker: _Checker, conv: str, replayed: dict[str, Any], stored: dict[str, Any]) -> None:
     if replayed["focus"] != stored["focus"]:
-        checker.add("replay-mismatch", f"{conv}: the log replays to focus {replayed['focus']}, "
-                    f"the store has {stored['focus']}", context=stored["focus"])
+        checker.add("replay-mismatch", f"{conv}: the log replays to focus {_focus(replayed['focus'])}, "
+                    f"the store has {_focus(stored['focus'])}", context=stored["focus"])
     a, b = replayed["contexts"], stored["contexts"]
     for cid in sorted(a.keys() | b.keys()):
         if cid not in b:
@@ -420,5 +449,6 @@ def _compare_structure(checker: _Checker, conv: str, replayed: dict[str, Any], s
         else:
             for name in ("parent", "children", "status", "exchanges"):
                 if a[cid][name] != b[cid][name]:
-                    checker.add("replay-mismatch", f"{conv}: {cid} {name}: the log replays {a[cid][name]!r}, "
-                                f"the store has {b[cid][name]!r}", context=cid)
+                    checker.add("replay-mismatch", f"{conv}: {cid} {name}: the log replays "
+                                f"{_structure_value(name, a[cid][name])}, the store has "
+                                f"{_structure_value(name, b[cid][name])}", context=cid)

@@ -253,10 +253,11 @@ def test_cli_export_import_and_one_line_errors(tmp_path, monkeypatch):
     again = runner.invoke(cli, ["--store", target, "import", "all.bundle"])
     assert again.exit_code == 0 and "nothing to import" in again.stdout
     Path("bad.bundle").write_bytes(Path("all.bundle").read_bytes()[:-7])
-    for args in (["import", "bad.bundle"], ["import", "nowhere.bundle"], ["export", "-o", "x.bundle"],
-                 ["export", "ghost", "-o", "x.bundle"]):
+    # Naming no conversation (and no --all) is a usage error: exit 2.
+    for args, code in ((["import", "bad.bundle"], 1), (["import", "nowhere.bundle"], 1),
+                       (["export", "-o", "x.bundle"], 2), (["export", "ghost", "-o", "x.bundle"], 1)):
         bad = runner.invoke(cli, ["--store", target, *args])
-        assert bad.exit_code == 1 and "Traceback" not in bad.output, bad.output
+        assert bad.exit_code == code and "Traceback" not in bad.output, bad.output
         assert len([line for line in bad.stderr.splitlines() if line.strip()]) == 1, bad.stderr
     assert not Path("x.bundle").exists()
 
