@@ -98,41 +98,44 @@ def _history(location: str) -> list[str]:
         session.close()
 
 
-def test_newest_log_sequences_equals_the_default_in_one_query(shared_location, monkeypatch):
+@pytest.fixture
+def history(shared_location) -> Iterator[tuple[list[str], Backend]]:
+    """The ref names of a store with every kind of reflog row (:func:`_history`), and its backend, open."""
     names = _history(shared_location)
     backend = Repository.open(shared_location).backend
     try:
-        wanted = [*names, ABSENT, names[0]]
-        expected = Backend.newest_log_sequences(backend, wanted)
-        assert expected[ref_name("alpha")] > 2 and expected[ref_name("delta")] == 0  # the cases are there
-        assert expected[ref_name("plain")] == 0 and expected[ABSENT] == 0
-        reads = Reads(monkeypatch)
-        assert backend.newest_log_sequences(wanted) == expected
-        assert list(backend.newest_log_sequences(wanted)) == list(expected)  # same keys, same order
-        reads.reset()
-        backend.newest_log_sequences(wanted)
-        assert reads.of_reflog() == (1, len(names) + 1), reads.statements  # one row per name asked
-        reads.reset()
-        assert backend.newest_log_sequences([]) == {} and reads.statements == []
+        yield names, backend
     finally:
         backend.close()
 
 
-def test_reflog_newest_equals_the_default_reading_only_those_rows(shared_location, monkeypatch):
-    names = _history(shared_location)
-    backend = Repository.open(shared_location).backend
-    try:
-        reads = Reads(monkeypatch)
-        for name in [*names, ABSENT]:
-            whole = backend.reflog(name)
-            for count in (-1, 0, 1, 2, 5, len(whole), len(whole) + 10):
-                expected = Backend.reflog_newest(backend, name, count)
-                reads.reset()
-                assert backend.reflog_newest(name, count) == expected, (name, count)
-                statements, rows = reads.of_reflog()
-                assert rows == len(expected) and statements <= 1, (name, count, reads.statements)
-    finally:
-        backend.close()
+def test_newest_log_sequences_equals_the_default_in_one_query(history, monkeypatch):
+    names, backend = history
+    wanted = [*names, ABSENT, names[0]]
+    expected = Backend.newest_log_sequences(backend, wanted)
+    assert expected[ref_name("alpha")] > 2 and expected[ref_name("delta")] == 0  # the cases are there
+    assert expected[ref_name("plain")] == 0 and expected[ABSENT] == 0
+    reads = Reads(monkeypatch)
+    assert backend.newest_log_sequences(wanted) == expected
+    assert list(backend.newest_log_sequences(wanted)) == list(expected)  # same keys, same order
+    reads.reset()
+    backend.newest_log_sequences(wanted)
+    assert reads.of_reflog() == (1, len(names) + 1), reads.statements  # one row per name asked
+    reads.reset()
+    assert backend.newest_log_sequences([]) == {} and reads.statements == []
+
+
+def test_reflog_newest_equals_the_default_reading_only_those_rows(history, monkeypatch):
+    names, backend = history
+    reads = Reads(monkeypatch)
+    for name in [*names, ABSENT]:
+        whole = backend.reflog(name)
+        for count in (-1, 0, 1, 2, 5, len(whole), len(whole) + 10):
+            expected = Backend.reflog_newest(backend, name, count)
+            reads.reset()
+            assert backend.reflog_newest(name, count) == expected, (name, count)
+            statements, rows = reads.of_reflog()
+            assert rows == len(expected) and statements <= 1, (name, count, reads.statements)
 
 
 @pytest.mark.parametrize("log", ["in-store", "file"])
