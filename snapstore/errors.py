@@ -94,3 +94,15 @@ class LogError(SnapstoreError):
         self.sequence = sequence
         self.line = line
         super().__init__(message)
+
+
+class DamagedLogPack(LogError):
+    """A pack of log lines kept in the store that cannot be read (entries ``first``..``last``).
+
+    It says where the damage ends, so a check can name it and go on with the
+    entries after it (``sequence`` is ``first``)."""
+
+    def __init__(self, message: str, first: int, last: int) -> None:
+        self.first = first
+        self.last = last
+        super().__init__(message, first)

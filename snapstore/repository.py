@@ -1105,6 +1105,9 @@ class Repository:
         for line in self._backend_lines("malformed_object_rows"):
             count += 1  # a row no id finds: counted, and named
             problems.append(Problem("malformed-id", line, object=None))
+        # A pack index row lost or altered makes reads return less: checked against the packs.
+        problems.extend(Problem("index-mismatch", line, object=None)
+                        for line in self._backend_lines("damaged_index_rows"))
         refs, by_name, rows_of, damaged_refs, gaps = self._fsck_reflogs(problems)
         # A ref whose row is damaged is named, and its reflog still checked and walked.
         problems.extend(Problem("damaged-row", line, object=None) for _, line in damaged_refs)

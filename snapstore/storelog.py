@@ -50,7 +50,7 @@ from pathlib import Path
 from typing import Any
 
 from .backends.base import LOG_KEY_META, AppendedEntry, Backend, LogAppend
-from .errors import InvalidInput, LogError
+from .errors import DamagedLogPack, InvalidInput, LogError
 from .ozolith.anchors import Anchor
 from .ozolith.entry import EventType, LogEntry, check_sealed, key_bytes, make_entry
 from .ozolith.files import folders_for, write_atomic
@@ -63,6 +63,12 @@ _PAGE = 5000
 _SEQUENCE_HINT = re.compile(r'"sequence"\s*:\s*(-?\d+)')
 # What verify reads in place of a row that holds no line of text (the row is reported by name instead).
 _STAND_IN = b"-\n"
+# What :meth:`StoreLog._rows_past` gives for each sequence of a damaged pack of lines.
+_LOST = object()
+# A damaged pack claiming more lines than this is not stood in for line by line (packs hold 128).
+_MOST_LOST = 1 << 16
+# verify_data's default cap on findings; stand-ins add to it, since their findings are dropped.
+_MAX_FINDINGS = 100
 
 
 class RowMismatch(LogError):
@@ -242,6 +248,54 @@ class StoreLog(EntryQueries):
         """``(sequence, line)`` of every row past ``after``; a damaged row's line may be bytes or None."""
         return _paged(self.backend.log_lines, after)
 
+    def _rows_past(self, damaged: list[DamagedLogPack]) -> Iterator[tuple[int, Any]]:
+        """As :meth:`_rows`, going on past each damaged pack of lines: it is added to ``damaged`` and
+        given as ``(sequence, _LOST)`` for each sequence it held, so a check can name it once, keep
+        every later row in its place and judge the rows after it (one damaged pack is no reason to
+        leave the rest of the log unchecked)."""
+        after = 0
+        while True:
+            try:
+                rows = self.backend.log_lines(after, _PAGE)
+            except DamagedLogPack as exc:
+                if exc.last <= after or exc.last - exc.first >= _MOST_LOST:  # no way past it
+                    raise
+                yield from self._rows_before(after, exc.first)
+                damaged.append(exc)
+                for sequence in range(max(exc.first, after + 1), exc.last + 1):
+                    yield sequence, _LOST
+                after = exc.last
+                continue
+            yield from rows
+            if len(rows) < _PAGE:
+                return
+            after = rows[-1][0]
+
+    def _rows_before(self, after: int, first: int) -> list[tuple[int, Any]]:
+        """The rows past ``after`` and before the damaged pack that begins at ``first`` (a read that
+        reached the pack raised, so what it read before it is read again). Should the rows there be
+        fewer than their sequences (a gap, which the walk reports), one at a time up to the pack."""
+        try:
+            return [row for row in self.backend.log_lines(after, max(first - 1 - after, 0)) if row[0] < first]
+        except DamagedLogPack:
+            out: list[tuple[int, Any]] = []
+            while True:
+                try:
+                    rows = self.backend.log_lines(after, 1)
+                except DamagedLogPack:
+                    return out
+                if not rows or rows[0][0] >= first:
+                    return out
+                out.append(rows[0])
+                after = rows[0][0]
+
+    def readable_entries(self, damaged: list[DamagedLogPack]) -> Iterator[LogEntry]:
+        """:meth:`entries`, going on past each damaged pack of lines (added to ``damaged``): what verify
+        compares the store with. A damaged row raises as in :meth:`entries`."""
+        for sequence, line in self._rows_past(damaged):
+            if line is not _LOST:
+                yield self._entry(sequence, line)
+
     def _line(self, sequence: int, line: object) -> str:
         """The text the row keyed ``sequence`` holds; :class:`UnparsableLine` if it holds no line of text."""
         problem = _not_a_line(line)
@@ -327,16 +381,29 @@ class StoreLog(EntryQueries):
                            "(the file would not verify; `snap verify` names every problem)", row)
         return data
 
-    def verify(self, *, sample: int | None = None, seed: int | None = None) -> ChainReport:
+    def verify(self, *, sample: int | None = None, seed: int | None = None,
+               damaged: list[DamagedLogPack] | None = None) -> ChainReport:
         """Verify the chain (hashes, links, signatures, sequence numbers) as for a log file, and each row:
         it holds one line (``unparsable_line``), of the entry its key names, with the entry_hash its
-        ``entry_hash`` column holds where the store keeps one (``row_mismatch``)."""
+        ``entry_hash`` column holds where the store keeps one (``row_mismatch``).
+
+        A damaged pack of lines raises :class:`DamagedLogPack`; given ``damaged``, it is added there
+        instead (the caller names it) and the walk goes on past it: the entry after it is not linked
+        to one before it (the walk restarts there), every later entry is checked as usual. The
+        report's ``entries_checked`` does not count the pack's lines."""
         key = self.key()
         lines: list[bytes] = []
         found: list[Finding] = []
         stand_ins: set[int] = set()
+        lost = 0
         column = self._hash_columns()
-        for number, (sequence, line) in enumerate(self._rows(), 1):
+        rows = self._rows() if damaged is None else self._rows_past(damaged)
+        for number, (sequence, line) in enumerate(rows, 1):
+            if line is _LOST:  # walked as an unparsable line: position kept, the next link not judged
+                stand_ins.add(number)
+                lines.append(_STAND_IN)
+                lost += 1
+                continue
             problem = _not_a_line(line)
             if problem is not None:
                 found.append(Finding(FindingKind.UNPARSABLE_LINE, f"row {sequence} {problem}", sequence, number))
@@ -345,12 +412,14 @@ class StoreLog(EntryQueries):
                 continue
             lines.append(line.encode("utf-8") + b"\n")
             found.extend(_row_mismatches(sequence, line, column(sequence), number))
-        report = verify_data(b"".join(lines), [], key, sample=sample, seed=seed)
-        if not found:
+        report = verify_data(b"".join(lines), [], key, sample=sample, seed=seed,
+                             max_findings=_MAX_FINDINGS + len(stand_ins))
+        if not stand_ins and not found:
             return report
         kept = [f for f in report.findings if f.line not in stand_ins]
         findings = tuple(sorted(kept + found, key=lambda f: (f.line is None, f.line or 0)))
-        return replace(report, ok=False, findings=findings)
+        return replace(report, ok=not findings and not lost, findings=findings,
+                       entries_checked=report.entries_checked - (0 if report.sampled else lost))
 
     def _hash_columns(self) -> Callable[[int], Any]:
         """Each loose row's ``entry_hash`` column by sequence, asked for in ascending order (None where

@@ -24,13 +24,14 @@ from typing import Any
 from .findings import Finding
 from .audit import link_of, voided_sequences
 from .backends.base import ReflogEntry
-from .errors import CorruptObject, DamagedRecord, SnapstoreError
+from .errors import CorruptObject, DamagedLogPack, DamagedRecord, SnapstoreError
 from .objects import Chunk, Node, ObjectId, Page, Snapshot, State
 from .refs import conversation_of
 from .ozolith import LogEntry, OzolithLog
 from .replay import STRUCTURAL_EVENTS, replay_entries, structure
 from .repository import Repository
 from .rewrites import Rewrites
+from .storelog import StoreLog
 from .tree import full_fields
 
 STATUS_AFTER = {"context_pause": "paused", "context_resume": "active", "context_archive": "archived"}
@@ -64,6 +65,8 @@ class _Checker:
         # Whether fsck ran (and so named every damaged row met below).
         self.store_checked = store_checked
         self._damaged: set[str] = set()
+        # Log entries in packs that could not be read (each named once): not judged missing.
+        self.unread: list[tuple[int, int]] = []
 
     def add(self, kind: str, message: str, **where: Any) -> None:
         self.problems.append(Finding(kind, message, **where))
@@ -261,6 +264,8 @@ class _Checker:
 
     def check_named_entry(self, sequence: int, entry_hash: str, entries: dict[int, LogEntry], **where: Any) -> None:
         entry = entries.get(sequence)
+        if entry is None and any(first <= sequence <= last for first, last in self.unread):
+            return  # in a damaged pack of lines, named once: neither there nor missing
         if entry is None:
             self.add("entry-missing", f"{_describe(where)} names log entry {sequence}, which the log does not hold",
                      sequence=sequence, **where)
@@ -332,15 +337,22 @@ def verify(repo: Repository, log: OzolithLog | None = None, conversation: str | 
     chain = None
     log_read = log is not None  # whether the store can be checked against the log's entries
     if log is not None:
+        lost: list[DamagedLogPack] = []  # packs of lines the walk went past: named, the rest checked
         try:
-            chain = log.verify(sample=sample, seed=seed)
-        except SnapstoreError as exc:  # a damaged log pack, a missing key: a finding, the other checks go on
+            chain = (log.verify(sample=sample, seed=seed, damaged=lost) if isinstance(log, StoreLog)
+                     else log.verify(sample=sample, seed=seed))
+        except SnapstoreError as exc:  # a missing key, a pack no walk can pass: a finding, the other checks go on
             checker.add("unreadable", f"cannot verify the log: {exc}", sequence=getattr(exc, "sequence", None))
         else:
+            for exc in lost:
+                checker.add("unreadable", f"cannot verify log entries {exc.first}-{exc.last}: {exc}; the entries "
+                            "before and after them are verified", sequence=exc.first)
             for f in chain.findings:
                 checker.add(str(f.kind), f.message, sequence=f.sequence)
+        checker.unread = [(exc.first, exc.last) for exc in lost]
         try:
-            for entry in log.entries():
+            # Past a damaged pack too (named above): the entries after it are still compared with the store.
+            for entry in log.readable_entries([]) if isinstance(log, StoreLog) else log.entries():
                 entries[entry.sequence] = entry
         except SnapstoreError as exc:
             if chain is None:
@@ -391,8 +403,9 @@ def verify(repo: Repository, log: OzolithLog | None = None, conversation: str | 
                             f"{link.get('conversation')} reaches", sequence=entry.sequence,
                             snapshot=str(link.get("snapshot")))
 
-    # 4. replay (Option C): the structure from the log equals the stored head's.
-    if log_read and sample is None:
+    # 4. replay (Option C): the structure from the log equals the stored head's (not without the
+    # entries of a damaged pack: a replay without them would differ for that reason alone).
+    if log_read and sample is None and not checker.unread:
         by_conv: dict[str, list[LogEntry]] = {}
         for entry in entries.values():
             link = link_of(entry)

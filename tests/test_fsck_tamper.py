@@ -489,3 +489,77 @@ def test_verify_with_no_log_names_a_damaged_ref_target_and_goes_on(snap, args):
     assert [p["kind"] for p in report["problems"]] == ["damaged-row"], report
     assert "ref 'conversations/demo' holds a str ('abc')" in report["problems"][0]["message"], report
     assert report["snapshots_checked"] == 12, report  # its reflog was still walked
+
+
+# -- 10. pack index rows checked against the packs --------------------------------------------------
+#
+# A deleted reflog_packed row made every reader take the ref to have no packed history (`snap log`
+# showed its last row alone, newest_log_sequences its loose rows' link) and fsck said ok; an altered
+# count went unseen; a deleted `packed` row (an object's index row) was at most a "missing" object with
+# no word of the index. fsck now names each such row, and the readers refuse a history they cannot trust.
+
+REF = f"conversations/{CONV}"
+
+
+def test_a_deleted_reflog_packed_row_is_found_and_readers_refuse_the_history(snap):
+    assert snap("pack", "--keep", "0").exit_code == 0  # rows 1-11 packed, row 12 loose
+    sql(snap.db, "DELETE FROM reflog_packed WHERE name = ?", REF)
+    problems = fsck_fails(snap, rf"index-mismatch: .*the reflog packs hold 11 rows of '{REF}', but reflog_packed "
+                                "has no row for it")
+    assert [p["kind"] for p in problems] == ["index-mismatch"], problems
+    line = one_line_error(snap("log", CONV))  # was: the newest row alone, exit 0
+    assert "reflog_packed" in line and REF in line, line
+    repo = Repository.open(snap.location)
+    try:
+        for read in (lambda b: b.reflog(REF), lambda b: b.reflog_newest(REF, 5),
+                     lambda b: b.newest_log_sequences([REF])):
+            with pytest.raises(DamagedRecord, match=rf"{REF}.*reflog_packed"):
+                read(repo.backend)
+    finally:
+        repo.close()
+
+
+def test_an_altered_reflog_packed_count_is_found_and_readers_refuse_the_history(snap):
+    assert snap("pack", "--keep", "0").exit_code == 0
+    sql(snap.db, "UPDATE reflog_packed SET count = 12 WHERE name = ?", REF)
+    problems = fsck_fails(snap, rf"the reflog packs hold 11 rows of '{REF}', but its reflog_packed row counts 12")
+    assert [p["kind"] for p in problems] == ["index-mismatch"], problems
+    repo = Repository.open(snap.location)
+    try:
+        assert len(repo.backend.reflog_newest(REF, 3)) == 3  # the newest rows are read correctly
+        for read in (lambda b: b.reflog(REF), lambda b: b.reflog_newest(REF, 50)):
+            with pytest.raises(DamagedRecord, match=rf"hold 11 rows of '{REF}', but its reflog_packed row counts 12"):
+                read(repo.backend)
+    finally:
+        repo.close()
+
+
+def test_an_altered_reflog_packed_log_sequence_is_found(snap):
+    assert snap("pack", "--keep", "0").exit_code == 0
+    sql(snap.db, "UPDATE reflog_packed SET max_log_sequence = 3 WHERE name = ?", REF)
+    problems = fsck_fails(snap, rf"highest log_sequence among them 11, but its reflog_packed row says 3")
+    assert [p["kind"] for p in problems] == ["index-mismatch"], problems
+
+
+def test_a_deleted_object_index_row_is_found_naming_its_pack(snap):
+    assert snap("pack", "--keep", "0").exit_code == 0
+    con = sqlite3.connect(snap.db)
+    pack_id, live = con.execute("SELECT id, live FROM packs ORDER BY id LIMIT 1").fetchone()
+    con.close()
+    sql(snap.db, "DELETE FROM packed WHERE prefix = (SELECT min(prefix) FROM packed WHERE pack = ?)", pack_id)
+    problems = fsck_fails(snap, rf"index-mismatch: .*pack {pack_id} counts {live} live members, but {live - 1} "
+                                "packed rows name it")
+    assert "index-mismatch" in [p["kind"] for p in problems], problems
+
+
+def test_object_index_rows_naming_no_pack_are_found(snap):
+    assert snap("pack", "--keep", "0").exit_code == 0
+    sql(snap.db, "UPDATE packed SET pack = 999 WHERE prefix = (SELECT min(prefix) FROM packed)")
+    fsck_fails(snap, r"index-mismatch: .*1 packed rows name pack 999, which does not exist")
+
+
+def test_a_loose_log_row_inside_a_log_pack_is_found(snap):
+    assert snap("pack", "--keep", "0").exit_code == 0
+    sql(snap.db, "INSERT INTO ozolith (sequence, line, entry_hash) SELECT 3, line, entry_hash FROM ozolith "
+                 "ORDER BY sequence DESC LIMIT 1")
+    fsck_fails(snap, r"index-mismatch: .*1 loose log rows \(from 3\) lie inside the log pack of 1-11")

@@ -404,3 +404,66 @@ def test_export_log_refuses_a_log_whose_key_is_missing(store, tmp_path):
     assert result.exit_code != 0 and "signing key" in result.output, result.output
     assert not (tmp_path / "out.jsonl").exists()
 
+
+
+# -- 8. the log past a damaged log pack ---------------------------------------------------------------
+#
+# A damaged ozolith_packs row was one finding naming the pack, and nothing after it was checked: the chain
+# walk, the row checks and verify's comparison of the store with the log's entries all stopped there.
+# The walk now restarts after the pack (the entry after it cannot be linked to one before it; every later
+# one is linked as usual), so damage further on is still found.
+
+
+def _log_in_fours(store: Path) -> None:
+    """The demo's 12 log entries as packs of 1-4 and 5-8, entries 9-12 loose; the pack of 5-8 damaged."""
+    repo = Repository.open(str(store))
+    try:
+        while repo.backend.pack_log(4, 4, partial=True):
+            pass
+    finally:
+        repo.close()
+    con = sqlite3.connect(store / "store.sqlite")
+    try:
+        assert con.execute("SELECT first, last FROM ozolith_packs ORDER BY first").fetchall() == [(1, 4), (5, 8)]
+    finally:
+        con.close()
+    _sql(store, "UPDATE ozolith_packs SET data = x'00112233445566778899' WHERE first = 5")
+
+
+def _verify_store(store: Path):
+    repo = Repository.open(str(store))
+    try:
+        return verify(repo, StoreLog(repo.backend))
+    finally:
+        repo.close()
+
+
+def test_the_chain_is_walked_past_a_damaged_log_pack(store):
+    _log_in_fours(store)
+    report = _verify_store(store)
+    # The pack alone: entry 9, the first after it, is not judged against entry 8 (which cannot be read).
+    assert [(p.kind, p.sequence) for p in report.problems] == [("unreadable", 5)], report.problems
+    assert "5-8" in report.problems[0].message
+    assert report.entries == 8, report  # 1-4 and 9-12
+    _sql(store, "DELETE FROM ozolith WHERE sequence = 11")  # past the pack: still found (was: not looked at)
+    report = _verify_store(store)
+    assert [(p.kind, p.sequence) for p in report.problems][:2] == [("unreadable", 5), ("gap", 11)], report.problems
+
+
+def test_a_row_past_a_damaged_log_pack_is_still_checked(store):
+    _log_in_fours(store)
+    _sql(store, "UPDATE ozolith SET line = replace(line, '\"actor\": \"', '\"actor\": \"x') WHERE sequence = 10",
+         "UPDATE ozolith SET entry_hash = '00' WHERE sequence = 12")
+    problems = _verify_json(store)
+    kinds = [(p["kind"], p.get("sequence")) for p in problems]
+    assert ("unreadable", 5) in kinds and ("bad_hash", 10) in kinds and ("row_mismatch", 12) in kinds, problems
+
+
+def test_verify_compares_the_store_with_the_entries_past_a_damaged_log_pack(store):
+    """The entries after the pack are read for the cross-check too: a ref change naming one is checked."""
+    _log_in_fours(store)
+    _sql(store, "UPDATE reflog SET log_hash = 'ab' || substr(log_hash, 3) WHERE log_sequence = 10")
+    problems = _verify_json(store)
+    kinds = [p["kind"] for p in problems]
+    assert "unreadable" in kinds and "entry-mismatch" in kinds, problems  # was: the pack alone
+    assert "entry-missing" not in kinds, problems  # the pack's own entries are named once, not as missing

@@ -35,7 +35,9 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
-from ..errors import BackendError, CorruptObject, DamagedRecord, LogError, RefConflict, StoreExists, StoreNotFound
+from ..errors import (
+    BackendError, CorruptObject, DamagedLogPack, DamagedRecord, LogError, RefConflict, StoreExists, StoreNotFound,
+)
 from ..objects import ObjectId, is_object_id
 from ..packs import Pack, decode_lines, decode_objects, encode_lines, prefix_key, prefix_range, raw_frame
 from ..timeutil import utc_now
@@ -883,27 +885,44 @@ class SqliteBackend(Backend):
         return refs, damaged
 
     def reflog(self, name: str) -> list[ReflogEntry]:
-        with self._lock, self._errors(), self._read_snapshot():  # packs and loose rows of one moment
+        """Every row of ``name``'s reflog, oldest first; :class:`DamagedRecord` if its ``reflog_packed``
+        row disagrees with the packs, or is missing where the loose rows say packed rows came before
+        (see :meth:`_packed_reflog_count`): never a shortened history."""
+        with self._lock, self._errors(), self._read_snapshot() as db:  # packs and loose rows of one moment
             entries = []
-            if self._has_packed_reflog(name):
-                for first, last in self._db.execute("SELECT first, last FROM reflog_packs ORDER BY first").fetchall():
+            counted = self._packed_reflog_count(db, name)
+            if counted is not None:
+                for first, last in db.execute("SELECT first, last FROM reflog_packs ORDER BY first").fetchall():
                     entries.extend(e for e in self._reflog_pack(first, last) if e.name == name)
-            entries.extend(self._loose_reflog(name, "ORDER BY seq", ()))
+                self._check_packed_count(name, counted, len(entries))
+            loose = self._loose_reflog(name, "ORDER BY seq", ())
+            if counted is None and not (loose and loose[0].old is None):
+                self._check_unpacked_reflog(db, name)
+            entries.extend(loose)
         return entries
 
     def reflog_newest(self, name: str, count: int) -> list[ReflogEntry]:
         if count <= 0:
             return []
-        with self._lock, self._errors(), self._read_snapshot():  # packs and loose rows of one moment
+        with self._lock, self._errors(), self._read_snapshot() as db:  # packs and loose rows of one moment
             entries = self._loose_reflog(name, "ORDER BY seq DESC LIMIT ?", (count,))[::-1]
-            if len(entries) < count and self._has_packed_reflog(name):
-                # Packed rows are older than every loose one: the newest packs first, until enough.
-                for first, last in self._db.execute(
-                        "SELECT first, last FROM reflog_packs ORDER BY first DESC").fetchall():
-                    older = [e for e in self._reflog_pack(first, last) if e.name == name]
-                    entries[:0] = older[-(count - len(entries)):] if older else []
-                    if len(entries) >= count:
-                        break
+            if len(entries) >= count:
+                return entries
+            counted = self._packed_reflog_count(db, name)
+            if counted is None:
+                if not (entries and entries[0].old is None):
+                    self._check_unpacked_reflog(db, name)
+                return entries
+            # Packed rows are older than every loose one: the newest packs first, until enough.
+            found = 0
+            for first, last in db.execute("SELECT first, last FROM reflog_packs ORDER BY first DESC").fetchall():
+                older = [e for e in self._reflog_pack(first, last) if e.name == name]
+                found += len(older)
+                entries[:0] = older[-(count - len(entries)):] if older else []
+                if len(entries) >= count:
+                    break
+            else:  # every pack read: they must hold as many rows of it as counted
+                self._check_packed_count(name, counted, found)
         return entries
 
     def _loose_reflog(self, name: str, order: str, params: Sequence[object]) -> list[ReflogEntry]:
@@ -1001,10 +1020,137 @@ class SqliteBackend(Backend):
             short = tuple(name for name, _ in counted if isinstance(name, str))
         return [LostReflogRows(first, last, line, short, at) for first, last, line, at in damaged]
 
-    def _has_packed_reflog(self, name: str) -> bool:
-        """Whether packs hold reflog rows of ``name`` (the caller holds the lock)."""
-        return self._has_packs() and self._db.execute(
-            "SELECT 1 FROM reflog_packed WHERE name = ?", (name,)).fetchone() is not None
+    def damaged_index_rows(self) -> list[str]:
+        """One line for each pack index row that disagrees with the packs (what fsck reports).
+
+        Readers find packed things through these rows: a ``reflog_packed`` row tells them a ref has
+        packed history, a ``packed`` row where an object is, ``packs.live`` how many of a pack's
+        members are indexed. A lost or altered row makes a read return less (or raise), so each is
+        checked against what the packs hold: each ref's packed rows (count and highest
+        ``log_sequence``), each pack's indexed members, the ranges of the packs of lines. One read
+        of one moment; a damaged pack is the scan's to name (``reflog_rows``, ``iter_objects``), and
+        only what it cannot explain is reported here.
+        """
+        if not self._has_packs():
+            return []
+        with self._as_stored() as db, self._read_snapshot():
+            return [*self._reflog_count_damage(db), *self._object_index_damage(db),
+                    *self._line_range_damage(db, "reflog"), *self._line_range_damage(db, "log")]
+
+    def _reflog_count_damage(self, db: sqlite3.Connection) -> list[str]:
+        """``reflog_packed`` against the reflog packs: each ref's rows and highest log_sequence."""
+        held: dict[object, list[int]] = {}  # name -> [rows, highest log_sequence (0 if none)]
+        complete = True  # every pack read: a count above what they hold is damage too
+        for first, last in db.execute("SELECT first, last FROM reflog_packs ORDER BY first").fetchall():
+            try:
+                entries = self._reflog_pack(first, last)
+            except DamagedRecord:
+                complete = False  # named by reflog_rows, with the refs whose rows it held
+                continue
+            for e in entries:
+                tally = held.setdefault(e.name if isinstance(e.name, str) else repr(e.name), [0, 0])
+                tally[0] += 1
+                if type(e.log_sequence) is int:
+                    tally[1] = max(tally[1], e.log_sequence)
+        out = []
+        counted = {name: (count, top) for name, count, top in
+                   db.execute("SELECT name, count, max_log_sequence FROM reflog_packed ORDER BY name").fetchall()}
+        for name in sorted(counted.keys() | held.keys(), key=repr):
+            rows, highest = held.get(name, (0, 0))
+            where = f"{self.path}: the reflog packs hold {rows} rows of {name!r}"
+            if name not in counted:
+                out.append(f"{where}, but reflog_packed has no row for it: readers take it to have no packed "
+                           "history and leave those rows out")
+                continue
+            count, top = counted[name]
+            if count != rows and (complete or type(count) is not int or count < rows):
+                out.append(f"{where}, but its reflog_packed row counts {count!r:.40}: readers of its history "
+                           "refuse it")
+            elif top != highest and (complete or type(top) is not int or top < highest):
+                out.append(f"{where}, the highest log_sequence among them {highest}, but its reflog_packed row "
+                           f"says {top!r:.40}: a startup would misjudge which log entries it has applied")
+        return out
+
+    def _object_index_damage(self, db: sqlite3.Connection) -> list[str]:
+        """``packed`` against ``packs``: each pack's live count is the number of index rows naming it
+        (an object whose row is lost reads as missing; rows naming no pack cannot be read)."""
+        live = dict(db.execute("SELECT id, live FROM packs").fetchall())
+        indexed = dict(db.execute("SELECT pack, count(*) FROM packed GROUP BY pack").fetchall())
+        out = []
+        for pack_id in sorted(live.keys() | indexed.keys(), key=repr):
+            rows = indexed.get(pack_id, 0)
+            if pack_id not in live:
+                out.append(f"{self.path}: {rows} packed rows name pack {pack_id!r:.40}, which does not exist: "
+                           "the objects they index cannot be read")
+            elif live[pack_id] != rows:
+                out.append(f"{self.path}: pack {pack_id} counts {live[pack_id]!r:.40} live members, but {rows} "
+                           "packed rows name it: index rows were lost or added (an object whose row is lost "
+                           "reads as missing)")
+        return out
+
+    def _line_range_damage(self, db: sqlite3.Connection, kind: str) -> list[str]:
+        """Packs of lines whose ranges overlap one another, and (for the log) loose rows inside a pack's
+        range: a reader reads each sequence once, from the pack, and would pass over the other silently.
+        (A loose reflog row inside a pack's range is named by ``reflog_rows``.)"""
+        loose, key, _, packs = _LINE_PACKS[kind]
+        what = "log" if kind == "log" else "reflog"
+        out = []
+        previous: tuple[int, int] | None = None
+        for first, last in db.execute(f"SELECT first, last FROM {packs} ORDER BY first").fetchall():
+            if previous is not None and first <= previous[1]:
+                out.append(f"{self.path}: the {what} pack of {first}-{last} overlaps the one of "
+                           f"{previous[0]}-{previous[1]}: readers skip the rows they share")
+            if kind == "log":
+                inside = db.execute(f"SELECT count(*), min({key}) FROM {loose} WHERE {key} BETWEEN ? AND ?",
+                                    (first, last)).fetchone()
+                if inside[0]:
+                    out.append(f"{self.path}: {inside[0]} loose log rows (from {inside[1]}) lie inside the log "
+                               f"pack of {first}-{last}: readers read the pack's lines and pass over them")
+            previous = (first, last) if previous is None or last > previous[1] else previous
+        return out
+
+    def _packed_reflog_count(self, db: sqlite3.Connection, name: str) -> int | None:
+        """How many of ``name``'s reflog rows ``reflog_packed`` says the packs hold, or None if it has
+        no row for it (the caller holds the lock). That row is what tells a reader to read the packs at
+        all, so a reader that uses it also checks it: the count against the rows the packs hold
+        (:meth:`_check_packed_count`), its absence against the loose rows (:meth:`_check_unpacked_reflog`)."""
+        if not self._has_packs():
+            return None
+        row = db.execute("SELECT count FROM reflog_packed WHERE name = ?", (name,)).fetchone()
+        if row is None:
+            return None
+        if type(row[0]) is not int or row[0] < 1:  # packing counts one row at least, and only adds
+            raise DamagedRecord(f"{self.path}: the reflog_packed row of {name!r} counts {row[0]!r:.40} packed rows, "
+                                "not a positive integer: the store is damaged")
+        return row[0]
+
+    def _check_packed_count(self, name: str, counted: int, found: int) -> None:
+        """:class:`DamagedRecord` unless the reflog packs hold ``counted`` rows of ``name`` (``found``)."""
+        if found != counted:
+            raise DamagedRecord(f"{self.path}: the reflog packs hold {found} rows of {name!r}, but its reflog_packed "
+                                f"row counts {counted}: packed rows of it or that count are damaged: "
+                                "the store is damaged")
+
+    def _check_unpacked_reflog(self, db: sqlite3.Connection, name: str) -> None:
+        """:class:`DamagedRecord` if ``name`` has no ``reflog_packed`` row though packed rows of it must
+        exist: its oldest loose row moves it from somewhere (a reflog begins from nothing, and no writer
+        removes a row but packing), or the ref has no loose rows at all. Only where reflog packs exist
+        (else fsck judges the chain); two indexed look-ups, asked only when the first loose row does not
+        begin the reflog, so a read of a sound store pays nothing. Caller holds the lock."""
+        if db.execute("SELECT 1 FROM reflog_packs LIMIT 1").fetchone() is None:
+            return
+        row = db.execute("SELECT seq, old FROM reflog WHERE name = ? ORDER BY seq LIMIT 1", (name,)).fetchone()
+        if row is not None:
+            if row[1] is None:
+                return
+            held = row[1].hex() if isinstance(row[1], bytes) else f"{row[1]!r:.40}"
+            raise DamagedRecord(f"{self.path}: the oldest loose reflog row of {name!r} (seq {row[0]}) moves it from "
+                                f"{held}, but reflog_packed counts no packed rows of it: its reflog_packed row, or "
+                                "its older rows, are missing: the store is damaged")
+        if db.execute("SELECT 1 FROM refs WHERE name = ?", (name,)).fetchone() is not None:
+            raise DamagedRecord(f"{self.path}: ref {name!r} has no loose reflog rows and reflog_packed counts no "
+                                "packed rows of it: its reflog_packed row, or its history, is missing: "
+                                "the store is damaged")
 
     def newest_log_sequences(self, names: Iterable[str]) -> dict[str, int]:
         wanted = list(names)
@@ -1021,12 +1167,17 @@ class SqliteBackend(Backend):
                                             f"is {value!r:.40}, not a non-negative integer: the store is damaged")
                     out[name] = max(out[name], top)
             if self._has_packs():
+                counted = set()
                 for name, top in db.execute("SELECT name, max_log_sequence FROM reflog_packed").fetchall():
                     if name in out:
                         if type(top) is not int:
                             raise DamagedRecord(f"{self.path}: the reflog_packed row of {name!r} holds "
                                                 f"max_log_sequence {top!r:.40}, not an integer: the store is damaged")
                         out[name] = max(out[name], top)
+                        counted.add(name)
+                for name in wanted:  # no reflog_packed row: only if no packed rows of it can exist
+                    if name not in counted:
+                        self._check_unpacked_reflog(db, name)
         return out
 
     def _reflog_pack(self, first: int, last: int) -> list[ReflogEntry]:
@@ -1323,7 +1474,8 @@ class SqliteBackend(Backend):
             try:
                 return decode_lines(data, first, last)
             except (ValueError, UnicodeDecodeError, TypeError) as exc:  # TypeError: data that is not bytes
-                raise LogError(f"{self.path}: log entries {first}-{last} are damaged: {exc}", first) from None
+                raise DamagedLogPack(f"{self.path}: log entries {first}-{last} are damaged: {exc}", first, last
+                                     ) from None
 
         return self._line_pack(self._log_pack_cache, 8, "ozolith_packs", first, last, parse)
 
