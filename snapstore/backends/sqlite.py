@@ -1137,8 +1137,8 @@ class SqliteBackend(Backend):
         removes a row but packing), or the ref has no loose rows at all. Only where reflog packs exist
         (else fsck judges the chain); two indexed look-ups, asked only when the first loose row does not
         begin the reflog, so a read of a sound store pays nothing. Caller holds the lock."""
-        if db.execute("SELECT 1 FROM reflog_packs LIMIT 1").fetchone() is None:
-            return
+        if not self._has_packs() or db.execute("SELECT 1 FROM reflog_packs LIMIT 1").fetchone() is None:
+            return  # a store never packed has no pack tables
         row = db.execute("SELECT seq, old FROM reflog WHERE name = ? ORDER BY seq LIMIT 1", (name,)).fetchone()
         if row is not None:
             if row[1] is None:
