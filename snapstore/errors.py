@@ -83,6 +83,19 @@ class BackendError(SnapstoreError, OSError):
     """The storage engine failed (I/O error, full disk, lost connection)."""
 
 
+class CommitOutcomeUnknown(BackendError):
+    """A write's connection was lost during COMMIT and the server could not be asked whether it committed.
+
+    The write may be durable or not: a caller must look (the message says how)
+    before writing it again, or it may apply it twice. ``xid`` is the server's
+    transaction id.
+    """
+
+    def __init__(self, message: str, xid: str | None = None) -> None:
+        self.xid = xid
+        super().__init__(message)
+
+
 class DamagedRecord(BackendError):
     """A row of the store holds what its column never holds (a ref naming text, say): damage, named."""
 

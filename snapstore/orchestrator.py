@@ -31,7 +31,7 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-from .errors import InvalidInput, RefConflict
+from .errors import CommitOutcomeUnknown, InvalidInput, RefConflict
 from .merge import MergeConflict
 from .objects import Event, LogLink
 from .ozolith.entry import ACTORS
@@ -305,9 +305,11 @@ class ConversationOrchestrator:
                 allow_empty=True, before_ref=before_ref,
             )
         except BaseException as exc:
-            if appended:
+            if appended and not isinstance(exc, CommitOutcomeUnknown):
                 # The entry is in the log but the ref never moved: the
-                # operation failed, so the log must say it was voided.
+                # operation failed, so the log must say it was voided. (Not when the
+                # store could not say whether the ref moved: a start's recovery then
+                # finds the entry applied, or rolls it forward, as after a crash.)
                 self._pending_voids.append((appended[0], context_id, f"{type(exc).__name__}: {exc}"))
                 try:
                     self._write_pending_voids()

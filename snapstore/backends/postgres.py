@@ -46,6 +46,9 @@ and meta keys in name order, so two writers sharing objects cannot deadlock.
 One connection per backend, in autocommit mode so that reads never hold a
 transaction open; writes and migrations run in explicit transaction blocks. A
 connection lost while idle is reopened on next use.
+A connection lost during COMMIT is settled by asking the server (by the
+transaction id learnt just before COMMIT) whether it committed: see
+``PostgresBackend._transaction``; PostgreSQL 13 or newer.
 """
 
 from __future__ import annotations
@@ -59,7 +62,9 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from urllib.parse import parse_qsl, unquote, urlsplit
 
-from ..errors import BackendError, FormatError, InvalidInput, LogError, RefConflict, StoreExists, StoreNotFound
+from ..errors import (
+    BackendError, CommitOutcomeUnknown, FormatError, InvalidInput, LogError, RefConflict, StoreExists, StoreNotFound,
+)
 from ..location import redact, register_url_backend
 from ..objects import ObjectId
 from .base import (
@@ -154,6 +159,18 @@ _VERSION_TABLE = """CREATE TABLE IF NOT EXISTS snapstore_schema_version (
 _BATCH = 1000
 # Deadlocks should not happen (rows are locked in a fixed order); retry them anyway.
 _TRANSACTION_ATTEMPTS = 4
+# A connection lost during COMMIT (see PostgresBackend._transaction): the transaction's id, asked
+# just before COMMIT (NULL if it wrote nothing); from a new connection, its session if still alive
+# (ended: a COMMIT it received completes first, anything else rolls back) and then its fate.
+# pg_current_xact_id and pg_xact_status came with PostgreSQL 13.
+_TRANSACTION_ID = "SELECT pg_current_xact_id_if_assigned()::text"
+_END_SESSION = (
+    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid = %s AND backend_xid = %s::xid8::xid"
+)
+_XACT_STATUS = "SELECT pg_xact_status(%s::xid8)"
+_COMMITTED, _ABORTED = "committed", "aborted"
+_SETTLE_SECONDS = 10.0
+_MIN_SERVER_VERSION = 130000
 _NOW = """to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')"""
 
 _INSERT_OBJECTS = (
@@ -190,6 +207,14 @@ def _raw(oid: str | None) -> bytes | None:
 
 def _hex(raw: bytes | None) -> ObjectId | None:
     return None if raw is None else ObjectId(bytes(raw).hex())
+
+
+def _transaction_id(cur: psycopg.Cursor) -> str | None:
+    """The open transaction's id (decimal), or None if it wrote nothing: asked before COMMIT, so that
+    a COMMIT whose answer never comes can be settled afterwards (one statement, no new id assigned)."""
+    cur.execute(_TRANSACTION_ID)
+    row = cur.fetchone()
+    return row[0] if row else None
 
 
 def _like_prefix(prefix: str) -> str:
@@ -321,34 +346,83 @@ class PostgresBackend(Backend):
         """Run ``work`` in one transaction, retrying deadlocks and connections lost before COMMIT.
 
         :class:`RefConflict` and other snapstore errors raised by ``work`` roll the
-        transaction back and propagate.
+        transaction back and propagate. A connection lost while COMMIT was
+        awaiting its answer is settled by asking the server what became of the
+        transaction (:meth:`_settle`): committed is success, rolled back is done
+        again like a loss before COMMIT, and only an outcome that cannot be
+        learnt is :class:`CommitOutcomeUnknown` - never a success reported as a
+        failure, nor a write applied twice by a blind retry.
         """
         with self._lock:
             for attempt in range(_TRANSACTION_ATTEMPTS):
                 last = attempt == _TRANSACTION_ATTEMPTS - 1
                 conn = self._live()
-                committing = False
+                pid = conn.info.backend_pid
+                xid: list[str | None] = []  # holds the transaction's id once COMMIT is about to be sent
                 try:
                     with conn.transaction(), conn.cursor(binary=True) as cur:
                         result = work(cur)
-                        committing = True
+                        xid.append(_transaction_id(cur))
                     return result
                 except (pg_errors.DeadlockDetected, pg_errors.SerializationFailure) as exc:
                     if last:
                         raise self._error(exc) from None
                     time.sleep(0.01 * 2**attempt)
                 except psycopg.OperationalError as exc:
-                    if not conn.broken or last:
+                    if not conn.broken:
                         raise self._error(exc) from None
-                    if committing:
-                        raise BackendError(
-                            f"{self.description}: lost the connection while committing; "
-                            "the write may or may not have been applied"
-                        ) from None
-                    # Lost before COMMIT was sent: the server rolled it back; do it again.
+                    if xid and self._settle(xid[0], pid) == _COMMITTED:
+                        return result
+                    if last:
+                        raise (self._lost_commit_rolled_back() if xid else self._error(exc)) from None
+                    # Lost before COMMIT was sent, or the server rolled it back: nothing was applied; do it again.
                 except psycopg.Error as exc:
                     raise self._error(exc) from None
         raise AssertionError("unreachable")
+
+    def _settle(self, xid: str | None, pid: int) -> str:
+        """What became of transaction ``xid`` (of server session ``pid``) whose COMMIT got no answer:
+        ``committed`` or ``aborted``; :class:`CommitOutcomeUnknown` if that cannot be learnt.
+
+        A transaction that wrote nothing (``xid`` None) had nothing to lose. The
+        old session may still be alive on the server: still committing, or idle
+        on a half-open connection it may not see closed for hours (holding the
+        ref's row lock). Ending it settles the transaction - a COMMIT it had
+        received completes first - so the answer is final, and once the session
+        is gone every later read sees a committed write.
+        """
+        if xid is None:
+            return _COMMITTED
+        deadline = time.monotonic() + _SETTLE_SECONDS
+        try:
+            conn = self._live()  # a fresh connection
+            while conn.execute(_END_SESSION, (pid, xid)).fetchone() is not None:
+                if time.monotonic() > deadline:
+                    raise self._outcome_unknown(xid, f"its session {pid} did not end within {_SETTLE_SECONDS:g} s")
+                time.sleep(0.005)
+            (status,) = conn.execute(_XACT_STATUS, (xid,)).fetchone()
+        except psycopg.Error as exc:
+            raise self._outcome_unknown(xid, " ".join(self._scrub(str(exc)).split())) from None
+        except CommitOutcomeUnknown:
+            raise
+        except BackendError as exc:  # no new connection
+            raise self._outcome_unknown(xid, str(exc)) from None
+        if status not in (_COMMITTED, _ABORTED):
+            raise self._outcome_unknown(xid, f"the server says {status or 'nothing'} of it")
+        return status
+
+    def _outcome_unknown(self, xid: str, why: str) -> CommitOutcomeUnknown:
+        return CommitOutcomeUnknown(
+            f"{self.description}: lost the connection while committing, and could not learn whether the "
+            f"write was applied ({why}); before writing again, look: SELECT pg_xact_status('{xid}') says "
+            "committed or aborted", xid,
+        )
+
+    def _lost_commit_rolled_back(self) -> BackendError:
+        return BackendError(
+            f"{self.description}: lost the connection while committing, {_TRANSACTION_ATTEMPTS} times; "
+            "the server rolled each back: nothing was applied"
+        )
 
     # -- schema ------------------------------------------------------------
 
@@ -395,6 +469,11 @@ class PostgresBackend(Backend):
         return applied
 
     def _open_store(self, create: bool, meta: Mapping[str, str] | None = None) -> None:
+        version = self._live().info.server_version
+        if version < _MIN_SERVER_VERSION:
+            # Writes settle a lost COMMIT with functions of PostgreSQL 13 (see _transaction).
+            raise BackendError(f"{self.description}: the server runs PostgreSQL {version // 10000}; "
+                               "snapstore needs 13 or newer")
         if not create and self._schema_version() is None:
             raise StoreNotFound(f"no snapstore store in {self.description} (create one with `snap init`)")
         self.migrate()
