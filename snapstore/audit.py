@@ -13,10 +13,32 @@ raised, say on a full disk) is voided by a later ``correction`` entry whose
 payload says ``{"snapstore": {"void": <sequence>}}``: replay, verify and
 roll-forward skip voided entries, and the log itself is never edited. An entry whose snapshot's objects are missing cannot be rolled
 forward: it is reported, and the caller chooses replay, discard or export.
+
+How much of the log a start reads (:func:`scan_log`). An entry can be
+pending only where its append and its ref move are separate writes, so the
+bound depends on the log:
+
+- **the log kept in the store** (:class:`~snapstore.storelog.StoreLog`): an
+  orchestrator's linked entry is committed in the very transaction that moves
+  its ref (``Repository.commit_staged(audit=...)``), and the store log appends
+  nothing linked on its own (:meth:`StoreLog.append` refuses it). No linked
+  entry is ever pending; only entries newer than the newest link of *any*
+  conversation are read (entries committed by another replica since the
+  reflogs were read, checked again by :func:`_not_applied_since`).
+- **an OZOLITH file**: the entry is appended before the ref moves, a failed
+  operation's void is a later entry, and replicas sharing the file interleave,
+  so the newest link of one conversation says nothing of another's entries.
+  A repairing start records how far it settled the log (meta
+  ``startup/log_checked``: the sequence and hash of an entry such that every
+  linked entry up to it was applied, voided or discarded), written after its
+  roll-forward; the next start reads only past it. The hash ties the mark to
+  this log: a file that does not hold that entry (behind, or another log) is
+  read from the oldest conversation's newest link, as before.
 """
 
 from __future__ import annotations
 
+import json
 import threading
 from dataclasses import dataclass
 from typing import Any
@@ -27,8 +49,11 @@ from .objects import ObjectId, Snapshot
 from .ozolith import LogEntry, OzolithLog
 from .refs import ref_name, validate_conversation_id
 from .repository import Repository
+from .storelog import StoreLog
 
 LINK_KEY = "snapstore"
+# How far a repairing start settled an OZOLITH file: JSON {"sequence": N, "entry_hash": H} (see the module doc).
+CHECKED_KEY = "startup/log_checked"
 
 
 class LinkedLog:
@@ -95,19 +120,34 @@ def linked_sequences(repo: Repository) -> dict[str, int]:
     return newest
 
 
-def pending_entries(repo: Repository, log: OzolithLog, skip: frozenset[int] = frozenset(),
+@dataclass(frozen=True)
+class LogScan:
+    """What a start read of the log: the entries past its bound, and those of them still pending."""
+
+    read: tuple[LogEntry, ...]
+    pending: tuple[tuple[LogEntry, dict[str, Any]], ...]
+    # Why the recorded mark (CHECKED_KEY) was not used, for the start's report; None if it was, or there is none.
+    note: str | None = None
+
+
+def pending_entries(repo: Repository, log: OzolithLog | StoreLog, skip: frozenset[int] = frozenset(),
                     newest: dict[str, int] | None = None) -> list[tuple[LogEntry, dict[str, Any]]]:
     """Linked entries newer than what the store's reflogs record, oldest first (but those in ``skip``).
 
     ``newest``: :func:`linked_sequences` if the caller has read it already (a start reads it once).
     """
+    return list(scan_log(repo, log, skip, newest).pending)
+
+
+def scan_log(repo: Repository, log: OzolithLog | StoreLog, skip: frozenset[int] = frozenset(),
+             newest: dict[str, int] | None = None) -> LogScan:
+    """Read the log past the bound no pending entry can be below (module doc), and pick out the pending ones."""
     if newest is None:
         newest = linked_sequences(repo)
-    floor = min(newest.values(), default=0)
-    recent = list(log.entries_after(floor))  # both kinds of log read only what is newer
+    recent, note = _entries_past_bound(repo, log, newest)
     voided = voided_sequences(recent)
     # Conversations renamed or deleted since: their reflogs remain and say what was applied, so an
-    # entry of theirs is pending only if it is newer than those rows (never by the chance of ``floor``).
+    # entry of theirs is pending only if it is newer than those rows (never by the chance of the bound).
     gone: dict[str, str] = {}
     for entry in recent:
         link = link_of(entry)
@@ -130,7 +170,57 @@ def pending_entries(repo: Repository, log: OzolithLog, skip: frozenset[int] = fr
         conv = str(link.get("conversation"))
         if entry.sequence > newest.get(conv, 0):
             out.append((entry, link))
-    return _not_applied_since(repo, out) if out else out
+    return LogScan(tuple(recent), tuple(_not_applied_since(repo, out) if out else out), note)
+
+
+def _entries_past_bound(repo: Repository, log: OzolithLog | StoreLog,
+                        newest: dict[str, int]) -> tuple[list[LogEntry], str | None]:
+    """The entries a pending one could be among, oldest first, and why a recorded mark was not used (or None)."""
+    if isinstance(log, StoreLog):
+        # Entry and ref move commit together: everything up to the newest link of any conversation is applied.
+        return list(log.entries_after(max(newest.values(), default=0))), None
+    floor = min(newest.values(), default=0)  # without a mark: the oldest conversation's newest link
+    mark, note = _recorded_mark(repo)
+    if mark is not None and mark[0] > floor:
+        read = list(log.entries_after(mark[0] - 1))  # from the marked entry, to check it is this log's
+        if read and read[0].sequence == mark[0] and read[0].entry_hash == mark[1]:
+            return read[1:], None
+        note = (f"the log holds no entry {mark[0]} with the hash a start recorded ({mark[1][:12]}): "
+                f"read it from entry {floor + 1}")
+    return list(log.entries_after(floor)), note
+
+
+def _recorded_mark(repo: Repository) -> tuple[tuple[int, str] | None, str | None]:
+    """``((sequence, entry_hash), None)`` from meta CHECKED_KEY; ``(None, why)`` if it is damaged; or nothing."""
+    raw = repo.backend.get_meta(CHECKED_KEY)
+    if raw is None:
+        return None, None
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        value = None
+    sequence = value.get("sequence") if isinstance(value, dict) else None
+    entry_hash = value.get("entry_hash") if isinstance(value, dict) else None
+    if type(sequence) is not int or sequence < 1 or not isinstance(entry_hash, str):
+        return None, (f"meta {CHECKED_KEY} is damaged ({raw[:40]!r}): the log was read from the oldest "
+                      "conversation's newest link, and the next start records it again")
+    return (sequence, entry_hash), None
+
+
+def settled_mark(scan: LogScan, recoveries: list[Recovery]) -> str | None:
+    """The CHECKED_KEY value a start may record after rolling ``scan`` forward (``recoveries``), or None.
+
+    The newest entry read below the oldest entry left unresolved (missing
+    objects, diverged): every linked entry up to it is now applied, voided or
+    discarded. An unresolved entry is read again by every start until the
+    caller replays or discards it. Entries appended since the read are past
+    the mark, whoever appended them.
+    """
+    unresolved = min((r.sequence for r in recoveries if r.action != "rolled-forward"), default=None)
+    settled = [e for e in scan.read if unresolved is None or e.sequence < unresolved]
+    if not settled:
+        return None
+    return json.dumps({"sequence": settled[-1].sequence, "entry_hash": settled[-1].entry_hash})
 
 
 def _not_applied_since(repo: Repository, candidates: list[tuple[LogEntry, dict[str, Any]]]
@@ -159,11 +249,16 @@ def _continues(parent: Any) -> str:
     return "starts its conversation" if parent is None else f"continues {str(parent)[:12]}"
 
 
-def roll_forward(repo: Repository, log: OzolithLog, skip: frozenset[int] = frozenset(),
-                 newest: dict[str, int] | None = None) -> list[Recovery]:
-    """Move refs forward to snapshots that logged entries name but no ref reached (but entries in ``skip``)."""
+def roll_forward(repo: Repository, log: OzolithLog | StoreLog, skip: frozenset[int] = frozenset(),
+                 newest: dict[str, int] | None = None, scan: LogScan | None = None) -> list[Recovery]:
+    """Move refs forward to snapshots that logged entries name but no ref reached (but entries in ``skip``).
+
+    ``scan``: :func:`scan_log`'s answer if the caller has read it already.
+    """
     results: list[Recovery] = []
-    for entry, link in pending_entries(repo, log, skip, newest):
+    if scan is None:
+        scan = scan_log(repo, log, skip, newest)
+    for entry, link in scan.pending:
         snapshot = ObjectId(link["snapshot"])
         try:
             conv = validate_conversation_id(link.get("conversation"))

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .audit import LinkedLog, Recovery, linked_sequences, pending_entries, roll_forward
+from .audit import CHECKED_KEY, LinkedLog, Recovery, linked_sequences, roll_forward, scan_log, settled_mark
 from .errors import InvalidInput, LogError, SnapstoreError, StoreExists, StoreNotFound
 from .orchestrator import ConversationOrchestrator
 from .packing import shutdown_pack
@@ -75,6 +75,9 @@ class StartupReport:
     log_behind: str | None = None
     # Presence keys of sessions that ended without a clean close (named in ``checks``).
     dead_sessions: tuple[str, ...] = ()
+    # With ``repair`` and an OZOLITH file: the meta value (audit.CHECKED_KEY) saying how far this start
+    # settled the log, for the Session to record; None to leave the recorded one.
+    log_checked: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -161,6 +164,7 @@ def inspect(repo: Repository, log: OzolithLog | StoreLog | None = None, *, conve
     problems: list[str] = []
     unreadable: list[str] = []
     behind: str | None = None
+    checked: str | None = None
     if log is not None:
         discarded = discarded_sequences(repo)
         if discarded:
@@ -168,8 +172,13 @@ def inspect(repo: Repository, log: OzolithLog | StoreLog | None = None, *, conve
                           f"(newest {max(discarded)})")
         try:
             newest: dict[str, int] | None = linked_sequences(repo)  # read once for both checks below
+            cut = _cut_torn_tail(log) if repair else []
+            scan = scan_log(repo, log, discarded, newest)
+            if scan.note is not None:
+                checks.append(scan.note)
             if repair:
-                recoveries = _cut_torn_tail(log) + roll_forward(repo, log, discarded, newest)
+                rolled = roll_forward(repo, log, discarded, newest, scan)
+                recoveries = cut + rolled
                 if any(r.action == "rolled-forward" for r in recoveries):
                     newest = None  # refs moved: log_behind reads the reflogs again
             else:
@@ -177,11 +186,13 @@ def inspect(repo: Repository, log: OzolithLog | StoreLog | None = None, *, conve
                     Recovery(e.sequence, str(link.get("conversation")), str(link.get("snapshot")), "pending",
                              f"log entry {e.sequence} names snapshot {str(link.get('snapshot'))[:12]}, "
                              "which no ref reaches yet")
-                    for e, link in pending_entries(repo, log, discarded, newest)
+                    for e, link in scan.pending
                 ]
             behind = log_behind(repo, log, newest)
             if behind is not None:
                 unreadable.append(behind)
+            elif repair and isinstance(log, OzolithLog):
+                checked = settled_mark(scan, rolled)
         except LogError as exc:
             # An unparsable line among the newest (or, without ``repair``, a torn tail a start would
             # cut): the entries cannot be matched to the store. Start anyway so the caller sees why;
@@ -220,7 +231,7 @@ def inspect(repo: Repository, log: OzolithLog | StoreLog | None = None, *, conve
     else:
         status = RecoveryStatus.AUDIT_RECOMMENDED
     return StartupReport(status, target, focus, infos, tuple(recoveries), tuple(problems), tuple(checks),
-                         log_behind=behind, dead_sessions=tuple(dead))
+                         log_behind=behind, dead_sessions=tuple(dead), log_checked=checked)
 
 
 def _describe_session(repo: Repository, key: str) -> str:
@@ -387,9 +398,12 @@ class Session:
                 self._audit.refused = self.report.log_behind
             started = utc_now()
             # The sessions that ended badly are reported (above) and forgotten; this one is announced.
+            # With it, how far this start settled the OZOLITH file (after its roll-forward, so a crash
+            # before this write leaves the older mark: the next start reads more, never less).
+            checked = {} if self.report.log_checked is None else {CHECKED_KEY: self.report.log_checked}
             self.repo.backend.write(meta={CLEAN_SHUTDOWN_KEY: None, SESSION_STARTED_KEY: started,
                                           **self.presence.announce_meta(started),
-                                          **dict.fromkeys(self.report.dead_sessions)})
+                                          **dict.fromkeys(self.report.dead_sessions), **checked})
         except BaseException:
             self.presence.release()
             self.repo.close()

@@ -232,7 +232,17 @@ class StoreLog(EntryQueries):
 
     def append(self, event_type: str | EventType, context_id: str, actor: str,
                payload: Mapping[str, Any]) -> LogEntry:
-        """Append one entry on its own (durable when this returns) and return it."""
+        """Append one entry on its own (durable when this returns) and return it.
+
+        Not an entry naming a snapshot (a ``snapstore`` link): that one rides in the write that moves its
+        ref (:meth:`prepare`), and a start reads the log only past the newest link of any conversation,
+        trusting that no linked entry here waits for its ref (:mod:`snapstore.audit`).
+        """
+        link = payload.get("snapstore") if isinstance(payload, Mapping) else None
+        if isinstance(link, Mapping) and isinstance(link.get("snapshot"), str):
+            raise InvalidInput(f"not appending to {self.where} on its own: an entry naming snapshot "
+                               f"{str(link['snapshot'])[:12]} is committed with its ref move "
+                               "(Repository.commit_staged(audit=...))")
         appended = self.backend.write(append=self.prepare(event_type, context_id, actor, payload))
         assert appended is not None
         self._written(appended)
