@@ -509,11 +509,16 @@ def test_a_deleted_reflog_packed_row_is_found_and_readers_refuse_the_history(sna
     assert [p["kind"] for p in problems] == ["index-mismatch"], problems
     line = one_line_error(snap("log", CONV))  # was: the newest row alone, exit 0
     assert "reflog_packed" in line and REF in line, line
-    repo = Repository.open(snap.location)
+    _readers_refuse(snap.location, rf"{REF}.*reflog_packed", lambda b: b.reflog(REF),
+                    lambda b: b.reflog_newest(REF, 5), lambda b: b.newest_log_sequences([REF]))
+
+
+def _readers_refuse(location: str, pattern: str, *reads) -> None:
+    """Each of ``reads`` (a function of the store's backend) raises DamagedRecord matching ``pattern``."""
+    repo = Repository.open(location)
     try:
-        for read in (lambda b: b.reflog(REF), lambda b: b.reflog_newest(REF, 5),
-                     lambda b: b.newest_log_sequences([REF])):
-            with pytest.raises(DamagedRecord, match=rf"{REF}.*reflog_packed"):
+        for read in reads:
+            with pytest.raises(DamagedRecord, match=pattern):
                 read(repo.backend)
     finally:
         repo.close()
@@ -527,11 +532,10 @@ def test_an_altered_reflog_packed_count_is_found_and_readers_refuse_the_history(
     repo = Repository.open(snap.location)
     try:
         assert len(repo.backend.reflog_newest(REF, 3)) == 3  # the newest rows are read correctly
-        for read in (lambda b: b.reflog(REF), lambda b: b.reflog_newest(REF, 50)):
-            with pytest.raises(DamagedRecord, match=rf"hold 11 rows of '{REF}', but its reflog_packed row counts 12"):
-                read(repo.backend)
     finally:
         repo.close()
+    _readers_refuse(snap.location, rf"hold 11 rows of '{REF}', but its reflog_packed row counts 12",
+                    lambda b: b.reflog(REF), lambda b: b.reflog_newest(REF, 50))
 
 
 def test_an_altered_reflog_packed_log_sequence_is_found(snap):

@@ -15,6 +15,7 @@ import contextlib
 import socket
 import struct
 import threading
+import time
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
@@ -169,6 +170,27 @@ def _exchanges(orchestrator, context: str) -> list[str]:
     return [x["user"] for x in orchestrator.get_context(context)["local_memory"]]
 
 
+def _settled_status(direct: str, xid: str) -> str:
+    """pg_xact_status of ``xid`` once the server has finished with it: the relay cut the connection right
+    after relaying COMMIT, so the server may still be committing when this asks ("in progress")."""
+    deadline = time.monotonic() + 10
+    with psycopg.connect(direct, autocommit=True) as conn:
+        while True:
+            (status,) = conn.execute("SELECT pg_xact_status(%s::xid8)", (xid,)).fetchone()
+            if status != "in progress" or time.monotonic() > deadline:
+                return status
+            time.sleep(0.005)
+
+
+def _assert_stored_once(direct: str, orchestrator, root: str) -> None:
+    """The "question" exchange is stored once (one log entry, one ref move) and the tree is the store's head."""
+    head, reflog, events = _stored(direct)
+    assert orchestrator.head == head
+    assert _exchanges(orchestrator, root) == ["question"]
+    assert events == ["context_created", "exchange"]
+    assert len(reflog) == 2
+
+
 def test_a_commit_whose_answer_is_lost_is_reported_committed(stores):
     """The server commits, the answer never comes: the caller is told success (it happened, once),
     and the orchestrator's tree is the store's head."""
@@ -179,11 +201,7 @@ def test_a_commit_whose_answer_is_lost_is_reported_committed(stores):
         cutter.cut("after")
         orch.add_exchange(root, "question", "answer")
         assert cutter.cut_count == 1
-        head, reflog, events = _stored(direct)
-        assert orch.head == head
-        assert _exchanges(orch, root) == ["question"]
-        assert events == ["context_created", "exchange"]
-        assert len(reflog) == 2
+        _assert_stored_once(direct, orch, root)
         orch.add_exchange(root, "next", "ok")  # the next operation builds on it
         assert _exchanges(orch, root) == ["question", "next"]
         assert _stored(direct)[2] == ["context_created", "exchange", "exchange"]
@@ -199,11 +217,7 @@ def test_a_commit_the_server_rolled_back_is_done_again(stores):
         cutter.cut("before")
         orch.add_exchange(root, "question", "answer")
         assert cutter.cut_count == 1
-        head, reflog, events = _stored(direct)
-        assert orch.head == head
-        assert _exchanges(orch, root) == ["question"]
-        assert events == ["context_created", "exchange"]
-        assert len(reflog) == 2
+        _assert_stored_once(direct, orch, root)
 
 
 def test_commits_the_server_keeps_rolling_back_are_a_clean_failure(stores):
@@ -226,11 +240,7 @@ def test_commits_the_server_keeps_rolling_back_are_a_clean_failure(stores):
         assert _exchanges(orch, root) == []
         cutter.cut("before", times=0)
         orch.add_exchange(root, "question", "answer")  # the caller's retry
-        head, reflog, events = _stored(direct)
-        assert orch.head == head
-        assert _exchanges(orch, root) == ["question"]
-        assert events == ["context_created", "exchange"]
-        assert len(reflog) == 2
+        _assert_stored_once(direct, orch, root)
 
 
 def test_a_commit_whose_outcome_cannot_be_learnt_says_so_and_the_next_operation_adopts_it(stores):
@@ -248,8 +258,7 @@ def test_a_commit_whose_outcome_cannot_be_learnt_says_so_and_the_next_operation_
                            r".*pg_xact_status\('\d+'\)") as caught:
             orch.add_exchange(root, "question", "answer")
         assert "\n" not in str(caught.value)
-        with psycopg.connect(direct) as conn:  # the way the message says to look
-            assert conn.execute("SELECT pg_xact_status(%s::xid8)", (caught.value.xid,)).fetchone()[0] == "committed"
+        assert _settled_status(direct, caught.value.xid) == "committed"  # the way the message says to look
         head, _, events = _stored(direct)
         assert events == ["context_created", "exchange"]
         assert orch.head == old_head != head
