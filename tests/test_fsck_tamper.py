@@ -541,7 +541,7 @@ def test_an_altered_reflog_packed_count_is_found_and_readers_refuse_the_history(
 def test_an_altered_reflog_packed_log_sequence_is_found(snap):
     assert snap("pack", "--keep", "0").exit_code == 0
     sql(snap.db, "UPDATE reflog_packed SET max_log_sequence = 3 WHERE name = ?", REF)
-    problems = fsck_fails(snap, rf"highest log_sequence among them 11, but its reflog_packed row says 3")
+    problems = fsck_fails(snap, r"highest log_sequence among them 11, but its reflog_packed row says 3")
     assert [p["kind"] for p in problems] == ["index-mismatch"], problems
 
 

@@ -191,33 +191,23 @@ def _assert_stored_once(direct: str, orchestrator, root: str) -> None:
     assert len(reflog) == 2
 
 
-def test_a_commit_whose_answer_is_lost_is_reported_committed(stores):
-    """The server commits, the answer never comes: the caller is told success (it happened, once),
-    and the orchestrator's tree is the store's head."""
+@pytest.mark.parametrize("cut", ["after", "before"])
+def test_a_lost_commit_is_settled_and_stored_once(stores, cut):
+    """``after``: the server commits, the answer never comes: the caller is told success (it happened,
+    once). ``before``: the connection drops before the server reads COMMIT, so it rolls back; the write,
+    known not applied, is done again on a new connection. Either way the caller sees one operation,
+    stored once, the orchestrator's tree is the store's head, and the next operation builds on it."""
     direct, relayed, cutter = stores
     with Session(relayed, log_in_store=True) as session:
         orch = session.start_new("c", "root")
         root = orch.active_context_id
-        cutter.cut("after")
+        cutter.cut(cut)
         orch.add_exchange(root, "question", "answer")
         assert cutter.cut_count == 1
         _assert_stored_once(direct, orch, root)
-        orch.add_exchange(root, "next", "ok")  # the next operation builds on it
+        orch.add_exchange(root, "next", "ok")
         assert _exchanges(orch, root) == ["question", "next"]
         assert _stored(direct)[2] == ["context_created", "exchange", "exchange"]
-
-
-def test_a_commit_the_server_rolled_back_is_done_again(stores):
-    """The connection drops before the server reads COMMIT: it rolls back; the write, known not applied,
-    is done again on a new connection, and the caller sees one operation, stored once."""
-    direct, relayed, cutter = stores
-    with Session(relayed, log_in_store=True) as session:
-        orch = session.start_new("c", "root")
-        root = orch.active_context_id
-        cutter.cut("before")
-        orch.add_exchange(root, "question", "answer")
-        assert cutter.cut_count == 1
-        _assert_stored_once(direct, orch, root)
 
 
 def test_commits_the_server_keeps_rolling_back_are_a_clean_failure(stores):
