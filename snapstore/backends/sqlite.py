@@ -1137,8 +1137,16 @@ class SqliteBackend(Backend):
         removes a row but packing), or the ref has no loose rows at all. Only where reflog packs exist
         (else fsck judges the chain); two indexed look-ups, asked only when the first loose row does not
         begin the reflog, so a read of a sound store pays nothing. Caller holds the lock."""
-        if not self._has_packs() or db.execute("SELECT 1 FROM reflog_packs LIMIT 1").fetchone() is None:
-            return  # a store never packed has no pack tables
+        if self._reflog_packs_exist(db):
+            self._check_reflog_begins(db, name)
+
+    def _reflog_packs_exist(self, db: sqlite3.Connection) -> bool:
+        """Whether any reflog pack exists (a store never packed has no pack tables); caller holds the lock."""
+        return self._has_packs() and db.execute("SELECT 1 FROM reflog_packs LIMIT 1").fetchone() is not None
+
+    def _check_reflog_begins(self, db: sqlite3.Connection, name: str) -> None:
+        """:meth:`_check_unpacked_reflog` where reflog packs exist: the oldest loose row of ``name`` begins
+        its reflog, and a ref has rows."""
         row = db.execute("SELECT seq, old FROM reflog WHERE name = ? ORDER BY seq LIMIT 1", (name,)).fetchone()
         if row is not None:
             if row[1] is None:
@@ -1175,9 +1183,10 @@ class SqliteBackend(Backend):
                                                 f"max_log_sequence {top!r:.40}, not an integer: the store is damaged")
                         out[name] = max(out[name], top)
                         counted.add(name)
-                for name in wanted:  # no reflog_packed row: only if no packed rows of it can exist
-                    if name not in counted:
-                        self._check_unpacked_reflog(db, name)
+                if self._reflog_packs_exist(db):  # asked once for every name
+                    for name in out:  # no reflog_packed row: only if no packed rows of it can exist
+                        if name not in counted:
+                            self._check_reflog_begins(db, name)
         return out
 
     def _reflog_pack(self, first: int, last: int) -> list[ReflogEntry]:
