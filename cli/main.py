@@ -19,6 +19,8 @@ from snapstore.errors import InvalidInput, SnapstoreError
 from snapstore.location import default_location, redact
 from snapstore.repository import Repository
 
+from .render import safe
+
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 
@@ -36,22 +38,11 @@ def _clip(match: re.Match[str]) -> str:
     return f"{text[:ECHO_LIMIT]}...({len(text)} characters)...{text[-ECHO_LIMIT // 2:]}"
 
 
-def _escape_controls(text: str) -> str:
-    """``text`` with control characters (and lone surrogates) as escapes: ``\\x1b``, ``\\t``, ``\\ud800``.
-
-    An error message echoes what it was given (a path, a revision, a line of a
-    log): escaped, it cannot drive the terminal, as stored data cannot.
-    """
-    if text.isprintable():
-        return text
-    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
-
-
 def one_line(text: str) -> str:
     """Collapse a message to one line, with long echoed input (a 5,000-digit number, say) cut short
     and control characters escaped."""
     line = "; ".join(part.strip() for part in str(text).splitlines() if part.strip()) or "error"
-    return _LONG.sub(_clip, _escape_controls(line))
+    return _LONG.sub(_clip, safe(line))  # echoed input escaped, as stored data is
 
 
 def check_location(location: str) -> str:
@@ -211,7 +202,7 @@ def cli(ctx: click.Context, store: str | None) -> None:
 
 def describe_location(location: str) -> str:
     """A store location as a note names it: any password redacted, control characters escaped."""
-    return _escape_controls(redact(location))
+    return safe(redact(location))
 
 
 def main() -> None:
