@@ -27,7 +27,7 @@ from contextlib import AbstractContextManager, contextmanager
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from ..errors import RefConflict
+from ..errors import LogError, RefConflict
 from ..objects import ObjectId
 
 
@@ -165,6 +165,16 @@ def check_fence(current: Mapping[str, tuple[ObjectId, int]], fence: Mapping[str,
     for name in sorted(current.keys() | fence.keys()):
         if current.get(name) != fence.get(name):
             raise RefConflict(name, (fence.get(name) or (None,))[0], (current.get(name) or (None,))[0])
+
+
+def check_log_tail(last: int, entry: AppendedEntry, where: str = "") -> None:
+    """:class:`LogError` unless ``entry``, built on the line of the log's last row (keyed ``last``, 0 if
+    none), is numbered ``last + 1``: otherwise that row's key is not the sequence its line holds
+    (renumbered, or another entry's line), and the new entry would collide with a row or leave a gap.
+    ``where`` prefixes the message (the store's location)."""
+    if entry.sequence != last + 1:
+        raise LogError(f"{where}the audit log's last row is keyed {last} but holds entry {entry.sequence - 1}: "
+                       "nothing was written; run snap verify", last)
 
 
 class Backend(ABC):

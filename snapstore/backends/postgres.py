@@ -63,13 +63,13 @@ from dataclasses import dataclass
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from ..errors import (
-    BackendError, CommitOutcomeUnknown, FormatError, InvalidInput, LogError, RefConflict, StoreExists, StoreNotFound,
+    BackendError, CommitOutcomeUnknown, FormatError, InvalidInput, RefConflict, StoreExists, StoreNotFound,
 )
 from ..location import redact, register_url_backend
 from ..objects import ObjectId
 from .base import (
     LOG_KEY_META, AppendedEntry, Backend, Capability, LogAppend, RefUpdate, ReflogEntry, StoredObject,
-    check_fence, link,
+    check_fence, check_log_tail, link,
 )
 
 try:
@@ -718,11 +718,8 @@ class PostgresBackend(Backend):
         cur.execute("SELECT value FROM snapstore_meta WHERE key = %s", (LOG_KEY_META,))
         key_row = cur.fetchone()
         entry, new_key = append.build(row[1] if row else None, key_row[0] if key_row else None)
-        if row is not None and entry.sequence != row[0] + 1:
-            # The last row's key is not the sequence its line holds (renumbered, or another entry's line):
-            # the new entry would collide with a row or leave a gap.
-            raise LogError(f"the audit log's last row is keyed {row[0]} but holds entry {entry.sequence - 1}: "
-                           "nothing was written; run snap verify", row[0])
+        if row is not None:
+            check_log_tail(row[0], entry)
         cur.execute("INSERT INTO snapstore_ozolith (sequence, entry_hash, line) VALUES (%s, %s, %s)",
                     (entry.sequence, entry.entry_hash, entry.line))
         if new_key is not None:

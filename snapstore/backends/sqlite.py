@@ -43,7 +43,7 @@ from ..packs import Pack, decode_lines, decode_objects, encode_lines, prefix_key
 from ..timeutil import utc_now
 from .base import (
     LOG_KEY_META, AppendedEntry, Backend, Capability, LogAppend, LostReflogRows, RefUpdate, ReflogEntry,
-    StoredObject, check_fence, link, reflog_row_damage,
+    StoredObject, check_fence, check_log_tail, link, reflog_row_damage,
 )
 
 _SCHEMA = """
@@ -1359,10 +1359,7 @@ class SqliteBackend(Backend):
             raise LogError(f"{self.path}: the audit log's last row, entry {last}, holds no line of text: "
                            "nothing was written; run snap verify", last)
         entry, new_key = append.build(last_line, key)
-        if entry.sequence != last + 1:
-            # The row's key is not the sequence its line holds (renumbered, or another entry's line).
-            raise LogError(f"{self.path}: the audit log's last row is keyed {last} but holds entry "
-                           f"{entry.sequence - 1}: nothing was written; run snap verify", last)
+        check_log_tail(last, entry, f"{self.path}: ")
         db.execute("INSERT INTO ozolith (sequence, entry_hash, line) VALUES (?, ?, ?)",
                    (entry.sequence, entry.entry_hash, entry.line))
         if new_key is not None:
