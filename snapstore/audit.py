@@ -130,15 +130,6 @@ class LogScan:
     note: str | None = None
 
 
-def pending_entries(repo: Repository, log: OzolithLog | StoreLog, skip: frozenset[int] = frozenset(),
-                    newest: dict[str, int] | None = None) -> list[tuple[LogEntry, dict[str, Any]]]:
-    """Linked entries newer than what the store's reflogs record, oldest first (but those in ``skip``).
-
-    ``newest``: :func:`linked_sequences` if the caller has read it already (a start reads it once).
-    """
-    return list(scan_log(repo, log, skip, newest).pending)
-
-
 def scan_log(repo: Repository, log: OzolithLog | StoreLog, skip: frozenset[int] = frozenset(),
              newest: dict[str, int] | None = None) -> LogScan:
     """Read the log past the bound no pending entry can be below (module doc), and pick out the pending ones."""
@@ -146,20 +137,8 @@ def scan_log(repo: Repository, log: OzolithLog | StoreLog, skip: frozenset[int] 
         newest = linked_sequences(repo)
     recent, note = _entries_past_bound(repo, log, newest)
     voided = voided_sequences(recent)
-    # Conversations renamed or deleted since: their reflogs remain and say what was applied, so an
-    # entry of theirs is pending only if it is newer than those rows (never by the chance of the bound).
-    gone: dict[str, str] = {}
-    for entry in recent:
-        link = link_of(entry)
-        conv = link.get("conversation") if link is not None else None
-        if isinstance(conv, str) and conv not in newest and conv not in gone:
-            try:
-                gone[conv] = ref_name(validate_conversation_id(conv))
-            except SnapstoreError:
-                pass  # roll_forward names it
-    if gone:
-        applied = repo.backend.newest_log_sequences(list(gone.values()))
-        newest = {**newest, **{conv: applied.get(name, 0) for conv, name in gone.items()}}
+    # A conversation renamed or deleted since is not in ``newest``: every entry of it is a candidate,
+    # and _not_applied_since judges it by the reflog its name left (which says what was applied).
     out = []
     for entry in recent:
         if entry.sequence in voided or entry.sequence in skip:
@@ -250,14 +229,14 @@ def _continues(parent: Any) -> str:
 
 
 def roll_forward(repo: Repository, log: OzolithLog | StoreLog, skip: frozenset[int] = frozenset(),
-                 newest: dict[str, int] | None = None, scan: LogScan | None = None) -> list[Recovery]:
+                 scan: LogScan | None = None) -> list[Recovery]:
     """Move refs forward to snapshots that logged entries name but no ref reached (but entries in ``skip``).
 
     ``scan``: :func:`scan_log`'s answer if the caller has read it already.
     """
     results: list[Recovery] = []
     if scan is None:
-        scan = scan_log(repo, log, skip, newest)
+        scan = scan_log(repo, log, skip)
     for entry, link in scan.pending:
         snapshot = ObjectId(link["snapshot"])
         try:

@@ -177,7 +177,7 @@ def inspect(repo: Repository, log: OzolithLog | StoreLog | None = None, *, conve
             if scan.note is not None:
                 checks.append(scan.note)
             if repair:
-                rolled = roll_forward(repo, log, discarded, newest, scan)
+                rolled = roll_forward(repo, log, discarded, scan=scan)
                 recoveries = cut + rolled
                 if any(r.action == "rolled-forward" for r in recoveries):
                     newest = None  # refs moved: log_behind reads the reflogs again
