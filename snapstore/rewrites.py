@@ -106,9 +106,8 @@ def _record(key: str, meta: Mapping[str, str]) -> PruneRecord:
             dropped=frozenset(unpack(meta, key + "/dropped")),
         )
         counts = (value["squashed"], value["dropped"])
-    except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:  # e.g. not a JSON object
-        raise CorruptObject(key, f"unreadable prune record: {exc}") from None
-    except CorruptObject as exc:  # an id set of it (named in the message): the record is what is lost
+    # Not a JSON object, say; or a CorruptObject naming an id set of it: the record is what is lost.
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError, CorruptObject) as exc:
         raise CorruptObject(key, f"unreadable prune record: {exc}") from None
     if (len(record.squashed), len(record.dropped)) != counts:
         raise CorruptObject(key, "prune record: id sets do not hold the recorded number of ids")
