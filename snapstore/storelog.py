@@ -266,7 +266,10 @@ class StoreLog(EntryQueries):
         after = 0
         while True:
             try:
-                rows = self.backend.log_lines(after, _PAGE)
+                for row in _paged(self.backend.log_lines, after):
+                    yield row
+                    after = row[0]  # when a read raises: the start of the page it failed on
+                return
             except DamagedLogPack as exc:
                 if exc.last <= after or exc.last - exc.first >= _MOST_LOST:  # no way past it
                     raise
@@ -275,11 +278,6 @@ class StoreLog(EntryQueries):
                 for sequence in range(max(exc.first, after + 1), exc.last + 1):
                     yield sequence, _LOST
                 after = exc.last
-                continue
-            yield from rows
-            if len(rows) < _PAGE:
-                return
-            after = rows[-1][0]
 
     def _rows_before(self, after: int, first: int) -> list[tuple[int, Any]]:
         """The rows past ``after`` and before the damaged pack that begins at ``first`` (a read that
