@@ -56,7 +56,7 @@ from .ozolith.entry import EventType, LogEntry, check_sealed, key_bytes, make_en
 from .ozolith.files import folders_for, write_atomic
 from .ozolith.keys import KEY_FILE_NAME
 from .ozolith.log import CorruptEntry, EntryQueries, LoadResult, UnparsableLine, WrongKey, _entry_from_line
-from .ozolith.verify import ChainReport, Finding, FindingKind, verify_data
+from .ozolith.verify import MAX_FINDINGS, ChainReport, Finding, FindingKind, verify_data
 from .ozolith.walk import parse_entry
 
 _PAGE = 5000
@@ -67,8 +67,6 @@ _STAND_IN = b"-\n"
 _LOST = object()
 # A damaged pack claiming more lines than this is not stood in for line by line (packs hold 128).
 _MOST_LOST = 1 << 16
-# verify_data's default cap on findings; stand-ins add to it, since their findings are dropped.
-_MAX_FINDINGS = 100
 
 
 class RowMismatch(LogError):
@@ -421,7 +419,7 @@ class StoreLog(EntryQueries):
             lines.append(line.encode("utf-8") + b"\n")
             found.extend(_row_mismatches(sequence, line, column(sequence), number))
         report = verify_data(b"".join(lines), [], key, sample=sample, seed=seed,
-                             max_findings=_MAX_FINDINGS + len(stand_ins))
+                             max_findings=MAX_FINDINGS + len(stand_ins))  # stand-ins' findings are dropped
         if not stand_ins and not found:
             return report
         kept = [f for f in report.findings if f.line not in stand_ins]

@@ -50,6 +50,9 @@ from .keys import resolve_key
 from .parallel import walk_in_halves
 from .walk import Walked, parse_entry, split_lines, unparsable, walk
 
+# Findings a report lists at most (both verifiers' default); past it they are only counted (``omitted``).
+MAX_FINDINGS = 100
+
 __all__ = ["ChainReport", "Finding", "FindingKind", "verify_chain", "verify_data"]
 
 
@@ -112,7 +115,7 @@ def verify_data(
     seed: int | None = None,
     strict: bool = True,
     parallel: bool = True,
-    max_findings: int = 100,
+    max_findings: int = MAX_FINDINGS,
 ) -> ChainReport:
     """Verify the bytes of a log against its anchors (see the module docstring)."""
     lines, torn, blank = split_lines(data)
@@ -217,7 +220,7 @@ def verify_chain(
     seed: int | None = None,
     strict: bool = True,
     parallel: bool = True,
-    max_findings: int = 100,
+    max_findings: int = MAX_FINDINGS,
 ) -> ChainReport:
     """Verify the log at ``path`` and its anchors file: the full check unless ``sample`` is given.
 
