@@ -215,6 +215,14 @@ def prefix_key(oid: str) -> int:
     return int(oid[:16], 16) - (1 << 63)
 
 
+def key_prefix(key: object) -> str:
+    """The hex id prefix a packed-index key stands for (what :func:`prefix_key` made it from), to name
+    the row; a key that is no 64-bit integer (a damaged row), as it is held."""
+    if type(key) is int and -(1 << 63) <= key < (1 << 63):
+        return f"{key + (1 << 63):016x}"
+    return f"{key!r:.40}"
+
+
 def prefix_range(prefix: str) -> tuple[int, int]:
     """The packed-index keys of ids starting with the hex ``prefix``."""
     head = prefix[:16]

@@ -24,10 +24,12 @@ from click.testing import CliRunner
 
 from snapstore.bundle import export_bundle, import_bundle
 from snapstore.cli.main import cli
-from snapstore.errors import DamagedRecord
+from snapstore.errors import CorruptObject, DamagedRecord
 from snapstore.gc import collect_garbage
 from snapstore.objects import Event
+from snapstore import packing
 from snapstore.packing import pack
+from snapstore.packs import prefix_key
 from snapstore.prune import prune
 from snapstore.repository import Repository
 
@@ -567,3 +569,59 @@ def test_a_loose_log_row_inside_a_log_pack_is_found(snap):
     sql(snap.db, "INSERT INTO ozolith (sequence, line, entry_hash) SELECT 3, line, entry_hash FROM ozolith "
                  "ORDER BY sequence DESC LIMIT 1")
     fsck_fails(snap, r"index-mismatch: .*1 loose log rows \(from 3\) lie inside the log pack of 1-11")
+
+
+# A `packed` row altered to name a pack that holds no member with its prefix (two rows swapped between
+# packs keep every live count), or added with its pack's live count, passed fsck's count check: the swap
+# showed only as "missing" objects, with no word of the index, and reads said "not found" of objects the
+# store holds; an added row (or one for an object nothing reaches) left fsck ok. fsck names each such
+# row, and a read through it raises naming the pack.
+
+
+def _member_ids(location: str) -> dict[int, list[str]]:
+    """Each pack's indexed members' ids, ordered by their index key."""
+    con = sqlite3.connect(Path(location) / "store.sqlite")
+    packs = [row[0] for row in con.execute("SELECT id FROM packs ORDER BY id")]
+    con.close()
+    repo = Repository.open(location)
+    try:
+        return {p: sorted((oid for oid, _, _ in repo.backend.live_members(p)), key=prefix_key) for p in packs}
+    finally:
+        repo.close()
+
+
+def _read_fails(location: str, oid: str, pattern: str) -> None:
+    repo = Repository.open(location)
+    try:
+        with pytest.raises(CorruptObject, match=pattern):
+            repo.read(oid)
+    finally:
+        repo.close()
+
+
+def test_object_index_rows_swapped_between_packs_are_found_and_reads_name_the_pack(snap, monkeypatch):
+    monkeypatch.setattr(packing, "MAX_MEMBERS", 30)
+    assert snap("pack", "--keep", "0").exit_code == 0
+    members = _member_ids(snap.location)
+    assert sorted(members) == [1, 2], members
+    first, second = members[1][0], members[2][0]
+    sql(snap.db, "UPDATE packed SET pack = 3 - pack WHERE prefix IN (?, ?)", prefix_key(first), prefix_key(second))
+    problems = fsck_fails(snap, rf"index-mismatch: .*the packed row of id prefix {first[:16]} names pack 2, which "
+                                "holds no member with that prefix",
+                          rf"index-mismatch: .*the packed row of id prefix {second[:16]} names pack 1")
+    assert len([p for p in problems if p["kind"] == "index-mismatch"]) == 2, problems
+    assert {p["kind"] for p in problems} <= {"index-mismatch", "missing"}, problems  # the objects cannot be read
+    _read_fails(snap.location, first, rf"{first}: indexed in pack 2, which holds no member with its id prefix "
+                                      rf"{first[:16]}: the pack index is damaged")  # was: "not found"
+
+
+def test_an_object_index_row_added_with_its_live_count_is_found(snap):
+    assert snap("pack", "--keep", "0").exit_code == 0
+    stray = "ab" * 32
+    assert stray not in _member_ids(snap.location)[1]
+    sql(snap.db, "INSERT INTO packed (prefix, pack) VALUES (?, 1)", prefix_key(stray))
+    sql(snap.db, "UPDATE packs SET live = live + 1 WHERE id = 1")
+    problems = fsck_fails(snap, rf"index-mismatch: .*the packed row of id prefix {stray[:16]} names pack 1, which "
+                                "holds no member with that prefix")  # was: ok
+    assert [p["kind"] for p in problems] == ["index-mismatch"], problems
+    _read_fails(snap.location, stray, rf"{stray}: indexed in pack 1, which holds no member")

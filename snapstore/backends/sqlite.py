@@ -39,7 +39,9 @@ from ..errors import (
     BackendError, CorruptObject, DamagedLogPack, DamagedRecord, LogError, RefConflict, StoreExists, StoreNotFound,
 )
 from ..objects import ObjectId, is_object_id
-from ..packs import Pack, decode_lines, decode_objects, encode_lines, prefix_key, prefix_range, raw_frame
+from ..packs import (
+    Pack, decode_lines, decode_objects, encode_lines, key_prefix, prefix_key, prefix_range, raw_frame,
+)
 from ..timeutil import utc_now
 from .base import (
     LOG_KEY_META, AppendedEntry, Backend, Capability, LogAppend, LostReflogRows, RefUpdate, ReflogEntry,
@@ -611,9 +613,14 @@ class SqliteBackend(Backend):
                 f"SELECT prefix, pack FROM packed WHERE prefix IN ({marks})", list(keys)
             ).fetchall():
                 for oid in keys[key]:  # at most one of ids sharing a prefix is the packed object
-                    member = self._pack(pack_id, oid).get(oid)
+                    pack = self._pack(pack_id, oid)
+                    member = pack.get(oid)
                     if member is not None:
                         out.append((oid, pack_id, *member))
+                    elif oid[:16] not in pack.index:  # no member shares the prefix the row was found by
+                        raise CorruptObject(oid, f"indexed in pack {pack_id}, which holds no member with its "
+                                                 f"id prefix {oid[:16]}: the pack index is damaged (snap fsck "
+                                                 "names the row)")
         return out
 
     def _packed(self, ids: Sequence[ObjectId]) -> dict[ObjectId, tuple[str, bytes]]:
@@ -1073,7 +1080,8 @@ class SqliteBackend(Backend):
 
     def _object_index_damage(self, db: sqlite3.Connection) -> list[str]:
         """``packed`` against ``packs``: each pack's live count is the number of index rows naming it
-        (an object whose row is lost reads as missing; rows naming no pack cannot be read)."""
+        (an object whose row is lost reads as missing; rows naming no pack cannot be read), and each
+        of those rows names one of its members (:meth:`_stray_index_rows`)."""
         live = dict(db.execute("SELECT id, live FROM packs").fetchall())
         indexed = dict(db.execute("SELECT pack, count(*) FROM packed GROUP BY pack").fetchall())
         out = []
@@ -1082,11 +1090,41 @@ class SqliteBackend(Backend):
             if pack_id not in live:
                 out.append(f"{self.path}: {rows} packed rows name pack {pack_id!r:.40}, which does not exist: "
                            "the objects they index cannot be read")
-            elif live[pack_id] != rows:
+                continue
+            if live[pack_id] != rows:
                 out.append(f"{self.path}: pack {pack_id} counts {live[pack_id]!r:.40} live members, but {rows} "
                            "packed rows name it: index rows were lost or added (an object whose row is lost "
                            "reads as missing)")
+            if rows:
+                out.extend(self._stray_index_rows(db, pack_id, rows))
         return out
+
+    def _stray_index_rows(self, db: sqlite3.Connection, pack_id: int, rows: int) -> list[str]:
+        """One line for each of the ``rows`` packed rows naming ``pack_id`` whose key no member of the pack
+        has: a row altered (its prefix, or the pack it names; two rows swapped keep every live count)
+        or added. Its object, if any, is not where the row says: a read of it raises naming the pack,
+        and the object the row was for reads as missing. Counted with indexed look-ups of the pack's
+        members' keys; the rows are listed (a scan of the index) only if some are stray. A damaged
+        pack is the object scan's to name (``iter_objects``)."""
+        try:
+            pack = self._pack(pack_id)
+        except CorruptObject:
+            return []
+        keys = [prefix_key(prefix) for prefix in pack.index]
+        matched = 0
+        for start in range(0, len(keys), _BATCH):
+            batch = keys[start : start + _BATCH]
+            marks = ",".join("?" * len(batch))
+            matched += db.execute(f"SELECT count(*) FROM packed WHERE pack = ? AND prefix IN ({marks})",
+                                  [pack_id, *batch]).fetchone()[0]
+        if matched == rows:
+            return []
+        held = set(keys)
+        return [f"{self.path}: the packed row of id prefix {key_prefix(key)} names pack {pack_id}, which holds no "
+                "member with that prefix: reads of that object fail naming the pack (the row was altered or "
+                "added; an object whose row it was reads as missing)"
+                for (key,) in db.execute("SELECT prefix FROM packed WHERE pack = ? ORDER BY prefix", (pack_id,))
+                if key not in held]
 
     def _line_range_damage(self, db: sqlite3.Connection, kind: str) -> list[str]:
         """Packs of lines whose ranges overlap one another, and (for the log) loose rows inside a pack's
