@@ -7,6 +7,11 @@ real server behind :class:`CommitCutter`, a socket relay that forwards
 everything and, when told, cuts both sides at a COMMIT: just after relaying it
 (the server commits, the client never hears) or just before (the server rolls
 back). Then a direct connection checks what the store holds.
+
+It can also cut a connection half-open (:meth:`CommitCutter.cut_half_open`):
+the client's side closed, the server's kept open and silent, as when a network
+partition or a NAT dropping the flow leaves the server unaware that its client
+is gone; the server session stays "idle in transaction", holding its locks.
 """
 
 from __future__ import annotations
@@ -16,13 +21,15 @@ import socket
 import struct
 import threading
 import time
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import quote, urlsplit, urlunsplit
 
 import psycopg
 import pytest
+from psycopg import sql
 
 from snapstore import errors
 from snapstore.audit import LinkedLog
+from snapstore.backends.postgres import _LOG_LOCK
 from snapstore.errors import BackendError
 from snapstore.orchestrator import ConversationOrchestrator
 from snapstore.ozolith import OzolithLog
@@ -62,6 +69,8 @@ class CommitCutter:
         self.target = target
         self.refuse = False
         self._cuts: list[str | None] = []
+        self._half_open_at: bytes | None = None
+        self.silent: list[socket.socket] = []  # server sides kept open by cut_half_open, until close()
         self._guard = threading.Lock()
         self.cut_count = 0
         self._listener = socket.create_server(("127.0.0.1", 0))
@@ -73,8 +82,26 @@ class CommitCutter:
         with self._guard:
             self._cuts = [None] * skip + [when] * times
 
+    def cut_half_open(self, marker: bytes) -> None:
+        """Cut the next message (of any type) holding ``marker``, half-open: not relayed, the client's side
+        closed (psycopg sees a lost connection), the server's side left open and silent, so the server
+        session waits for a next message that never comes, in whatever transaction it was."""
+        with self._guard:
+            self._half_open_at = marker
+
     def close(self) -> None:
         self._listener.close()
+        for server in self.silent:  # end-of-stream at last: the server ends those sessions
+            with contextlib.suppress(OSError):
+                server.shutdown(socket.SHUT_RDWR)
+
+    def _half_open(self, message: bytes) -> bool:
+        with self._guard:
+            if self._half_open_at is None or self._half_open_at not in message:
+                return False
+            self._half_open_at = None
+            self.cut_count += 1
+            return True
 
     def _next_cut(self) -> str | None:
         with self._guard:
@@ -121,6 +148,11 @@ class CommitCutter:
             while True:  # typed messages: one byte of type, then length
                 header = _read_exactly(client, 5)
                 message = header + _read_exactly(client, struct.unpack("!I", header[1:])[0] - 4)
+                if self._half_open(message):
+                    self.silent.append(server)
+                    client.shutdown(socket.SHUT_RDWR)
+                    client.close()
+                    return
                 when = self._next_cut() if message[:1] == b"Q" and message[5:].rstrip(b"\0") == b"COMMIT" else None
                 if when == "after":
                     server.sendall(message)
@@ -290,3 +322,122 @@ def test_an_operation_logged_outside_the_store_is_not_voided_when_its_outcome_is
             stored.close()
     finally:
         repo.close()
+
+
+# Text of the statement each write sends just before COMMIT: by then its transaction holds every lock it takes.
+_BEFORE_COMMIT = b"pg_current_xact_id_if_assigned"
+
+
+def _with_options(location: str, options: str) -> str:
+    """``location`` with libpq ``options`` (server settings for its sessions) added to its query."""
+    parts = urlsplit(location)
+    query = (parts.query + "&" if parts.query else "") + "options=" + quote(options)
+    return urlunsplit(parts._replace(query=query))
+
+
+def _idle_in_transaction(direct: str) -> list[int]:
+    """The pids of the sessions of the store's database left idle inside a transaction."""
+    with psycopg.connect(direct, autocommit=True) as conn:
+        return [pid for (pid,) in conn.execute(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND state = 'idle in transaction'"
+        )]
+
+
+@contextlib.contextmanager
+def _orchestrator(location: str, log_in_store: bool):
+    """An orchestrator of conversation c, with its root context, writing through ``location``."""
+    if log_in_store:
+        with Session(location, log_in_store=True) as session:
+            yield session.start_new("c", "root")
+        return
+    repo = Repository.open(location)
+    try:
+        orch = ConversationOrchestrator(repo, "c")
+        orch.create_root_context("root")
+        yield orch
+    finally:
+        repo.close()
+
+
+@pytest.mark.parametrize("log_in_store", [True, False])
+def test_a_write_cut_half_open_before_commit_is_done_again_once_its_old_session_is_ended(stores, log_in_store):
+    """The connection is cut half-open just before COMMIT: the server session, unaware, stays idle in
+    its transaction, holding what it locked (the log's advisory lock; the ref's row and the new objects'
+    keys). Done again on a new connection, the write would queue behind those locks until the server
+    noticed the dead connection (TCP keepalive: hours); the backend ends the old session first, so the
+    write goes through at once, stored once. The relayed sessions give up on a lock after 3 s
+    (lock_timeout), so a redo queued behind the old session fails instead of hanging."""
+    direct, relayed, cutter = stores
+    with _orchestrator(_with_options(relayed, "-c lock_timeout=3s"), log_in_store) as orch:
+        root = orch.active_context_id
+        cutter.cut_half_open(_BEFORE_COMMIT)
+        orch.add_exchange(root, "question", "answer")
+        assert cutter.cut_count == 1
+        assert _idle_in_transaction(direct) == []
+        stored = Repository.open(direct)
+        try:
+            assert orch.head == stored.head("c")
+            assert len(stored.backend.reflog(ref_name("c"))) == 2
+        finally:
+            stored.close()
+        assert _exchanges(orch, root) == ["question"]
+        if log_in_store:
+            assert _stored(direct)[2] == ["context_created", "exchange"]
+        orch.add_exchange(root, "next", "ok")
+        assert _exchanges(orch, root) == ["question", "next"]
+
+
+def test_an_old_session_that_cannot_be_ended_is_a_clear_error_and_the_server_ends_it_soon(stores):
+    """Cut half-open as above, and the server cannot be reached again to end the old session: the write
+    fails with one line saying nothing was applied and which session may hold its locks, instead of
+    waiting on them. The server ends that session itself once it has sat idle in its transaction for the
+    idle_in_transaction_session_timeout snapstore sets (10 s): another writer queued on the log lock and
+    the ref's row goes through then, not hours later. Once the server answers again, the next write
+    goes through."""
+    direct, relayed, cutter = stores
+    with Session(relayed, log_in_store=True) as session:
+        orch = session.start_new("c", "root")
+        root = orch.active_context_id
+        before = _stored(direct)
+        cutter.cut_half_open(_BEFORE_COMMIT)
+        cutter.refuse = True
+        with pytest.raises(BackendError, match=r"lost the connection in a transaction, and could not end its "
+                           r"server session \d+, .*; this transaction applied nothing; to end that session: "
+                           r"SELECT pg_terminate_backend\(pid\) .* WHERE pid = \d+ AND backend_start = '[^']+'$") \
+                as caught:
+            orch.add_exchange(root, "question", "answer")
+        assert "\n" not in str(caught.value)
+        (old_pid,) = _idle_in_transaction(direct)
+        assert f"session {old_pid}, " in str(caught.value)
+        with psycopg.connect(direct) as conn:  # another writer
+            conn.execute("SET lock_timeout = '60s'")
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOG_LOCK,))
+            conn.execute("SELECT 1 FROM snapstore_refs WHERE name = %s FOR UPDATE", (ref_name("c"),))
+            conn.rollback()
+        assert _idle_in_transaction(direct) == []
+        assert _stored(direct) == before
+        cutter.refuse = False
+        orch.add_exchange(root, "next", "ok")
+        assert _exchanges(orch, root) == ["next"]
+        assert _stored(direct)[2] == ["context_created", "exchange"]
+
+
+def test_sessions_end_a_transaction_left_idle_unless_the_url_or_the_database_says_otherwise(stores):
+    """10 s of idling inside a transaction ends a snapstore session (its transactions never wait for
+    anything but the server); a value given in the URL's options or set on the database is kept."""
+    direct, _, _ = stores
+
+    def timeout(location: str) -> str:
+        repo = Repository.open(location)
+        try:
+            return repo.backend._read("SHOW idle_in_transaction_session_timeout")[0][0]
+        finally:
+            repo.close()
+
+    assert timeout(direct) == "10s"
+    assert timeout(_with_options(direct, "-c idle_in_transaction_session_timeout=1h")) == "1h"
+    with psycopg.connect(direct, autocommit=True) as conn:
+        (name,) = conn.execute("SELECT current_database()").fetchone()
+        conn.execute(sql.SQL("ALTER DATABASE {} SET idle_in_transaction_session_timeout = '2min'")
+                     .format(sql.Identifier(name)))
+    assert timeout(direct) == "2min"

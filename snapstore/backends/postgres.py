@@ -48,7 +48,10 @@ transaction open; writes and migrations run in explicit transaction blocks. A
 connection lost while idle is reopened on next use.
 A connection lost during COMMIT is settled by asking the server (by the
 transaction id learnt just before COMMIT) whether it committed: see
-``PostgresBackend._transaction``; PostgreSQL 13 or newer.
+``PostgresBackend._transaction``; PostgreSQL 13 or newer. A connection lost in
+a transaction may leave its server session alive, holding the transaction's
+locks (a half-open connection: the server never heard it close); that session
+is ended, identified by pid and start time, before the next transaction.
 """
 
 from __future__ import annotations
@@ -60,6 +63,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from ..errors import (
@@ -168,6 +172,21 @@ _END_SESSION = (
     "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid = %s AND backend_xid = %s::xid8::xid"
 )
 _XACT_STATUS = "SELECT pg_xact_status(%s::xid8)"
+# Every new session: durable commits (DURABLE is promised: do not inherit a server or role default of
+# `off`); a transaction left idle ended after _IDLE_IN_TRANSACTION unless the URL, role or database set
+# a limit (see _connect_session); and when the session started, which with its pid names it even once the pid
+# has been reused. One round trip, as the SET it replaced.
+_IDLE_IN_TRANSACTION = "10s"
+_SESSION_SETUP = (
+    "SELECT set_config('synchronous_commit', 'on', false), "
+    "CASE WHEN current_setting('idle_in_transaction_session_timeout') = '0' "
+    f"THEN set_config('idle_in_transaction_session_timeout', '{_IDLE_IN_TRANSACTION}', false) END, "
+    "(SELECT backend_start FROM pg_stat_get_activity(pg_backend_pid()))"
+)
+# The session of a connection lost in a transaction, if still there (see PostgresBackend._end_orphan).
+_END_ORPHAN = (
+    "SELECT pg_terminate_backend(pid) FROM pg_stat_get_activity(%s) WHERE backend_start = %s"
+)
 _COMMITTED, _ABORTED = "committed", "aborted"
 _SETTLE_SECONDS = 10.0
 _MIN_SERVER_VERSION = 130000
@@ -250,6 +269,9 @@ class PostgresBackend(Backend):
         """``meta``: with ``create``, keys recorded in the transaction that creates the store."""
         self._lock = threading.RLock()
         self._conn: psycopg.Connection | None = None
+        self._started: datetime | None = None  # when the server session of self._conn started
+        # (pid, start) of the session of a connection lost in a transaction, until it is known ended.
+        self._orphan: tuple[int, datetime | None] | None = None
         # Connections for writer_lock's session-level advisory locks, one per lock held at a time:
         # the idle ones, kept for the next lock (the guard protects the list only).
         self._lock_guard = threading.Lock()
@@ -259,7 +281,7 @@ class PostgresBackend(Backend):
         self._secrets = url_secrets(url)
         self._connect_args = self._connection_args(url)
         with self._lock:
-            self._conn = self._connect()
+            self._conn, self._started = self._connect_session()
             try:
                 self._open_store(create, meta)
             except BaseException:
@@ -307,11 +329,27 @@ class PostgresBackend(Backend):
         return BackendError(f"{self.description}: {text}{state}")
 
     def _connect(self) -> psycopg.Connection:
+        return self._connect_session()[0]
+
+    def _connect_session(self) -> tuple[psycopg.Connection, datetime | None]:
+        """A new connection, set up (:data:`_SESSION_SETUP`), and when its server session started.
+
+        ``idle_in_transaction_session_timeout`` is a second line of defence
+        behind :meth:`_end_orphan`: snapstore's transactions never wait for
+        anything but the server (between statements the client only builds a
+        log entry, well under a millisecond), so a session idle in one for
+        10 s has lost its client - a half-open connection whose process is
+        gone or cannot reach the server - and its locks (the store-wide log
+        lock among them) hold up every other writer until the server ends it.
+        Ending a live but stalled client's transaction costs only a redo (its
+        COMMIT was not sent). A limit set in the URL, the role or the database
+        is kept. Autocommit sessions holding session locks (writer locks,
+        presence) are idle outside any transaction: not affected.
+        """
         try:
             conn = psycopg.connect(**self._connect_args)  # type: ignore[arg-type]
-            # DURABLE is promised: do not inherit a server or role default of `off`.
-            conn.execute("SET synchronous_commit TO on")
-            return conn
+            row = conn.execute(_SESSION_SETUP).fetchone()
+            return conn, row[2] if row else None
         except psycopg.Error as exc:
             raise self._error(exc) from None
 
@@ -322,7 +360,8 @@ class PostgresBackend(Backend):
             raise BackendError(f"{self.description}: the backend is closed")
         if conn.broken or conn.closed:
             conn.close()
-            self._conn = conn = self._connect()
+            conn, self._started = self._connect_session()
+            self._conn = conn
         return conn
 
     def _read(self, sql: str, params: Sequence[object] = ()) -> list[tuple]:
@@ -352,12 +391,21 @@ class PostgresBackend(Backend):
         again like a loss before COMMIT, and only an outcome that cannot be
         learnt is :class:`CommitOutcomeUnknown` - never a success reported as a
         failure, nor a write applied twice by a blind retry.
+
+        A lost connection's server session may live on, holding the
+        transaction's locks (:meth:`_end_orphan`): it is ended before the
+        transaction is done again (after a loss during COMMIT, :meth:`_settle`
+        ends it), and one left behind (a committed transaction's, or one that
+        could not be ended) at the start of the next transaction.
         """
         with self._lock:
             for attempt in range(_TRANSACTION_ATTEMPTS):
                 last = attempt == _TRANSACTION_ATTEMPTS - 1
                 conn = self._live()
+                if self._orphan is not None:
+                    self._end_orphan()
                 pid = conn.info.backend_pid
+                session = (pid, self._started)
                 xid: list[str | None] = []  # holds the transaction's id once COMMIT is about to be sent
                 try:
                     with conn.transaction(), conn.cursor(binary=True) as cur:
@@ -371,8 +419,11 @@ class PostgresBackend(Backend):
                 except psycopg.OperationalError as exc:
                     if not conn.broken:
                         raise self._error(exc) from None
+                    self._orphan = session
                     if xid and self._settle(xid[0], pid) == _COMMITTED:
-                        return result
+                        return result  # its session, if it lives on idle, is ended before the next transaction
+                    if not xid:  # lost before COMMIT was sent: the session may still hold the locks the redo needs
+                        self._end_orphan()
                     if last:
                         raise (self._lost_commit_rolled_back() if xid else self._error(exc)) from None
                     # Lost before COMMIT was sent, or the server rolled it back: nothing was applied; do it again.
@@ -410,6 +461,46 @@ class PostgresBackend(Backend):
         if status not in (_COMMITTED, _ABORTED):
             raise self._outcome_unknown(xid, f"the server says {status or 'nothing'} of it")
         return status
+
+    def _end_orphan(self) -> None:
+        """End the server session of a connection lost in a transaction (:attr:`_orphan`), if still there.
+
+        A connection can break on the client's side only (a network partition,
+        a NAT dropping the flow: half-open), the server hearing nothing: the
+        session then sits idle in its transaction, holding its row locks and
+        the log's advisory lock, until TCP keepalive (hours by default) or
+        ``idle_in_transaction_session_timeout`` ends it, and a redo on a new
+        connection would queue behind them. Its COMMIT was never sent, so
+        ending it applies nothing. It is named by pid and start time, learnt
+        when the connection was made (no round trip per transaction): a pid
+        alone may by now be another session's. Waits, bounded, until it is
+        gone; if it cannot be ended, a one-line :class:`BackendError` (nothing
+        was applied), and the next transaction tries again.
+        """
+        assert self._orphan is not None
+        pid, started = self._orphan
+        deadline = time.monotonic() + _SETTLE_SECONDS
+        why = None
+        try:
+            conn = self._live()  # a fresh connection
+            while conn.execute(_END_ORPHAN, (pid, started)).fetchone() is not None:
+                if time.monotonic() > deadline:
+                    why = f"it did not end within {_SETTLE_SECONDS:g} s"
+                    break
+                time.sleep(0.005)
+        except psycopg.Error as exc:
+            why = " ".join(self._scrub(str(exc)).split())
+        except BackendError as exc:  # no new connection
+            why = str(exc)
+        if why is not None:
+            when = started.isoformat() if started is not None else "?"
+            raise BackendError(
+                f"{self.description}: lost the connection in a transaction, and could not end its server "
+                f"session {pid}, which may hold locks until the server sees the connection gone ({why}); this "
+                f"transaction applied nothing; to end that session: SELECT pg_terminate_backend(pid) FROM "
+                f"pg_stat_activity WHERE pid = {pid} AND backend_start = '{when}'"
+            )
+        self._orphan = None
 
     def _outcome_unknown(self, xid: str, why: str) -> CommitOutcomeUnknown:
         return CommitOutcomeUnknown(
