@@ -722,15 +722,18 @@ class Repository:
         object again (a context back to an earlier state, a repeated exchange)
         would otherwise name a stored copy nobody has read since it was
         damaged. Those few objects are read back and verified; a copy that is
-        corrupt, of the wrong kind or gone is removed and written again from
-        the commit's bytes, which hash to the id. Content addressing makes the
-        swap safe for every reader: before it they get the named error they
-        already got, after it the object.
+        corrupt, of the wrong kind or gone is replaced by the commit's bytes,
+        which hash to the id, in one step (:meth:`Backend.replace_objects`).
+        Content addressing makes the swap safe for every reader: before it they
+        get the named error they already got, after it the object. A removal
+        then a write would leave the head naming an object the store no
+        longer has if the process died between them (and a staged commit of
+        that conversation could not even read its head), and of two replicas
+        mending one object at once, one would remove the other's good copy.
 
         A copy the store could not be asked about (S3 or the database did not
         answer) is left alone: the commit is already durable, and a copy that
-        merely went unread is not damaged; removing it would leave the new
-        head naming an object the store no longer lists.
+        merely went unread is not damaged.
         """
         ids = [o.id for o in reused]
         unread: set[ObjectId] = set()
@@ -758,8 +761,7 @@ class Repository:
             except SnapstoreError:
                 bad.append(good)
         if bad:
-            self.backend.delete_objects([o.id for o in bad])
-            self.backend.write(bad)
+            self.backend.replace_objects(bad)
             with self._lock:
                 for o in bad:
                     self._cache.pop(o.id, None)

@@ -78,6 +78,57 @@ def test_delete_objects(store):
     assert backend.has_objects([a.id, b.id]) == {b.id}
 
 
+def test_replace_objects_writes_over_the_stored_copy(store):
+    """What a commit mending a damaged copy relies on (``Repository._heal``): the given bytes replace the
+    stored ones (kind and size too), an absent object is stored, each is stored once, nothing else changes."""
+    backend = store.backend(create=True)
+    a, b, c, d = obj(1), obj(2, "node"), obj(3), obj(4)
+    wrong_kind = StoredObject(b.id, "chunk", b.size + 1, b"a damaged row")
+    backend.write([a, wrong_kind, d], [RefUpdate("conversations/x", None, d.id, "create")], {"k": "v"})
+    mended = StoredObject(a.id, a.kind, a.size, b"the commit's bytes")
+    backend.replace_objects([mended, b, c, mended])
+    expected = {a.id: mended, b.id: b, c.id: c, d.id: d}
+    reader = store.backend()  # another connection sees it too (the same backend for the in-memory store)
+    try:
+        for seen in (backend, reader):
+            assert seen.get_objects(list(expected)) == expected
+            assert sorted(o.id for o in seen.iter_objects()) == sorted(expected)
+            assert seen.count_objects() == (4, sum(len(o.data) for o in expected.values()),
+                                             sum(o.size for o in expected.values()))
+            assert seen.get_ref("conversations/x") == d.id and len(seen.reflog("conversations/x")) == 1
+            assert seen.get_meta("k") == "v"
+    finally:
+        if reader is not backend:
+            reader.close()
+    backend.replace_objects([])
+
+
+def test_a_reader_never_finds_an_object_gone_while_it_is_replaced(store):
+    backend = store.backend(create=True)
+    a = obj(1)
+    backend.write([a])
+    reader = store.backend()
+    done = threading.Event()
+    reads: list[bool] = []
+
+    def read() -> None:
+        while not done.is_set() or not reads:
+            reads.append(a.id in reader.get_objects([a.id]))
+
+    thread = threading.Thread(target=read)
+    thread.start()
+    try:
+        for i in range(40):
+            backend.replace_objects([StoredObject(a.id, a.kind, a.size, b"copy %d" % i)])
+    finally:
+        done.set()
+        thread.join()
+        if reader is not backend:
+            reader.close()
+    assert reads and all(reads), f"{reads.count(False)} of {len(reads)} reads found {a.id} gone"
+    assert backend.get_objects([a.id])[a.id].data == b"copy 39"
+
+
 def test_ref_compare_and_swap(store):
     backend = store.backend(create=True)
     a, b, c = obj(1, "snapshot"), obj(2, "snapshot"), obj(3, "snapshot")

@@ -15,7 +15,7 @@ from datetime import datetime, timezone
 import pytest
 
 from snapstore import Event, LogLink
-from snapstore.errors import InvalidInput, UnknownRevision
+from snapstore.errors import CorruptObject, InvalidInput, UnknownRevision
 from snapstore.objects import MAX_NESTING
 from snapstore.repository import Repository
 
@@ -271,6 +271,129 @@ def test_commit_replaces_a_damaged_copy_of_an_object_it_makes_again(store):
 
 def _node_id(repo: Repository, snapshot_id: str, context_id: str) -> str:
     return repo.tree(snapshot_id).records[context_id].node_id
+
+
+class _Killed(Exception):
+    """The process dying at this point (not a snapstore error: nothing on the way out catches it)."""
+
+
+def _damaged_and_made_again(store) -> tuple[Repository, dict, str]:
+    """A store whose SB-3 node of its first snapshot (no longer in the head's tree) is damaged, the repository
+    on it, and the state that makes that node again."""
+    if store.corrupt is None:
+        pytest.fail(f"backend {store.name} offers no way to damage an object")
+    repo = store.init()
+    a = sample_state("c")
+    first = repo.commit("c", a).snapshot
+    b = copy.deepcopy(a)
+    b["contexts"][2]["status"] = "paused"
+    repo.commit("c", b)
+    victim = _node_id(repo, first, "SB-3")
+    store.corrupt(repo.backend, victim)
+    return repo, a, victim
+
+
+def _kill_at_the_heals_first_change(backend, monkeypatch, after: bool, meanwhile=None) -> None:
+    """From the end of the commit's own write, the next call that changes objects (the heal's first step)
+    kills the process: before it does anything, or ``after`` it is done; ``meanwhile`` runs just before it."""
+    armed = []
+    for name in ("write_reporting_new", "write", "delete_objects", "replace_objects"):
+        real = getattr(backend, name, None)
+        if real is None:
+            continue  # replace_objects, before there was one
+
+        def step(*args, _real=real, _name=name, **kwargs):
+            if not armed or armed[0] != "armed":
+                result = _real(*args, **kwargs)
+                if _name == "write_reporting_new" and not armed:
+                    armed.append("armed")  # the commit is durable: what follows is the heal
+                return result
+            armed[0] = "killed"
+            if meanwhile is not None:
+                meanwhile()
+            if after:
+                _real(*args, **kwargs)
+            raise _Killed(f"killed {'after' if after else 'before'} {_name}")
+
+        monkeypatch.setattr(backend, name, step)
+
+
+def _stored_copy(repo: Repository, oid: str) -> bytes:
+    """The verified body of the store's copy of ``oid``; fails if the store no longer has one."""
+    stored = repo.backend.get_objects([oid]).get(oid)
+    assert stored is not None, f"{oid} is missing from the store: the head names an object it no longer has"
+    return repo.verified_body(stored)
+
+
+@pytest.mark.parametrize("after", [False, True], ids=["killed-before", "killed-after"])
+def test_a_commit_killed_while_it_replaces_a_damaged_copy_leaves_the_old_copy_or_the_new(store, monkeypatch,
+                                                                                            after):
+    """The heal removed the damaged copy, then wrote the commit's: a process killed between the two (or a
+    full disk, a gateway that stopped answering) left the durable head naming an object the store no
+    longer had, and nobody could even stage a commit of the conversation any more. Now it is one step."""
+    repo, a, victim = _damaged_and_made_again(store)
+    before = repo.head("c")
+    _kill_at_the_heals_first_change(repo.backend, monkeypatch, after)
+    with pytest.raises(_Killed):
+        repo.commit("c", copy.deepcopy(a))
+    monkeypatch.undo()
+    fresh = store.open()
+    assert fresh.head("c") != before  # the commit was durable: its head names the node
+    if after:
+        _stored_copy(fresh, victim)
+        assert fresh.load("c").contexts[2] == a["contexts"][2]
+        assert fresh.fsck().ok
+    else:
+        with pytest.raises(CorruptObject):  # still the damaged copy, named as before
+            _stored_copy(fresh, victim)
+        fresh.commit("d", copy.deepcopy(a))  # the next commit that makes it mends it
+        assert fresh.load("c").contexts[2] == a["contexts"][2] and fresh.fsck().ok
+
+
+@pytest.fixture
+def s3_store(tmp_path):
+    from .conftest import BACKEND_FACTORIES
+
+    yield from BACKEND_FACTORIES["s3"](tmp_path)
+
+
+def test_an_s3_replacement_killed_between_its_puts_and_its_index_rows_leaves_the_new_bodies(s3_store, monkeypatch):
+    """S3 replaces the body (a PUT over the key) before the index row: dying in between leaves the good
+    body under the old row, never a row without a body."""
+    repo, a, victim = _damaged_and_made_again(s3_store)
+
+    def killed(*args, **kwargs):
+        raise _Killed("killed between the PUTs and the index transaction")
+
+    monkeypatch.setattr(repo.backend, "_replace_rows", killed)
+    with pytest.raises(_Killed):
+        repo.commit("c", copy.deepcopy(a))
+    monkeypatch.undo()
+    fresh = s3_store.open()
+    _stored_copy(fresh, victim)
+    assert fresh.load("c").contexts[2] == a["contexts"][2] and fresh.fsck().ok
+
+
+def test_two_replicas_mending_one_damaged_copy_never_remove_each_others(store, monkeypatch):
+    """Both read the damaged copy back. B mended it; A, mending it just after, removed B's good copy before
+    writing its own: the object was gone meanwhile, and for good when A died there."""
+    repo, a, victim = _damaged_and_made_again(store)
+    other = store.open()  # replica B (its own connection, but for the in-memory store)
+    mended_by_b = []
+
+    def b_mends_it_first() -> None:
+        monkeypatch.undo()  # B's calls are its own
+        other.commit("d", copy.deepcopy(a))  # B makes the same node in another conversation
+        mended_by_b.append(_stored_copy(other, victim))
+
+    _kill_at_the_heals_first_change(repo.backend, monkeypatch, after=True, meanwhile=b_mends_it_first)
+    with pytest.raises(_Killed):
+        repo.commit("c", copy.deepcopy(a))
+    assert mended_by_b
+    fresh = store.open()
+    assert _stored_copy(fresh, victim) == mended_by_b[0]
+    assert fresh.load("c").contexts[2] == fresh.load("d").contexts[2] == a["contexts"][2]
+    assert fresh.fsck().ok
 
 
 def test_event_message_with_a_lone_surrogate_commits_on_every_backend(repo):

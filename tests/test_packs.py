@@ -425,3 +425,79 @@ def test_a_limited_log_reads_the_end_of_the_reflog_and_gives_what_the_whole_log_
     repo.backend.write(ref_updates=[RefUpdate("conversations/c", full[0].id, full[40].id, "reset: test")])
     assert [i.id for i in repo.log("c", 5)] == [i.id for i in full[40:45]]
     assert repo.log("c", 5) == repo.log("c")[:5]
+
+
+# -- a commit mending a damaged copy of an object a pack holds --------------------------------
+
+
+def _pack_alone(repo: Repository, oid: str) -> None:
+    """Move the loose object ``oid`` into a pack of its own."""
+    stored = repo.backend.get_objects([oid])[oid]
+    body = repo.verified_body(stored)
+    repo.backend.write_packs([([(oid, stored.kind, stored.size, None)],
+                               packs.encode_objects([packs.Member(oid, stored.kind, body)]))])
+
+
+def _first_node_made_again(location: Path) -> tuple[Repository, dict, dict, str]:
+    """A store whose SB-3 node of its first snapshot is no longer in the head's tree: the repository,
+    the first state (which makes that node again), the head's, and the node's id."""
+    import copy
+
+    repo = Repository.init(str(location))
+    a = sample_state("c")
+    first = repo.commit("c", a).snapshot
+    b = copy.deepcopy(a)
+    b["contexts"][2]["status"] = "paused"
+    repo.commit("c", b)
+    return repo, a, b, repo.tree(first).records["SB-3"].node_id
+
+
+def _flip(location: Path, table: str, column: str, key: object) -> None:
+    db = sqlite3.connect(location / "store.sqlite")
+    (data,) = db.execute(f"SELECT data FROM {table} WHERE {column} = ?", (key,)).fetchone()
+    db.execute(f"UPDATE {table} SET data = ? WHERE {column} = ?", (flip_byte(data), key))
+    db.commit()
+    db.close()
+
+
+def test_a_commit_mends_a_damaged_loose_copy_of_an_object_a_damaged_pack_also_holds(tmp_path):
+    """The heal removed the damaged copy through delete_objects, which reads the pack holding the object
+    too: a damaged pack made the durable commit raise CorruptObject and left the damaged copy in place."""
+    import copy
+
+    location = tmp_path / "s"
+    repo, a, b, victim = _first_node_made_again(location)
+    _pack_alone(repo, victim)
+    repo.commit("c", copy.deepcopy(a))  # made again: stored loose beside the packed copy
+    repo.commit("c", copy.deepcopy(b))
+    assert repo.backend.loose_count() and _packs(location) == 1
+    repo.close()
+    _flip(location, "objects", "id", bytes.fromhex(victim))
+    _flip(location, "packs", "id", 1)
+    again = Repository.open(str(location))
+    try:
+        again.commit("c", copy.deepcopy(a))
+        assert again.verified_body(again.backend.get_objects([victim])[victim])
+        assert again.load("c").contexts[2] == a["contexts"][2]
+        # The damaged pack keeps its index row (which object it is for cannot be read) and is named.
+        assert [p.kind for p in again.fsck().problems] == ["corrupt-pack"]
+    finally:
+        again.close()
+
+
+def test_replacing_a_packed_object_leaves_one_copy_loose_and_drops_its_index_row(tmp_path):
+    from snapstore.backends.base import StoredObject
+
+    location = tmp_path / "s"
+    repo, _, _, victim = _first_node_made_again(location)
+    good = repo.backend.get_objects([victim])[victim]
+    _pack_alone(repo, victim)
+    counted = repo.backend.count_objects()
+    assert victim not in {o.id for o in repo.backend.loose_for_packing(0, 1000)[0]}
+    repo.backend.replace_objects([StoredObject(good.id, good.kind, good.size, good.data)])
+    assert _packs(location) == 0 and _packs(location, "packed") == 0  # its only member: the pack goes
+    assert repo.backend.count_objects()[::2] == counted[::2]  # once: loose
+    assert [o.id for o in repo.backend.iter_objects()].count(victim) == 1
+    assert repo.backend.get_objects([victim])[victim] == good
+    assert repo.fsck().ok
+    repo.close()

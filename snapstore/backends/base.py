@@ -217,6 +217,20 @@ class Backend(ABC):
         move between gc's mark and its sweep (see snapstore/gc.py).
         """
 
+    @abstractmethod
+    def replace_objects(self, objects: Sequence[StoredObject]) -> None:
+        """Store ``objects`` over the stored copies of them, atomically and durably; an absent one is stored.
+
+        How a commit mends a damaged copy of an object it made again
+        (``Repository._heal``): its bytes hash to the id, so every reader is
+        served either the old copy or this one, and never finds the object
+        gone. A delete then a write would leave it gone in between, for good if
+        the process died there, and two replicas mending one object at once
+        would delete each other's good copy. A copy a pack holds stops being
+        read (a backend with packs drops its index row, or reads prefer the
+        new copy). Nothing but these objects changes.
+        """
+
     # -- refs and meta -----------------------------------------------------
 
     @abstractmethod

@@ -63,6 +63,11 @@ class MemoryBackend(Backend):
                     removed += 1
         return removed
 
+    def replace_objects(self, objects: Sequence[StoredObject]) -> None:
+        with self._lock:
+            for obj in objects:
+                self._objects[obj.id] = obj
+
     def get_ref(self, name: str) -> ObjectId | None:
         with self._lock:
             return self._refs.get(name)

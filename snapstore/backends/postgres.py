@@ -197,6 +197,13 @@ _INSERT_OBJECTS = (
     "SELECT * FROM unnest(%b::bytea[], %s::text[], %s::int8[], %s::int8[], %b::bytea[]) "
     "ORDER BY 1 ON CONFLICT (id) DO NOTHING"
 )
+# A copy written over in place (Backend.replace_objects): the row is never absent.
+_REPLACE_OBJECTS = (
+    "INSERT INTO snapstore_objects (id, kind, size, stored_size, data) "
+    "SELECT * FROM unnest(%b::bytea[], %s::text[], %s::int8[], %s::int8[], %b::bytea[]) "
+    "ORDER BY 1 ON CONFLICT (id) DO UPDATE SET kind = EXCLUDED.kind, size = EXCLUDED.size, "
+    "stored_size = EXCLUDED.stored_size, data = EXCLUDED.data"
+)
 _REFLOG_INSERT = (
     "INSERT INTO snapstore_reflog (name, old, new, time, reason, log_sequence, log_hash) "
     f"SELECT %s, %b::bytea, %b::bytea, {_NOW}, %s, %s::int8, %s::text FROM changed"
@@ -686,6 +693,24 @@ class PostgresBackend(Backend):
 
     def delete_objects(self, ids: Iterable[ObjectId], fence: Mapping[str, tuple[ObjectId, int]] | None = None) -> int:
         return len(self._delete_index(ids, fence))
+
+    def replace_objects(self, objects: Sequence[StoredObject]) -> None:
+        self._replace_rows(objects, with_data=True)
+
+    def _replace_rows(self, objects: Sequence[StoredObject], with_data: bool) -> None:
+        """Object rows written over, or added, in one transaction (bodies included if ``with_data``)."""
+        unique = {o.id: o for o in objects}  # one row once: ON CONFLICT DO UPDATE refuses a row twice
+        rows = sorted(
+            (bytes.fromhex(o.id), o.kind, o.size, len(o.data), o.data if with_data else None)
+            for o in unique.values()
+        )
+
+        def replace(cur: psycopg.Cursor) -> None:
+            for start in range(0, len(rows), _BATCH):
+                cur.execute(_REPLACE_OBJECTS, [list(c) for c in zip(*rows[start : start + _BATCH], strict=True)])
+
+        if rows:
+            self._transaction(replace)
 
     # -- refs and meta -----------------------------------------------------
 

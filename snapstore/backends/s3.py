@@ -372,12 +372,16 @@ class S3Backend(PostgresBackend):
 
     # -- one object in the bucket ------------------------------------------
 
-    def _put(self, obj: StoredObject) -> None:
-        """Store one object's body unless the bucket has it already."""
+    def _put(self, obj: StoredObject, replace: bool = False) -> None:
+        """Store one object's body unless the bucket has it already (with ``replace``, over what it has)."""
         key = self._key(obj.id)
         body = b"%s %s %d\n" % (HEADER_MAGIC, obj.kind.encode("ascii"), obj.size) + obj.data
 
         def put() -> None:
+            if replace:
+                # A PUT replaces the key's body at once: a GET returns the old bytes or these, never nothing.
+                self._client.put_object(Bucket=self.s3.bucket, Key=key, Body=body)
+                return
             if self._conditional_put is not False:
                 try:
                     self._client.put_object(Bucket=self.s3.bucket, Key=key, Body=body, IfNoneMatch="*")
@@ -465,6 +469,23 @@ class S3Backend(PostgresBackend):
             except _ClaimLost:
                 continue  # lost before the index transaction committed: nothing was deleted
         raise self._claims_lost("deleting objects")
+
+    def replace_objects(self, objects: Sequence[StoredObject]) -> None:
+        """PUT each body over the bucket's copy, then write the index rows over in one transaction,
+        under the shared sweep lock like :meth:`write` (gc deletes nothing in between). A failure
+        between the two leaves good bodies under the old rows: never a row without a body."""
+        unique = list({o.id: o for o in objects}.values())
+        if not unique:
+            return
+        for _ in range(_CLAIM_ATTEMPTS):
+            try:
+                with self._sweep_lock(exclusive=False):
+                    self._parallel(lambda o: self._put(o, replace=True), unique)
+                    self._replace_rows(unique, with_data=False)
+                return
+            except _ClaimLost:
+                continue  # nothing committed; PUT again under a new claim
+        raise self._claims_lost("replacing objects")
 
     def sweep_unindexed(self, before: datetime, dry_run: bool = False) -> tuple[int, int]:
         """Delete the bodies in the bucket that no index row names, last written before ``before``.

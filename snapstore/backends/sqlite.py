@@ -159,6 +159,8 @@ PACK_CACHE_BYTES = 64 << 20
 DB_NAME = "store.sqlite"
 _INSERT_OBJECT = "INSERT OR IGNORE INTO objects (id, kind, size, data) VALUES (?, ?, ?, ?)"
 _INSERT_OBJECTS_PREFIX = "INSERT OR IGNORE INTO objects (id, kind, size, data) VALUES "
+_REPLACE_OBJECT = ("INSERT INTO objects (id, kind, size, data) VALUES (?, ?, ?, ?) ON CONFLICT (id) "
+                   "DO UPDATE SET kind = excluded.kind, size = excluded.size, data = excluded.data")
 _INSERT_BATCH = 200  # objects per INSERT (4 parameters each, well under SQLite's limit)
 
 
@@ -575,6 +577,44 @@ class SqliteBackend(Backend):
                 self._db.execute("ROLLBACK")
                 raise
         return len(removed)
+
+    def replace_objects(self, objects: Sequence[StoredObject]) -> None:
+        """One transaction: each object's loose row written over (or added), and a readable pack's
+        index row for it dropped, so the store holds it once, as given.
+
+        A pack that cannot be read keeps its index row: which object that row
+        is for cannot be told (an object whose id prefix another packed object
+        holds is loose, :meth:`_write_pack`), and fsck goes on naming the
+        damaged pack; reads take the loose copy first."""
+        unique = {o.id: o for o in objects}
+        if not unique:
+            return
+        with self._lock, self._errors():
+            db = self._db
+            self._begin_write(db)
+            try:
+                db.executemany(_REPLACE_OBJECT,
+                               [(bytes.fromhex(o.id), o.kind, o.size, o.data) for o in unique.values()])
+                if self._has_packs():
+                    for oid in unique:
+                        row = db.execute("SELECT pack FROM packed WHERE prefix = ?", (prefix_key(oid),)).fetchone()
+                        if row is None:
+                            continue
+                        try:
+                            member = self._pack(row[0], oid).get(oid)
+                        except CorruptObject:
+                            continue
+                        if member is None:
+                            continue  # the prefix is another object's
+                        db.execute("DELETE FROM packed WHERE prefix = ?", (prefix_key(oid),))
+                        db.execute("UPDATE packs SET live = live - 1, live_size = live_size - ? WHERE id = ?",
+                                   (len(member[1]), row[0]))
+                        db.execute("DELETE FROM packs WHERE id = ? AND live <= 0", (row[0],))
+                db.execute("COMMIT")
+            except BaseException:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
 
     # -- packs (snapstore/packs.py) ------------------------------------------
 
