@@ -34,6 +34,18 @@ bound depends on the log:
   roll-forward; the next start reads only past it. The hash ties the mark to
   this log: a file that does not hold that entry (behind, or another log) is
   read from the oldest conversation's newest link, as before.
+
+  A clean shutdown moves the mark on (:meth:`LinkedLog.mark`), so the next
+  start does not read everything a long run wrote: the process counts on from
+  where its start found the log settled, one entry of its own at a time (the
+  next sequence, appended through this :class:`LinkedLog`), each settled once
+  its ref moved (the orchestrator says so: :meth:`LinkedLog.settled`) or a
+  correction voided it, or at once if it links no snapshot. The first entry
+  that is not its own (a gap in the sequences: another writer of the file, in
+  this process or another) stops the count, and so does one of its own that
+  never settled (a commit whose outcome is unknown): the mark never passes an
+  entry this process cannot vouch for. Nothing is written per operation; the
+  mark rides in the shutdown marker's write.
 """
 
 from __future__ import annotations
@@ -57,10 +69,17 @@ CHECKED_KEY = "startup/log_checked"
 
 
 class LinkedLog:
-    """An orchestrator's audit hook: one writer per log in this process."""
+    """An orchestrator's audit hook: one writer per log in this process.
+
+    It also counts how far the log is settled past where a start left it
+    (:meth:`follow`, :meth:`settled`, :meth:`mark`; the module doc says why).
+    """
 
     _locks: dict[str, threading.Lock] = {}
     _locks_guard = threading.Lock()
+    # Own entries followed past the settled ones at most: more means one never settled (its commit's
+    # outcome unknown), and the count stops there rather than grow with the run.
+    MAX_AHEAD = 10_000
 
     def __init__(self, log: OzolithLog) -> None:
         self.log = log
@@ -68,13 +87,58 @@ class LinkedLog:
         self.refused: str | None = None
         with self._locks_guard:
             self._lock = self._locks.setdefault(str(log.path.resolve()), threading.Lock())
+        # The newest entry with every entry up to it settled, (sequence, hash); None: not followed.
+        self._settled: tuple[int, str] | None = None
+        # This hook's entries just past it, in sequence: sequence -> [hash, settled].
+        self._ahead: dict[int, list[Any]] = {}
+        self._following = False
 
     def __call__(self, event_type: str, context_id: str, actor: str, payload: dict[str, Any]) -> tuple[int, str]:
         if self.refused is not None:
             raise LogError(f"not appending to {self.log.path}: {self.refused}")
         with self._lock:
             entry = self.log.append(event_type, context_id, actor, payload)
+            if self._following:
+                self._follow_entry(entry)
         return entry.sequence, entry.entry_hash
+
+    def follow(self, settled: tuple[int, str]) -> None:
+        """Count on from ``settled``: the log's newest entry when a start read it, every entry up to it settled."""
+        with self._lock:
+            self._settled, self._ahead, self._following = settled, {}, True
+
+    def settled(self, sequence: int) -> None:
+        """The orchestrator's word that entry ``sequence`` (appended here) is applied: its ref moved, linking it."""
+        with self._lock:
+            if sequence in self._ahead:
+                self._ahead[sequence][1] = True
+                self._fold()
+
+    def mark(self) -> tuple[int, str] | None:
+        """The newest entry such that every entry up to it is settled, as far as this hook knows; or None."""
+        with self._lock:
+            return self._settled if self._settled is not None and self._settled[0] >= 1 else None
+
+    def _follow_entry(self, entry: LogEntry) -> None:
+        assert self._settled is not None
+        if entry.sequence != self._settled[0] + len(self._ahead) + 1 or len(self._ahead) >= self.MAX_AHEAD:
+            # Another writer's entry came between (or one of ours never settled): nothing past it is vouched for.
+            self._following, self._ahead = False, {}
+            return
+        link = entry.payload.get(LINK_KEY) if isinstance(entry.payload, dict) else None
+        # An entry naming no snapshot is never pending (scan_log); a correction settles the entry it voids.
+        self._ahead[entry.sequence] = [entry.entry_hash, link_of(entry) is None]
+        void = link.get("void") if isinstance(link, dict) else None
+        if entry.event_type == "correction" and isinstance(void, int) and void in self._ahead:
+            self._ahead[void][1] = True
+        self._fold()
+
+    def _fold(self) -> None:
+        """Move ``_settled`` over the settled entries just past it."""
+        assert self._settled is not None
+        while (nxt := self._ahead.get(self._settled[0] + 1)) is not None and nxt[1]:
+            del self._ahead[self._settled[0] + 1]
+            self._settled = (self._settled[0] + 1, nxt[0])
 
 
 def link_of(entry: LogEntry) -> dict[str, Any] | None:
@@ -128,6 +192,9 @@ class LogScan:
     pending: tuple[tuple[LogEntry, dict[str, Any]], ...]
     # Why the recorded mark (CHECKED_KEY) was not used, for the start's report; None if it was, or there is none.
     note: str | None = None
+    # The log's newest entry when read, (sequence, hash), every entry below the bound settled and the rest
+    # read; (0, "") for an empty log; None if unknown (the bound's own entry is not in the log). OZOLITH only.
+    end: tuple[int, str] | None = None
 
 
 def scan_log(repo: Repository, log: OzolithLog | StoreLog, skip: frozenset[int] = frozenset(),
@@ -135,7 +202,7 @@ def scan_log(repo: Repository, log: OzolithLog | StoreLog, skip: frozenset[int] 
     """Read the log past the bound no pending entry can be below (module doc), and pick out the pending ones."""
     if newest is None:
         newest = linked_sequences(repo)
-    recent, note = _entries_past_bound(repo, log, newest)
+    recent, note, below = _entries_past_bound(repo, log, newest)
     voided = voided_sequences(recent)
     # A conversation renamed or deleted since is not in ``newest``: every entry of it is a candidate,
     # and _not_applied_since judges it by the reflog its name left (which says what was applied).
@@ -149,24 +216,33 @@ def scan_log(repo: Repository, log: OzolithLog | StoreLog, skip: frozenset[int] 
         conv = str(link.get("conversation"))
         if entry.sequence > newest.get(conv, 0):
             out.append((entry, link))
-    return LogScan(tuple(recent), tuple(_not_applied_since(repo, out) if out else out), note)
+    end = None if isinstance(log, StoreLog) else (recent[-1].sequence, recent[-1].entry_hash) if recent else below
+    return LogScan(tuple(recent), tuple(_not_applied_since(repo, out) if out else out), note, end)
 
 
-def _entries_past_bound(repo: Repository, log: OzolithLog | StoreLog,
-                        newest: dict[str, int]) -> tuple[list[LogEntry], str | None]:
-    """The entries a pending one could be among, oldest first, and why a recorded mark was not used (or None)."""
+def _entries_past_bound(repo: Repository, log: OzolithLog | StoreLog, newest: dict[str, int]
+                        ) -> tuple[list[LogEntry], str | None, tuple[int, str] | None]:
+    """The entries a pending one could be among, oldest first; why a recorded mark was not used (or None);
+    and the entry just below them, the bound's own ((0, "") below the first; None if the log lacks it)."""
     if isinstance(log, StoreLog):
         # Entry and ref move commit together: everything up to the newest link of any conversation is applied.
-        return list(log.entries_after(max(newest.values(), default=0))), None
+        return list(log.entries_after(max(newest.values(), default=0))), None, None
     floor = min(newest.values(), default=0)  # without a mark: the oldest conversation's newest link
     mark, note = _recorded_mark(repo)
     if mark is not None and mark[0] > floor:
         read = list(log.entries_after(mark[0] - 1))  # from the marked entry, to check it is this log's
         if read and read[0].sequence == mark[0] and read[0].entry_hash == mark[1]:
-            return read[1:], None
+            return read[1:], None, mark
         note = (f"the log holds no entry {mark[0]} with the hash a start recorded ({mark[1][:12]}): "
                 f"read it from entry {floor + 1}")
-    return list(log.entries_after(floor)), note
+    if floor == 0:
+        return list(log.entries_after(0)), note, (0, "")
+    try:
+        read = list(log.entries_after(floor - 1))  # the floor's entry too (one more parse): where a close counts from
+    except LogError:  # unreadable, maybe the floor's own line, which the read past it never needed
+        return list(log.entries_after(floor)), note, None
+    below = (read[0].sequence, read[0].entry_hash) if read and read[0].sequence == floor else None
+    return [e for e in read if e.sequence > floor], note, below
 
 
 def _recorded_mark(repo: Repository) -> tuple[tuple[int, str] | None, str | None]:
@@ -200,6 +276,31 @@ def settled_mark(scan: LogScan, recoveries: list[Recovery]) -> str | None:
     if not settled:
         return None
     return json.dumps({"sequence": settled[-1].sequence, "entry_hash": settled[-1].entry_hash})
+
+
+def settled_end(scan: LogScan, recoveries: list[Recovery]) -> tuple[int, str] | None:
+    """Where a process may count its own settled entries on from (:meth:`LinkedLog.follow`), or None.
+
+    The log's newest entry as ``scan`` read it, if rolling it forward
+    (``recoveries``) left nothing unresolved: every entry up to it is then
+    applied, voided or discarded. With an unresolved entry the mark stays
+    below it (:func:`settled_mark`) whatever this process appends.
+    """
+    if any(r.action != "rolled-forward" for r in recoveries):
+        return None
+    return scan.end
+
+
+def mark_meta(repo: Repository, linked: LinkedLog) -> dict[str, str]:
+    """``{CHECKED_KEY: ...}`` for a clean shutdown's write: how far ``linked`` found the log settled, if that is
+    past the recorded mark (another replica's start may have recorded a newer one); else nothing."""
+    if linked.refused is not None:
+        return {}
+    mark = linked.mark()
+    recorded, _ = _recorded_mark(repo)
+    if mark is None or (recorded is not None and recorded[0] >= mark[0]):
+        return {}
+    return {CHECKED_KEY: json.dumps({"sequence": mark[0], "entry_hash": mark[1]})}
 
 
 def _not_applied_since(repo: Repository, candidates: list[tuple[LogEntry, dict[str, Any]]]

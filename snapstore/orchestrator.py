@@ -300,7 +300,7 @@ class ConversationOrchestrator:
             before_ref = append_entry
 
         try:
-            return self.repo.commit_staged(
+            result = self.repo.commit_staged(
                 staging, event=Event(event_type, context_id, message), activate=True,
                 allow_empty=True, before_ref=before_ref,
             )
@@ -316,6 +316,12 @@ class ConversationOrchestrator:
                 except Exception:  # retried before the next operation
                     pass
             raise
+        settled = getattr(self._audit, "settled", None) if appended else None
+        if settled is not None:
+            # The ref moved, linking the entry: applied (audit.LinkedLog counts it toward the mark a
+            # clean shutdown records, in memory only).
+            settled(appended[0])
+        return result
 
     def _write_pending_voids(self) -> None:
         """Append a ``correction`` entry for each failed operation's entry (see :mod:`snapstore.audit`)."""

@@ -30,7 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .audit import CHECKED_KEY, LinkedLog, Recovery, linked_sequences, roll_forward, scan_log, settled_mark
+from .audit import (CHECKED_KEY, LinkedLog, Recovery, linked_sequences, mark_meta, roll_forward, scan_log,
+                    settled_end, settled_mark)
 from .errors import InvalidInput, LogError, SnapstoreError, StoreExists, StoreNotFound
 from .orchestrator import ConversationOrchestrator
 from .packing import shutdown_pack
@@ -78,6 +79,10 @@ class StartupReport:
     # With ``repair`` and an OZOLITH file: the meta value (audit.CHECKED_KEY) saying how far this start
     # settled the log, for the Session to record; None to leave the recorded one.
     log_checked: str | None = None
+    # With ``repair`` and an OZOLITH file: the log's newest entry as this start read it, (sequence, hash), if
+    # every entry up to it is settled now; the Session's hook counts its own entries on from it, to move the
+    # mark at a clean close (audit.LinkedLog.follow). None: nothing is counted, the mark stays.
+    log_settled: tuple[int, str] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -165,6 +170,7 @@ def inspect(repo: Repository, log: OzolithLog | StoreLog | None = None, *, conve
     unreadable: list[str] = []
     behind: str | None = None
     checked: str | None = None
+    settled: tuple[int, str] | None = None
     if log is not None:
         discarded = discarded_sequences(repo)
         if discarded:
@@ -193,6 +199,7 @@ def inspect(repo: Repository, log: OzolithLog | StoreLog | None = None, *, conve
                 unreadable.append(behind)
             elif repair and isinstance(log, OzolithLog):
                 checked = settled_mark(scan, rolled)
+                settled = settled_end(scan, rolled)
         except LogError as exc:
             # An unparsable line among the newest (or, without ``repair``, a torn tail a start would
             # cut): the entries cannot be matched to the store. Start anyway so the caller sees why;
@@ -231,7 +238,7 @@ def inspect(repo: Repository, log: OzolithLog | StoreLog | None = None, *, conve
     else:
         status = RecoveryStatus.AUDIT_RECOMMENDED
     return StartupReport(status, target, focus, infos, tuple(recoveries), tuple(problems), tuple(checks),
-                         log_behind=behind, dead_sessions=tuple(dead), log_checked=checked)
+                         log_behind=behind, dead_sessions=tuple(dead), log_checked=checked, log_settled=settled)
 
 
 def _describe_session(repo: Repository, key: str) -> str:
@@ -396,6 +403,8 @@ class Session:
                                   session=self.presence.key)
             if self.report.log_behind is not None and isinstance(self._audit, LinkedLog):
                 self._audit.refused = self.report.log_behind
+            if self.report.log_settled is not None and isinstance(self._audit, LinkedLog):
+                self._audit.follow(self.report.log_settled)  # a clean close moves the mark on from there
             started = utc_now()
             # The sessions that ended badly are reported (above) and forgotten; this one is announced.
             # With it, how far this start settled the OZOLITH file (after its roll-forward, so a crash
@@ -494,12 +503,17 @@ class Session:
         """Mark a clean shutdown (unless ``clean`` is False) and release the store.
 
         A clean close removes this session's key; with ``clean=False`` the key
-        stays, as after a crash, and the next start audits.
+        stays, as after a crash, and the next start audits. With an OZOLITH
+        file, a clean close also moves the mark a start reads the log past
+        (audit.CHECKED_KEY) over the entries this session appended and saw
+        settled, in the same write: the next start does not read the whole run.
         """
         try:
             if clean:
                 shutdown_pack(self.repo)
                 meta: dict[str, str | None] = {CLEAN_SHUTDOWN_KEY: utc_now(), **self.presence.clean_meta()}
+                if isinstance(self._audit, LinkedLog):
+                    meta.update(mark_meta(self.repo, self._audit))
                 try:
                     meta.update(self.repo.chain_hint_meta())
                 except SnapstoreError:

@@ -234,3 +234,166 @@ def test_an_older_copy_of_the_log_is_read_from_the_oldest_link_and_named(tmp_pat
         assert json.loads(s.repo.backend.get_meta(CHECKED_KEY))["sequence"] == marked
     finally:
         s.close()
+
+
+# -- a clean close moves the mark over what the run settled ------------------------------------------------------
+
+LONG = 150  # operations of the "long" run, per busy conversation
+
+
+def _marked(session: Session) -> int:
+    return json.loads(session.repo.backend.get_meta(CHECKED_KEY))["sequence"]
+
+
+@pytest.mark.parametrize("fresh", [True, False], ids=["first-run", "after-a-start"])
+def test_a_start_after_a_long_clean_run_reads_only_past_it(tmp_path, parsed, fresh):
+    """Before, the mark moved only at starts: the next start parsed every entry of the whole run."""
+    store, logfile = str(tmp_path / "store"), tmp_path / "log.jsonl"
+    if not fresh:  # a store with a history and a mark its last start recorded
+        with Session(store, ozolith=str(logfile)) as s:
+            _idle_then_busy(s, 5)
+        Session(store, ozolith=str(logfile)).close()
+    with Session(store, ozolith=str(logfile)) as s:
+        _idle_then_busy(s, LONG)
+        last = s.log.last()
+    assert last.sequence > BUSY * LONG
+    parsed.reset()
+    s = Session(store, ozolith=str(logfile))
+    try:
+        assert s.report.status is RecoveryStatus.CLEAN and s.report.recoveries == (), s.report
+        # The marked entry (checked to be this log's) and nothing past it: 1, not the run's 450+.
+        assert parsed.count <= 2, parsed.count
+        assert _marked(s) == last.sequence
+        # Appends go on where the log ends, and the mark moves again at this close.
+        _work(s, "busy0", 3)
+        assert s.log.last().sequence == last.sequence + 3
+    finally:
+        s.close()
+    assert _marked_after(store) == last.sequence + 3
+
+
+def _marked_after(store: str) -> int:
+    from snapstore.repository import Repository
+
+    repo = Repository.open(store)
+    try:
+        return json.loads(repo.backend.get_meta(CHECKED_KEY))["sequence"]
+    finally:
+        repo.close()
+
+
+def test_a_clean_close_marks_nothing_past_another_writers_entry(tmp_path):
+    """An entry another writer of the file appended mid-run (here: and died before its ref moved) is not this
+    process's to vouch for: the mark stays below it and the next start rolls it forward."""
+    store, logfile = str(tmp_path / "store"), tmp_path / "log.jsonl"
+    with Session(store, ozolith=str(logfile)) as s:
+        _idle_then_busy(s, 5)
+    s = Session(store, ozolith=str(logfile))
+    _work(s, "busy0", 5)
+    before = s.log.last().sequence
+    lost = _crash_after_append(s, "busy1")  # through another hook: to this session, another writer
+    _work(s, "busy0", 5)
+    s.close()
+    assert _marked_after(store) == before < lost
+    s = Session(store, ozolith=str(logfile))
+    try:
+        assert [(r.sequence, r.action) for r in s.report.recoveries] == [(lost, "rolled-forward")]
+        assert s.repo.load("busy1").contexts[0]["local_memory"][-1]["user"] == "lost?"
+    finally:
+        s.close()
+
+
+class _RefMoveFails:
+    """The backend's next ref-moving write raises ``error`` without writing (a full disk; a lost connection)."""
+
+    def __init__(self, session: Session, error: Exception) -> None:
+        self.backend, self.error, self.real = session.repo.backend, error, session.repo.backend.write
+
+    def __enter__(self) -> None:
+        def write(objects=(), ref_updates=(), *args, **kwargs):
+            if ref_updates and self.error is not None:
+                error, self.error = self.error, None
+                raise error
+            return self.real(objects, ref_updates, *args, **kwargs)
+
+        self.backend.write = write
+
+    def __exit__(self, *exc: object) -> None:
+        del self.backend.write
+
+
+def test_a_clean_close_marks_nothing_past_an_entry_whose_commit_is_unknown(tmp_path, parsed):
+    """The session's own entry whose ref move may or may not have happened is never settled: later entries of the
+    same run are not marked either, and the next start finds it (here: not applied, so rolled forward)."""
+    from snapstore.errors import CommitOutcomeUnknown
+
+    store, logfile = str(tmp_path / "store"), tmp_path / "log.jsonl"
+    with Session(store, ozolith=str(logfile)) as s:
+        _idle_then_busy(s, 5)
+    s = Session(store, ozolith=str(logfile))
+    _work(s, "busy0", 5)
+    before = s.log.last().sequence
+    orch = s.resume("busy2")
+    with _RefMoveFails(s, CommitOutcomeUnknown("connection lost during COMMIT")):
+        with pytest.raises(CommitOutcomeUnknown):
+            orch.add_exchange(orch.active_context_id, "in doubt", "a")
+    unknown = s.log.last().sequence
+    _work(s, "busy0", 5)
+    s.close()
+    assert _marked_after(store) == before == unknown - 1
+    parsed.reset()
+    s = Session(store, ozolith=str(logfile))
+    try:
+        assert [(r.sequence, r.action) for r in s.report.recoveries] == [(unknown, "rolled-forward")]
+        assert s.repo.load("busy2").contexts[0]["local_memory"][-1]["user"] == "in doubt"
+        assert parsed.count < 25, parsed.count
+    finally:
+        s.close()
+
+
+def test_a_voided_entry_is_settled_and_the_mark_passes_it(tmp_path, parsed):
+    """An operation that failed after its entry was written is voided by a correction: settled, so the mark
+    moves over it and the run's later entries."""
+    store, logfile = str(tmp_path / "store"), tmp_path / "log.jsonl"
+    with Session(store, ozolith=str(logfile)) as s:
+        _idle_then_busy(s, 5)
+    s = Session(store, ozolith=str(logfile))
+    orch = s.resume("busy2")
+    with _RefMoveFails(s, OSError(28, "No space left on device")):
+        with pytest.raises(OSError):
+            orch.add_exchange(orch.active_context_id, "failed", "a")
+    voided = [e for e in s.log.entries_after(0) if e.event_type == "correction"]
+    assert len(voided) == 1
+    _work(s, "busy2", 3)
+    last = s.log.last().sequence
+    s.close()
+    assert _marked_after(store) == last
+    parsed.reset()
+    s = Session(store, ozolith=str(logfile))
+    try:
+        assert s.report.status is RecoveryStatus.CLEAN and s.report.recoveries == (), s.report
+        assert parsed.count <= 2, parsed.count
+        assert "failed" not in [x["user"] for x in s.repo.load("busy2").contexts[0]["local_memory"]]
+    finally:
+        s.close()
+
+
+def test_a_crash_after_a_long_run_still_rolls_the_entry_in_flight_forward(tmp_path, parsed):
+    """No clean close, no new mark: the next start reads from its predecessor's and finds the entry in flight."""
+    store, logfile = str(tmp_path / "store"), tmp_path / "log.jsonl"
+    with Session(store, ozolith=str(logfile)) as s:
+        _idle_then_busy(s, 5)
+    marked = _marked_after(store)
+    s = Session(store, ozolith=str(logfile))
+    _work(s, "busy0", 30)
+    lost = _crash_after_append(s, "busy1")  # killed between the entry and its ref move
+    s.close(clean=False)
+    assert _marked_after(store) == marked
+    parsed.reset()
+    s = Session(store, ozolith=str(logfile))
+    try:
+        assert [(r.sequence, r.action) for r in s.report.recoveries] == [(lost, "rolled-forward")]
+        assert s.repo.load("busy1").contexts[0]["local_memory"][-1]["user"] == "lost?"
+        assert parsed.count >= lost - marked  # every entry since the last mark
+    finally:
+        s.close()
