@@ -25,6 +25,18 @@ replaced snapshots stay in the reflog). Saves belong to one operation when
 Otherwise each save is its own snapshot. A delete is always a snapshot of
 its own (never an amend), so history keeps the deleted context whole.
 
+Threads. One instance may be shared by the threads of a server. Each call
+takes the instance's lock for its commit, so calls of different threads
+apply one after the other, each on the head as it is then: saves of
+different contexts all land, and two saves of one context are applied in
+turn (the later one is the context, as the client's ``INSERT OR REPLACE``;
+never a :class:`~snapstore.merge.MergeConflict` between the instance's own
+saves). An operation belongs to the thread (or asyncio task) that opened it
+and holds no lock while it is open; the saves of another thread, run at the
+same time, are snapshots of their own, and a save amends only a snapshot
+its own operation made (under a log, one the same thread made for the same
+newest entry), so interleaved operations never fold into one snapshot.
+
 Several replicas. Where each context lives (which conversation) is a cache,
 read again from the heads when a context is not where it was: another
 instance may have made, moved or deleted it. When another process moved the conversation's ref since
@@ -37,6 +49,7 @@ raises :class:`~snapstore.merge.MergeConflict` naming the context.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import hashlib
 import itertools
 import json
@@ -240,7 +253,13 @@ class SidebarPersistence:
             self._log = OzolithLog(log_path, key=_config["ozolith_key"])
         self._lock = threading.RLock()
         self._ops = itertools.count()
-        self._explicit: _Operation | None = None
+        # The operation open in the calling thread or asyncio task (``asyncio.to_thread`` carries it to the
+        # worker): never the instance's, or a server's other requests would join it, or wait for it to end.
+        self._explicit: contextvars.ContextVar[_Operation | None] = contextvars.ContextVar(
+            "snapstore_adapter_operation", default=None)
+        # conversation -> how many commits this instance made to it: a save staged on a head read before
+        # another of this instance's threads committed there stages again on the head (see save_context).
+        self._commits: dict[ConversationId, int] = {}
         # conversation -> (operation key, snapshot it made): where an amend may follow.
         self._last: dict[ConversationId, tuple[object, str]] = {}
         self._where: dict[str, ConversationId] = {}
@@ -261,23 +280,30 @@ class SidebarPersistence:
 
     @contextlib.contextmanager
     def operation(self, event_type: str, context_id: str | None = None, message: str = "") -> Iterator[None]:
-        """Group the saves inside into one snapshot (each save is still durable at once)."""
-        with self._lock:
-            outer = self._explicit
-            self._explicit = _Operation(("op", next(self._ops)), event_type, context_id, message)
-            try:
-                yield
-            finally:
-                self._explicit = outer
+        """Group the saves inside into one snapshot (each save is still durable at once).
+
+        The operation is the calling thread's (or asyncio task's) and holds no
+        lock while open: holding the instance's lock would stop every other
+        request of the server until it ends, and deadlock a save the
+        operation hands to a worker thread and waits for.
+        """
+        token = self._explicit.set(_Operation(("op", next(self._ops)), event_type, context_id, message))
+        try:
+            yield
+        finally:
+            self._explicit.reset(token)
 
     def _operation(self, fallback_type: str, context_id: str) -> _Operation:
-        if self._explicit is not None:
-            return self._explicit
+        explicit = self._explicit.get()
+        if explicit is not None:
+            return explicit
         if self._log is not None:
             last = self._log.last()
             if last is not None:
-                return _Operation(("log", last.sequence, last.entry_hash), last.event_type, last.context_id,
-                                  "", LogLink(last.sequence, last.entry_hash))
+                # The thread is part of the key: under threads the newest entry may be another request's, and
+                # that request's saves must not amend this one's snapshot (two user operations in one).
+                return _Operation(("log", last.sequence, last.entry_hash, threading.get_ident()),
+                                  last.event_type, last.context_id, "", LogLink(last.sequence, last.entry_hash))
         return _Operation(("save", next(self._ops)), fallback_type, context_id, "")
 
     def _commit(self, conv: ConversationId, change, fallback_type: str, context_id: str,
@@ -306,7 +332,8 @@ class SidebarPersistence:
         except RefConflict:
             staged = staging.workspace.build()
             result = self._merge_and_commit(conv, staging, staged, event, op.log)
-        if self._explicit is None and op.key[0] == "save":
+        self._commits[conv] = self._commits.get(conv, 0) + 1
+        if op.key[0] == "save":
             self._last.pop(conv, None)
         else:
             self._last[conv] = (op.key, result.snapshot)
@@ -414,7 +441,7 @@ class SidebarPersistence:
         """Upsert one whole context; durable when it returns."""
         mirrors: dict[str, list[Any] | None] = {}
         self._check_store()
-        stored, read = self._stored_lists(context)
+        stored, read, commits = self._stored_lists(context)
         data = self._encode(context, stored, mirrors)
         cid = data[ID_FIELD]
         # The lists as this save staged them, when it staged the context as it is (no merge).
@@ -436,8 +463,12 @@ class SidebarPersistence:
             if current is not None and current != target:
                 self._move(cid, current, target)
             # The head _stored_lists read is the base (one read of the ref per save): a replica that
-            # moved it since makes the commit merge, as one that moves it during the save does.
-            staging = read if read is not None and read.conversation == target and current == target else None
+            # moved it since makes the commit merge, as one that moves it during the save does. Not if
+            # another thread of this instance committed there since: a merge with the instance's own
+            # save would raise MergeConflict where both set a field (last_activity, say); staged on the
+            # head as it is now, the saves apply in turn, as the client's own layer does.
+            staging = read if (read is not None and read.conversation == target and current == target
+                               and self._commits.get(target, 0) == commits) else None
             result, staged = self._commit(target, change, "save_context", cid, staging)
             self._where[cid] = target
             # What the caller now holds, as the base of its next save: the context as given, not a merge
@@ -486,9 +517,10 @@ class SidebarPersistence:
                                    f"{cls.__name__} requires: loads could not give it back")
         return data
 
-    def _stored_lists(self, context: Any) -> tuple[dict[str, typed.KnownList], Staging | None]:
-        """The context's exchange lists as its conversation's head holds them, and a staging on that
-        head (None if the context is new here).
+    def _stored_lists(self, context: Any) -> tuple[dict[str, typed.KnownList], Staging | None, int]:
+        """The context's exchange lists as its conversation's head holds them, a staging on that
+        head (None if the context is new here), and how many commits this instance had made to that
+        conversation when it read the head.
 
         A save then encodes only what was appended since, and compares the
         rest with the mirror of the client's items it last saved, not with
@@ -498,20 +530,21 @@ class SidebarPersistence:
         with self._lock:
             conv = self._where.get(cid) if isinstance(cid, str) else None
             if conv is None:
-                return {}, None
+                return {}, None, 0
+            commits = self._commits.get(conv, 0)
             read = self.repo.stage(conv)  # the head read once: the save stages on it too
             record = read.workspace.base.records.get(cid)  # type: ignore[call-overload]
             memo = self._mirrors.get(cid, {})
             if record is None:
                 # Not where this instance last saw it: another replica moved or deleted it.
                 self._refresh()
-                return {}, None
+                return {}, None, 0
         out = {}
         for name, chain in record.memory.items():
             kept = memo.get(name)
             mirror = kept[2] if kept is not None and (kept[0], kept[1]) == (chain.head, chain.n) else None
             out[name] = typed.KnownList(chain.items, mirror)
-        return out, read
+        return out, read, commits
 
     def _remember(self, cid: str, record: ContextRecord | None) -> None:
         """Note the version of a context this instance's caller holds (the base of its next save)."""
