@@ -41,6 +41,7 @@ STRUCTURAL_EVENTS = {
     "context_created", "sidebar_spawn", "sidebar_merge", "context_pause", "context_resume",
     "context_archive", "context_reparent", "focus_switch", "context_deleted",
 }
+REPLAYED_EVENTS = STRUCTURAL_EVENTS | {"exchange"}
 
 
 @dataclass
@@ -78,11 +79,42 @@ def entries_for(log: OzolithLog, conversation: str | None) -> list[LogEntry]:
             and e.payload[LINK_KEY].get("conversation") == conversation]
 
 
+class _Skip(Exception):
+    """An entry replay cannot apply: the message names what is wrong (the caller adds its sequence)."""
+
+
+def _named(payload: dict[str, Any], name: str, kind: str, cid: str, *, required: bool = False) -> str | None:
+    """The context id a payload field names: a string, or None when the field is absent or null.
+
+    Anything else (a list, a number) is damage to name, not a value to index
+    the forest with (a list crashed replay with "unhashable type").
+    """
+    if name not in payload:
+        if required:
+            raise _Skip(f"{kind} of {cid} names no {name}")
+        return None
+    value = payload[name]
+    if value is None or isinstance(value, str):
+        return value
+    raise _Skip(f"{kind} of {cid}: {name} is {type(value).__name__} {repr(value)[:40]}, not a context id")
+
+
 def replay_entries(entries: list[LogEntry]) -> ReplayResult:
-    """Apply structural events in order; returns the rebuilt structure."""
+    """Apply structural events in order; returns the rebuilt structure.
+
+    An entry that cannot apply to the forest as replayed so far is left out
+    and named in ``skipped`` by its sequence, never applied half or guessed
+    at: a spawn or creation of a context that exists (it would wipe it and
+    list it twice under its parent), a spawn under, merge into or reparent
+    under a context that does not exist, a merge into a context that is not
+    the merged one's parent, a reparent that would make a cycle, an event
+    of any kind naming an unknown context, a field naming a context that
+    holds no id (a list, a number).
+    """
     out = ReplayResult()
     ctx = out.contexts
     voided = voided_sequences(entries)
+    made: dict[str, int] = {}  # context -> the sequence of the entry that made it
 
     def touch(cid: str, stamp: str) -> dict[str, Any] | None:
         c = ctx.get(cid)
@@ -90,85 +122,116 @@ def replay_entries(entries: list[LogEntry]) -> ReplayResult:
             c["last_activity"] = stamp
         return c
 
+    def known(cid: str, kind: str) -> dict[str, Any]:
+        c = ctx.get(cid)
+        if c is None:
+            raise _Skip(f"exchange in unknown context {cid}" if kind == "exchange" else f"{kind} of unknown {cid}")
+        return c
+
+    def new(cid: str, kind: str) -> None:
+        if cid in ctx:
+            raise _Skip(f"{kind} of {cid}, which exists (made at #{made[cid]})")
+
     for entry in sorted(entries, key=lambda e: e.sequence):
         if entry.sequence in voided:
             continue
-        p, cid, kind = entry.payload, entry.context_id, entry.event_type
-        stamp = entry.timestamp.rstrip("Z")
+        if entry.event_type not in REPLAYED_EVENTS:
+            continue  # carried, not replayed: sessions, tags, cross-references, anchors, unknown types
         out.entries += 1
-        if kind == "context_created":
-            ctx[cid] = _context(cid, None, stamp)
-            ctx[cid]["task_description"] = p.get("task_description")
-            out.active_context_id = cid
-        elif kind == "sidebar_spawn":
-            child = p.get("child_id") or cid
-            parent = p.get("parent_context")
-            if parent not in ctx:
-                under = "no parent_context" if parent is None else f"unknown {parent}"
-                out.skipped.append(f"#{entry.sequence}: spawn of {child} under {under}")
-                continue
-            ctx[child] = _context(child, parent, stamp)
-            ctx[child]["task_description"] = p.get("task_description", p.get("spawn_reason"))
-            ctx[child]["success_criteria"] = p.get("success_criteria")
-            ctx[parent]["child_sidebar_ids"].append(child)
-            ctx[parent]["status"] = "paused"
-            touch(parent, stamp)
-            out.active_context_id = child
-        elif kind == "exchange":
-            c = touch(cid, stamp)
-            if c is None:
-                out.skipped.append(f"#{entry.sequence}: exchange in unknown context {cid}")
-                continue
-            c["local_memory"].append({"exchange_id": p.get("exchange_id"), "_replayed": True,
-                                      "user_hash": p.get("user_hash"), "assistant_hash": p.get("assistant_hash")})
-            out.placeholders += 1
-        elif kind == "sidebar_merge":
-            c = touch(cid, stamp)
-            parent = p.get("parent_context") or (c or {}).get("parent_context_id")
-            if c is None or parent not in ctx:
-                out.skipped.append(f"#{entry.sequence}: merge of unknown {cid}")
-                continue
-            c["status"] = "merged"
-            ctx[parent]["status"] = "active"
-            ctx[parent]["local_memory"].append({
-                "exchange_id": p.get("summary_exchange_id"), "assistant": p.get("merge_summary"),
-                "_merge_from": cid, "_exchanges_merged": p.get("exchange_count"), "_replayed": True,
-            })
-            touch(parent, stamp)
-            out.active_context_id = parent
-        elif kind in ("context_pause", "context_resume", "context_archive"):
-            c = touch(cid, stamp)
-            if c is None:
-                out.skipped.append(f"#{entry.sequence}: {kind} of unknown {cid}")
-                continue
-            c["status"] = {"context_pause": "paused", "context_resume": "active",
-                           "context_archive": "archived"}[kind]
-        elif kind == "context_reparent":
-            c = touch(cid, stamp)
-            if c is None:
-                out.skipped.append(f"#{entry.sequence}: reparent of unknown {cid}")
-                continue
-            old, new = c.get("parent_context_id"), p.get("new_parent")
-            if old == new and (new is None or cid in ctx.get(new, {}).get("child_sidebar_ids", [])):
-                continue  # under the parent it has: its place among its siblings is kept
-            if old in ctx:
-                ctx[old]["child_sidebar_ids"] = [k for k in ctx[old]["child_sidebar_ids"] if k != cid]
-            if new in ctx:
-                ctx[new]["child_sidebar_ids"].append(cid)
-            c["parent_context_id"] = new
-        elif kind == "focus_switch":
-            if cid in ctx:
-                out.active_context_id = cid
-        elif kind == "context_deleted":
-            c = ctx.pop(cid, None)
-            if out.active_context_id == cid:  # as the store does: no focus on a context that is gone
-                out.active_context_id = None
-            if c is not None and c.get("parent_context_id") in ctx:
-                parent = ctx[c["parent_context_id"]]
-                parent["child_sidebar_ids"] = [k for k in parent["child_sidebar_ids"] if k != cid]
-        else:
-            out.entries -= 1
+        try:
+            _apply(entry, out, touch, known, new, made)
+        except _Skip as skip:
+            out.skipped.append(f"#{entry.sequence}: {skip}")
     return out
+
+
+def _apply(entry: LogEntry, out: ReplayResult, touch, known, new, made: dict[str, int]) -> None:
+    """Apply one structural entry, or raise :class:`_Skip` before changing anything."""
+    ctx = out.contexts
+    p, cid, kind = entry.payload, entry.context_id, entry.event_type
+    stamp = entry.timestamp.rstrip("Z")
+    if kind == "context_created":
+        new(cid, "creation")
+        ctx[cid] = _context(cid, None, stamp)
+        ctx[cid]["task_description"] = p.get("task_description")
+        made[cid] = entry.sequence
+        out.active_context_id = cid
+    elif kind == "sidebar_spawn":
+        child = _named(p, "child_id", "spawn", cid) or cid
+        parent = _named(p, "parent_context", "spawn", child)
+        if parent not in ctx:
+            under = "no parent_context" if parent is None else f"unknown {parent}"
+            raise _Skip(f"spawn of {child} under {under}")
+        new(child, "spawn")
+        ctx[child] = _context(child, parent, stamp)
+        ctx[child]["task_description"] = p.get("task_description", p.get("spawn_reason"))
+        ctx[child]["success_criteria"] = p.get("success_criteria")
+        made[child] = entry.sequence
+        ctx[parent]["child_sidebar_ids"].append(child)
+        ctx[parent]["status"] = "paused"
+        touch(parent, stamp)
+        out.active_context_id = child
+    elif kind == "exchange":
+        c = known(cid, "exchange")
+        touch(cid, stamp)
+        c["local_memory"].append({"exchange_id": p.get("exchange_id"), "_replayed": True,
+                                  "user_hash": p.get("user_hash"), "assistant_hash": p.get("assistant_hash")})
+        out.placeholders += 1
+    elif kind == "sidebar_merge":
+        c = known(cid, "merge")
+        own = c.get("parent_context_id")
+        parent = _named(p, "parent_context", "merge", cid) or own
+        if parent is None:
+            raise _Skip(f"merge of {cid}, a root: no parent to merge into")
+        if parent != own:
+            raise _Skip(f"merge of {cid} into {parent}, which is not its parent ({own or 'it is a root'})")
+        if parent not in ctx:
+            raise _Skip(f"merge of {cid} into unknown {parent}")
+        touch(cid, stamp)
+        c["status"] = "merged"
+        ctx[parent]["status"] = "active"
+        ctx[parent]["local_memory"].append({
+            "exchange_id": p.get("summary_exchange_id"), "assistant": p.get("merge_summary"),
+            "_merge_from": cid, "_exchanges_merged": p.get("exchange_count"), "_replayed": True,
+        })
+        touch(parent, stamp)
+        out.active_context_id = parent
+    elif kind in ("context_pause", "context_resume", "context_archive"):
+        c = known(cid, kind)
+        touch(cid, stamp)
+        c["status"] = {"context_pause": "paused", "context_resume": "active",
+                       "context_archive": "archived"}[kind]
+    elif kind == "context_reparent":
+        c = known(cid, "reparent")
+        old, target = c.get("parent_context_id"), _named(p, "new_parent", "reparent", cid, required=True)
+        if target is not None and target not in ctx:
+            raise _Skip(f"reparent of {cid} under unknown {target}")
+        above: str | None = target
+        while above is not None and above in ctx:
+            if above == cid:
+                raise _Skip(f"reparent of {cid} under {target}, which is "
+                            f"{'itself' if target == cid else 'below it'}: a cycle")
+            above = ctx[above].get("parent_context_id")
+        touch(cid, stamp)
+        if old == target and (target is None or cid in ctx[target]["child_sidebar_ids"]):
+            return  # under the parent it has: its place among its siblings is kept
+        if old in ctx:
+            ctx[old]["child_sidebar_ids"] = [k for k in ctx[old]["child_sidebar_ids"] if k != cid]
+        if target is not None:
+            ctx[target]["child_sidebar_ids"].append(cid)
+        c["parent_context_id"] = target
+    elif kind == "focus_switch":
+        known(cid, "focus")
+        out.active_context_id = cid
+    elif kind == "context_deleted":
+        c = known(cid, "delete")
+        del ctx[cid]
+        made.pop(cid, None)
+        if out.active_context_id == cid:  # as the store does: no focus on a context that is gone
+            out.active_context_id = None
+        if c.get("parent_context_id") in ctx:
+            parent = ctx[c["parent_context_id"]]
+            parent["child_sidebar_ids"] = [k for k in parent["child_sidebar_ids"] if k != cid]
 
 
 def replay(log: OzolithLog, conversation: str | None = None) -> ReplayResult:
