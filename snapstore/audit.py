@@ -45,7 +45,9 @@ bound depends on the log:
   this process or another) stops the count, and so does one of its own that
   never settled (a commit whose outcome is unknown): the mark never passes an
   entry this process cannot vouch for. Nothing is written per operation; the
-  mark rides in the shutdown marker's write.
+  mark rides in the shutdown marker's write, and every
+  :attr:`LinkedLog.MARK_EVERY`-th commit's own write (:meth:`LinkedLog.meta_due`),
+  so a start after a crash reads about that many entries of the run.
 """
 
 from __future__ import annotations
@@ -80,6 +82,9 @@ class LinkedLog:
     # Own entries followed past the settled ones at most: more means one never settled (its commit's
     # outcome unknown), and the count stops there rather than grow with the run.
     MAX_AHEAD = 10_000
+    # Every this many commits the mark rides in a commit's own write too (:meth:`meta_due`), so a start
+    # after a crash, with no clean close, reads about this many entries of the run, not all of it.
+    MARK_EVERY = 256
 
     def __init__(self, log: OzolithLog) -> None:
         self.log = log
@@ -92,6 +97,7 @@ class LinkedLog:
         # This hook's entries just past it, in sequence: sequence -> [hash, settled].
         self._ahead: dict[int, list[Any]] = {}
         self._following = False
+        self._since_mark = 0  # commits since the mark last rode in one (meta_due)
 
     def __call__(self, event_type: str, context_id: str, actor: str, payload: dict[str, Any]) -> tuple[int, str]:
         if self.refused is not None:
@@ -118,6 +124,16 @@ class LinkedLog:
         """The newest entry such that every entry up to it is settled, as far as this hook knows; or None."""
         with self._lock:
             return self._settled if self._settled is not None and self._settled[0] >= 1 else None
+
+    def meta_due(self, repo: Repository) -> dict[str, str]:
+        """Called before each commit: every :attr:`MARK_EVERY`-th, the mark (:func:`mark_meta`) for that
+        commit's own write, which records it at no extra flush; else nothing. The mark is of entries
+        settled before this commit appends its own, so whatever becomes of the commit it stays true."""
+        self._since_mark += 1
+        if self._since_mark < self.MARK_EVERY or not self._following:
+            return {}
+        self._since_mark = 0
+        return mark_meta(repo, self)
 
     def _follow_entry(self, entry: LogEntry) -> None:
         assert self._settled is not None

@@ -299,10 +299,12 @@ class ConversationOrchestrator:
 
             before_ref = append_entry
 
+        due = getattr(self._audit, "meta_due", None)
+        meta = due(self.repo) if due is not None else None  # the log's mark, now and then (audit.LinkedLog)
         try:
             result = self.repo.commit_staged(
                 staging, event=Event(event_type, context_id, message), activate=True,
-                allow_empty=True, before_ref=before_ref,
+                allow_empty=True, before_ref=before_ref, meta=meta,
             )
         except BaseException as exc:
             if appended and not isinstance(exc, CommitOutcomeUnknown):

@@ -601,6 +601,7 @@ class Repository:
         before_ref: BeforeRef | None = None,
         amend: bool = False,
         audit: AuditEntry | None = None,
+        meta: Mapping[str, str] | None = None,
     ) -> CommitResult:
         """Commit what was staged; :class:`RefConflict` if the head moved meanwhile.
 
@@ -619,12 +620,15 @@ class Repository:
 
         A staged focus naming no context of the new tree is :class:`InvalidInput`
         (see :func:`_check_focus`), before anything is written.
+
+        ``meta`` keys are written in the transaction that moves the ref.
         """
         _check_event_and_log(event, log)
         tree = staging.workspace.build()
         _check_focus(tree, staging.workspace.base)
         return self._commit_tree(
-            staging, tree, staging.workspace.objects, event, log, activate, allow_empty, before_ref, amend, audit
+            staging, tree, staging.workspace.objects, event, log, activate, allow_empty, before_ref, amend, audit,
+            meta,
         )
 
     def _commit_tree(
@@ -639,6 +643,7 @@ class Repository:
         before_ref: BeforeRef | None = None,
         amend: bool = False,
         audit: AuditEntry | None = None,
+        meta: Mapping[str, str] | None = None,
     ) -> CommitResult:
         conv, head = staging.conversation, staging.head
         if head is not None and tree.state_id == staging.workspace.base.state_id and not allow_empty:
@@ -691,11 +696,11 @@ class Repository:
             log.sequence if log else None, log.entry_hash if log else None, link_appended=append is not None,
         )
         try:
-            meta = {ACTIVE_KEY: conv} if activate else None
+            keys = {**(meta or {}), ACTIVE_KEY: conv} if activate else meta
             if new_ids is None:
-                appended, new_ids = self.backend.write_reporting_new(carried, [update], meta, append=append)
+                appended, new_ids = self.backend.write_reporting_new(carried, [update], keys, append=append)
             else:
-                appended = self.backend.write(carried, [update], meta, append=append)
+                appended = self.backend.write(carried, [update], keys, append=append)
             if audit is not None and appended is not None:
                 audit.log.committed(appended)
                 log = LogLink(appended.sequence, appended.entry_hash)
