@@ -17,11 +17,12 @@ Format (version 1)::
     T  trailer (JSON): {"records": <records before it>, "blake3": <hex of every byte before it>}
 
 One header first, one trailer last. Everything in a bundle is checked
-before anything of it becomes visible: the framing, every object's hash and
-decoding, that every object any object names is in the bundle (a bundle is
-complete on its own), that refs and reflog entries name snapshots it holds,
-that every audit-log link names an entry it holds with that hash, and the
-trailer's BLAKE3.
+before anything of it becomes visible: the framing, that every ref and
+reflog record has the types the store's rows hold (one ``R`` per ref),
+every object's hash and decoding, that every object any object names is in
+the bundle (a bundle is complete on its own), that refs and reflog entries
+name snapshots it holds, that every audit-log link names an entry it holds
+with that hash, and the trailer's BLAKE3.
 
 Import moves each conversation's ref through the bundled reflog's values
 (create, or fast-forward from a value it passed), so the store gets the same
@@ -44,7 +45,7 @@ from typing import Any, BinaryIO
 
 from blake3 import blake3
 
-from .backends.base import RefUpdate, StoredObject
+from .backends.base import RefUpdate, StoredObject, reflog_row_damage
 from .errors import CorruptObject, InvalidInput, RefConflict, SnapstoreError
 from .graph import Verified, Walk, references
 from .objects import KINDS, AnyObject, ObjectId, Snapshot, decode, hash_object, is_object_id
@@ -200,6 +201,47 @@ def _json(payload: bytes, what: str) -> Any:
         return json.loads(payload)
     except ValueError as exc:
         raise BadBundle(f"bundle {what} is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise BadBundle(f"bundle {what} is nested too deeply") from None
+
+
+def _json_object(payload: bytes, what: str) -> dict[str, Any]:
+    value = _json(payload, what)
+    if not isinstance(value, dict):
+        raise BadBundle(f"bundle {what} is a JSON {type(value).__name__}, not an object")
+    return value
+
+
+def _ref_record(payload: bytes, index: int) -> tuple[str, ObjectId]:
+    ref = _json_object(payload, f"ref record {index}")
+    name, target = ref.get("ref"), ref.get("target")
+    if not isinstance(name, str) or not isinstance(target, str) or not is_object_id(target):
+        raise BadBundle(f"bundle ref record {index} does not name a ref and a snapshot id")
+    return name, ObjectId(target)
+
+
+def _reflog_record(payload: bytes, index: int) -> dict[str, Any]:
+    """A reflog record whose every field import uses or writes has the type a reflog row holds.
+
+    Checked before anything is written: import writes these fields into the
+    store's reflog, and a value no row ever holds (a log_sequence of text, a
+    number as reason, one too big for a 64-bit column) would otherwise stop an
+    import halfway (its earlier ref moves made) or be stored as a damaged row.
+    """
+    entry = _json_object(payload, f"reflog record {index}")
+    if not isinstance(entry.get("ref"), str):
+        raise BadBundle(f"bundle reflog record {index} names no ref")
+    for name in ("old", "new"):
+        value = entry.get(name)
+        if value is not None and not (isinstance(value, str) and is_object_id(value)):
+            raise BadBundle(f"bundle reflog record {index}: its {name} is {value!r:.40}, not an object id")
+    sequence = entry.get("log_sequence")
+    damage = reflog_row_damage(entry.get("time"), entry.get("reason"), sequence, entry.get("log_hash"))
+    if damage is None and type(sequence) is int and sequence >= 1 << 63:
+        damage = f"its log_sequence is {sequence!r:.40}, more than a 64-bit integer holds"
+    if damage is not None:
+        raise BadBundle(f"bundle reflog record {index}: {damage}")
+    return entry
 
 
 def _object(payload: bytes, index: int) -> tuple[ObjectId, str, bytes, AnyObject]:
@@ -243,21 +285,23 @@ def read_bundle(path: str | os.PathLike[str], progress: Progress = quiet) -> Bun
                 oid, kind, body, obj = _object(payload, index)
                 bundle.objects[oid] = (kind, body, obj)
             elif tag == b"R":
-                ref = _json(payload, f"ref record {index}")
-                bundle.refs[str(ref.get("ref"))] = ObjectId(str(ref.get("target")))
+                name, target = _ref_record(payload, index)
+                if name in bundle.refs:  # which would win is a guess: refused
+                    raise BadBundle(f"bundle names ref {name!r:.200} twice (again in record {index})")
+                bundle.refs[name] = target
             elif tag == b"G":
-                entry = _json(payload, f"reflog record {index}")
-                bundle.reflog.setdefault(str(entry.get("ref")), []).append(entry)
+                entry = _reflog_record(payload, index)
+                bundle.reflog.setdefault(entry["ref"], []).append(entry)
             elif tag == b"E":
                 try:
-                    entry = LogEntry.from_dict(_json(payload, f"log entry record {index}"))
+                    entry = LogEntry.from_dict(_json_object(payload, f"log entry record {index}"))
                 except SnapstoreError as exc:
                     raise BadBundle(f"bundle log entry record {index}: {exc}") from None
                 if not check_sealed(b"", entry.to_dict())[0]:
                     raise BadBundle(f"bundle log entry {entry.sequence} does not hash to its entry_hash")
                 bundle.log_entries[entry.sequence] = entry
             elif tag == b"T":
-                trailer = (index, _json(payload, "trailer"), offset)
+                trailer = (index, _json_object(payload, "trailer"), offset)
             else:
                 raise BadBundle(f"bundle record {index} has unknown type {tag!r}")
     if bundle is None or trailer is None:

@@ -100,7 +100,18 @@ class Codec:
         frame = self._compressor().compress(body)
         return frame + zlib.crc32(frame).to_bytes(4, "little")
 
-    def decompress(self, data: bytes, object_id: str = "?") -> bytes:
+    def decompress(self, data: bytes, object_id: str = "?", size: int | None = None) -> bytes:
+        """The body a stored object's bytes hold; :class:`CorruptObject` naming ``object_id`` if damaged.
+
+        ``size`` is the body length the store records for the object. The
+        output is allocated before zstd writes into it, as large as the frame
+        says (or ``max_output_size``), and a frame of a few KB can say 10 GB
+        (a run of zeros compresses 30,000:1): a frame that does not hold
+        exactly ``size`` bytes is refused before anything is allocated, so a
+        tampered row or a hostile S3 body costs at most what the store says
+        the object is. Every frame snapstore writes records its content size;
+        one that does not is decoded into at most ``size`` bytes.
+        """
         if not isinstance(data, (bytes, bytearray, memoryview)):
             # A damaged store can hold text or a number where the bytes belong.
             raise CorruptObject(object_id, f"stored data is {type(data).__name__}, not bytes")
@@ -110,9 +121,15 @@ class Codec:
         if zlib.crc32(data).to_bytes(4, "little") != check:
             raise CorruptObject(object_id, "stored bytes fail their CRC-32 check")
         try:
-            dict_id = zstandard.get_frame_parameters(data).dict_id
+            params = zstandard.get_frame_parameters(data)
         except zstandard.ZstdError as exc:
             raise CorruptObject(object_id, f"not a zstd frame: {exc}") from None
+        dict_id, declared = params.dict_id, params.content_size
+        if size is not None:
+            if type(size) is not int or size < 0:
+                raise CorruptObject(object_id, f"its recorded size is {size!r:.40}, not a byte count")
+            if declared != zstandard.CONTENTSIZE_UNKNOWN and declared != size:
+                raise CorruptObject(object_id, f"its zstd frame holds {declared} bytes, its recorded size is {size}")
         if dict_id and dict_id not in self._dicts and self._reload is not None:
             for known_id, dictionary in self._reload().items():
                 if known_id not in self._dicts:
@@ -120,7 +137,8 @@ class Codec:
         if dict_id and dict_id not in self._dicts:
             raise CorruptObject(object_id, f"compressed with unknown dictionary {dict_id}")
         try:
-            return self._decompressor(dict_id).decompress(data)
+            # max_output_size only matters to a frame without a content size (0: refused).
+            return self._decompressor(dict_id).decompress(data, max_output_size=size or 0)
         except zstandard.ZstdError as exc:
             raise CorruptObject(object_id, f"cannot decompress: {exc}") from None
 

@@ -191,7 +191,7 @@ class _Mark:
         starts = []
         for stored in self.repo.backend.iter_objects(kind="snapshot"):
             try:
-                snap = decode("snapshot", self.repo.codec.decompress(stored.data, stored.id), stored.id)
+                snap = decode("snapshot", self.repo.codec.decompress(stored.data, stored.id, stored.size), stored.id)
                 assert isinstance(snap, Snapshot)
                 recent = parse_time(snap.time) > after
             except (CorruptObject, ValueError):

@@ -32,7 +32,7 @@ class Verified:
 
 def verify(repo: Repository, stored: StoredObject) -> Verified:
     """One stored object decompressed, re-hashed and decoded; :class:`CorruptObject` if it is not sound."""
-    body = repo.codec.decompress(stored.data, stored.id)
+    body = repo.codec.decompress(stored.data, stored.id, stored.size)
     actual = hash_object(stored.kind, body)
     if actual != stored.id:
         raise CorruptObject(stored.id, f"content hashes to {actual}", actual)

@@ -57,6 +57,9 @@ MAX_MEMBERS = 1024
 MAX_BYTES = 1 << 20
 _HEAD = struct.Struct("<4sBI")
 _SIZE = struct.Struct("<I")
+# The longest a pack's header and index can be: MAX_MEMBERS entries of an 8-byte prefix, a kind of
+# up to 255 bytes after its length byte, and a u32 size.
+_MAX_INDEX = _HEAD.size + MAX_MEMBERS * (8 + 1 + 255 + 4)
 
 
 @dataclass(frozen=True)
@@ -114,17 +117,27 @@ def seal(frame: bytes) -> bytes:
     return frame + zlib.crc32(frame).to_bytes(4, "little")
 
 
-def unseal(stored: bytes, what: str) -> bytes:
-    """The zstd frame of stored pack bytes, decompressed; ValueError naming ``what`` if damaged."""
+def _frame(stored: bytes, what: str) -> bytes:
+    """The zstd frame of stored pack bytes, its CRC-32 checked; ValueError naming ``what`` if damaged."""
     if len(stored) < 5:
         raise ValueError(f"{what} is only {len(stored)} bytes long")
     frame, check = stored[:-4], stored[-4:]
     if zlib.crc32(frame).to_bytes(4, "little") != check:
         raise ValueError(f"{what} fails its CRC-32 check")
+    return frame
+
+
+def _decompress(frame: bytes, what: str) -> bytes:
+    # A frame without a content size is refused by zstandard (snapstore always writes one).
     try:
         return zstandard.ZstdDecompressor().decompress(frame)
     except zstandard.ZstdError as exc:
         raise ValueError(f"{what} cannot be decompressed: {exc}") from None
+
+
+def unseal(stored: bytes, what: str) -> bytes:
+    """The zstd frame of stored pack bytes, decompressed; ValueError naming ``what`` if damaged."""
+    return _decompress(_frame(stored, what), what)
 
 
 def encode_objects(members: Sequence[Member]) -> bytes:
@@ -137,22 +150,59 @@ def encode_objects(members: Sequence[Member]) -> bytes:
     return seal(zstandard.ZstdCompressor(level=LEVEL).compress(b"".join(parts)))
 
 
+def _entries(data: bytes, pack_id: int) -> tuple[list[tuple[str, str, int]], int]:
+    """The ``(prefix, kind, size)`` of each member a pack's header lists, and where the bodies start."""
+    magic, version, count = _HEAD.unpack_from(data, 0)
+    if magic != MAGIC or version != VERSION:
+        raise ValueError(f"pack {pack_id} has an unknown header")
+    if count > MAX_MEMBERS:
+        raise ValueError(f"pack {pack_id} lists {count} members, more than a pack holds ({MAX_MEMBERS})")
+    pos = _HEAD.size
+    entries = []
+    for _ in range(count):
+        prefix = data[pos : pos + 8].hex()
+        klen = data[pos + 8]
+        kind = data[pos + 9 : pos + 9 + klen].decode("ascii")
+        (size,) = _SIZE.unpack_from(data, pos + 9 + klen)
+        entries.append((prefix, kind, size))
+        pos += 13 + klen
+    return entries, pos
+
+
+def _check_declared(frame: bytes, pack_id: int) -> None:
+    """Refuse a frame saying it holds more than its pack's index adds up to, before decompressing it.
+
+    zstd allocates what a frame says it holds before writing into it, and a
+    few KB of frame can say 10 GB. A pack holds at most :data:`MAX_BYTES` of
+    bodies (or one bigger object alone) plus its index: a frame declaring no
+    more than that is decompressed as it is; a bigger one is believed only if
+    its header and index (at most :data:`_MAX_INDEX` bytes, read through a
+    streaming decompressor) add up to exactly the size it declares.
+    """
+    try:
+        declared = zstandard.frame_content_size(frame)
+        if declared <= MAX_BYTES + _MAX_INDEX:  # also -1, unknown: zstandard refuses such a frame
+            return
+        reader = zstandard.ZstdDecompressor().stream_reader(frame)
+        head = bytearray()
+        while len(head) < _MAX_INDEX and (chunk := reader.read(_MAX_INDEX - len(head))):
+            head += chunk
+    except zstandard.ZstdError as exc:
+        raise ValueError(f"pack {pack_id} cannot be decompressed: {exc}") from None
+    entries, pos = _entries(bytes(head), pack_id)
+    total = pos + sum(size for _, _, size in entries)
+    if total != declared:
+        raise ValueError(f"pack {pack_id}'s zstd frame says it holds {declared} bytes, its index {total}")
+
+
 def decode_objects(stored: bytes, pack_id: int, wanted: str = "?") -> Pack:
     """Parse a stored object pack; :class:`CorruptObject` names ``wanted`` and the pack if it is damaged."""
+    what = f"pack {pack_id}"
     try:
-        data = unseal(stored, f"pack {pack_id}")
-        magic, version, count = _HEAD.unpack_from(data, 0)
-        if magic != MAGIC or version != VERSION:
-            raise ValueError(f"pack {pack_id} has an unknown header")
-        pos = _HEAD.size
-        entries = []
-        for _ in range(count):
-            prefix = data[pos : pos + 8].hex()
-            klen = data[pos + 8]
-            kind = data[pos + 9 : pos + 9 + klen].decode("ascii")
-            (size,) = _SIZE.unpack_from(data, pos + 9 + klen)
-            entries.append((prefix, kind, size))
-            pos += 13 + klen
+        frame = _frame(stored, what)
+        _check_declared(frame, pack_id)
+        data = _decompress(frame, what)
+        entries, pos = _entries(data, pack_id)
         index: dict[str, tuple[str, int, int]] = {}
         for prefix, kind, size in entries:
             if prefix in index:

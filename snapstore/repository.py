@@ -318,7 +318,7 @@ class Repository:
             return stored.body  # checked by the backend against the id (a packed object)
         if stored.kind not in KINDS:  # its row is damaged: named here, not hashed as some other kind
             raise CorruptObject(stored.id, f"its stored kind is {stored.kind!r:.40}, not one of {', '.join(KINDS)}")
-        body = self.codec.decompress(stored.data, stored.id)
+        body = self.codec.decompress(stored.data, stored.id, stored.size)
         actual = hash_object(stored.kind, body)
         if actual != stored.id:
             raise CorruptObject(stored.id, f"content hashes to {actual}", actual)
@@ -844,7 +844,7 @@ class Repository:
             return None
         samples = []
         for stored in self.backend.iter_objects():
-            samples.append(self.codec.decompress(stored.data, stored.id))
+            samples.append(self.codec.decompress(stored.data, stored.id, stored.size))
             if len(samples) >= DICT_SAMPLE:
                 break
         trained = train_dictionary(samples)

@@ -32,7 +32,9 @@ An object is stored at ``<prefix><id[:2]>/<id[2:]>`` (the fan-out keeps
 listings of one folder small on servers that care) and its body is a one-line
 header ``snapstore1 <kind> <size>\\n`` followed by the compressed data: the
 bucket alone describes every object, even without the index, and one GET
-returns all of it. Objects are immutable, so a PUT carries ``If-None-Match: *``:
+returns all of it. A GET reads at most what an object of the index's size
+can take (:func:`_body_bound`): a longer body is named as corrupt, not
+downloaded. Objects are immutable, so a PUT carries ``If-None-Match: *``:
 a 412 answer means the object is already there, which is success. A server
 that rejects the header as not implemented is remembered and gets a HEAD then
 a plain PUT instead.
@@ -241,6 +243,19 @@ class _SharedExclusive:
                 self._cond.notify_all()
 
 
+def _body_bound(kind: str, size: int) -> int:
+    """The most bytes the bucket body of an object of ``size`` bytes takes.
+
+    Its header line, then its stored data: a zstd frame of the body (at most
+    ``ZSTD_compressBound``, size + size/256 + 64 bytes, plus an 18-byte frame
+    header; a frame of raw blocks, how packed objects travel, size + 3 bytes
+    per 128 KiB) and a CRC-32, well inside size + size/128 + 4 KB. A longer
+    body is damage, refused without reading it all: the index's size, not
+    the bucket, decides how much a read may hold.
+    """
+    return len(str(kind)) + size + (size >> 7) + 4096
+
+
 class S3Backend(PostgresBackend):
     """Object bodies in an S3 bucket; refs, reflog, meta and the object index in PostgreSQL."""
 
@@ -412,20 +427,29 @@ class S3Backend(PostgresBackend):
     def _get(self, oid: ObjectId, kind: str, size: int) -> StoredObject:
         """One indexed object's body; its absence from the bucket is damage, named."""
 
-        def get() -> bytes | None:
+        limit = _body_bound(kind, size)
+
+        def get() -> tuple[bytes, int | None] | None:
             try:
                 response = self._client.get_object(Bucket=self.s3.bucket, Key=self._key(oid))
             except boto_errors.ClientError as exc:
                 if _status(exc) == 404:
                     return None
                 raise
-            return response["Body"].read()
+            with contextlib.closing(response["Body"]) as stream:
+                return stream.read(limit + 1), response.get("ContentLength")
 
-        body = self._with_retries(get, f"read object {oid} from {self._where(oid)}")
-        if body is None:
+        got = self._with_retries(get, f"read object {oid} from {self._where(oid)}")
+        if got is None:
             raise ObjectNotFound(
                 oid, f"listed in the PostgreSQL index but missing from {self._where(oid)}; "
                 "the store is damaged"
+            )
+        body, length = got
+        if len(body) > limit:  # read no further: a body the index's size cannot explain is not downloaded
+            raise CorruptObject(
+                oid, f"{self._where(oid)} holds {length if length is not None else 'over ' + str(limit)} "
+                f"bytes, more than the {limit} an object of {size} bytes can take"
             )
         header, newline, data = body.partition(b"\n")
         fields = header.split(b" ")
