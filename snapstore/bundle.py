@@ -262,11 +262,16 @@ def _object(payload: bytes, index: int) -> tuple[ObjectId, str, bytes, AnyObject
 def read_bundle(path: str | os.PathLike[str], progress: Progress = quiet) -> Bundle:
     """Read and check a whole bundle; :class:`BadBundle` names the first thing wrong."""
     try:
-        data = Path(path).read_bytes()
+        with open(path, "rb") as handle:
+            # The magic line first: a file that is no bundle (/dev/zero, a 50 GB log) is not read whole.
+            data = handle.read(len(MAGIC))
+            if data != MAGIC:
+                raise BadBundle(f"{path} is not a snapstore bundle (version {VERSION})")
+            data += handle.read()
     except FileNotFoundError:
         raise InvalidInput(f"{path}: no such bundle") from None
-    if not data.startswith(MAGIC):
-        raise BadBundle(f"{path} is not a snapstore bundle (version {VERSION})")
+    except OSError as exc:  # a folder, no permission, an I/O error
+        raise InvalidInput(f"{path}: cannot read the bundle: {exc.strerror or exc}") from None
     bundle: Bundle | None = None
     trailer: tuple[int, dict[str, Any], int] | None = None
     with progress("checking bundle", len(data)) as bar:

@@ -302,3 +302,32 @@ def test_bundle_and_log_export_get_an_ordinary_files_mode(tmp_path, monkeypatch)
     finally:
         os.umask(old)
     assert not [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_a_file_that_is_no_bundle_is_refused_from_its_first_bytes_and_a_folder_is_one_line(tmp_path):
+    """Before, the whole file was read before its magic line was looked at (`snap import /dev/zero` never
+    ended), and a folder was an internal error. Here the file is a pipe whose writer keeps it open until the
+    read is over: a reader that waits for the end of the file only returns once the writer gives up."""
+    import threading
+
+    fifo = tmp_path / "not-a-bundle"
+    os.mkfifo(fifo)
+    done, gave_up = threading.Event(), []
+
+    def writer() -> None:
+        with open(fifo, "wb") as pipe:
+            pipe.write(b"garbage, and more to come\n")
+            pipe.flush()
+            gave_up.append(not done.wait(10))
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    try:
+        with pytest.raises(BadBundle, match="is not a snapstore bundle"):
+            read_bundle(fifo)
+    finally:
+        done.set()
+        thread.join()
+    assert gave_up == [False]  # refused while the pipe was still open: not read to its end
+    with pytest.raises(InvalidInput, match="cannot read the bundle"):
+        read_bundle(tmp_path)
