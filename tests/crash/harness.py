@@ -1,6 +1,7 @@
 """Kill a working orchestrator with SIGKILL at random moments; check nothing acknowledged is lost.
 
-Used by tests/test_crash.py (CI: 100 kills) and benchmarks/soak.py (1,000+).
+Used by tests/test_crash.py (CI: 100 kills), tests/test_crash_shared.py (the
+shared store: PostgreSQL, and PostgreSQL + S3) and benchmarks/soak.py (1,000+).
 """
 
 from __future__ import annotations
@@ -27,12 +28,21 @@ class KillStats:
     acknowledged: int = 0
     in_flight_landed: int = 0
     rolled_forward: int = 0
+    # Kills aimed at the worker's start (Session init, roll-forward, presence) rather than its work;
+    # only runs on a store location choose them (run_kills).
+    during_start: int = 0
     failures: list[str] = field(default_factory=list)
 
 
-def _read_acks(proc: subprocess.Popen, deadline: float) -> list[tuple[int, str, str]]:
-    """Read ACK lines until the deadline; returns (n, snapshot, root) tuples."""
+def _read_acks(proc: subprocess.Popen, deadline: float,
+               after_start: float | None = None) -> tuple[list[tuple[int, str, str]], float | None]:
+    """Read ACK lines until the deadline; returns (n, snapshot, root) tuples and when START came.
+
+    With ``after_start``, ``deadline`` is only how long the start may take: the
+    START line sets the deadline ``after_start`` seconds after it.
+    """
     acks = []
+    started = None
     os.set_blocking(proc.stdout.fileno(), False)
     buffer = b""
     while time.monotonic() < deadline and proc.poll() is None:
@@ -47,15 +57,23 @@ def _read_acks(proc: subprocess.Popen, deadline: float) -> list[tuple[int, str, 
                 parts = line.decode().split()
                 if parts and parts[0] == "ACK":
                     acks.append((int(parts[1]), parts[2], parts[3]))
+                elif parts and parts[0] == "START":
+                    started = time.monotonic()
+                    if after_start is not None:
+                        deadline = started + after_start
         else:
             time.sleep(0.001)
-    return acks
+    return acks, started
 
 
 FULL_EVERY = 20
+# A store location (run_kills' ``store``): how long a worker may take to start, and the share of kills
+# aimed at a start instead of the work after it.
+START_TIMEOUT = 60.0
+START_KILLS = 0.2
 
 
-def check_store(store: Path, log: Path, last: tuple[int, str, str] | None,
+def check_store(store: str | Path, log: Path, last: tuple[int, str, str] | None,
                 stats: KillStats, final: bool = False) -> tuple[int, str, str] | None:
     """Restart as the API would (rolling forward) and compare with the last acknowledged state.
 
@@ -98,24 +116,50 @@ def check_store(store: Path, log: Path, last: tuple[int, str, str] | None,
 
 
 def run_kills(workdir: Path, kills: int, seed: int = 0, max_run: float = 0.25,
-              log_in_store: bool = False) -> KillStats:
+              log_in_store: bool = False, store: str | None = None) -> KillStats:
     """Start, let run for a random moment, SIGKILL, check; ``kills`` times.
 
     With ``log_in_store`` the store keeps the audit log (snapstore.storelog)
-    instead of the OZOLITH file beside it.
+    instead of the OZOLITH file beside it. ``store``: the location to work on
+    (``postgresql://...``, ``s3+postgresql://...``: a fresh database, and
+    bucket, that the worker creates the store in) instead of the embedded
+    folder ``workdir/store``; an OZOLITH file stays in ``workdir``. The worker
+    and the checks open the same location, so verify and fsck run against the
+    shared store; S3 credentials reach the worker through the environment.
+
+    The embedded folder's kill moments are a fixed delay from the worker's
+    launch (as CI has always run them). A worker on a shared store takes
+    longer to start (psycopg, boto3, round trips), and by an amount that
+    grows with the store and the machine's load, so from a launch it would
+    often die before its first operation: there the moment counts from the
+    worker's START line, and a share (:data:`START_KILLS`) of kills aim at
+    the start itself, anywhere in the time the last start took.
     """
     rng = random.Random(seed)
-    store, log = workdir / "store", (Path("store") if log_in_store else workdir / "ozolith.jsonl")
+    location: str | Path = store if store is not None else workdir / "store"
+    log = Path("store") if log_in_store else workdir / "ozolith.jsonl"
     stats = KillStats()
     last: tuple[int, str, str] | None = None
+    start_took: float | None = None  # the last start seen (a store location only)
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     for i in range(kills):
         proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.crash.worker", str(store), str(log), str(seed * 100003 + i)],
+            [sys.executable, "-m", "tests.crash.worker", str(location), str(log), str(seed * 100003 + i)],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT, env=env,
         )
-        # Wait for the worker to be up, then kill it at a random moment of its work.
-        acks = _read_acks(proc, time.monotonic() + 0.05 + rng.uniform(0, max_run) + 0.6)
+        launched = time.monotonic()
+        if store is None:
+            # Wait for the worker to be up, then kill it at a random moment of its work.
+            acks, _ = _read_acks(proc, launched + 0.05 + rng.uniform(0, max_run) + 0.6)
+        elif start_took is not None and rng.random() < START_KILLS:
+            stats.during_start += 1
+            acks, _ = _read_acks(proc, launched + rng.uniform(0, start_took))
+        else:
+            acks, started = _read_acks(proc, launched + START_TIMEOUT, after_start=0.05 + rng.uniform(0, max_run))
+            if started is None and proc.poll() is None:  # (one that exited is reported below)
+                stats.failures.append(f"kill {i}: the worker did not start within {START_TIMEOUT:.0f} s")
+            elif started is not None:
+                start_took = started - launched
         proc.send_signal(signal.SIGKILL)
         rest, err = proc.communicate()
         for line in rest.decode().splitlines():
@@ -129,7 +173,7 @@ def run_kills(workdir: Path, kills: int, seed: int = 0, max_run: float = 0.25,
         stats.acknowledged += len(acks)
         if acks:
             last = acks[-1]
-        last = check_store(store, log, last, stats, final=i == kills - 1)
+        last = check_store(location, log, last, stats, final=i == kills - 1)
         if stats.failures:
             break
     return stats
