@@ -17,7 +17,7 @@ from pathlib import Path
 
 from .backends.base import Backend
 from .errors import InvalidInput, StoreExists, StoreNotFound
-from .ozolith.files import make_dirs
+from .ozolith.files import fsync_dir, make_dirs
 
 DEFAULT_LOCATION = ".snapstore"
 ENV_VAR = "SNAPSTORE"
@@ -118,7 +118,11 @@ def open_backend(location: str, create: bool = False, meta: Mapping[str, str] | 
         if db.exists() and not db.is_file():
             raise StoreExists(f"a store already exists at {folder}")
         try:
-            make_dirs(folder)
+            if not make_dirs(folder):
+                # make_dirs fsyncs the parent of the folders it makes, not of one already there: an
+                # init killed between its mkdir and that fsync (or a folder made by hand) left a name
+                # a power loss can take, with the whole store under it. One fsync per store made.
+                fsync_dir(folder.parent)
         except OSError as exc:
             raise InvalidInput(f"cannot create {folder}: {exc.strerror}") from None
         # An existing store.sqlite is the backend's to judge: a store (StoreExists), or

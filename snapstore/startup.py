@@ -178,6 +178,8 @@ def inspect(repo: Repository, log: OzolithLog | StoreLog | None = None, *, conve
                           f"(newest {max(discarded)})")
         try:
             newest: dict[str, int] | None = linked_sequences(repo)  # read once for both checks below
+            if repair and isinstance(log, OzolithLog):
+                log.flush()  # a writer killed before its fsync: what is rolled forward below must be durable
             cut = _cut_torn_tail(log) if repair else []
             scan = scan_log(repo, log, discarded, newest)
             if scan.note is not None:

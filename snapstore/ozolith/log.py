@@ -232,6 +232,32 @@ class OzolithLog(EntryQueries):
             os.fsync(fd)
             return TornTail(line, len(torn), saved)
 
+    def flush(self) -> None:
+        """fsync the log file and its folder: make durable what a killed writer may have left unflushed.
+
+        An append killed between its ``write()`` and its ``fsync()`` leaves a
+        whole line that every process reads (from the page cache) but that a
+        power loss can still take; so does a log, or a key file beside it,
+        whose creator was killed before it fsynced the folder. A start that
+        builds on what it reads (rolling the store forward to an entry, the
+        mark of how far it settled the log) flushes first: otherwise a power
+        loss after it leaves the store linked to an entry the log no longer
+        holds. Nothing to do if the log does not exist.
+        """
+        try:
+            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise LogError(f"cannot open log {self.path}: {exc}") from exc
+        try:
+            os.fsync(fd)
+            fsync_dir(self.path.parent)
+        except OSError as exc:
+            raise LogError(f"cannot flush log {self.path}: {exc}") from exc
+        finally:
+            os.close(fd)
+
     def _append_locked(self, fd: int, key: bytes, last: LogEntry | None, event_type: str | EventType,
                        context_id: str, actor: str, payload: Mapping[str, Any]) -> LogEntry:
         entry = make_entry(
