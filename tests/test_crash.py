@@ -27,3 +27,21 @@ def test_sigkill_with_the_log_in_the_store(tmp_path):
     assert stats.kills == KILLS_LOG_IN_STORE
     assert stats.acknowledged > KILLS_LOG_IN_STORE
     assert stats.rolled_forward == 0  # nothing is ever half-committed
+
+
+def test_the_harness_reports_a_store_or_conversation_lost_after_acknowledgements(tmp_path):
+    """The check itself: before, a store gone after acknowledged operations was made again by the restart
+    and a missing conversation passed as "nothing committed yet"."""
+    from snapstore.startup import Session
+    from tests.crash.harness import KillStats, check_store
+
+    stats, log = KillStats(), tmp_path / "log.jsonl"
+    acknowledged = (3, "ab" * 32, "cd" * 32)
+    assert check_store(tmp_path / "gone", log, acknowledged, stats) == acknowledged
+    assert not (tmp_path / "gone").exists()
+    Session(str(tmp_path / "empty"), ozolith=str(log)).close()
+    check_store(tmp_path / "empty", log, acknowledged, stats)
+    assert len(stats.failures) == 2, stats.failures
+    assert "the store is gone" in stats.failures[0] and "'crash' is gone" in stats.failures[1]
+    # Before anything was acknowledged, neither is a failure.
+    assert check_store(tmp_path / "empty", log, None, stats) is None and len(stats.failures) == 2

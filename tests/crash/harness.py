@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from snapstore.errors import StoreNotFound
 from snapstore.ozolith import OzolithLog
 from snapstore.storelog import StoreLog
 from snapstore.startup import Session
@@ -80,7 +81,14 @@ def check_store(store: str | Path, log: Path, last: tuple[int, str, str] | None,
     Returns the state now committed: the baseline for the next round.
     """
     hosted = str(log) == "store"
-    session = Session(str(store), log_in_store=True) if hosted else Session(str(store), ozolith=str(log))
+    # Once an operation was acknowledged the store must be there: never made again here (a lost store
+    # would pass as a new one). Before that, a worker killed before it made the store leaves none.
+    try:
+        session = (Session(str(store), log_in_store=True, create=last is None) if hosted
+                   else Session(str(store), ozolith=str(log), create=last is None))
+    except StoreNotFound:
+        stats.failures.append(f"kill {stats.kills}: the store is gone after acknowledged operations")
+        return last
     stats.rolled_forward += sum(1 for r in session.report.recoveries if r.action == "rolled-forward")
     repo = session.repo
     try:
@@ -88,6 +96,8 @@ def check_store(store: str | Path, log: Path, last: tuple[int, str, str] | None,
             stats.failures.append(f"kill {stats.kills}: recovery needed: {session.report.problems}")
         head = repo.head("crash")
         if head is None:
+            if last is not None:
+                stats.failures.append(f"kill {stats.kills}: conversation 'crash' is gone after acknowledged operations")
             return last
         if last is None:
             return (0, head, repo.snapshot(head).root)
