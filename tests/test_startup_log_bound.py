@@ -378,47 +378,34 @@ def test_a_voided_entry_is_settled_and_the_mark_passes_it(tmp_path, parsed):
         s.close()
 
 
-def test_a_crash_after_a_long_run_still_rolls_the_entry_in_flight_forward(tmp_path, parsed):
-    """No clean close, no new mark: the next start reads from its predecessor's and finds the entry in flight."""
+@pytest.mark.parametrize("every", [None, 16], ids=["before-any-mark", "past-a-commit-mark"])
+def test_a_crash_after_a_long_run_still_rolls_the_entry_in_flight_forward(tmp_path, parsed, monkeypatch, every):
+    """No clean close: the next start reads from the last mark and finds the entry in flight. Before any
+    commit carried a mark that is the previous start's; every LinkedLog.MARK_EVERY commits the mark now
+    rides in a commit's own write (before, a start after a crash read every entry since the last start)."""
+    if every is not None:
+        monkeypatch.setattr(LinkedLog, "MARK_EVERY", every)
     store, logfile = str(tmp_path / "store"), tmp_path / "log.jsonl"
     with Session(store, ozolith=str(logfile)) as s:
         _idle_then_busy(s, 5)
     marked = _marked_after(store)
     s = Session(store, ozolith=str(logfile))
-    _work(s, "busy0", 30)
-    lost = _crash_after_append(s, "busy1")  # killed between the entry and its ref move
-    s.close(clean=False)
-    assert _marked_after(store) == marked
-    parsed.reset()
-    s = Session(store, ozolith=str(logfile))
-    try:
-        assert [(r.sequence, r.action) for r in s.report.recoveries] == [(lost, "rolled-forward")]
-        assert s.repo.load("busy1").contexts[0]["local_memory"][-1]["user"] == "lost?"
-        assert parsed.count >= lost - marked  # every entry since the last mark
-    finally:
-        s.close()
-
-
-def test_a_start_after_a_crash_reads_only_past_the_mark_the_run_recorded_in_a_commit(tmp_path, parsed, monkeypatch):
-    """A long run that crashes never closes: before, the next start read every entry since the last start.
-    Every LinkedLog.MARK_EVERY commits the mark now rides in a commit's own write, and the entry in flight
-    at the crash is still rolled forward."""
-    monkeypatch.setattr(LinkedLog, "MARK_EVERY", 16)
-    store, logfile = str(tmp_path / "store"), tmp_path / "log.jsonl"
-    with Session(store, ozolith=str(logfile)) as s:
-        _idle_then_busy(s, 5)
-    marked = _marked_after(store)
-    s = Session(store, ozolith=str(logfile))
-    _work(s, "busy0", 100)
+    _work(s, "busy0", 30 if every is None else 100)
     lost = _crash_after_append(s, "busy1")  # killed between the entry and its ref move
     s.close(clean=False)
     moved = _marked_after(store)
-    assert lost - 17 <= moved < lost, (marked, moved, lost)  # recorded within the last MARK_EVERY commits
+    if every is None:
+        assert moved == marked
+    else:
+        assert lost - every - 1 <= moved < lost, (marked, moved, lost)  # within the last MARK_EVERY commits
     parsed.reset()
     s = Session(store, ozolith=str(logfile))
     try:
         assert [(r.sequence, r.action) for r in s.report.recoveries] == [(lost, "rolled-forward")]
         assert s.repo.load("busy1").contexts[0]["local_memory"][-1]["user"] == "lost?"
-        assert parsed.count <= lost - moved + 2, parsed.count  # the marked entry, what follows, the tail check
+        if every is None:
+            assert parsed.count >= lost - marked  # every entry since the last mark
+        else:
+            assert parsed.count <= lost - moved + 2, parsed.count  # the marked entry, what follows, the tail
     finally:
         s.close()
