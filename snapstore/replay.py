@@ -52,7 +52,12 @@ class ReplayResult:
     active_context_id: str | None = None
     entries: int = 0
     placeholders: int = 0
-    skipped: list[str] = field(default_factory=list)
+    skips: list[tuple[int, str]] = field(default_factory=list)  # (sequence, why) of each entry left out
+
+    @property
+    def skipped(self) -> list[str]:
+        """Each entry left out, as ``#SEQ: why``."""
+        return [f"#{sequence}: {why}" for sequence, why in self.skips]
 
     def state(self, conversation: str) -> dict[str, Any]:
         return {"conversation_id": conversation, "active_context_id": self.active_context_id,
@@ -141,7 +146,7 @@ def replay_entries(entries: list[LogEntry]) -> ReplayResult:
         try:
             _apply(entry, out, touch, known, new, made)
         except _Skip as skip:
-            out.skipped.append(f"#{entry.sequence}: {skip}")
+            out.skips.append((entry.sequence, str(skip)))
     return out
 
 

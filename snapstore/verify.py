@@ -418,8 +418,11 @@ def verify(repo: Repository, log: OzolithLog | None = None, conversation: str | 
                 stored = structure(repo.load(conv).to_json())
             except SnapstoreError:
                 continue  # already reported by the store check
-            replayed = structure(replay_entries(by_conv[conv]).state(conv))
-            _compare_structure(checker, conv, replayed, stored)
+            result = replay_entries(by_conv[conv])
+            for sequence, why in result.skips:  # an entry snapstore linked that its tree cannot have followed
+                checker.add("replay-mismatch", f"{conv}: log entry {sequence} cannot be replayed: {why}",
+                            sequence=sequence)
+            _compare_structure(checker, conv, structure(result.state(conv)), stored)
 
     checked = chain.entries_checked if chain is not None else 0
     return VerifyReport(tuple(checker.problems), checked, objects, len(snapshots), sample is not None)

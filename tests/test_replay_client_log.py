@@ -148,3 +148,28 @@ def test_snap_replay_prints_what_it_skipped_and_commits_a_sound_tree(tmp_path):
     contexts = {c["sidebar_id"]: c for c in repo.load("conv-1").contexts}
     repo.close()
     assert {cid: c["parent_context_id"] for cid, c in contexts.items()} == {"SB-1": None, "SB-2": "SB-1"}
+
+
+def test_verify_names_a_linked_entry_the_replay_cannot_apply_even_where_the_trees_agree(tmp_path):
+    """A second spawn of an existing sidebar, linked by snapstore to a conversation: the replay skips it and
+    the replayed tree still equals the store's; before, verify said ok without a word about the entry."""
+    from snapstore.audit import LinkedLog
+    from snapstore.orchestrator import ConversationOrchestrator
+    from snapstore.ozolith import OzolithLog
+    from snapstore.repository import Repository
+    from snapstore.verify import verify
+
+    log = OzolithLog(tmp_path / "log.jsonl")
+    repo = Repository.init(str(tmp_path / "store"))
+    try:
+        orch = ConversationOrchestrator(repo, "c", audit=LinkedLog(log))
+        root = orch.create_root_context("root")
+        child = orch.spawn_sidebar(root, "look into it")
+        spawn = [e for e in log.entries() if e.event_type == "sidebar_spawn"][-1]
+        again = log.append("sidebar_spawn", spawn.context_id, "system", dict(spawn.payload))
+        report = verify(repo, log)
+        assert [(p.kind, p.sequence) for p in report.problems] == [("replay-mismatch", again.sequence)], report
+        assert f"log entry {again.sequence} cannot be replayed: spawn of {child}, which exists" in \
+            report.problems[0].message
+    finally:
+        repo.close()
