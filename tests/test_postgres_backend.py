@@ -529,3 +529,22 @@ def test_an_append_after_a_renumbered_log_row_is_refused(shared_store):
         assert query(url, "SELECT sequence FROM snapstore_ozolith ORDER BY sequence") == [(1,), (2,), (100,)]
     finally:
         repo.close()
+
+
+def test_a_server_older_than_postgresql_13_is_refused_before_anything_is_written(monkeypatch):
+    """Writes settle a lost COMMIT with pg_xact_status (PostgreSQL 13). No older server runs here, so the
+    version the real server reports is replaced by 12's; the open must refuse it in one line and leave the
+    database without a table."""
+    import psycopg
+
+    from tests.servers import drop_pg_database, fresh_pg_database, require_pg
+
+    empty = fresh_pg_database(require_pg())
+    try:
+        monkeypatch.setattr(psycopg.ConnectionInfo, "server_version", property(lambda self: 120017))
+        with pytest.raises(BackendError, match="the server runs PostgreSQL 12; snapstore needs 13 or newer"):
+            Repository.init(empty)
+        monkeypatch.undo()
+        assert query(empty, "SELECT to_regclass('snapstore_schema_version')") == [(None,)]
+    finally:
+        drop_pg_database(empty)
