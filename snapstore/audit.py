@@ -48,12 +48,28 @@ bound depends on the log:
   mark rides in the shutdown marker's write, and every
   :attr:`LinkedLog.MARK_EVERY`-th commit's own write (:meth:`LinkedLog.meta_due`),
   so a start after a crash reads about that many entries of the run.
+
+  Replicas sharing the file: an entry is pending only for its writer's
+  moment between the append and the ref move (or the void). A start beside
+  running replicas must not judge a live writer's entry in that moment: it
+  would roll it forward under the writer (which then finds its own snapshot
+  committed) or, the writer moving the ref between the start's read of the
+  head and its compare-and-swap, report a divergence that is not there
+  (``RECOVERY_NEEDED``). So an operation holds a shared lock for that moment
+  (:meth:`LinkedLog.operation`) and a repairing start holds it exclusively
+  while it reads and rolls the log forward (:func:`settling`): what it finds
+  pending was left by a writer that is gone. The lock is an ``flock`` on
+  ``<log>.ops.lock`` beside the file, dropped by the OS with a killed process.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
+import os
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -61,6 +77,7 @@ from .backends.base import RefUpdate
 from .errors import LogError, RefConflict, SnapstoreError
 from .objects import ObjectId, Snapshot
 from .ozolith import LogEntry, OzolithLog
+from .ozolith.files import make_dirs
 from .refs import ref_name, validate_conversation_id
 from .repository import Repository
 from .storelog import StoreLog
@@ -107,6 +124,11 @@ class LinkedLog:
             if self._following:
                 self._follow_entry(entry)
         return entry.sequence, entry.entry_hash
+
+    def operation(self) -> contextlib.AbstractContextManager[None]:
+        """Held by an operation from before its entry is appended until its ref moved or the entry is voided
+        (shared: operations of every replica run side by side; a repairing start waits, see :func:`settling`)."""
+        return _operations_lock(self.log, exclusive=False)
 
     def follow(self, settled: tuple[int, str]) -> None:
         """Count on from ``settled``: the log's newest entry when a start read it, every entry up to it settled."""
@@ -155,6 +177,41 @@ class LinkedLog:
         while (nxt := self._ahead.get(self._settled[0] + 1)) is not None and nxt[1]:
             del self._ahead[self._settled[0] + 1]
             self._settled = (self._settled[0] + 1, nxt[0])
+
+
+def operations_lock_path(log: OzolithLog) -> str:
+    """The file whose ``flock`` marks operations between their entry and their ref move (module doc)."""
+    return str(log.path.with_name(log.path.name + ".ops.lock"))
+
+
+@contextlib.contextmanager
+def _operations_lock(log: OzolithLog, *, exclusive: bool) -> Iterator[None]:
+    # flock belongs to the open file description: each holder opens its own, so threads of one
+    # process exclude each other as processes do.
+    path = operations_lock_path(log)
+    try:
+        if not exclusive:
+            make_dirs(log.path.parent)  # as the append it comes before would
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except OSError as exc:
+        if exclusive:
+            # A start: no folder (no log yet), or one it may only read. A writer could not append there
+            # either (an operation's lock is made beside the log it appends to), so none is in flight.
+            yield
+            return
+        raise LogError(f"cannot open {path}, the lock of operations in flight on {log.path}: {exc}") from exc
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        yield
+    finally:
+        os.close(fd)  # closing the description releases the lock
+
+
+def settling(log: OzolithLog) -> contextlib.AbstractContextManager[None]:
+    """Held by a repairing start while it reads the log and rolls it forward: it waits for every operation
+    between its entry and its ref move (:meth:`LinkedLog.operation`), and new ones wait for it; an entry
+    still pending then is one whose writer is gone."""
+    return _operations_lock(log, exclusive=True)
 
 
 def link_of(entry: LogEntry) -> dict[str, Any] | None:

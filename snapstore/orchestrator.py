@@ -301,23 +301,27 @@ class ConversationOrchestrator:
 
         due = getattr(self._audit, "meta_due", None)
         meta = due(self.repo) if due is not None else None  # the log's mark, now and then (audit.LinkedLog)
-        try:
-            result = self.repo.commit_staged(
-                staging, event=Event(event_type, context_id, message), activate=True,
-                allow_empty=True, before_ref=before_ref, meta=meta,
-            )
-        except BaseException as exc:
-            if appended and not isinstance(exc, CommitOutcomeUnknown):
-                # The entry is in the log but the ref never moved: the
-                # operation failed, so the log must say it was voided. (Not when the
-                # store could not say whether the ref moved: a start's recovery then
-                # finds the entry applied, or rolls it forward, as after a crash.)
-                self._pending_voids.append((appended[0], context_id, f"{type(exc).__name__}: {exc}"))
-                try:
-                    self._write_pending_voids()
-                except Exception:  # retried before the next operation
-                    pass
-            raise
+        # From before the entry is appended until the ref moved or the entry is voided: a replica starting
+        # meanwhile waits instead of judging this entry pending (audit.LinkedLog.operation).
+        operation = getattr(self._audit, "operation", None)
+        with operation() if operation is not None else contextlib.nullcontext():
+            try:
+                result = self.repo.commit_staged(
+                    staging, event=Event(event_type, context_id, message), activate=True,
+                    allow_empty=True, before_ref=before_ref, meta=meta,
+                )
+            except BaseException as exc:
+                if appended and not isinstance(exc, CommitOutcomeUnknown):
+                    # The entry is in the log but the ref never moved: the
+                    # operation failed, so the log must say it was voided. (Not when the
+                    # store could not say whether the ref moved: a start's recovery then
+                    # finds the entry applied, or rolls it forward, as after a crash.)
+                    self._pending_voids.append((appended[0], context_id, f"{type(exc).__name__}: {exc}"))
+                    try:
+                        self._write_pending_voids()
+                    except Exception:  # retried before the next operation
+                        pass
+                raise
         settled = getattr(self._audit, "settled", None) if appended else None
         if settled is not None:
             # The ref moved, linking the entry: applied (audit.LinkedLog counts it toward the mark a

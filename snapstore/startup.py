@@ -20,6 +20,7 @@ recovery status and hands out orchestrators:
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import itertools
 import json
@@ -31,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from .audit import (CHECKED_KEY, LinkedLog, Recovery, linked_sequences, mark_meta, roll_forward, scan_log,
-                    settled_end, settled_mark)
+                    settled_end, settled_mark, settling)
 from .errors import InvalidInput, LogError, SnapstoreError, StoreExists, StoreNotFound
 from .orchestrator import ConversationOrchestrator
 from .packing import shutdown_pack
@@ -177,15 +178,19 @@ def inspect(repo: Repository, log: OzolithLog | StoreLog | None = None, *, conve
             checks.append(f"{len(discarded)} log entries discarded earlier are left alone "
                           f"(newest {max(discarded)})")
         try:
-            newest: dict[str, int] | None = linked_sequences(repo)  # read once for both checks below
-            if repair and isinstance(log, OzolithLog):
-                log.flush()  # a writer killed before its fsync: what is rolled forward below must be durable
-            cut = _cut_torn_tail(log) if repair else []
-            scan = scan_log(repo, log, discarded, newest)
+            # Replicas sharing an OZOLITH file: wait for their operations between entry and ref move, and hold
+            # new ones back, so what is pending below was left by a writer that is gone (audit.settling).
+            with settling(log) if repair and isinstance(log, OzolithLog) else contextlib.nullcontext():
+                newest: dict[str, int] | None = linked_sequences(repo)  # read once for both checks below
+                if repair and isinstance(log, OzolithLog):
+                    log.flush()  # a writer killed before its fsync: what is rolled forward below must be durable
+                cut = _cut_torn_tail(log) if repair else []
+                scan = scan_log(repo, log, discarded, newest)
+                if repair:
+                    rolled = roll_forward(repo, log, discarded, scan=scan)
             if scan.note is not None:
                 checks.append(scan.note)
             if repair:
-                rolled = roll_forward(repo, log, discarded, scan=scan)
                 recoveries = cut + rolled
                 if any(r.action == "rolled-forward" for r in recoveries):
                     newest = None  # refs moved: log_behind reads the reflogs again
