@@ -1167,7 +1167,7 @@ class Repository:
                 oid, want, where = stack.pop()
                 if oid in reachable or oid in missing:
                     continue
-                if oid not in named:
+                if oid not in named and not self._fsck_late(oid, named, problems):
                     if strict:
                         missing.add(oid)
                         problems.append(Problem("missing", f"{want} {oid} is missing (named by {where})", object=oid))
@@ -1182,6 +1182,26 @@ class Repository:
                 label = f"{want} {oid[:12]}"
                 stack.extend((child, kind, label) for child, kind in children)
         return FsckReport(count, len(reachable), tuple(problems), len(missing))
+
+    def _fsck_late(self, oid: ObjectId, named: dict[ObjectId, tuple[str | None, list[tuple[ObjectId, str]]]],
+                   problems: list[Problem]) -> bool:
+        """Whether ``oid``, absent from fsck's listing of the objects, is stored now: a writer running beside
+        fsck committed it, and the ref naming it, after the listing (the refs are read after it). Read and
+        checked as a listed one (into ``named``), so a live store is not reported missing what it holds."""
+        try:
+            stored = self.backend.get_objects([oid]).get(oid)
+        except SnapstoreError:
+            return False  # unreadable now too: reported missing, as it was not in the listing
+        if stored is None:
+            return False
+        try:
+            _, obj = self._verify(stored)
+        except SnapstoreError as exc:
+            problems.append(Problem("corrupt", str(exc), object=oid))
+            named[oid] = (stored.kind if stored.kind in KINDS else None, [])
+        else:
+            named[oid] = (stored.kind, list(references(obj)))
+        return True
 
     def _fsck_rewrites(self, problems: list[Problem]) -> Rewrites:
         """The prune records fsck walks the reflogs with, each one that cannot be read added to ``problems``
