@@ -451,23 +451,35 @@ class PostgresBackend(Backend):
         """
         if xid is None:
             return _COMMITTED
-        deadline = time.monotonic() + _SETTLE_SECONDS
-        try:
-            conn = self._live()  # a fresh connection
-            while conn.execute(_END_SESSION, (pid, xid)).fetchone() is not None:
-                if time.monotonic() > deadline:
-                    raise self._outcome_unknown(xid, f"its session {pid} did not end within {_SETTLE_SECONDS:g} s")
-                time.sleep(0.005)
-            (status,) = conn.execute(_XACT_STATUS, (xid,)).fetchone()
-        except psycopg.Error as exc:
-            raise self._outcome_unknown(xid, " ".join(self._scrub(str(exc)).split())) from None
-        except CommitOutcomeUnknown:
-            raise
-        except BackendError as exc:  # no new connection
-            raise self._outcome_unknown(xid, str(exc)) from None
+        conn, why = self._end_session(_END_SESSION, (pid, xid), pid)
+        if conn is not None:
+            try:
+                (status,) = conn.execute(_XACT_STATUS, (xid,)).fetchone()
+            except psycopg.Error as exc:
+                why = " ".join(self._scrub(str(exc)).split())
+        if why is not None:
+            raise self._outcome_unknown(xid, why)
         if status not in (_COMMITTED, _ABORTED):
             raise self._outcome_unknown(xid, f"the server says {status or 'nothing'} of it")
         return status
+
+    def _end_session(self, sql: str, params: tuple[object, ...],
+                     pid: int) -> tuple[psycopg.Connection | None, str | None]:
+        """End server session ``pid`` (``sql`` ends it and returns a row while it lives) and wait, up to
+        :data:`_SETTLE_SECONDS`, until it is gone: the fresh connection that saw it go, and None; or
+        None and why it could not be seen to go."""
+        deadline = time.monotonic() + _SETTLE_SECONDS
+        try:
+            conn = self._live()  # a fresh connection
+            while conn.execute(sql, params).fetchone() is not None:
+                if time.monotonic() > deadline:
+                    return None, f"its session {pid} did not end within {_SETTLE_SECONDS:g} s"
+                time.sleep(0.005)
+            return conn, None
+        except psycopg.Error as exc:
+            return None, " ".join(self._scrub(str(exc)).split())
+        except BackendError as exc:  # no new connection
+            return None, str(exc)
 
     def _end_orphan(self) -> None:
         """End the server session of a connection lost in a transaction (:attr:`_orphan`), if still there.
@@ -486,19 +498,7 @@ class PostgresBackend(Backend):
         """
         assert self._orphan is not None
         pid, started = self._orphan
-        deadline = time.monotonic() + _SETTLE_SECONDS
-        why = None
-        try:
-            conn = self._live()  # a fresh connection
-            while conn.execute(_END_ORPHAN, (pid, started)).fetchone() is not None:
-                if time.monotonic() > deadline:
-                    why = f"it did not end within {_SETTLE_SECONDS:g} s"
-                    break
-                time.sleep(0.005)
-        except psycopg.Error as exc:
-            why = " ".join(self._scrub(str(exc)).split())
-        except BackendError as exc:  # no new connection
-            why = str(exc)
+        _, why = self._end_session(_END_ORPHAN, (pid, started), pid)
         if why is not None:
             when = started.isoformat() if started is not None else "?"
             raise BackendError(
