@@ -40,8 +40,10 @@ from .findings import Finding
 from .location import default_location, open_backend, redact
 from .objects import (
     AnyObject,
+    ContextId,
     Event,
     LogLink,
+    Node,
     ObjectId,
     Snapshot,
     State,
@@ -68,7 +70,7 @@ from .rewrites import PREFIX as PRUNE_PREFIX, Rewrites
 from .state import ConversationState
 from .timeutil import parse_time, utc_now
 from .tree import (
-    NewObjects, Outline, Tree, Workspace, chain_hints, count_tree, load_tree, outline_tree, tree_from_contexts,
+    NewObjects, Outline, Tree, Workspace, chain_hints, context_nodes, load_tree, outline_tree, tree_from_contexts,
 )
 
 # 2: writers move a ref together with every object their commit made, so gc
@@ -244,6 +246,9 @@ class Repository:
         self.codec = Codec(self._dictionaries(), int(current) if current else None, reload=self._dictionaries)
         self._cache: OrderedDict[ObjectId, AnyObject] = OrderedDict()
         self._trees: dict[ConversationId, tuple[ObjectId, Tree]] = {}
+        # The same trees by snapshot (:meth:`_held_tree`): looked up per conversation by the paths that touch
+        # every conversation, where a scan of ``_trees`` each time would grow with the square of their number.
+        self._held: dict[ObjectId, Tree] = {}
         # The chain hints each conversation's meta holds, as last read or written (JSON text).
         self._hints: dict[ConversationId, str | None] = {}
         self._lock = threading.RLock()
@@ -414,7 +419,7 @@ class Repository:
         with self._lock:
             cached = self._trees.pop(old_conv, None)
             if cached is not None:
-                self._trees[new_conv] = cached
+                self._hold(new_conv, *cached)
 
     def reflog(self, conversation: str) -> list[ReflogEntry]:
         return self.backend.reflog(ref_name(validate_conversation_id(conversation)))
@@ -442,7 +447,7 @@ class Repository:
         # load reads on top of (a writer that keeps losing races must not
         # re-read everything since its own last commit every time).
         with self._lock:
-            self._trees[ConversationId(snap.conversation)] = (snapshot_id, tree)
+            self._hold(ConversationId(snap.conversation), snapshot_id, tree)
         return tree
 
     def outline(self, snapshot_id: ObjectId | None) -> Tree | Outline:
@@ -459,10 +464,15 @@ class Repository:
     def _held_tree(self, snapshot_id: ObjectId) -> Tree | None:
         """The tree of ``snapshot_id`` if it is one this repository keeps loaded."""
         with self._lock:
-            for cached_snapshot, tree in self._trees.values():
-                if cached_snapshot == snapshot_id:
-                    return tree
-        return None
+            return self._held.get(snapshot_id)
+
+    def _hold(self, conv: ConversationId, snapshot_id: ObjectId, tree: Tree) -> None:
+        """Keep ``tree`` as the newest loaded of ``conv`` (the caller holds the lock)."""
+        old = self._trees.get(conv)
+        if old is not None and self._held.get(old[0]) is old[1]:
+            del self._held[old[0]]
+        self._trees[conv] = (snapshot_id, tree)
+        self._held[snapshot_id] = tree
 
     def tree_of_state(self, state_id: ObjectId, base: Tree | None = None, *,
                       hints: Mapping[str, Any] | None = None) -> Tree:
@@ -710,7 +720,7 @@ class Repository:
             if before_ref is None or not self._reaches(self.head(conv), snap_id):
                 raise
         with self._lock:
-            self._trees[conv] = (snap_id, tree)
+            self._hold(conv, snap_id, tree)
             self._cache[snap_id] = snap
         new = set(new_ids or ())
         if new_ids is not None and len(new) < len(carried):
@@ -1032,22 +1042,65 @@ class Repository:
         return diff_states(self.read_many, old_root, new_root)
 
     def conversations(self) -> list[ConversationInfo]:
-        """Every conversation with its size and last activity, newest first."""
+        """Every conversation with its size and last activity, newest first.
+
+        Read for all conversations together: the heads' snapshots in one
+        batch, their states in another, then the nodes one level of depth at
+        a time (:func:`~snapstore.tree.context_nodes`). Every start lists them
+        (:func:`snapstore.startup.inspect`), and a store of thousands of
+        conversations would otherwise cost a few round trips per conversation.
+        """
         active = self.active_conversation
+        heads = {conv: head for ref, head in self.backend.list_refs().items()
+                 if (conv := conversation_of(ref)) is not None}
+        snaps = self.read_many(heads.values(), "snapshot")
+        with self._lock:
+            held = {head: tree for head in heads.values() if (tree := self._held.get(head)) is not None}
+        counted = {  # counted from the nodes: no exchange is read
+            head: (len(nodes), sum(ref.count for _, node in nodes
+                                   if (ref := node.memory.get("local_memory")) is not None))
+            for head, nodes in self._context_nodes({h: snaps[h] for h in heads.values() if h not in held}).items()
+        }
         out = []
-        for ref, head in self.backend.list_refs().items():
-            conv = conversation_of(ref)
-            if conv is None:
-                continue
-            snap = self.snapshot(head)
-            tree = self._held_tree(head)
-            if tree is not None:
-                contexts, exchanges = len(tree.records), tree.exchange_count()
-            else:  # counted from the nodes: no exchange is read
-                contexts, exchanges = count_tree(self.read_many, self.snapshot_state(head))
+        for conv, head in heads.items():
+            snap = snaps[head]
+            assert isinstance(snap, Snapshot)
+            tree = held.get(head)
+            contexts, exchanges = (len(tree.records), tree.exchange_count()) if tree is not None else counted[head]
             out.append(ConversationInfo(conv, head, contexts, exchanges, snap.time, conv == active))
         out.sort(key=lambda c: c.updated, reverse=True)
         return out
+
+    def context_ids(self, snapshots: Iterable[ObjectId]) -> dict[ObjectId, list[ContextId]]:
+        """The ids of the contexts each snapshot's tree holds, reading no exchange.
+
+        From the trees this repository holds; the others from their nodes,
+        all snapshots together (as :meth:`conversations` reads them): a few
+        round trips per level of depth however many snapshots are asked for.
+        """
+        wanted = list(dict.fromkeys(snapshots))
+        with self._lock:
+            held = {sid: tree for sid in wanted if (tree := self._held.get(sid)) is not None}
+        out: dict[ObjectId, list[ContextId]] = {sid: list(tree.records) for sid, tree in held.items()}
+        snaps = self.read_many([sid for sid in wanted if sid not in held], "snapshot")
+        for sid, nodes in self._context_nodes(snaps).items():
+            out[sid] = [cid for cid, _ in nodes]
+        return out
+
+    def _context_nodes(self, snaps: Mapping[ObjectId, AnyObject]) -> dict[ObjectId, list[tuple[ContextId, Node]]]:
+        """Each snapshot's contexts with their nodes, all snapshots together: their states in one batch,
+        then the nodes a level of depth at a time (:func:`~snapstore.tree.context_nodes`); no exchange read."""
+        roots = {}
+        for sid, snap in snaps.items():
+            assert isinstance(snap, Snapshot)
+            roots[sid] = snap.root
+        found = self.read_many(list(dict.fromkeys(roots.values())), "state")
+        states: dict[ObjectId, State] = {}
+        for sid, root in roots.items():
+            state = found[root]
+            assert isinstance(state, State)
+            states[sid] = state
+        return context_nodes(self.read_many, states)
 
     def checkout(self, conversation: str, at: str | None = None) -> CommitResult:
         """Make a conversation active; with ``at``, restore that revision's state on top."""

@@ -23,7 +23,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from .errors import CorruptObject, InvalidInput
 from .objects import (
@@ -60,6 +60,7 @@ MEMORY_FIELDS = ("local_memory", "inherited_memory")
 NewObjects = dict[ObjectId, tuple[str, bytes]]
 # Reads typed objects by id, verifying them: (ids, kind) -> {id: object}.
 ReadMany = Callable[[list[ObjectId], str], Mapping[ObjectId, AnyObject]]
+K = TypeVar("K")  # what a caller keys states by (context_nodes)
 
 
 def json_copy(value: Any) -> Any:
@@ -1244,21 +1245,22 @@ def outline_tree(read_many: ReadMany, state: State) -> Outline:
     return Outline(records, tuple(cid for cid, _ in state.roots), state.active_context_id)
 
 
-def count_tree(read_many: ReadMany, state: State) -> tuple[int, int]:
-    """``(contexts, exchanges)`` of a state from its nodes alone, reading no chunk.
+def context_nodes(read_many: ReadMany, states: Mapping[K, State]) -> dict[K, list[tuple[ContextId, Node]]]:
+    """Every context of each state with its node, reading no chunk: all the states' nodes of one level in one
+    batch (and their pages in another), so a store's thousands of conversations cost a few round trips per
+    level of depth, not a few per conversation.
 
-    Exchanges are the lengths of the ``local_memory`` lists, as
-    :meth:`Tree.exchange_count` counts them.
+    The ids are the ones the parents name (a node holding another context is named where the tree itself
+    is loaded).
     """
-    contexts = exchanges = 0
-    frontier = [nid for _, nid in state.roots]
+    out: dict[K, list[tuple[ContextId, Node]]] = {key: [] for key in states}
+    frontier = [(key, cid, nid) for key, state in states.items() for cid, nid in state.roots]
     while frontier:
-        found = read_many(frontier, "node")
-        nodes = [found[nid] for nid in frontier]
-        contexts += len(nodes)
-        for node in nodes:
+        found = read_many([nid for _, _, nid in frontier], "node")
+        nodes = [found[nid] for _, _, nid in frontier]
+        for (key, cid, _), node in zip(frontier, nodes):
             assert isinstance(node, Node)
-            ref = node.memory.get("local_memory")
-            exchanges += ref.count if ref is not None else 0
-        frontier = [nid for kids in resolve_children(read_many, nodes) for _, nid in kids]
-    return contexts, exchanges
+            out[key].append((cid, node))
+        frontier = [(key, c, n) for (key, _, _), kids in zip(frontier, resolve_children(read_many, nodes))
+                    for c, n in kids]
+    return out

@@ -263,8 +263,11 @@ class SidebarPersistence:
         # conversation -> (operation key, snapshot it made): where an amend may follow.
         self._last: dict[ConversationId, tuple[object, str]] = {}
         self._where: dict[str, ConversationId] = {}
-        # The head of each conversation that _where was read from.
+        # The head of each conversation that _where was read from, the contexts each holds there, and the
+        # conversations holding each context (more than one a moment while another instance moves it).
         self._indexed: dict[ConversationId, str] = {}
+        self._contexts: dict[ConversationId, tuple[str, ...]] = {}
+        self._holders: dict[str, set[ConversationId]] = {}
         # The version of each context this instance last loaded or saved.
         self._seen: dict[str, ContextRecord] = {}
         # context -> list name -> (chain head, length, typed.mirror_of the client's items saved there).
@@ -369,17 +372,39 @@ class SidebarPersistence:
 
         Other replicas (or another instance on the same store) create, move
         and delete contexts; this instance's own map is only a cache of
-        where they were. Only heads that moved since the last read are
-        loaded (on top of the trees held). Returns the heads.
+        where they were. Only the conversations whose head moved since the
+        last read (or that came or went) are read again, and from their
+        nodes alone, all together (:meth:`Repository.context_ids`): a store
+        of thousands of conversations is not loaded whole at start, and a
+        save of a new context (which looks here first) costs what changed,
+        not every conversation again. Returns the heads.
         """
         heads = {conv: head for ref, head in self.repo.backend.list_refs(REF_PREFIX).items()
                  if (conv := conversation_of(ref)) is not None}
         if heads != self._indexed:
-            where: dict[str, ConversationId] = {}
-            for conv in sorted(heads, reverse=True):  # a context in two conversations: the first by name
-                for cid in self.repo.tree(heads[conv]).records:
-                    where[cid] = conv
-            self._where, self._indexed = where, heads
+            changed = {conv for conv in heads.keys() | self._indexed.keys()
+                       if heads.get(conv) != self._indexed.get(conv)}
+            ids = self.repo.context_ids(heads[conv] for conv in changed if conv in heads)
+            touched: set[str] = set()
+            for conv in changed:
+                old = self._contexts.pop(conv, ())
+                new = tuple(ids[heads[conv]]) if conv in heads else ()
+                for cid in old:
+                    self._holders[cid].discard(conv)
+                for cid in new:
+                    self._holders.setdefault(cid, set()).add(conv)
+                if new:
+                    self._contexts[conv] = new
+                touched.update(old)
+                touched.update(new)
+            for cid in touched:
+                holders = self._holders.get(cid)
+                if holders:
+                    self._where[cid] = min(holders)  # a context in two conversations: the first by name
+                else:
+                    self._holders.pop(cid, None)
+                    self._where.pop(cid, None)
+            self._indexed = heads
         return heads
 
     def _locate(self, cid: str) -> tuple[ConversationId, ContextRecord] | None:

@@ -940,7 +940,7 @@ class SqliteBackend(Backend):
             counted = self._packed_reflog_count(db, name)
             if counted is not None:
                 for first, last in db.execute("SELECT first, last FROM reflog_packs ORDER BY first").fetchall():
-                    entries.extend(e for e in self._reflog_pack(first, last) if e.name == name)
+                    entries.extend(self._reflog_pack(first, last).of(name))
                 self._check_packed_count(name, counted, len(entries))
             loose = self._loose_reflog(name, "ORDER BY seq", ())
             if counted is None and not (loose and loose[0].old is None):
@@ -963,7 +963,7 @@ class SqliteBackend(Backend):
             # Packed rows are older than every loose one: the newest packs first, until enough.
             found = 0
             for first, last in db.execute("SELECT first, last FROM reflog_packs ORDER BY first DESC").fetchall():
-                older = [e for e in self._reflog_pack(first, last) if e.name == name]
+                older = list(self._reflog_pack(first, last).of(name))
                 found += len(older)
                 entries[:0] = older[-(count - len(entries)):] if older else []
                 if len(entries) >= count:
@@ -1267,10 +1267,10 @@ class SqliteBackend(Backend):
                             self._check_reflog_begins(db, name)
         return out
 
-    def _reflog_pack(self, first: int, last: int) -> list[ReflogEntry]:
-        def parse(data: bytes) -> list[ReflogEntry]:
+    def _reflog_pack(self, first: int, last: int) -> _ReflogPack:
+        def parse(data: bytes) -> _ReflogPack:
             try:
-                return [ReflogEntry(*json.loads(line)) for line in decode_lines(data, 1, 0, count=False)]
+                return _ReflogPack(ReflogEntry(*json.loads(line)) for line in decode_lines(data, 1, 0, count=False))
             except (ValueError, TypeError) as exc:
                 raise DamagedRecord(f"{self.path}: the reflog pack of rows {first}-{last} is damaged: {exc}") from None
 
@@ -1595,6 +1595,24 @@ class SqliteBackend(Backend):
             if self._lock_file is not None:
                 self._lock_file.release()
                 self._lock_file = None
+
+
+class _ReflogPack(list):
+    """A parsed reflog pack: its rows in order, and (built at the first :meth:`of`, kept while the pack is
+    cached) each ref's rows. A ref's reflog is read pack by pack; without the index each read went through
+    every row of every pack, and reading every ref's reflog (gc, verify) grew with the square of the refs."""
+
+    __slots__ = ("_by_name",)
+
+    def of(self, name: str) -> list[ReflogEntry]:
+        by_name: dict[str, list[ReflogEntry]] | None = getattr(self, "_by_name", None)
+        if by_name is None:
+            by_name = {}
+            for entry in self:
+                if isinstance(entry.name, str):  # a damaged row's other value names no ref asked for
+                    by_name.setdefault(entry.name, []).append(entry)
+            self._by_name = by_name
+        return by_name.get(name, [])
 
 
 class _LockFile:
