@@ -27,13 +27,21 @@ bound depends on the log:
   reflogs were read, checked again by :func:`_not_applied_since`).
 - **an OZOLITH file**: the entry is appended before the ref moves, a failed
   operation's void is a later entry, and replicas sharing the file interleave,
-  so the newest link of one conversation says nothing of another's entries.
+  so the newest link of a conversation does not even say its own older
+  entries are settled: a writer killed between its entry and its ref move
+  while another writer (or the same, after a commit of unknown outcome) moved
+  that conversation on from the same head leaves an *orphan* below the
+  newest link (:func:`_orphans`), or just past it when its rival's entry is
+  the older (:func:`_moved_on_by`). It can never be applied: a start voids it
+  with a ``correction`` (:func:`_void`, Recovery ``voided``), as the
+  orchestrator voids a failed operation's entry. So a start judges every
+  linked entry past the mark below, and without a mark reads the log whole.
   A repairing start records how far it settled the log (meta
   ``startup/log_checked``: the sequence and hash of an entry such that every
   linked entry up to it was applied, voided or discarded), written after its
   roll-forward; the next start reads only past it. The hash ties the mark to
   this log: a file that does not hold that entry (behind, or another log) is
-  read from the oldest conversation's newest link, as before.
+  read whole.
 
   A clean shutdown moves the mark on (:meth:`LinkedLog.mark`), so the next
   start does not read everything a long run wrote: the process counts on from
@@ -48,6 +56,10 @@ bound depends on the log:
   mark rides in the shutdown marker's write, and every
   :attr:`LinkedLog.MARK_EVERY`-th commit's own write (:meth:`LinkedLog.meta_due`),
   so a start after a crash reads about that many entries of the run.
+
+  Several processes appending to one file therefore move the mark at starts
+  only: the start after a crash reads every entry since the last start (it
+  must, an orphan could be anywhere there). Keep the log in the store for that.
 
   Replicas sharing the file: an entry is pending only for its writer's
   moment between the append and the ref move (or the void). A start beside
@@ -232,6 +244,10 @@ def voided_sequences(entries: list[LogEntry]) -> set[int]:
     return out
 
 
+# Recovery actions that leave their entry settled: applied, or voided by a correction.
+SETTLED = frozenset({"rolled-forward", "voided"})
+
+
 @dataclass(frozen=True)
 class Recovery:
     """What :func:`roll_forward` did or could not do for one log entry."""
@@ -239,12 +255,19 @@ class Recovery:
     sequence: int
     conversation: str
     snapshot: str
-    action: str  # "rolled-forward", "missing-objects", "diverged"; a start also reports "cut-torn-tail"
+    # "rolled-forward", "voided" (an orphan: see _orphans), "missing-objects", "diverged"; a start also
+    # reports "cut-torn-tail"
+    action: str
     message: str
+    # "voided": the correction entry that voids it, (sequence, hash).
+    correction: tuple[int, str] | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {"sequence": self.sequence, "conversation": self.conversation, "snapshot": self.snapshot,
-                "action": self.action, "message": self.message}
+        out = {"sequence": self.sequence, "conversation": self.conversation, "snapshot": self.snapshot,
+               "action": self.action, "message": self.message}
+        if self.correction is not None:
+            out["correction"] = self.correction[0]
+        return out
 
 
 def linked_sequences(repo: Repository) -> dict[str, int]:
@@ -268,6 +291,9 @@ class LogScan:
     # The log's newest entry when read, (sequence, hash), every entry below the bound settled and the rest
     # read; (0, "") for an empty log; None if unknown (the bound's own entry is not in the log). OZOLITH only.
     end: tuple[int, str] | None = None
+    # Entries below their conversation's newest link that no ref move applied (:func:`_orphans`), each with
+    # the sequence of the next entry of that conversation the store applied. OZOLITH only.
+    orphans: tuple[tuple[LogEntry, dict[str, Any], int], ...] = ()
 
 
 def scan_log(repo: Repository, log: OzolithLog | StoreLog, skip: frozenset[int] = frozenset(),
@@ -279,7 +305,7 @@ def scan_log(repo: Repository, log: OzolithLog | StoreLog, skip: frozenset[int] 
     voided = voided_sequences(recent)
     # A conversation renamed or deleted since is not in ``newest``: every entry of it is a candidate,
     # and _not_applied_since judges it by the reflog its name left (which says what was applied).
-    out = []
+    out, behind = [], []
     for entry in recent:
         if entry.sequence in voided or entry.sequence in skip:
             continue
@@ -289,8 +315,79 @@ def scan_log(repo: Repository, log: OzolithLog | StoreLog, skip: frozenset[int] 
         conv = str(link.get("conversation"))
         if entry.sequence > newest.get(conv, 0):
             out.append((entry, link))
+        elif entry.sequence < newest.get(conv, 0) and not isinstance(log, StoreLog):
+            behind.append((entry, link))  # applied, unless its writer died and another moved the conversation on
     end = None if isinstance(log, StoreLog) else (recent[-1].sequence, recent[-1].entry_hash) if recent else below
-    return LogScan(tuple(recent), tuple(_not_applied_since(repo, out) if out else out), note, end)
+    orphans = _orphans(repo, recent, behind, newest, voided | skip) if behind else []
+    return LogScan(tuple(recent), tuple(_not_applied_since(repo, out) if out else out), note, end, tuple(orphans))
+
+
+def _orphans(repo: Repository, read: list[LogEntry], behind: list[tuple[LogEntry, dict[str, Any]]],
+             newest: dict[str, int], excluded: set[int] | frozenset[int]
+             ) -> list[tuple[LogEntry, dict[str, Any], int]]:
+    """The entries of ``behind`` (read, each below its conversation's newest link) that no ref move applied,
+    each with the sequence of the next entry of its conversation that one did.
+
+    Such an entry is an orphan: its writer appended it and stopped before its
+    ref move (killed; or its commit's outcome was unknown and never landed),
+    and another writer (or the same, on the head it knew) linked a later entry
+    to the conversation. Cost: nothing for the usual entry, which the log
+    itself shows applied (the applied entries of a conversation form a chain
+    from its newest link back, each entry's parent the snapshot of the one
+    before); the rest are checked against the conversation's reflog, read back
+    only as far as the oldest of them (as many rows as that conversation
+    committed since, at most the entries read).
+    """
+    by_sequence = {e.sequence: e for e in read}
+    by_conv: dict[str, list[tuple[LogEntry, dict[str, Any]]]] = {}
+    for entry, link in behind:
+        by_conv.setdefault(str(link.get("conversation")), []).append((entry, link))
+    out = []
+    for conv, entries in by_conv.items():
+        top = by_sequence.get(newest[conv])
+        top_link = link_of(top) if top is not None else None
+        if top is None or top_link is None or top_link.get("conversation") != conv or _ref_of(conv) is None:
+            continue  # its newest link names an entry of another name (renamed since): not judged here
+        snapshots = {str(link["snapshot"]): e.sequence for e in read
+                     if e.sequence not in excluded and (link := link_of(e)) is not None
+                     and link.get("conversation") == conv and e.sequence <= newest[conv]}
+        chain, lowest, parent = {top.sequence}, top.sequence, top_link.get("parent")
+        while isinstance(parent, str) and snapshots.get(parent, lowest) < lowest:
+            lowest = snapshots[parent]
+            chain.add(lowest)
+            parent = (link_of(by_sequence[lowest]) or {}).get("parent")
+        left = [(e, link) for e, link in entries if e.sequence not in chain]
+        if not left:
+            continue
+        applied = _reflog_links(repo, conv, min(e.sequence for e, _ in left))
+        if applied.get(top.sequence) != top.entry_hash:
+            continue  # the store's newest link is not this log's entry: the log-behind check says so
+        for entry, link in left:
+            if entry.sequence not in applied:
+                out.append((entry, link, min(s for s in applied if s > entry.sequence)))
+    return out
+
+
+def _ref_of(conv: str) -> str | None:
+    """The ref name of ``conv``, or None if it is no valid conversation id."""
+    try:
+        return ref_name(validate_conversation_id(conv))
+    except SnapstoreError:
+        return None
+
+
+def _reflog_links(repo: Repository, conv: str, lowest: int) -> dict[int, str]:
+    """``{log sequence: log hash}`` of the rows of ``conv``'s ref linking an entry at or past ``lowest``: its newest
+    rows, read back until one links an older entry (a ref's rows link ever newer entries) or none is left."""
+    name = _ref_of(conv)
+    assert name is not None
+    count = 16
+    while True:
+        rows = repo.backend.reflog_newest(name, count)
+        if len(rows) < count or any(r.log_sequence is not None and r.log_sequence < lowest for r in rows):
+            break
+        count *= 4
+    return {r.log_sequence: r.log_hash or "" for r in rows if r.log_sequence is not None and r.log_sequence >= lowest}
 
 
 def _entries_past_bound(repo: Repository, log: OzolithLog | StoreLog, newest: dict[str, int]
@@ -300,22 +397,15 @@ def _entries_past_bound(repo: Repository, log: OzolithLog | StoreLog, newest: di
     if isinstance(log, StoreLog):
         # Entry and ref move commit together: everything up to the newest link of any conversation is applied.
         return list(log.entries_after(max(newest.values(), default=0))), None, None
-    floor = min(newest.values(), default=0)  # without a mark: the oldest conversation's newest link
     mark, note = _recorded_mark(repo)
-    if mark is not None and mark[0] > floor:
+    if mark is not None:
         read = list(log.entries_after(mark[0] - 1))  # from the marked entry, to check it is this log's
         if read and read[0].sequence == mark[0] and read[0].entry_hash == mark[1]:
             return read[1:], None, mark
-        note = (f"the log holds no entry {mark[0]} with the hash a start recorded ({mark[1][:12]}): "
-                f"read it from entry {floor + 1}")
-    if floor == 0:
-        return list(log.entries_after(0)), note, (0, "")
-    try:
-        read = list(log.entries_after(floor - 1))  # the floor's entry too (one more parse): where a close counts from
-    except LogError:  # unreadable, maybe the floor's own line, which the read past it never needed
-        return list(log.entries_after(floor)), note, None
-    below = (read[0].sequence, read[0].entry_hash) if read and read[0].sequence == floor else None
-    return [e for e in read if e.sequence > floor], note, below
+        note = f"the log holds no entry {mark[0]} with the hash a start recorded ({mark[1][:12]}): read it whole"
+    # No mark: nothing says an entry is settled, not even below every conversation's newest link (an orphan,
+    # see _orphans, is below its own). Read once; the start then records a mark.
+    return list(log.entries_after(0)), note, (0, "")
 
 
 def _recorded_mark(repo: Repository) -> tuple[tuple[int, str] | None, str | None]:
@@ -330,8 +420,8 @@ def _recorded_mark(repo: Repository) -> tuple[tuple[int, str] | None, str | None
     sequence = value.get("sequence") if isinstance(value, dict) else None
     entry_hash = value.get("entry_hash") if isinstance(value, dict) else None
     if type(sequence) is not int or sequence < 1 or not isinstance(entry_hash, str):
-        return None, (f"meta {CHECKED_KEY} is damaged ({raw[:40]!r}): the log was read from the oldest "
-                      "conversation's newest link, and the next start records it again")
+        return None, (f"meta {CHECKED_KEY} is damaged ({raw[:40]!r}): the log was read whole, "
+                      "and the next start records it again")
     return (sequence, entry_hash), None
 
 
@@ -344,7 +434,7 @@ def settled_mark(scan: LogScan, recoveries: list[Recovery]) -> str | None:
     caller replays or discards it. Entries appended since the read are past
     the mark, whoever appended them.
     """
-    unresolved = min((r.sequence for r in recoveries if r.action != "rolled-forward"), default=None)
+    unresolved = min((r.sequence for r in recoveries if r.action not in SETTLED), default=None)
     settled = [e for e in scan.read if unresolved is None or e.sequence < unresolved]
     if not settled:
         return None
@@ -354,14 +444,20 @@ def settled_mark(scan: LogScan, recoveries: list[Recovery]) -> str | None:
 def settled_end(scan: LogScan, recoveries: list[Recovery]) -> tuple[int, str] | None:
     """Where a process may count its own settled entries on from (:meth:`LinkedLog.follow`), or None.
 
-    The log's newest entry as ``scan`` read it, if rolling it forward
-    (``recoveries``) left nothing unresolved: every entry up to it is then
-    applied, voided or discarded. With an unresolved entry the mark stays
-    below it (:func:`settled_mark`) whatever this process appends.
+    The log's newest entry as ``scan`` read it (or the last correction the
+    start appended just past it), if rolling it forward (``recoveries``) left
+    nothing unresolved: every entry up to it is then applied, voided or
+    discarded. With an unresolved entry the mark stays below it
+    (:func:`settled_mark`) whatever this process appends.
     """
-    if any(r.action != "rolled-forward" for r in recoveries):
+    if any(r.action not in SETTLED for r in recoveries) or scan.end is None:
         return None
-    return scan.end
+    end = scan.end
+    # The corrections it appended, if no other writer's entry came between (else the count stops there).
+    for correction in sorted(r.correction for r in recoveries if r.correction is not None):
+        if correction[0] == end[0] + 1:
+            end = correction
+    return end
 
 
 def mark_meta(repo: Repository, linked: LinkedLog) -> dict[str, str]:
@@ -411,7 +507,8 @@ def roll_forward(repo: Repository, log: OzolithLog | StoreLog, skip: frozenset[i
     results: list[Recovery] = []
     if scan is None:
         scan = scan_log(repo, log, skip)
-    for entry, link in scan.pending:
+    judged = sorted([(e, link, None) for e, link in scan.pending] + list(scan.orphans), key=lambda t: t[0].sequence)
+    for entry, link, later in judged:
         snapshot = ObjectId(link["snapshot"])
         try:
             conv = validate_conversation_id(link.get("conversation"))
@@ -421,6 +518,10 @@ def roll_forward(repo: Repository, log: OzolithLog | StoreLog, skip: frozenset[i
             continue
         head = repo.head(conv)
         if head == snapshot:
+            continue
+        if later is not None and head != link.get("parent") and isinstance(log, OzolithLog):
+            # An orphan the conversation moved on from: it can never be applied, whatever its objects.
+            results.append(_void(log, entry, conv, snapshot, link, later))
             continue
         if not repo.backend.has_objects([snapshot]):
             results.append(Recovery(entry.sequence, conv, snapshot, "missing-objects",
@@ -433,6 +534,11 @@ def roll_forward(repo: Repository, log: OzolithLog | StoreLog, skip: frozenset[i
             results.append(Recovery(entry.sequence, conv, snapshot, "missing-objects", str(exc)))
             continue
         expected_parent = link.get("parent")
+        if head != expected_parent and isinstance(log, OzolithLog) and (
+                later := _moved_on_by(repo, log, conv, expected_parent, entry, scan.read)) is not None:
+            # Pending, but it lost the race from its parent to an earlier entry of this log: an orphan too.
+            results.append(_void(log, entry, conv, snapshot, link, later))
+            continue
         if head != expected_parent:
             results.append(Recovery(entry.sequence, conv, snapshot, "diverged",
                                     f"log entry {entry.sequence} {_continues(expected_parent)}, "
@@ -449,3 +555,56 @@ def roll_forward(repo: Repository, log: OzolithLog | StoreLog, skip: frozenset[i
         results.append(Recovery(entry.sequence, conv, snapshot, "rolled-forward",
                                 f"head moved to {snapshot[:12]} named by log entry {entry.sequence}"))
     return results
+
+
+def _void(log: OzolithLog, entry: LogEntry, conv: str, snapshot: str, link: dict[str, Any], later: int) -> Recovery:
+    """Void an orphan (:func:`_orphans`) whose conversation moved on from its parent, by a ``correction`` entry as
+    the orchestrator writes for an operation that failed (``_write_pending_voids``); the Recovery saying so."""
+    what = (f"log entry {entry.sequence} {_continues(link.get('parent'))}, but conversation {conv} moved on "
+            f"without it (entry {later}): its writer stopped before its ref move")
+    try:
+        correction = log.append("correction", entry.context_id, "system", {
+            "corrected_sequence": entry.sequence,
+            "reason": f"operation never committed: {what}"[:500],
+            LINK_KEY: {"void": entry.sequence, "conversation": conv},
+        })
+    except (SnapstoreError, OSError) as exc:
+        return Recovery(entry.sequence, conv, snapshot, "diverged", f"{what}; could not void it: {exc}")
+    return Recovery(entry.sequence, conv, snapshot, "voided",
+                    f"{what}; voided by correction entry {correction.sequence}",
+                    (correction.sequence, correction.entry_hash))
+
+
+# Reflog rows a start reads back at most looking for the ref change that moved a conversation on from an entry's
+# parent (:func:`_moved_on_by`); past that, the entry is reported diverged, as before.
+MAX_MOVED_ON_ROWS = 1024
+
+
+def _moved_on_by(repo: Repository, log: OzolithLog, conv: str, parent: Any, entry: LogEntry,
+                 read: tuple[LogEntry, ...]) -> int | None:
+    """The entry of this log through which ``conv`` moved on from ``parent`` (the head ``entry`` continued), or None.
+
+    A pending entry (past its conversation's newest link) whose parent is no
+    longer the head is an orphan too when another writer's entry, appended
+    *before* it, won the race from the same head: the ref change away from
+    ``parent`` links that entry. Any other move (a write that links no entry,
+    another log's entry) leaves it "diverged", for the caller to judge. Cost:
+    the conversation's reflog rows since it moved on, newest first.
+    """
+    name = _ref_of(conv)
+    if name is None:
+        return None
+    count = 16
+    while True:
+        rows = repo.backend.reflog_newest(name, count)
+        row = next((r for r in reversed(rows) if r.old == parent), None)
+        if row is not None or len(rows) < count or count >= MAX_MOVED_ON_ROWS:
+            break
+        count *= 4
+    if row is None or row.log_sequence is None or row.log_sequence == entry.sequence or not row.log_hash:
+        return None
+    sequence = row.log_sequence
+    winner = next((e for e in read if e.sequence == sequence), None)
+    if winner is None:  # below the bound: read back to it (it moved on after this entry's writer read the head)
+        winner = next((e for e in log.entries_after(sequence - 1) if e.sequence == sequence), None)
+    return sequence if winner is not None and winner.entry_hash == row.log_hash else None

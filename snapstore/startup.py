@@ -53,7 +53,7 @@ MAX_DISCARDED = 10_000
 SESSION_STARTED_KEY = "session_started"
 DEFAULT_SAMPLE = 32
 # Recovery actions a start completed itself (the rest are left to the caller).
-REPAIRED = frozenset({"rolled-forward", "cut-torn-tail"})
+REPAIRED = frozenset({"rolled-forward", "voided", "cut-torn-tail"})
 
 
 class RecoveryStatus(str, enum.Enum):
@@ -200,6 +200,12 @@ def inspect(repo: Repository, log: OzolithLog | StoreLog | None = None, *, conve
                              f"log entry {e.sequence} names snapshot {str(link.get('snapshot'))[:12]}, "
                              "which no ref reaches yet")
                     for e, link in scan.pending
+                ] + [
+                    Recovery(e.sequence, str(link.get("conversation")), str(link.get("snapshot")), "pending",
+                             f"log entry {e.sequence} names snapshot {str(link.get('snapshot'))[:12]}, which no ref "
+                             f"reached before conversation {link.get('conversation')} moved on without it (entry "
+                             f"{later}): a start voids it")
+                    for e, link, later in scan.orphans
                 ]
             behind = log_behind(repo, log, newest)
             if behind is not None:

@@ -216,7 +216,7 @@ def test_a_mark_this_log_does_not_hold_costs_reads_never_an_entry(tmp_path, mark
         assert json.loads(s.repo.backend.get_meta(CHECKED_KEY))["sequence"] == last
 
 
-def test_an_older_copy_of_the_log_is_read_from_the_oldest_link_and_named(tmp_path):
+def test_an_older_copy_of_the_log_is_read_whole_and_named(tmp_path):
     store, logfile = str(tmp_path / "store"), tmp_path / "log.jsonl"
     with Session(store, ozolith=str(logfile)) as s:
         _idle_then_busy(s, 5)
