@@ -161,3 +161,24 @@ def run_replicas(target, args: list[tuple]) -> list[Any]:
         p.join(60)
         assert p.exitcode == 0
     return results
+
+
+def crash_after_append(session: Any, conversation: str, user: str = "lost?") -> int:
+    """Through a hook of its own (to ``session``, another writer of its OZOLITH file), append an exchange's
+    entry to ``conversation`` and die before its ref moves, as a kill there would; the entry's sequence."""
+    import pytest
+
+    from snapstore.audit import LinkedLog
+    from snapstore.orchestrator import ConversationOrchestrator
+
+    class Died(Exception):
+        pass
+
+    def append_then_die(event_type: str, context_id: str, actor: str, payload: dict[str, Any]) -> None:
+        LinkedLog(session.log)(event_type, context_id, actor, payload)
+        raise Died
+
+    crashing = ConversationOrchestrator(session.repo, conversation, audit=append_then_die)
+    with pytest.raises(Died):
+        crashing.add_exchange(crashing.active_context_id, user, "no")
+    return session.log.last().sequence

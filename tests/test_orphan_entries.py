@@ -26,23 +26,7 @@ from snapstore.ozolith import log as ozolith_log
 from snapstore.startup import RecoveryStatus, Session, inspect
 from snapstore.verify import verify
 
-
-class Died(Exception):
-    pass
-
-
-def _crash_after_append(session: Session, conversation: str) -> int:
-    """Another writer of the file (a hook of its own) appends an operation's entry and dies before its ref
-    moves; its sequence."""
-
-    def append_then_die(event_type, context_id, actor, payload):
-        LinkedLog(session.log)(event_type, context_id, actor, payload)
-        raise Died
-
-    crashing = ConversationOrchestrator(session.repo, conversation, audit=append_then_die)
-    with pytest.raises(Died):
-        crashing.add_exchange(crashing.active_context_id, "never acknowledged", "no")
-    return session.log.last().sequence
+from .factories import crash_after_append
 
 
 def _work(session: Session, conversation: str, operations: int) -> ConversationOrchestrator:
@@ -61,7 +45,7 @@ def _orphan_then_moved_on(store: str, logfile: str, *, marked: bool) -> tuple[in
         s.close()
         s = Session(store, ozolith=logfile)
     head = s.repo.head("c")
-    orphan = _crash_after_append(s, "c")
+    orphan = crash_after_append(s, "c", "never acknowledged")
     snapshot = s.log.last().payload["snapstore"]["snapshot"]
     assert s.log.last().payload["snapstore"]["parent"] == head and s.repo.head("c") == head
     _work(s, "c", 2)  # B: its first commit continues the same head, entry N+1
@@ -113,7 +97,7 @@ def test_an_orphan_between_other_conversations_links_is_found(tmp_path):
         _work(s, "c", 2)
         _work(s, "d", 2)
     s = Session(store, ozolith=logfile)
-    orphan = _crash_after_append(s, "c")
+    orphan = crash_after_append(s, "c", "never acknowledged")
     _work(s, "c", 1)
     _work(s, "d", 1)
     s.close(clean=False)
@@ -158,7 +142,7 @@ def test_an_orphan_whose_parent_is_the_head_again_is_rolled_forward_as_before(tm
     s = Session(store, ozolith=logfile)
     _work(s, "c", 2)
     head = s.repo.head("c")
-    orphan = _crash_after_append(s, "c")
+    orphan = crash_after_append(s, "c", "never acknowledged")
     _work(s, "c", 1)
     s.repo.backend.write(ref_updates=[RefUpdate(ref_name("c"), s.repo.head("c"), head, "put back by hand")])
     s.close(clean=False)
@@ -201,7 +185,7 @@ def test_a_start_after_a_long_run_reads_only_past_the_mark_to_find_the_orphan(tm
             _work(s, f"busy{n}", 100)
     total = OzolithLog(logfile).last().sequence
     s = Session(store, ozolith=logfile)
-    orphan = _crash_after_append(s, "busy1")
+    orphan = crash_after_append(s, "busy1", "never acknowledged")
     for n in range(3):
         _work(s, f"busy{n}", 4)
     s.close(clean=False)
@@ -223,7 +207,7 @@ def test_an_entry_that_lost_the_race_to_an_earlier_entry_is_voided(tmp_path):
     def append_then_another_appends_and_dies(*args):
         appended = hook(*args)
         if not lost:
-            lost.append(_crash_after_append(s, "c"))
+            lost.append(crash_after_append(s, "c", "never acknowledged"))
         return appended
 
     winner = ConversationOrchestrator(s.repo, "c", audit=append_then_another_appends_and_dies)

@@ -27,6 +27,7 @@ from snapstore.ozolith import log as ozolith_log
 from snapstore.startup import RecoveryStatus, Session
 from snapstore.storelog import StoreLog
 
+from .factories import crash_after_append
 from .shared_backends import SHARED_FACTORIES
 
 CHECKED_KEY = "startup/log_checked"  # the meta a start records its mark in (docs/design.md)
@@ -126,22 +127,6 @@ def test_the_log_kept_in_the_store_appends_no_linked_entry_on_its_own(tmp_path):
         assert s.log.last().sequence == last.sequence + 1
 
 
-def _crash_after_append(session: Session, conversation: str) -> int:
-    """Append an operation's entry and die before its ref moves (as a kill would); its sequence."""
-
-    class Died(Exception):
-        pass
-
-    def append_then_die(event_type, context_id, actor, payload):
-        LinkedLog(session.log)(event_type, context_id, actor, payload)
-        raise Died
-
-    crashing = ConversationOrchestrator(session.repo, conversation, audit=append_then_die)
-    with pytest.raises(Died):
-        crashing.add_exchange(crashing.active_context_id, "lost?", "no")
-    return session.log.last().sequence
-
-
 def _missing_objects_entry(logfile, conversation: str, parent: str) -> int:
     """A linked entry naming a snapshot the store never got; its sequence."""
     return OzolithLog(logfile).append("exchange", "SB-1", "system", {"snapstore": {
@@ -159,7 +144,7 @@ def test_ozolith_start_reads_past_the_previous_starts_mark(tmp_path, parsed):
     # Work on, then a kill between an entry and its ref move.
     s = Session(store, ozolith=str(logfile))
     _work(s, "busy1", 10)
-    lost = _crash_after_append(s, "busy1")
+    lost = crash_after_append(s, "busy1")
     s.close(clean=False)
     parsed.reset()
     s = Session(store, ozolith=str(logfile))
@@ -198,7 +183,7 @@ def test_a_mark_this_log_does_not_hold_costs_reads_never_an_entry(tmp_path, mark
     with Session(store, ozolith=str(logfile)) as s:
         _idle_then_busy(s, 5)
     s = Session(store, ozolith=str(logfile))
-    lost = _crash_after_append(s, "busy0")
+    lost = crash_after_append(s, "busy0")
     _work(s, "busy1", 3)  # the mark below names an entry past the lost one
     last = s.log.last().sequence
     if mark == "another log":
@@ -291,7 +276,7 @@ def test_a_clean_close_marks_nothing_past_another_writers_entry(tmp_path):
     s = Session(store, ozolith=str(logfile))
     _work(s, "busy0", 5)
     before = s.log.last().sequence
-    lost = _crash_after_append(s, "busy1")  # through another hook: to this session, another writer
+    lost = crash_after_append(s, "busy1")  # through another hook: to this session, another writer
     _work(s, "busy0", 5)
     s.close()
     assert _marked_after(store) == before < lost
@@ -391,7 +376,7 @@ def test_a_crash_after_a_long_run_still_rolls_the_entry_in_flight_forward(tmp_pa
     marked = _marked_after(store)
     s = Session(store, ozolith=str(logfile))
     _work(s, "busy0", 30 if every is None else 100)
-    lost = _crash_after_append(s, "busy1")  # killed between the entry and its ref move
+    lost = crash_after_append(s, "busy1")  # killed between the entry and its ref move
     s.close(clean=False)
     moved = _marked_after(store)
     if every is None:
