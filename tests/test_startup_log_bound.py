@@ -21,7 +21,6 @@ import pytest
 
 from snapstore.audit import LinkedLog
 from snapstore.errors import InvalidInput
-from snapstore.orchestrator import ConversationOrchestrator
 from snapstore.ozolith import OzolithLog
 from snapstore.ozolith import log as ozolith_log
 from snapstore.startup import RecoveryStatus, Session
