@@ -110,12 +110,7 @@ def soak(workdir: Path, kills: int, seed: int, rotate: int, log_in_store: bool,
             stats = run_kills(workdir / f"store-{number:03d}", count, seed=seed * 1009 + number,
                               log_in_store=log_in_store, store=location)
             failed.extend(stats.failures)
-        total.kills += stats.kills
-        total.acknowledged += stats.acknowledged
-        total.in_flight_landed += stats.in_flight_landed
-        total.rolled_forward += stats.rolled_forward
-        total.during_start += stats.during_start
-        total.failures.extend(f"store {number}: {failure}" for failure in stats.failures)
+        total.absorb(stats, f"store {number}")
         print(f"store {number}: {stats.kills} kills, {stats.acknowledged} acknowledged, "
               f"{len(stats.failures)} failures", flush=True)
         if stats.failures or stats.kills < count:

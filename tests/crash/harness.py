@@ -34,6 +34,30 @@ class KillStats:
     during_start: int = 0
     failures: list[str] = field(default_factory=list)
 
+    def absorb(self, other: KillStats, label: str) -> None:
+        """Add the counts of another run (one store of a run that starts a new store every so many kills),
+        its failures named by ``label``."""
+        self.kills += other.kills
+        self.acknowledged += other.acknowledged
+        self.in_flight_landed += other.in_flight_landed
+        self.rolled_forward += other.rolled_forward
+        self.during_start += other.during_start
+        self.failures.extend(f"{label}: {failure}" for failure in other.failures)
+
+
+def run_kills_rotating(workdir: Path, kills: int, per_store: int, seed: int = 0, **options: object) -> KillStats:
+    """``kills`` kills as :func:`run_kills` makes them, in a new embedded store every ``per_store`` kills (each with
+    a seed of its own), stopping at a failure: each round reloads and checks the whole tree, so in one store
+    rounds grow slower with the kills before them, and a crash is as well proven in 25 kills of a small store."""
+    total = KillStats()
+    for number, first in enumerate(range(0, kills, per_store)):
+        count = min(per_store, kills - first)
+        stats = run_kills(workdir / f"store-{number:03d}", count, seed=seed * 1009 + number, **options)  # type: ignore[arg-type]
+        total.absorb(stats, f"store {number}")
+        if stats.failures or stats.kills < count:
+            break
+    return total
+
 
 def _read_acks(proc: subprocess.Popen, deadline: float,
                after_start: float | None = None) -> tuple[list[tuple[int, str, str]], float | None]:
