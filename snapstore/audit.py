@@ -81,11 +81,11 @@ import fcntl
 import json
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from .backends.base import RefUpdate
+from .backends.base import ReflogEntry, RefUpdate
 from .errors import LogError, RefConflict, SnapstoreError
 from .objects import ObjectId, Snapshot
 from .ozolith import LogEntry, OzolithLog
@@ -381,13 +381,22 @@ def _reflog_links(repo: Repository, conv: str, lowest: int) -> dict[int, str]:
     rows, read back until one links an older entry (a ref's rows link ever newer entries) or none is left."""
     name = _ref_of(conv)
     assert name is not None
+    rows = _newest_reflog_rows(repo, name, lambda rows: any(
+        r.log_sequence is not None and r.log_sequence < lowest for r in rows))
+    return {r.log_sequence: r.log_hash or "" for r in rows if r.log_sequence is not None and r.log_sequence >= lowest}
+
+
+def _newest_reflog_rows(repo: Repository, name: str, enough: Callable[[list[ReflogEntry]], bool],
+                        limit: int | None = None) -> list[ReflogEntry]:
+    """The newest rows of ref ``name``'s reflog, oldest first, read back in growing windows (16, 64, ...) until
+    ``enough`` says the window holds what the caller looks for, the reflog is read whole, or the window reached
+    ``limit`` rows."""
     count = 16
     while True:
         rows = repo.backend.reflog_newest(name, count)
-        if len(rows) < count or any(r.log_sequence is not None and r.log_sequence < lowest for r in rows):
-            break
+        if enough(rows) or len(rows) < count or (limit is not None and count >= limit):
+            return rows
         count *= 4
-    return {r.log_sequence: r.log_hash or "" for r in rows if r.log_sequence is not None and r.log_sequence >= lowest}
 
 
 def _entries_past_bound(repo: Repository, log: OzolithLog | StoreLog, newest: dict[str, int]
@@ -594,13 +603,8 @@ def _moved_on_by(repo: Repository, log: OzolithLog, conv: str, parent: Any, entr
     name = _ref_of(conv)
     if name is None:
         return None
-    count = 16
-    while True:
-        rows = repo.backend.reflog_newest(name, count)
-        row = next((r for r in reversed(rows) if r.old == parent), None)
-        if row is not None or len(rows) < count or count >= MAX_MOVED_ON_ROWS:
-            break
-        count *= 4
+    rows = _newest_reflog_rows(repo, name, lambda rows: any(r.old == parent for r in rows), MAX_MOVED_ON_ROWS)
+    row = next((r for r in reversed(rows) if r.old == parent), None)
     if row is None or row.log_sequence is None or row.log_sequence == entry.sequence or not row.log_hash:
         return None
     sequence = row.log_sequence
