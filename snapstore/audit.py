@@ -201,10 +201,15 @@ def _operations_lock(log: OzolithLog, *, exclusive: bool) -> Iterator[None]:
     # flock belongs to the open file description: each holder opens its own, so threads of one
     # process exclude each other as processes do.
     path = operations_lock_path(log)
+    flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC
     try:
-        if not exclusive:
-            make_dirs(log.path.parent)  # as the append it comes before would
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fd = os.open(path, flags, 0o644)
+        except FileNotFoundError:
+            if exclusive:
+                raise
+            make_dirs(log.path.parent)  # no folder yet: made as the append this comes before would make it
+            fd = os.open(path, flags, 0o644)
     except OSError as exc:
         if exclusive:
             # A start: no folder (no log yet), or one it may only read. A writer could not append there
