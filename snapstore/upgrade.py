@@ -8,11 +8,15 @@ snapstore opens only stores of its own format
 that is the point of a format bump: it is made when an older snapstore would
 misread or endanger a store that newer code has touched.
 
-Upgrades are an ordered list of steps, each from version N to N+1. A step
-makes its changes, then the same write that records version N+1 also records
-when and which step ran (``upgraded/<N+1>``). Each step is idempotent, so an
-upgrade interrupted anywhere is finished by running it again. Stop every
-process using the store (older snapstores especially) before upgrading.
+Upgrades are an ordered list of steps, each from version N to N+1. Each
+step makes its changes in turn, then one write records the final version
+and, for every step, when and which step ran (``upgraded/<N+1>``). One write,
+not one per step: a power loss after the bump to 2 of a 1 -> 4 upgrade left a
+store at format 2, neither the store before nor the one after (and refused
+by this snapstore and by the format-1 one alike). Each step is idempotent, so
+an upgrade interrupted anywhere, still at the version it started from, is
+finished by running it again. Stop every process using the store (older
+snapstores especially) before upgrading.
 
 Format history:
 
@@ -117,13 +121,15 @@ def upgrade(backend: Backend) -> UpgradeReport:
         )
     applied = []
     version = before
+    meta: dict[str, str | None] = {}
     for step in STEPS:
         if step.version <= version:
             continue
-        meta = dict(step.apply(backend))
+        meta.update(step.apply(backend))
         meta[FORMAT_KEY] = str(step.version)
         meta[f"{HISTORY_PREFIX}{step.version}"] = json.dumps({"time": utc_now(), "step": step.name})
-        backend.write(meta=meta)
         applied.append(f"{version} -> {step.version}: {step.name}")
         version = step.version
+    if meta:
+        backend.write(meta=meta)  # every bump at once: the store is at ``before`` or at ``version``, never between
     return UpgradeReport(before, version, tuple(applied))

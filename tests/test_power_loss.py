@@ -18,11 +18,15 @@ from pathlib import Path
 
 import pytest
 
+from snapstore.location import open_backend
 from snapstore.ozolith import OzolithLog
-from snapstore.repository import Repository
+from snapstore.repository import STORE_FORMAT, Repository
+from snapstore.upgrade import store_format
 from snapstore.verify import verify
+from tests.crash.maintenance import OPERATIONS
 from tests.crash.powerloss import (
-    ROOT, PowerLossStats, build_shim, check_image, materialise, run_power_losses, shim_env,
+    ROOT, PowerLossStats, build_shim, check_image, flushes, materialise, materialise_at, run_power_losses,
+    seed_durable, shim_env,
 )
 
 IMAGES = int(os.environ.get("SNAPSTORE_POWERLOSS_IMAGES", "40"))
@@ -158,6 +162,7 @@ def test_a_new_store_log_and_key_survive_the_first_acknowledged_operation(tmp_pa
         repo.close()
 
 
+
 def test_snap_init_survives_once_it_returns(tmp_path, shim):
     live, shadow, image = tmp_path / "live", tmp_path / "shadow", tmp_path / "image"
     live.mkdir()
@@ -264,3 +269,95 @@ def test_a_name_a_killed_creator_left_unsynced_is_made_durable_by_the_next_start
     stats = PowerLossStats()
     check_image(image, False, (1, *acked), stats, "the image after the acknowledged operation", store_at="a/store")
     assert stats.failures == []
+
+
+# -- maintenance commands, cut at every flush ------------------------------------------------------------------
+# tests/test_maintenance_crash.py kills each maintenance command at each of its steps; a kill keeps what
+# the command wrote but never flushed. Here the shim keeps every flush of the command (its history), and
+# the image after each one is built: every moment a power loss can leave something different.
+
+def cut_at_every_flush(shim: Path, tmp_path: Path, source: Path, args: list[str]):
+    """Run ``snap --store STORE ARGS`` (or tests.crash.maintenance, if ``args[0]`` is ``-m``) under the shim on
+    a copy of the store at ``source``, taken as durable; yields ``(flush, count, image store)`` after each
+    flush, 0 (before the first) to the last, each image removed once the caller is done with it."""
+    live, shadow = tmp_path / "live", tmp_path / "shadow"
+    live.mkdir()
+    shutil.copytree(source, live / "store")
+    seed_durable(live, shadow)
+    command = (["-m", *args[1:]] if args[0] == "-m"
+               else ["-c", "from snapstore.cli.main import main; main()", "--store", str(live / "store"), *args])
+    done = subprocess.run([sys.executable, *[a.format(store=live / "store") for a in command]], cwd=ROOT,
+                          capture_output=True, text=True, env=dict(os.environ, **shim_env(shim, live, shadow, True)))
+    assert done.returncode == 0, done.stdout + done.stderr
+    count = flushes(shadow)
+    assert count > 3, count  # the command really flushed under the shim: the images prove something
+    for flush in range(count + 1):
+        image = tmp_path / f"image{flush}"
+        materialise_at(live, shadow, image, flush)
+        yield flush, count, image / "store"
+        shutil.rmtree(image)
+
+
+def test_an_upgrade_cut_at_any_flush_leaves_the_format_before_or_the_current_one(tmp_path, shim):
+    """`snap upgrade` of a format-1 store wrote one meta row per step: a power loss between two left the
+    store at format 2 or 3 ("flush 7: format 2"), neither the store before nor the one after."""
+    seen = set()
+    for flush, count, store in cut_at_every_flush(shim, tmp_path, ROOT / "tests" / "fixtures" / "format1",
+                                                  ["upgrade"]):
+        with open_backend(str(store)) as backend:
+            seen.add(store_format(backend))
+        assert seen <= {1, STORE_FORMAT}, f"flush {flush} of {count}: format {sorted(seen)}"
+    assert seen == {1, STORE_FORMAT}  # the last image: upgraded, and durably so once it returned
+    repo = Repository.open(str(tmp_path / "live" / "store"))
+    try:
+        assert sorted(repo.conversation_ids()) == ["alpha", "beta", "gamma"] and repo.fsck().ok
+    finally:
+        repo.close()
+
+
+@pytest.fixture(scope="module")
+def maintenance_stores(tmp_path_factory) -> dict[str, Path]:
+    """The stores tests/test_maintenance_crash.py prepares for each operation (log in the store), and the bundle."""
+    from tests.test_maintenance_crash import _prepare
+
+    base = tmp_path_factory.mktemp("maintenance-powerloss")
+    stores = {"bundle": base / "all.bundle"}
+
+    def keep(name: str, repo: Repository) -> None:
+        repo.close()
+        shutil.copytree(base / "work", base / name)
+        stores[name] = base / name
+
+    _prepare(str(base / "work"), keep, stores["bundle"], packs=True)
+    return stores
+
+
+@pytest.mark.parametrize("operation", list(OPERATIONS))
+def test_maintenance_cut_at_any_flush_leaves_the_store_before_or_after(operation, maintenance_stores, tmp_path,
+                                                                       shim):
+    """Each image opens and passes fsck and verify (with the log in the store), every conversation is as
+    before the command or as after it (tests/test_maintenance_crash.py's judge), and the image after the
+    last flush is the store the command left: what it reported done is durable once it returned."""
+    from tests.test_maintenance_crash import FINAL, _judge, _state
+
+    with_log = operation != "import"  # the target's log lacks the bundled entries, before and after
+    source = maintenance_stores[operation]
+    shutil.copytree(source, tmp_path / "before")  # opening a store writes to it: states are read from copies
+    before = after = None
+    failures = []
+    command = ["-m", "tests.crash.maintenance", "{store}", operation, "0", "after", str(maintenance_stores["bundle"])]
+    for flush, count, image in cut_at_every_flush(shim, tmp_path, source, command):
+        if after is None:
+            before = _state(str(tmp_path / "before"), with_log)
+            shutil.copytree(tmp_path / "live" / "store", tmp_path / "after")
+            after = _state(str(tmp_path / "after"), with_log)
+            assert before["problems"] == after["problems"] == [] and before["heads"] != {}
+        try:
+            cut = _state(str(image), with_log)
+        except Exception as exc:  # a store that cannot be read: named, with the flush
+            failures.append(f"flush {flush} of {count}: the store cannot be read: {type(exc).__name__}: {exc}")
+            continue
+        failures += [f"flush {flush} of {count}: {wrong}" for wrong in _judge(before, after, cut)]
+        if flush == count:
+            failures += [f"the last flush: {key} differs from the live store" for key in FINAL if cut[key] != after[key]]
+    assert not failures, "\n".join(failures)

@@ -53,13 +53,17 @@ def build_shim(target: Path) -> Path:
     return target
 
 
-def shim_env(shim: Path, live: Path, shadow: Path) -> dict[str, str]:
-    """The environment of a process whose writes under ``live`` the shim follows into ``shadow``."""
-    for part in ("gen", "data", "dir"):
+def shim_env(shim: Path, live: Path, shadow: Path, history: bool = False) -> dict[str, str]:
+    """The environment of a process whose writes under ``live`` the shim follows into ``shadow``
+    (``history``: keeping every flush, for :func:`materialise_at`)."""
+    for part in ("gen", "data", "dir", "history"):
         (shadow / part).mkdir(parents=True, exist_ok=True)
-    return {"LD_PRELOAD": str(shim), "SNAPSTORE_POWERLOSS_WATCH": str(live.resolve()),
-            "SNAPSTORE_POWERLOSS_SHADOW": str(shadow.resolve()),
-            "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    env = {"LD_PRELOAD": str(shim), "SNAPSTORE_POWERLOSS_WATCH": str(live.resolve()),
+           "SNAPSTORE_POWERLOSS_SHADOW": str(shadow.resolve()),
+           "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    if history:
+        env["SNAPSTORE_POWERLOSS_HISTORY"] = "1"
+    return env
 
 
 def _key(shadow: Path, st: os.stat_result) -> str:
@@ -75,23 +79,61 @@ def materialise(live: Path, shadow: Path, image: Path) -> None:
     of its last flush (empty if it had none), each folder with its own
     durable names. Call it while the worker is stopped.
     """
-    def build(key: str, target: Path) -> None:
-        target.mkdir()
-        listing = shadow / "dir" / key
-        if not listing.exists():
-            return
-        for line in listing.read_text().splitlines():
-            kind, child, name = line.split(" ", 2)
-            if kind == "d":
-                build(child, target / name)
-            elif not name.endswith(UNFLUSHED_SUFFIXES):
-                data = shadow / "data" / child
-                if data.exists():
-                    shutil.copyfile(data, target / name)
-                else:
-                    (target / name).touch()
+    _build(lambda kind, key: shadow / kind / key, _key(shadow, live.stat()), image)
 
-    build(_key(shadow, live.stat()), image)
+
+def _build(sample, key: str, target: Path) -> None:
+    """The folder whose durable listing ``sample("dir", key)`` holds, built at ``target`` (``sample``:
+    the path of a kind's sample of a key, which may not exist: nothing of it is durable)."""
+    target.mkdir()
+    listing = sample("dir", key)
+    if listing is None or not listing.exists():
+        return
+    for line in listing.read_text().splitlines():
+        kind, child, name = line.split(" ", 2)
+        if kind == "d":
+            _build(sample, child, target / name)
+        elif not name.endswith(UNFLUSHED_SUFFIXES):
+            data = sample("data", child)
+            if data is not None and data.exists():
+                shutil.copyfile(data, target / name)
+            else:
+                (target / name).touch()
+
+
+def seed_durable(live: Path, shadow: Path) -> None:
+    """Record everything under ``live`` as durable before a process runs under the shim with its history
+    (a store prepared without the shim, as if it had been fully flushed): flush 0 of the history."""
+    history = shadow / "history"
+    history.mkdir(parents=True, exist_ok=True)
+    for folder in [live, *(p for p in live.rglob("*") if p.is_dir() and not p.is_symlink())]:
+        lines = []
+        for entry in sorted(folder.iterdir()):
+            st = entry.stat(follow_symlinks=False)
+            kind = "d" if entry.is_dir() and not entry.is_symlink() else "f" if entry.is_file() else None
+            if kind is None:
+                continue
+            lines.append(f"{kind} {_key(shadow, st)} {entry.name}\n")
+            if kind == "f":
+                shutil.copyfile(entry, history / f"{0:020d} data {_key(shadow, st)}")
+        (history / f"{0:020d} dir {_key(shadow, folder.stat())}").write_text("".join(lines))
+
+
+def flushes(shadow: Path) -> int:
+    """How many flushes the history of ``shadow`` holds (after :func:`seed_durable`'s flush 0)."""
+    return max((int(name.split(" ", 1)[0]) for name in os.listdir(shadow / "history")), default=0)
+
+
+def materialise_at(live: Path, shadow: Path, image: Path, flush: int) -> None:
+    """As :func:`materialise`, for a power loss right after flush number ``flush`` of the history (0: before
+    the first, leaving what :func:`seed_durable` recorded)."""
+    samples: dict[tuple[str, str], Path] = {}
+    for name in sorted(os.listdir(shadow / "history")):
+        n, kind, key = name.split(" ", 2)
+        if int(n) > flush:
+            break
+        samples[(kind, key)] = shadow / "history" / name
+    _build(lambda kind, key: samples.get((kind, key)), _key(shadow, live.stat()), image)
 
 
 def files_of(folder: Path) -> dict[str, bytes]:

@@ -42,6 +42,13 @@
  *   dir/<dev>-<ino>-<gen>    a folder's durable entries, one "<d|f> <key> <name>" line
  *                            each (missing: empty); other kinds of entry are left out
  *
+ * With $SNAPSTORE_POWERLOSS_HISTORY set, every published sample is also kept
+ * (hard-linked, as the next sample replaces data/ or dir/ by rename) as
+ *   history/<n> <kind> <key>  with n the process's flush count (20 digits)
+ * so the image after each flush, every moment a power loss can make a
+ * difference, can be built afterwards (tests/crash/powerloss.py,
+ * materialise_at). One process writes under the watched folder at a time.
+ *
  * Not modelled (none is used by snapstore; a program relying on one would
  * look less durable, never more): sync(), syncfs(), msync() of a shared
  * mapping, O_SYNC/O_DSYNC writes. SQLite's -shm file is written through a
@@ -137,10 +144,17 @@ static void write_all(int fd, const char *data, size_t size, const char *path) {
     }
 }
 
+static unsigned long flush_counter;
+
 static void publish(const char *tmp, const char *kind, const char *key) {
     char target[PATH_MAX];
     snprintf(target, sizeof target, "%s/%s/%s", shadow(), kind, key);
     if (rename(tmp, target) != 0) die("cannot rename to", target);
+    if (getenv("SNAPSTORE_POWERLOSS_HISTORY") && strcmp(kind, "gen") != 0) {  /* a flush, not a creation */
+        char kept[PATH_MAX];
+        snprintf(kept, sizeof kept, "%s/history/%020lu %s %s", shadow(), ++flush_counter, kind, key);
+        if (link(target, kept) != 0) die("cannot link", kept);
+    }
 }
 
 /* Called with the descriptor of a file or folder this process just created. */
