@@ -163,6 +163,29 @@ def test_a_new_store_log_and_key_survive_the_first_acknowledged_operation(tmp_pa
 
 
 
+def test_a_new_key_file_leaves_no_copy_of_the_key_beside_it(tmp_path, shim):
+    """The key went to a temporary file hard-linked into place; the folder was fsynced between the link
+    and the temporary name's removal, so a power loss after the key file was made kept a second copy of
+    the secret key (``.ozolith_key.XXXX``) beside it. At every flush: no key file, or the key file alone."""
+    live, shadow = tmp_path / "live", tmp_path / "shadow"
+    (live / "logs").mkdir(parents=True)
+    seed_durable(live, shadow)
+    made = subprocess.run([sys.executable, "-c", "import sys; from pathlib import Path; "
+                           "from snapstore.ozolith.keys import create_key_file; "
+                           "print(create_key_file(Path(sys.argv[1])).decode())", str(live / "logs" / ".ozolith_key")],
+                          cwd=ROOT, capture_output=True, text=True, env=dict(os.environ, **shim_env(shim, live, shadow, True)))
+    assert made.returncode == 0, made.stderr
+    count = flushes(shadow)
+    assert count >= 2, count  # the key's data and the folder
+    for flush in range(count + 1):
+        image = tmp_path / f"image{flush}"
+        materialise_at(live, shadow, image, flush)
+        names = sorted(os.listdir(image / "logs"))
+        assert names in ([], [".ozolith_key"]), f"flush {flush} of {count}: {names}"
+        shutil.rmtree(image)
+    assert names == [".ozolith_key"]  # the last flush: the key is there once create_key_file returned
+
+
 def test_snap_init_survives_once_it_returns(tmp_path, shim):
     live, shadow, image = tmp_path / "live", tmp_path / "shadow", tmp_path / "image"
     live.mkdir()

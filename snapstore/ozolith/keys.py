@@ -47,7 +47,9 @@ def create_key_file(path: Path) -> bytes:
 
     The key is written to a private temporary file, fsynced, then hard-linked
     into place, so no reader ever sees a half-written key and two creators
-    cannot end up with different keys.
+    cannot end up with different keys. The folder is fsynced once the
+    temporary name is gone: a power loss keeps the key's name, and no stray
+    copy of the key beside it.
     """
     key = secrets.token_hex(32)
     make_dirs(path.parent)
@@ -61,9 +63,9 @@ def create_key_file(path: Path) -> bytes:
             os.link(tmp, path)
         except FileExistsError:
             return read_key_file(path)
-        fsync_dir(path.parent)
     finally:
         os.unlink(tmp)
+    fsync_dir(path.parent)
     return key_bytes(key)
 
 
