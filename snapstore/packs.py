@@ -55,6 +55,10 @@ LINES_LEVEL = 6
 # decompressed, ~1 ms per MB here) stays cheap.
 MAX_MEMBERS = 1024
 MAX_BYTES = 1 << 20
+# A pack of lines whose zstd frame says it holds more than LINES_RATIO times the frame's length, and more
+# than LINES_FLOOR, is refused before it is decompressed (see _check_lines_declared), and never written.
+LINES_RATIO = 1024
+LINES_FLOOR = 256 << 20
 _HEAD = struct.Struct("<4sBI")
 _SIZE = struct.Struct("<I")
 # The longest a pack's header and index can be: MAX_MEMBERS entries of an 8-byte prefix, a kind of
@@ -217,17 +221,58 @@ def decode_objects(stored: bytes, pack_id: int, wanted: str = "?") -> Pack:
 
 
 def encode_lines(lines: Sequence[str]) -> bytes:
-    """The stored bytes of a pack of lines (log lines, reflog rows)."""
+    """The stored bytes of a pack of lines (log lines, reflog rows).
+
+    ValueError if reading it back would refuse it (:func:`_check_lines_declared`: lines of hundreds of
+    MB repeating themselves): such lines stay loose, readable, rather than packed out of reach.
+    """
     data = "".join(line + "\n" for line in lines).encode()
-    return seal(zstandard.ZstdCompressor(level=LINES_LEVEL).compress(data))
+    frame = zstandard.ZstdCompressor(level=LINES_LEVEL).compress(data)
+    if len(data) > _lines_ceiling(frame):
+        raise ValueError(f"{len(data)} bytes of lines compress to {len(frame)}, more than a pack of lines "
+                         f"may say it holds ({_lines_ceiling(frame)})")
+    return seal(frame)
+
+
+def _lines_ceiling(frame: bytes) -> int:
+    return max(LINES_FLOOR, LINES_RATIO * len(frame))
+
+
+def _check_lines_declared(frame: bytes) -> None:
+    """Refuse a pack of lines whose frame says it holds more than :data:`LINES_RATIO` times its own length
+    (and more than :data:`LINES_FLOOR`), before decompressing it.
+
+    zstd allocates what a frame says it holds before writing into it: a 65 KB
+    frame of a tampered row can say (and hold) 2 GiB. An object pack's index
+    and an object's recorded size say what its frame must hold; a pack of lines
+    has neither (its rows' lines and reasons have no size limit, and stores
+    written by earlier versions record no size to check against), so its frame
+    is bounded by its own length instead. Every line and reflog row carries
+    ids and hashes of random hex that zstd cannot shrink, so an honest pack
+    compresses a few times to a few tens of times; only lines of hundreds of KB
+    repeating themselves could pass 1024 times, and up to LINES_FLOOR any
+    frame is believed (the cost of decoding it is bounded by that).
+    :func:`encode_lines` refuses to write what this would refuse.
+    """
+    try:
+        declared = zstandard.frame_content_size(frame)
+    except zstandard.ZstdError as exc:
+        raise ValueError(f"cannot be decompressed: {exc}") from None
+    ceiling = _lines_ceiling(frame)
+    if declared > ceiling:  # -1, unknown, passes here and is refused by zstandard without allocating
+        raise ValueError(f"its zstd frame of {len(frame)} bytes says it holds {declared} bytes, more than "
+                         f"an honest pack of lines could ({ceiling})")
 
 
 def decode_lines(stored: bytes, first: int, last: int, count: bool = True) -> list[str]:
     """The lines of a pack of lines; with ``count``, exactly one per sequence ``first``..``last``.
 
-    ValueError (or UnicodeDecodeError) if it is damaged.
+    ValueError (or UnicodeDecodeError) if it is damaged, without decompressing a frame that says it
+    holds more than a pack of its length could (:func:`_check_lines_declared`).
     """
-    text = unseal(stored, "the pack").decode("utf-8")
+    frame = _frame(stored, "the pack")
+    _check_lines_declared(frame)
+    text = _decompress(frame, "the pack").decode("utf-8")
     lines = text.split("\n")
     if lines[-1] != "" or (count and len(lines) - 1 != last - first + 1):
         raise ValueError(f"the pack holds {len(lines) - 1} lines, expected {last - first + 1}")

@@ -10,7 +10,10 @@ tests that decode one run it in a child process whose address space is capped we
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
+import random
+import re
 import sqlite3
 import struct
 import subprocess
@@ -28,7 +31,7 @@ from snapstore.backends.base import StoredObject
 from snapstore.bundle import BadBundle, export_bundle, import_bundle
 from snapstore.cli.main import cli
 from snapstore.errors import CorruptObject
-from snapstore.objects import hash_object
+from snapstore.objects import Event, hash_object
 from snapstore.repository import Repository
 
 from .factories import sample_state
@@ -172,6 +175,86 @@ def test_a_pack_header_listing_more_members_than_a_pack_holds_is_named():
     stored = sealed(zstandard.ZstdCompressor().compress(struct.pack("<4sBI", b"SNPK", 1, 0xFFFFFFFF)))
     with pytest.raises(CorruptObject, match="pack 9 lists 4294967295 members, more than a pack holds"):
         packs.decode_objects(stored, 9, "x")
+
+
+def _packed_demo_store(tmp_path) -> Path:
+    """`snap demo`'s store (its log kept in the store), its log lines and reflog rows packed."""
+    location = tmp_path / "store"
+    for args in (["demo"], ["pack"]):
+        result = CliRunner().invoke(cli, ["--store", str(location), *args])
+        assert result.exit_code == 0, result.output
+    return location
+
+
+def test_a_two_gib_bomb_in_a_log_or_reflog_pack_is_named_within_bounded_memory(tmp_path):
+    """A pack of log lines or reflog rows records no size its frame could be checked against: a tampered
+    row whose 65 KB frame says (and holds) 2 GiB was decompressed whole, in a process that could not hold
+    it ("cannot allocate" here, a 2 GiB allocation elsewhere). Refused from the frame's length, naming
+    the log entries, the reflog pack's rows and the ref whose reflog was read."""
+    location = _packed_demo_store(tmp_path)
+    db = sqlite3.connect(location / "store.sqlite")
+    log_pack = db.execute("SELECT first, last FROM ozolith_packs ORDER BY first").fetchone()
+    reflog_pack = db.execute("SELECT first, last FROM reflog_packs ORDER BY first").fetchone()
+    assert log_pack is not None and reflog_pack is not None
+    bomb = sealed(zeros_frame(TWO_GIB))
+    db.execute("UPDATE ozolith_packs SET data = ? WHERE first = ?", (bomb, log_pack[0]))
+    db.execute("UPDATE reflog_packs SET data = ? WHERE first = ?", (bomb, reflog_pack[0]))
+    db.commit()
+    (ref,) = [name for (name,) in db.execute("SELECT name FROM refs")]
+    db.close()
+    said = in_bounded_child(f"""
+        from snapstore.repository import Repository
+        from snapstore.errors import DamagedRecord, LogError
+        repo = Repository.open({str(location)!r})
+        for read in (repo.backend.log_lines, lambda: repo.backend.reflog({ref!r}),
+                     lambda: repo.backend.reflog_newest({ref!r}, 10 ** 6)):
+            try:
+                read()
+            except (DamagedRecord, LogError) as exc:
+                print(exc)
+    """).splitlines()
+    assert len(said) == 3, said
+    claim = f"its zstd frame of {len(bomb) - 4} bytes says it holds {TWO_GIB} bytes, more than an honest pack"
+    assert f"log entries {log_pack[0]}-{log_pack[1]} are damaged: {claim}" in said[0], said[0]
+    for line in said[1:]:
+        assert (f"the reflog pack of rows {reflog_pack[0]}-{reflog_pack[1]} (reading the reflog of {ref!r}) "
+                f"is damaged: {claim}") in line, line
+
+
+def test_an_honest_pack_of_lines_far_above_the_floor_is_still_read(monkeypatch):
+    """The bound is the frame's length times LINES_RATIO: a big pack of lines carrying hashes (as every log
+    line and reflog row does) and text compresses far less than that, and is read as written (the floor
+    lowered to 1 MiB, so that a pack of a few MB is far above it)."""
+    monkeypatch.setattr(packs, "LINES_FLOOR", 1 << 20)
+    rng = random.Random(61)
+    words = ["exchange", "sidebar", "merge", "the", "a", "context", "question", "answer", "\u00fc", "\U0001f600"]
+    lines = [json.dumps({"sequence": i, "hash": hashlib.sha256(bytes(i)).hexdigest(),
+                         "payload": " ".join(rng.choice(words) for _ in range(2_000))}) for i in range(1, 201)]
+    stored = packs.encode_lines(lines)
+    assert zstandard.frame_content_size(stored[:-4]) > packs.LINES_FLOOR
+    assert packs.decode_lines(stored, 1, 200) == lines
+
+
+
+def test_lines_a_pack_could_not_be_read_back_from_stay_loose(tmp_path, monkeypatch):
+    """What reading refuses is never written: reflog rows whose pack would say it holds more than the
+    bound (here lowered to 1 MiB; messages of 2 MB repeating one letter) are left loose, readable, and
+    `snap pack` says which rows and why, instead of packing them out of reach."""
+    monkeypatch.setattr(packs, "LINES_FLOOR", 1 << 20)
+    location = tmp_path / "store"
+    repo = Repository.init(str(location))
+    state = sample_state("c")
+    for i in range(3):
+        state["active_context_id"] = ("SB-1", "SB-2", "SB-3")[i]
+        assert repo.commit("c", state, event=Event("note", message="a" * (2 << 20))).created
+    before = [entry.reason for entry in repo.reflog("c")]
+    result = CliRunner().invoke(cli, ["--store", str(location), "pack"])
+    assert result.exit_code != 0
+    assert re.search(r"cannot pack the reflog rows 1-2: \d+ bytes of lines compress to \d+, more than a pack "
+                     r"of lines may say it holds \(1048576\); they stay loose", result.output), result.output
+    with sqlite3.connect(location / "store.sqlite") as db:
+        assert db.execute("SELECT count(*) FROM reflog").fetchone()[0] == 3
+    assert [entry.reason for entry in Repository.open(str(location)).reflog("c")] == before
 
 
 # -- S3 bodies ------------------------------------------------------------------------

@@ -857,8 +857,13 @@ class SqliteBackend(Backend):
                         db.execute(f"DELETE FROM {packs} WHERE first = ?", (first,))
                     new = [row[1] for row in rows] if kind == "log" else [
                         json.dumps(_checked_reflog_row(self.path, row)) for row in rows]
+                    try:
+                        data = encode_lines(carried + new)
+                    except ValueError as exc:  # a pack reading would refuse: the rows stay loose, readable
+                        raise BackendError(f"{self.path}: cannot pack the {kind} rows {first}-{rows[-1][0]}: "
+                                           f"{exc}; they stay loose") from None
                     db.execute(f"INSERT INTO {packs} (first, last, data) VALUES (?, ?, ?)",
-                               (first, rows[-1][0], encode_lines(carried + new)))
+                               (first, rows[-1][0], data))
                     db.execute(f"DELETE FROM {loose} WHERE {key} BETWEEN ? AND ?", (rows[0][0], rows[-1][0]))
                     if kind == "reflog":
                         counts: dict[str, list[int]] = {}  # name -> [rows, highest log_sequence]
@@ -940,7 +945,7 @@ class SqliteBackend(Backend):
             counted = self._packed_reflog_count(db, name)
             if counted is not None:
                 for first, last in db.execute("SELECT first, last FROM reflog_packs ORDER BY first").fetchall():
-                    entries.extend(self._reflog_pack(first, last).of(name))
+                    entries.extend(self._reflog_pack(first, last, name).of(name))
                 self._check_packed_count(name, counted, len(entries))
             loose = self._loose_reflog(name, "ORDER BY seq", ())
             if counted is None and not (loose and loose[0].old is None):
@@ -963,7 +968,7 @@ class SqliteBackend(Backend):
             # Packed rows are older than every loose one: the newest packs first, until enough.
             found = 0
             for first, last in db.execute("SELECT first, last FROM reflog_packs ORDER BY first DESC").fetchall():
-                older = list(self._reflog_pack(first, last).of(name))
+                older = list(self._reflog_pack(first, last, name).of(name))
                 found += len(older)
                 entries[:0] = older[-(count - len(entries)):] if older else []
                 if len(entries) >= count:
@@ -1267,12 +1272,16 @@ class SqliteBackend(Backend):
                             self._check_reflog_begins(db, name)
         return out
 
-    def _reflog_pack(self, first: int, last: int) -> _ReflogPack:
+    def _reflog_pack(self, first: int, last: int, reading: str | None = None) -> _ReflogPack:
+        """The reflog pack of rows ``first``-``last``, parsed; :class:`DamagedRecord` naming it (and the ref
+        whose reflog was being read, ``reading``, if any) if it is damaged."""
         def parse(data: bytes) -> _ReflogPack:
             try:
                 return _ReflogPack(ReflogEntry(*json.loads(line)) for line in decode_lines(data, 1, 0, count=False))
             except (ValueError, TypeError) as exc:
-                raise DamagedRecord(f"{self.path}: the reflog pack of rows {first}-{last} is damaged: {exc}") from None
+                of = "" if reading is None else f" (reading the reflog of {reading!r})"
+                raise DamagedRecord(f"{self.path}: the reflog pack of rows {first}-{last}{of} is damaged: {exc}"
+                                    ) from None
 
         return self._line_pack(self._reflog_pack_cache, 256, "reflog_packs", first, last, parse)  # ~32,000 rows
 
