@@ -175,6 +175,10 @@ def _raw(oid: str | None) -> bytes | None:
     return None if oid is None else bytes.fromhex(oid)
 
 
+# PRAGMA journal_size_limit: SQLite checkpoints once the WAL holds 1,000 pages (4 KiB each, ~4.1 MB).
+WAL_SIZE_LIMIT = 5 << 20
+
+
 def _identity_of(path: Path) -> tuple[int, int]:
     """Which file ``path`` names now: (device, inode)."""
     st = os.stat(path)
@@ -292,6 +296,11 @@ class SqliteBackend(Backend):
                 if mode.lower() != "wal":
                     raise BackendError(f"{self.path}: cannot enable WAL mode (got {mode})")
                 self._db.execute("PRAGMA synchronous = FULL")
+                # The WAL is written again from its start after each checkpoint, but never shrinks: one
+                # transaction larger than the ~4 MB commits reach between checkpoints (a pack round, gc,
+                # an import) left it that large for as long as the store stayed open. Cut back to this
+                # at the next restart of the WAL; above what commits reach, so they never regrow it.
+                self._db.execute(f"PRAGMA journal_size_limit = {WAL_SIZE_LIMIT}")
                 if create:
                     self._create(meta or {})
                 # The file this connection writes to; every write transaction checks it is still there.
