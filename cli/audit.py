@@ -193,6 +193,7 @@ def replay(settings: Settings, conversation: str, log_path: str | None, key_file
         with destination_store(settings.location) as new_repo:
             result, replayed = commit_replay(new_repo, log, conversation, as_conversation, force)
     else:
+        repo.backend.check_writable("`snap replay`")  # it commits the rebuilt state
         result, replayed = commit_replay(repo, log, conversation, as_conversation, force)
     target = as_conversation or conversation
     if as_json:

@@ -126,6 +126,8 @@ def commit(conversation: str, state_file: str, event_type: str, context_id: str 
     nothing and says so.
     """
     conv = validate_conversation_id(conversation)
+    repo = _repo()
+    repo.backend.check_writable("`snap commit`")
     state = read_state_file(state_file)
     if state.conversation_id is not None and state.conversation_id != conv:
         raise InvalidInput(
@@ -138,7 +140,7 @@ def commit(conversation: str, state_file: str, event_type: str, context_id: str 
         )
     if context_id is not None:
         validate_context_id(context_id)
-    result = _repo().commit(conv, state, event=Event(event_type, context_id, message))
+    result = repo.commit(conv, state, event=Event(event_type, context_id, message))
     if result.created:
         click.echo(result.snapshot)
     else:
@@ -163,6 +165,10 @@ def checkout(conversation: str, at: str | None, output: str | None, as_json: boo
     head = repo.head(conv)
     if head is None:
         raise UnknownRevision(f"unknown conversation {conv!r}")
+    if at is not None or repo.active_conversation != conv:
+        # Refused before -o writes FILE. Checking out the active conversation changes nothing: its
+        # tree and state can still be read from a store this process may only read.
+        repo.backend.check_writable(f"`snap checkout` ({'--at restores a state' if at else 'makes it active'})")
     # Everything that can fail (reading the tree, rendering it, writing FILE)
     # happens before the store changes: a failed checkout leaves the active
     # conversation and the history as they were.

@@ -43,6 +43,11 @@ def demo(settings: Settings) -> None:
     except StoreNotFound:
         repo = Repository.init(location)
         click.echo(f"Initialized empty snapstore store in {describe_location(location)}")
+    try:
+        repo.backend.check_writable("`snap demo`")
+    except BaseException:
+        repo.close()
+        raise
     conv = _free_conversation(repo, "demo")
     # The store keeps the OZOLITH audit log: each operation's entry commits with its snapshot.
     audit_log = StoreLog(repo.backend)

@@ -96,7 +96,10 @@ def gc(dry_run: bool, grace: timedelta, as_json: bool) -> None:
     """
     from snapstore.gc import collect_garbage
 
-    report = collect_garbage(_settings().repo(), grace, dry_run=dry_run, progress=progress)
+    repo = _settings().repo()
+    if not dry_run:
+        repo.backend.check_writable("`snap gc`")
+    report = collect_garbage(repo, grace, dry_run=dry_run, progress=progress)
     if as_json:
         click.echo(dump_json(report.to_json()))
         return
@@ -139,7 +142,10 @@ def prune(conversation: str, keep_last: int | None, older_than: timedelta | None
         # Which history to keep is a choice of options: a usage error (exit 2, with the pointer to --help).
         raise click.UsageError("give exactly one of --keep-last N and --older-than DURATION",
                                ctx=click.get_current_context())
-    report = run_prune(_settings().repo(), conversation, keep_last=keep_last, older_than=older_than,
+    repo = _settings().repo()
+    if not dry_run:
+        repo.backend.check_writable("`snap prune`")
+    report = run_prune(repo, conversation, keep_last=keep_last, older_than=older_than,
                        dry_run=dry_run, progress=progress)
     if as_json:
         click.echo(dump_json(report.to_json()))
@@ -223,7 +229,10 @@ def import_(bundle: str, force: bool, dry_run: bool, log_path: str | None, as_js
     # The check compares entry hashes, so no key is read (import takes no --key-file). A folder
     # or a missing LOG is named as such, not as a log that lacks the bundle's entries.
     log = named_log(log_path) if log_path else None
-    report = import_bundle(_settings().repo(), bundle, force=force, dry_run=dry_run, log=log, progress=progress)
+    repo = _settings().repo()
+    if not dry_run:
+        repo.backend.check_writable("`snap import`")
+    report = import_bundle(repo, bundle, force=force, dry_run=dry_run, log=log, progress=progress)
     if as_json:
         click.echo(dump_json(report.to_json()))
         return
@@ -302,6 +311,7 @@ def pack(keep: int, as_json: bool) -> None:
     from snapstore.packing import supports_packs
 
     repo = _settings().repo()
+    repo.backend.check_writable("`snap pack`")
     total = repo.backend.loose_count() if supports_packs(repo) else 0  # type: ignore[attr-defined]
     with progress("packing objects", max(total - keep, 0)) as bar:
         report = run_pack(repo, keep=keep, progress=bar.update)

@@ -81,6 +81,7 @@ def destination_store(location: str) -> Iterator[Repository]:
     else:
         created = None
     try:
+        dst.backend.check_writable("copying conversations into it")
         yield dst
     except BaseException:
         dst.close()

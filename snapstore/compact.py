@@ -72,18 +72,20 @@ def _connect(path: Path) -> sqlite3.Connection:
     return db
 
 
-def sqlite_space(path: str | os.PathLike[str]) -> SqliteSpace:
-    """File and WAL sizes, pages and free pages of a SQLite database."""
+def sqlite_space(path: str | os.PathLike[str], counts: tuple[int, int, int] | None = None) -> SqliteSpace:
+    """File and WAL sizes, pages and free pages of a SQLite database; ``counts``: its page size, page
+    count and free pages as read already (:meth:`SqliteBackend.page_counts`), else read here."""
     path = Path(path)
-    db = _connect(path)
-    try:
-        page_size = db.execute("PRAGMA page_size").fetchone()[0]
-        pages = db.execute("PRAGMA page_count").fetchone()[0]
-        free = db.execute("PRAGMA freelist_count").fetchone()[0]
-    except sqlite3.DatabaseError as exc:
-        raise BackendError(f"{path}: {exc}") from None
-    finally:
-        db.close()
+    if counts is None:
+        db = _connect(path)
+        try:
+            counts = (db.execute("PRAGMA page_size").fetchone()[0], db.execute("PRAGMA page_count").fetchone()[0],
+                      db.execute("PRAGMA freelist_count").fetchone()[0])
+        except sqlite3.DatabaseError as exc:
+            raise BackendError(f"{path}: {exc}") from None
+        finally:
+            db.close()
+    page_size, pages, free = counts
     wal = Path(f"{path}-wal")
     return SqliteSpace(path.stat().st_size, wal.stat().st_size if wal.exists() else 0, page_size, pages, free)
 
@@ -94,9 +96,10 @@ def compact(backend: Backend, *, dry_run: bool = False) -> CompactReport:
 
     if not isinstance(backend, SqliteBackend):
         return CompactReport(backend.description, applicable=False, dry_run=dry_run)
-    before = sqlite_space(backend.path)
+    before = sqlite_space(backend.path, backend.page_counts())
     if dry_run:
         return CompactReport(backend.description, True, True, before)
+    backend.check_writable("`snap compact`")
     db = _connect(backend.path)
     try:
         db.execute("PRAGMA wal_checkpoint(TRUNCATE)")

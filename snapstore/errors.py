@@ -96,6 +96,11 @@ class CommitOutcomeUnknown(BackendError):
         super().__init__(message)
 
 
+class ReadOnlyStore(BackendError):
+    """A write to a store this process may only read (a backup on a read-only mount, another user's store,
+    ``chmod -R a-w``): refused before anything is written, naming the store."""
+
+
 class DamagedRecord(BackendError):
     """A row of the store holds what its column never holds (a ref naming text, say): damage, named."""
 

@@ -33,7 +33,7 @@ from typing import Any
 
 from .audit import (CHECKED_KEY, LinkedLog, Recovery, linked_sequences, mark_meta, roll_forward, scan_log,
                     settled_end, settled_mark, settling)
-from .errors import InvalidInput, LogError, SnapstoreError, StoreExists, StoreNotFound
+from .errors import InvalidInput, LogError, ReadOnlyStore, SnapstoreError, StoreExists, StoreNotFound
 from .orchestrator import ConversationOrchestrator
 from .packing import shutdown_pack
 from .ozolith import Finding, OzolithLog
@@ -125,18 +125,22 @@ class Presence:
             release()
 
 
-def sessions(repo: Repository, exclude: str | None = None) -> tuple[list[str], list[str]]:
+def sessions(repo: Repository, exclude: str | None = None,
+             unknown: list[str] | None = None) -> tuple[list[str], list[str]]:
     """``(running, ended unclean)``: the session keys a store holds, split by whether their session still runs.
 
     A key whose session no longer holds its presence lock belongs to a
     process that ended without a clean close (killed, crashed, or closed
-    with ``clean=False``).
+    with ``clean=False``). A key whose lock this process cannot probe (it
+    may only read the store, and not its lock) goes to ``unknown`` if given,
+    else counts as ended unclean.
     """
     running, dead = [], []
     for key in sorted(repo.backend.list_meta(PRESENCE_PREFIX)):
         if key == exclude:
             continue
-        (running if repo.backend.presence_held(key) else dead).append(key)
+        held = repo.backend.presence_held(key)
+        (running if held else unknown if held is None and unknown is not None else dead).append(key)
     return running, dead
 
 
@@ -150,7 +154,8 @@ def inspect(repo: Repository, log: OzolithLog | StoreLog | None = None, *, conve
     that was killed is noticed whatever the others did since. ``session``:
     the key of the caller's own session, left out.
     """
-    running, dead = sessions(repo, exclude=session)
+    unknown: list[str] = []
+    running, dead = sessions(repo, exclude=session, unknown=unknown)
     checks: list[str] = []
     if dead:
         clean = False
@@ -166,6 +171,11 @@ def inspect(repo: Repository, log: OzolithLog | StoreLog | None = None, *, conve
         clean = repo.backend.get_meta(CLEAN_SHUTDOWN_KEY) is not None or (
             repo.backend.get_meta(SESSION_STARTED_KEY) is None and not repo.conversation_ids()
         )
+    if unknown:
+        clean = False  # not known to have closed cleanly: audited, as after a crash
+        checks.append(f"{len(unknown)} session{'s' if len(unknown) != 1 else ''} this process cannot tell running "
+                      "or ended (it may only read the store, and not the lock a session holds): "
+                      + ", ".join(_describe_session(repo, key) for key in unknown[:5]))
     recoveries: list[Recovery] = []
     problems: list[str] = []
     unreadable: list[str] = []
@@ -396,6 +406,15 @@ class Session:
                 self.repo = Repository.init(location)
             except StoreExists:  # another replica created it a moment ago
                 self.repo = Repository.open(location)
+        if self.repo.backend.read_only is not None:
+            # A start writes: its presence lock and key, the marker, a roll-forward. Refused whole rather
+            # than half-started; what a start would find is readable without one (`snap status`).
+            why, where = self.repo.backend.read_only, self.repo.backend.description
+            self.repo.close()
+            raise ReadOnlyStore(f"{where} is read-only here ({why}): a Session cannot start on it (a start "
+                                "records itself and may roll the store forward); nothing was changed. Read it "
+                                "with Repository.open, and what a start would do with startup.inspect "
+                                "(as `snap status` does)")
         self.log: OzolithLog | StoreLog | None
         self._audit: LinkedLog | StoreAudit | None
         if log_in_store:

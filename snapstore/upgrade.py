@@ -121,6 +121,8 @@ def upgrade(backend: Backend) -> UpgradeReport:
         )
     applied = []
     version = before
+    if version < STORE_FORMAT:
+        backend.check_writable("`snap upgrade`")  # a current store needs nothing written: it says so
     meta: dict[str, str | None] = {}
     for step in STEPS:
         if step.version <= version:

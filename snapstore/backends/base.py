@@ -27,7 +27,7 @@ from contextlib import AbstractContextManager, contextmanager
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from ..errors import LogError, RefConflict
+from ..errors import LogError, ReadOnlyStore, RefConflict
 from ..objects import ObjectId
 
 
@@ -183,6 +183,17 @@ class Backend(ABC):
     capabilities: frozenset[Capability] = frozenset()
     #: A short human name for messages (never contains credentials).
     description: str = "backend"
+    #: Why this process may only read the store (one line naming what it cannot write), or None: every write
+    #: then raises :class:`~snapstore.errors.ReadOnlyStore` and commands that change the store refuse at once.
+    read_only: str | None = None
+
+    def check_writable(self, doing: str) -> None:
+        """:class:`~snapstore.errors.ReadOnlyStore` naming the store if this process may only read it:
+        called by what changes a store (``doing``: "`snap gc`") before any work, so that it changes
+        nothing, nor writes a file elsewhere, before failing."""
+        if self.read_only is not None:
+            raise ReadOnlyStore(f"{self.description} is read-only here ({self.read_only}): {doing} changes "
+                                "the store; nothing was changed")
 
     # -- objects -----------------------------------------------------------
 
@@ -342,8 +353,9 @@ class Backend(ABC):
 
         return release
 
-    def presence_held(self, name: str) -> bool:
-        """Whether some running session (of any process using the store) holds the presence lock ``name``."""
+    def presence_held(self, name: str) -> bool | None:
+        """Whether some running session (of any process using the store) holds the presence lock ``name``;
+        None if this process cannot tell (it may only read the store, and not even the lock)."""
         with _LOCAL_GUARD:
             return name in self.__dict__.get("_presence", ())
 

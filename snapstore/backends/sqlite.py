@@ -36,7 +36,8 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from ..errors import (
-    BackendError, CorruptObject, DamagedLogPack, DamagedRecord, LogError, RefConflict, StoreExists, StoreNotFound,
+    BackendError, CorruptObject, DamagedLogPack, DamagedRecord, LogError, ReadOnlyStore, RefConflict, StoreExists,
+    StoreNotFound,
 )
 from ..objects import ObjectId, is_object_id
 from ..packs import (
@@ -185,6 +186,40 @@ def _identity_of(path: Path) -> tuple[int, int]:
     return st.st_dev, st.st_ino
 
 
+def _read_only_reason(db: Path) -> str | None:
+    """Why this process may only read the store whose database is ``db`` (one line), or None if it may write it.
+
+    Writing needs the file and its folder: SQLite makes the ``-wal`` and
+    ``-shm`` files beside the database and removes them at the last close,
+    and ``writer.lock`` lives there too. ``os.access`` answers for this
+    process: a read-only mount refuses everyone, ``chmod a-w`` everyone but
+    root (who then writes, as before).
+    """
+    if not os.access(db, os.W_OK):
+        return f"this process may not write {db}"
+    if not os.access(db.parent, os.W_OK):
+        return f"this process may not write the folder {db.parent}"
+    return None
+
+
+def _sidecar(db: Path, suffix: str) -> Path:
+    """SQLite's ``-wal`` or ``-shm`` file of the database ``db``."""
+    return db.with_name(db.name + suffix)
+
+
+def _files_state(db: Path) -> tuple[tuple[int, int, int, int] | None, ...]:
+    """What any write to the database ``db`` changes: identity, size and times of the file, its -wal and -shm."""
+    out: list[tuple[int, int, int, int] | None] = []
+    for path in (db, _sidecar(db, "-wal"), _sidecar(db, "-shm")):
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            out.append(None)
+        else:
+            out.append((st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns))
+    return tuple(out)
+
+
 def _id_damage(raw: object) -> str | None:
     """What an id column holds if it is not None or 32 bytes (``"29 bytes"``, ``"a str ('xyz')"``), else None."""
     if raw is None or (isinstance(raw, bytes) and len(raw) == 32):
@@ -262,10 +297,16 @@ class SqliteBackend(Backend):
         # Parsed packs of lines by first sequence: (last, lines or reflog entries).
         self._log_pack_cache: OrderedDict[int, tuple[int, Any]] = OrderedDict()
         self._reflog_pack_cache: OrderedDict[int, tuple[int, Any]] = OrderedDict()
+        # The files as this backend found them, while it reads them without SQLite's locks (_connect_read_only).
+        self._unlocked_state: tuple[tuple[int, int, int, int] | None, ...] | None = None
+        self.read_only = None if create else _read_only_reason(self.path)
         with self._errors():
-            self._db = sqlite3.connect(
-                self.path, isolation_level=None, check_same_thread=False, timeout=30.0
-            )
+            if self.read_only is None:
+                self._db = sqlite3.connect(
+                    self.path, isolation_level=None, check_same_thread=False, timeout=30.0
+                )
+            else:
+                self._db = self._connect_read_only()
             try:
                 self._db.execute("PRAGMA busy_timeout = 30000")
                 if create:
@@ -292,15 +333,16 @@ class SqliteBackend(Backend):
                     if current != "wal" and self._db.execute(
                             "SELECT 1 FROM meta WHERE key = 'format'").fetchone() is None:
                         raise StoreNotFound(f"{self.path} is not a snapstore store (no format version)")
-                mode = self._switch_to_wal()
-                if mode.lower() != "wal":
-                    raise BackendError(f"{self.path}: cannot enable WAL mode (got {mode})")
-                self._db.execute("PRAGMA synchronous = FULL")
-                # The WAL is written again from its start after each checkpoint, but never shrinks: one
-                # transaction larger than the ~4 MB commits reach between checkpoints (a pack round, gc,
-                # an import) left it that large for as long as the store stayed open. Cut back to this
-                # at the next restart of the WAL; above what commits reach, so they never regrow it.
-                self._db.execute(f"PRAGMA journal_size_limit = {WAL_SIZE_LIMIT}")
+                if self.read_only is None:
+                    mode = self._switch_to_wal()
+                    if mode.lower() != "wal":
+                        raise BackendError(f"{self.path}: cannot enable WAL mode (got {mode})")
+                    self._db.execute("PRAGMA synchronous = FULL")
+                    # The WAL is written again from its start after each checkpoint, but never shrinks: one
+                    # transaction larger than the ~4 MB commits reach between checkpoints (a pack round, gc,
+                    # an import) left it that large for as long as the store stayed open. Cut back to this
+                    # at the next restart of the WAL; above what commits reach, so they never regrow it.
+                    self._db.execute(f"PRAGMA journal_size_limit = {WAL_SIZE_LIMIT}")
                 if create:
                     self._create(meta or {})
                 # The file this connection writes to; every write transaction checks it is still there.
@@ -310,6 +352,52 @@ class SqliteBackend(Backend):
                 self._db.close()
                 raise
 
+    def _connect_read_only(self) -> sqlite3.Connection:
+        """A connection to a store this process may only read, which writes no file at all.
+
+        SQLite reads a WAL database it may not write only through an existing
+        ``-shm`` index, or one it can make, or as ``immutable`` (no locks, no
+        WAL). So: with a ``-shm`` or a non-empty ``-wal`` beside the database (a
+        process has the store open, or was killed with it open, or the copy was
+        taken then), read-only mode, which reads the WAL and takes SQLite's
+        read locks beside any writer. A ``-wal`` with content but no ``-shm``
+        in a folder that cannot hold one cannot be read: refused, saying what to
+        do (``immutable`` would silently skip the WAL's transactions). Without
+        either file no process has the store open: ``immutable``, the only way
+        SQLite reads it then. Since a process with write access could open it
+        afterwards, the files are recorded now and every statement checks them
+        afterwards (:meth:`_check_unlocked`): a read that a writer may have
+        raced is an error, never a mixed answer.
+        """
+        wal, shm = _sidecar(self.path, "-wal"), _sidecar(self.path, "-shm")
+        uri = Path(os.path.abspath(self.path)).as_uri() + "?mode=ro"
+        wal_size = wal.stat().st_size if wal.exists() else 0
+        if wal_size or shm.exists():
+            if not shm.exists() and not os.access(self.path.parent, os.W_OK):
+                raise ReadOnlyStore(
+                    f"{self.path}: cannot read the store: its {wal.name} holds transactions not yet in the "
+                    f"database, which SQLite reads only through a {shm.name} file, and this process may not "
+                    f"write the folder {self.path.parent} to make one: copy the folder with {wal.name} somewhere "
+                    "writable and read the copy")
+        else:
+            self._unlocked_state = _files_state(self.path)
+            uri += "&immutable=1"
+        return sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False, timeout=30.0)
+
+    def _check_unlocked(self) -> None:
+        """After a statement on a store read without locks (see :meth:`_connect_read_only`): a
+        :class:`BackendError` naming the store if any process changed its files since it was opened."""
+        if self._unlocked_state is not None and _files_state(self.path) != self._unlocked_state:
+            raise BackendError(
+                f"{self.path}: another process opened or wrote the store while this one read it without locks "
+                f"(a store this process may only read, and which no process had open, is read that way): what "
+                "was read may mix two moments; run the command again")
+
+    def _refuse_write(self) -> None:
+        """:class:`ReadOnlyStore` naming the store, if this process may only read it (nothing is written)."""
+        if self.read_only is not None:
+            raise ReadOnlyStore(f"{self.path} is read-only here ({self.read_only}): nothing was written")
+
     def _begin_write(self, db: sqlite3.Connection) -> None:
         """``BEGIN IMMEDIATE``, refused if the store's file was deleted or replaced since it was opened.
 
@@ -317,6 +405,7 @@ class SqliteBackend(Backend):
         store, or another store put in its place, a commit would succeed into
         a file nobody will open again and be lost. The caller holds ``self._lock``.
         """
+        self._refuse_write()
         db.execute("BEGIN IMMEDIATE")
         what = self.file_changed()
         if what is not None:
@@ -396,10 +485,15 @@ class SqliteBackend(Backend):
         try:
             yield
         except sqlite3.DatabaseError as exc:
+            self._check_unlocked()  # a page torn by another process's write is named as that
             text = str(exc)
             if "file is not a database" in text or "no such table" in text:
                 raise StoreNotFound(f"{self.path} is not a snapstore database ({text})") from None
             raise BackendError(f"{self.path}: {text}") from None
+        except Exception:
+            self._check_unlocked()  # so is damage read from such a page (a body that does not hash, say)
+            raise
+        self._check_unlocked()
 
     @contextlib.contextmanager
     def _read_snapshot(self) -> Iterator[sqlite3.Connection]:
@@ -895,9 +989,17 @@ class SqliteBackend(Backend):
 
     def release_free_pages(self) -> None:
         """Give free pages back to the file system where the store allows it (auto_vacuum)."""
+        self._refuse_write()
         with self._lock, self._errors():
             # executescript steps the pragma to its end; execute() would free one page.
             self._db.executescript("PRAGMA incremental_vacuum")
+
+    def page_counts(self) -> tuple[int, int, int]:
+        """``(page_size, page_count, freelist_count)`` read on this backend's connection: `snap compact
+        --dry-run` measures a store this process may only read, which a connection of its own could not open."""
+        with self._lock, self._errors():
+            return tuple(self._db.execute(f"PRAGMA {name}").fetchone()[0]  # type: ignore[return-value]
+                         for name in ("page_size", "page_count", "freelist_count"))
 
     def _rowid_objects(self) -> bool:
         sql = self._query("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'objects'")[0][0]
@@ -1488,11 +1590,17 @@ class SqliteBackend(Backend):
                                            "big") & 0x3FFFFFFF
 
     def _lock_file_open(self) -> _LockFile:
+        self._refuse_write()  # taking a lock announces a writer: a store this process may only read has none
+        return self._opened_lock_file(read_only=False)  # type: ignore[return-value]
+
+    def _opened_lock_file(self, read_only: bool) -> _LockFile | None:
+        """The store's ``writer.lock`` (see :class:`_LockFile`); ``read_only``: opened for probing only, and
+        None if there is none (no session or writer ever ran there)."""
         with self._lock:
             if self._lock_file is None:
                 if self._closed:
                     raise BackendError(f"{self.path}: the store is closed")
-                self._lock_file = _LockFile.acquire(self.path.parent / "writer.lock")
+                self._lock_file = _LockFile.acquire(self.path.parent / "writer.lock", read_only)
             return self._lock_file
 
     def hold_presence(self, name: str) -> Callable[[], None]:
@@ -1514,15 +1622,24 @@ class SqliteBackend(Backend):
 
         return release
 
-    def presence_held(self, name: str) -> bool:
+    def presence_held(self, name: str) -> bool | None:
+        """Probed with an exclusive lock; on a store this process may only read, with a shared one (a
+        descriptor opened read-only takes no other), which a session's exclusive lock refuses all the same."""
         offset = self._presence_offset(name)
-        lock_file = self._lock_file_open()
+        if self.read_only is not None and self._lock_file is None:
+            path = self.path.parent / "writer.lock"
+            if path.exists() and not os.access(path, os.R_OK):
+                return None  # another user's lock (made 0600): whether its session runs cannot be told here
+        lock_file = self._opened_lock_file(read_only=self.read_only is not None)
+        if lock_file is None:
+            return False  # no writer.lock: no session ever held a lock here
         local = lock_file.local(offset)
         if not local.acquire(blocking=False):
             return True  # a session of this very process
         try:
             try:
-                fcntl.lockf(lock_file.fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, offset)
+                fcntl.lockf(lock_file.fd, (fcntl.LOCK_SH if lock_file.read_only else fcntl.LOCK_EX) | fcntl.LOCK_NB,
+                            1, offset)
             except OSError as exc:
                 if exc.errno in (errno.EAGAIN, errno.EACCES):
                     return True  # another process holds it
@@ -1650,24 +1767,33 @@ class _LockFile:
     _open: ClassVar[dict[Path, _LockFile]] = {}
     _guard = threading.Lock()
 
-    def __init__(self, path: Path, fd: int) -> None:
+    def __init__(self, path: Path, fd: int, read_only: bool = False) -> None:
         self.path = path
         self.fd = fd
+        self.read_only = read_only
         self.users = 0
         self._locals: dict[int, threading.Lock] = {}
 
     @classmethod
-    def acquire(cls, path: Path) -> _LockFile:
-        """The open lock file at ``path``, opened now if no backend of this process has it; one more user."""
+    def acquire(cls, path: Path, read_only: bool = False) -> _LockFile | None:
+        """The open lock file at ``path``, opened now if no backend of this process has it; one more user.
+
+        ``read_only``: opened without being made or written, for probing (None if there is none). A
+        descriptor of it open already, read-only or not, is shared: closing a second one would drop
+        the process's locks on the file."""
         key = path.resolve()
         with cls._guard:
             lock_file = cls._open.get(key)
             if lock_file is None:
                 try:
-                    fd = os.open(key, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+                    fd = os.open(key, (os.O_RDONLY if read_only else os.O_RDWR | os.O_CREAT) | os.O_CLOEXEC, 0o600)
+                except FileNotFoundError:
+                    if read_only:
+                        return None
+                    raise BackendError(f"cannot open {path}: No such file or directory") from None
                 except OSError as exc:
                     raise BackendError(f"cannot open {path}: {exc.strerror}") from None
-                lock_file = cls._open[key] = _LockFile(key, fd)
+                lock_file = cls._open[key] = _LockFile(key, fd, read_only)
             lock_file.users += 1
             return lock_file
 
