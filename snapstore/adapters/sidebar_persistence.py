@@ -486,6 +486,7 @@ class SidebarPersistence:
             target = self._target(data)
             current = self._where.get(cid)
             if current is not None and current != target:
+                self._refuse_cycle(cid, data.get(PARENT_FIELD))
                 self._move(cid, current, target)
             # The head _stored_lists read is the base (one read of the ref per save): a replica that
             # moved it since makes the commit merge, as one that moves it during the save does. Not if
@@ -515,7 +516,29 @@ class SidebarPersistence:
                     self._mirrors[cid] = memo
             if self.context_class is None and typed.is_instance_of_dataclass(context):
                 self._adopt_class(type(context))
+            elif self._class_noted is None and self.context_class is not None and isinstance(
+                    context, self.context_class):
+                # Configured, yet noted too: a later process opening the store without configure (the
+                # client itself, after a setup script that configured it) must load this class, not dicts.
+                self._note_class(self.context_class)
         return True
+
+    def _refuse_cycle(self, cid: str, parent: Any) -> None:
+        """Refuse (:class:`InvalidInput`) a parent that is ``cid`` itself or below it, before a move.
+
+        The commit refuses a cycle too, but only after :meth:`_move` has
+        committed the subtree into the parent's conversation, where a parent
+        saved before its child (the child in a conversation of its own)
+        leaves the two; a refused save must write nothing. Walks the stored
+        parent links from ``parent`` up, across conversations.
+        """
+        seen: set[str] = set()
+        while isinstance(parent, str) and parent not in seen:
+            if parent == cid:
+                raise InvalidInput(f"context {cid!r}: {PARENT_FIELD} forms a cycle through context {cid!r}")
+            seen.add(parent)
+            located = self._locate(parent)
+            parent = located[1].fields.get(PARENT_FIELD) if located is not None else None
 
     def _encode(self, context: Any, stored: dict[str, typed.KnownList],
                 mirrors: dict[str, list[Any] | None]) -> dict[str, Any]:
@@ -778,6 +801,11 @@ class SidebarPersistence:
     def _adopt_class(self, cls: type) -> None:
         """Load as ``cls`` from now on (the class of a saved dataclass), and note it in the store once."""
         self.context_class = cls
+        self._note_class(cls)
+
+    def _note_class(self, cls: type) -> None:
+        """Note ``cls`` in the store as the class loads return (not a class defined inside a function:
+        no other process could import it)."""
         path = f"{cls.__module__}:{cls.__qualname__}"
         if path != self._class_noted and "<locals>" not in path:
             self.repo.backend.write(meta={CONTEXT_CLASS: path})
