@@ -52,6 +52,10 @@ transaction id learnt just before COMMIT) whether it committed: see
 a transaction may leave its server session alive, holding the transaction's
 locks (a half-open connection: the server never heard it close); that session
 is ended, identified by pid and start time, before the next transaction.
+A session that may only read the store (a hot standby, a role granted
+SELECT only, ``default_transaction_read_only``) is found at open, in one
+query: nothing is migrated, and every write is refused as
+:class:`~snapstore.errors.ReadOnlyStore` before it starts.
 """
 
 from __future__ import annotations
@@ -67,7 +71,8 @@ from datetime import datetime
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from ..errors import (
-    BackendError, CommitOutcomeUnknown, FormatError, InvalidInput, RefConflict, StoreExists, StoreNotFound,
+    BackendError, CommitOutcomeUnknown, FormatError, InvalidInput, ReadOnlyStore, RefConflict, StoreExists,
+    StoreNotFound,
 )
 from ..location import redact, register_url_backend
 from ..objects import ObjectId
@@ -187,6 +192,24 @@ _SESSION_SETUP = (
 _END_ORPHAN = (
     "SELECT pg_terminate_backend(pid) FROM pg_stat_get_activity(%s) WHERE backend_start = %s"
 )
+# What every commit writes: a role lacking any of these can only read the store. The rest (the reflog's
+# and the audit log's INSERT, granted with these unless a grant went astray; DELETE, for gc) is left to the
+# server's refusal, named the same way (_refused_write).
+_COMMIT_PRIVILEGES = (
+    ("snapstore_objects", "INSERT"), ("snapstore_refs", "INSERT"), ("snapstore_refs", "UPDATE"),
+    ("snapstore_meta", "INSERT"), ("snapstore_meta", "UPDATE"),
+)
+# Whether this session may write the store, asked once at open (see PostgresBackend._probe_writable): a hot
+# standby, a session whose every transaction is read-only, and the commit privileges of the role it lacks.
+_WRITABLE_PROBE = (
+    "SELECT pg_is_in_recovery(), current_setting('transaction_read_only') = 'on', current_user, "
+    "(SELECT array_agg(v.p || ' on ' || v.t ORDER BY v.n) FROM (VALUES "
+    + ", ".join(f"({n}, '{t}', '{p}')" for n, (t, p) in enumerate(_COMMIT_PRIVILEGES))
+    + ") AS v (n, t, p) WHERE to_regclass(v.t) IS NOT NULL AND NOT has_table_privilege(to_regclass(v.t), v.p))"
+)
+# What the server answers a write it refuses to this session: a read-only transaction (a standby, or
+# default_transaction_read_only), or a privilege the role lacks.
+_READ_ONLY_STATES = ("25006", "42501")
 _COMMITTED, _ABORTED = "committed", "aborted"
 _SETTLE_SECONDS = 10.0
 _MIN_SERVER_VERSION = 130000
@@ -284,6 +307,8 @@ class PostgresBackend(Backend):
         self._lock_guard = threading.Lock()
         self._lock_conns: list[psycopg.Connection] = []
         self._closed = False
+        # A hot standby (learnt at open, with read_only): its advisory locks are its own, not the primary's.
+        self._in_recovery = False
         self.description = description or safe_location(url)
         self._secrets = url_secrets(url)
         self._connect_args = self._connection_args(url)
@@ -405,6 +430,7 @@ class PostgresBackend(Backend):
         ends it), and one left behind (a committed transaction's, or one that
         could not be ended) at the start of the next transaction.
         """
+        self._refuse_write()  # before any round trip: a store this session may only read is never written
         with self._lock:
             for attempt in range(_TRANSACTION_ATTEMPTS):
                 last = attempt == _TRANSACTION_ATTEMPTS - 1
@@ -435,6 +461,8 @@ class PostgresBackend(Backend):
                         raise (self._lost_commit_rolled_back() if xid else self._error(exc)) from None
                     # Lost before COMMIT was sent, or the server rolled it back: nothing was applied; do it again.
                 except psycopg.Error as exc:
+                    if getattr(exc, "sqlstate", None) in _READ_ONLY_STATES:
+                        raise self._refused_write(exc) from None
                     raise self._error(exc) from None
         raise AssertionError("unreachable")
 
@@ -509,6 +537,13 @@ class PostgresBackend(Backend):
             )
         self._orphan = None
 
+    def _refused_write(self, exc: psycopg.Error) -> ReadOnlyStore:
+        """A write the server refused as this session may not write (see :data:`_READ_ONLY_STATES`), named
+        as such: what the check at open could not see (a privilege gc needs, a server demoted since)."""
+        text = " ".join(self._scrub(str(exc)).split())
+        return ReadOnlyStore(f"{self.description} is read-only here (the server refused a write: {text} "
+                             f"[{exc.sqlstate}]): nothing was committed")
+
     def _outcome_unknown(self, xid: str, why: str) -> CommitOutcomeUnknown:
         return CommitOutcomeUnknown(
             f"{self.description}: lost the connection while committing, and could not learn whether the "
@@ -566,15 +601,69 @@ class PostgresBackend(Backend):
             applied += bool(self._transaction(apply))
         return applied
 
+    def _probe_writable(self) -> None:
+        """Set :attr:`read_only` to why this session may only read the store (one line), or None; one query.
+
+        Read commands are how ops dashboards, cron jobs and support staff
+        look at a shared store, often through a hot standby or a role granted
+        SELECT only. Asked once here, not per write, so that every command
+        that changes the store refuses before any work (``check_writable``)
+        and a :class:`~snapstore.startup.Session` does not start, instead of a
+        write failing midway on the server's refusal. A standby is also
+        remembered for :meth:`presence_held`. What this cannot see (a
+        privilege a rarer write needs, a server demoted later) the server
+        refuses, and :meth:`_transaction` names that the same way.
+        """
+        standby, read_only_transactions, user, missing = self._read(_WRITABLE_PROBE)[0]
+        self._in_recovery = bool(standby)
+        if standby:
+            self.read_only = "the server is a standby in recovery, which accepts no writes"
+        elif read_only_transactions:
+            self.read_only = "default_transaction_read_only is on: the server runs this session's transactions read-only"
+        elif missing:
+            more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+            self.read_only = f"role {user} lacks {', '.join(missing[:3])}{more}"
+        else:
+            self.read_only = None
+
+    def _check_schema_readable(self) -> None:
+        """On a store this session may only read (nothing is migrated): :class:`FormatError` for a schema
+        newer than this snapstore's, :class:`ReadOnlyStore` for an older one lacking a table or column it
+        reads. Migrations that only add an index are left for a writer: reads work without them, slower."""
+        current = self._schema_version() or 0
+        latest = MIGRATIONS[-1].version
+        if current > latest:
+            raise FormatError(f"{self.description}: schema version {current} is newer than this snapstore "
+                              f"knows ({latest}); upgrade snapstore")
+        needed = [m for m in MIGRATIONS if m.version > current
+                  and not all(s.lstrip().upper().startswith("CREATE INDEX") for s in m.statements)]
+        if needed:
+            raise ReadOnlyStore(
+                f"{self.description} is read-only here ({self.read_only}), and its schema (version {current}) "
+                f"lacks {needed[0].name!r} (version {needed[0].version}), which this snapstore reads: open it "
+                "once with a role that may write it (any snap command migrates it); nothing was changed")
+
+    def _refuse_write(self) -> None:
+        """:class:`ReadOnlyStore` naming the store, if this session may only read it (nothing is written)."""
+        if self.read_only is not None:
+            raise ReadOnlyStore(f"{self.description} is read-only here ({self.read_only}): nothing was written")
+
     def _open_store(self, create: bool, meta: Mapping[str, str] | None = None) -> None:
         version = self._live().info.server_version
         if version < _MIN_SERVER_VERSION:
             # Writes settle a lost COMMIT with functions of PostgreSQL 13 (see _transaction).
             raise BackendError(f"{self.description}: the server runs PostgreSQL {version // 10000}; "
                                "snapstore needs 13 or newer")
+        self._probe_writable()
+        if create and self.read_only is not None:
+            raise ReadOnlyStore(f"{self.description} is read-only here ({self.read_only}): a store cannot be "
+                                "created in it; nothing was changed")
         if not create and self._schema_version() is None:
             raise StoreNotFound(f"no snapstore store in {self.description} (create one with `snap init`)")
-        self.migrate()
+        if self.read_only is None:
+            self.migrate()
+        else:
+            self._check_schema_readable()
         mine = self._objects_location()
         if create:
             keys, values = list(meta or {}), list((meta or {}).values())
@@ -907,8 +996,10 @@ class PostgresBackend(Backend):
         """A session-level advisory lock on a connection of its own, for as long as the session lives.
 
         The server drops it with the connection: a killed process, or a
-        machine that went away once its connection times out.
+        machine that went away once its connection times out. Refused on a
+        store this session may only read: a presence announces a writer.
         """
+        self._refuse_write()
         key = self._presence_key(name)
         conn = self._connect()
         try:
@@ -925,7 +1016,11 @@ class PostgresBackend(Backend):
 
         return release
 
-    def presence_held(self, name: str) -> bool:
+    def presence_held(self, name: str) -> bool | None:
+        """Probed with ``pg_try_advisory_lock``; None on a hot standby, whose advisory locks are its own
+        (never WAL-logged): a session of the primary holds its lock there, invisible from here."""
+        if self._in_recovery:
+            return None
         key = self._presence_key(name)
         conn = self._connect()
         try:

@@ -94,7 +94,9 @@ from pathlib import Path
 from typing import TypeVar
 from urllib.parse import unquote
 
-from ..errors import BackendError, CorruptObject, InvalidInput, ObjectNotFound, RefConflict, StoreNotFound
+from ..errors import (
+    BackendError, CorruptObject, InvalidInput, ObjectNotFound, ReadOnlyStore, RefConflict, StoreNotFound,
+)
 from ..location import register_url_backend
 from ..objects import ObjectId
 from .base import AppendedEntry, Backend, LogAppend, RefUpdate, StoredObject
@@ -329,7 +331,14 @@ class S3Backend(PostgresBackend):
     def _where(self, oid: ObjectId) -> str:
         return f"s3://{self.s3.bucket}/{self._key(oid)}"
 
-    def _s3_error(self, exc: Exception, doing: str) -> BackendError:
+    def _s3_error(self, exc: Exception, doing: str, writing: bool = False) -> BackendError:
+        """``exc`` as a one-line error naming the store; ``writing``: a refusal to write (read-only keys, a
+        bucket policy) is :class:`ReadOnlyStore`, as a read-only PostgreSQL session's writes are."""
+        if writing and isinstance(exc, boto_errors.ClientError) and _code(exc) == "AccessDenied":
+            error = exc.response.get("Error", {})
+            text = self._scrub(f"AccessDenied: {error.get('Message', '')}".rstrip(": "))
+            return ReadOnlyStore(f"{self.description} is read-only here (these S3 credentials may not write to "
+                                 f"bucket {self.s3.bucket!r}: {text}): cannot {doing}; nothing was committed")
         if isinstance(exc, boto_errors.NoCredentialsError | boto_errors.PartialCredentialsError):
             text = "no S3 credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
         elif isinstance(exc, boto_errors.ClientError):
@@ -343,15 +352,16 @@ class S3Backend(PostgresBackend):
         where = f" at {self.s3.endpoint}" if self.s3.endpoint else ""
         return BackendError(f"{self.description}: cannot {doing}{where}: {self._scrub(text)}")
 
-    def _with_retries(self, action: Callable[[], T], doing: str) -> T:
-        """``action()``, retried with exponential backoff on connection errors and busy servers."""
+    def _with_retries(self, action: Callable[[], T], doing: str, writing: bool = False) -> T:
+        """``action()``, retried with exponential backoff on connection errors and busy servers; ``writing``:
+        it writes to the bucket (see :meth:`_s3_error`)."""
         for attempt in range(_ATTEMPTS):
             try:
                 return action()
             except boto_errors.ClientError as exc:
                 transient = _code(exc) in _TRANSIENT_CODES or _status(exc) >= 500
                 if not transient or attempt == _ATTEMPTS - 1:
-                    raise self._s3_error(exc, doing) from None
+                    raise self._s3_error(exc, doing, writing) from None
             except _TRANSIENT as exc:
                 if attempt == _ATTEMPTS - 1:
                     raise self._s3_error(exc, doing) from None
@@ -422,7 +432,7 @@ class S3Backend(PostgresBackend):
             if self._conditional_put is None:
                 self._conditional_put = False
 
-        self._with_retries(put, f"store object {obj.id} as {self._where(obj.id)}")
+        self._with_retries(put, f"store object {obj.id} as {self._where(obj.id)}", writing=True)
 
     def _get(self, oid: ObjectId, kind: str, size: int) -> StoredObject:
         """One indexed object's body; its absence from the bucket is damage, named."""
@@ -482,6 +492,7 @@ class S3Backend(PostgresBackend):
         # Index first: a body without an index row is invisible garbage, while an
         # index row without a body would be damage. Both steps under the exclusive
         # sweep lock, so that no write is between its PUTs and its commit meanwhile.
+        self._refuse_write()
         wanted = list(dict.fromkeys(ids))
         for _ in range(_CLAIM_ATTEMPTS):
             try:
@@ -498,6 +509,7 @@ class S3Backend(PostgresBackend):
         """PUT each body over the bucket's copy, then write the index rows over in one transaction,
         under the shared sweep lock like :meth:`write` (gc deletes nothing in between). A failure
         between the two leaves good bodies under the old rows: never a row without a body."""
+        self._refuse_write()
         unique = list({o.id: o for o in objects}.values())
         if not unique:
             return
@@ -528,6 +540,7 @@ class S3Backend(PostgresBackend):
                 found.update((oid, size) for oid, size in old.items() if oid not in indexed)
         if dry_run or not found:
             return len(found), sum(found.values())
+        self._refuse_write()
         deleted = freed = 0
         candidates = sorted(found)
         for start in range(0, len(candidates), 1000):
@@ -656,7 +669,7 @@ class S3Backend(PostgresBackend):
                     lambda batch=batch: self._client.delete_objects(  # type: ignore[misc]
                         Bucket=self.s3.bucket, Delete={"Objects": batch, "Quiet": True}
                     ),
-                    "delete objects",
+                    "delete objects", writing=True,
                 )
             except BackendError as exc:
                 log.warning("%s; %d unindexed bodies left in the bucket", exc, len(batch))
@@ -707,6 +720,7 @@ class S3Backend(PostgresBackend):
         meta: Mapping[str, str | None] | None = None,
         append: LogAppend | None = None,
     ) -> AppendedEntry | None:
+        self._refuse_write()  # before any PUT: nothing reaches the bucket either
         unique = list({o.id: o for o in reversed(objects)}.values())
         if not unique:
             return self._commit(unique, ref_updates, meta, with_data=False, append=append)
