@@ -161,21 +161,27 @@ class _Mark:
         return self.walk.seen
 
     def refs(self, moved: str | None = None) -> None:
-        """(Re)read refs and reflogs and walk what they name; reflogs of unmoved refs are not read again."""
+        """(Re)read refs and reflogs and walk what they name; reflogs of unmoved refs are not read again.
+
+        The reflogs are read together (``Backend.reflogs``): a store of thousands of conversations
+        cost a round trip per ref."""
         backend = self.repo.backend
         starts: list[tuple[ObjectId, str, str]] = []
         fence: dict[str, tuple[ObjectId, int]] = {}
-        for ref, target in backend.list_refs().items():
+        refs = backend.list_refs()
+        unread = [ref for ref, target in refs.items()
+                  if (known := self.fence.get(ref)) is None or known[0] != target or ref == moved]
+        reflogs = backend.reflogs(unread) if unread else {}
+        for ref, target in refs.items():
             # The fence covers every ref; only conversation refs name snapshots (others,
             # like the dictionary ref, name no object).
             conv = conversation_of(ref)
             if conv is not None:
                 starts.append((target, "snapshot", ref))
-            known = self.fence.get(ref)
-            if known is not None and known[0] == target and ref != moved:
-                fence[ref] = known
+            if ref not in reflogs:
+                fence[ref] = self.fence[ref]
                 continue
-            entries = backend.reflog(ref)
+            entries = reflogs[ref]
             fence[ref] = (target, len(entries))
             if conv is None:
                 continue

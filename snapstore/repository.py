@@ -379,6 +379,39 @@ class Repository:
         """One verified typed object."""
         return self.read_many([oid], kind)[oid]
 
+    def read_sound(self, ids: Iterable[ObjectId], kind: str | None = None) -> dict[ObjectId, AnyObject]:
+        """:meth:`read_many` of the ids that read soundly: one missing, unsound or of another kind is left
+        out instead of raising. What a check of many objects reads in one batch (and caches, as
+        :meth:`read` does), then reads each one left out on its own, which names its fault as before."""
+        wanted = list(dict.fromkeys(ids))
+        out: dict[ObjectId, AnyObject] = {}
+        with self._lock:
+            for oid in wanted:
+                obj = self._cache.get(oid)
+                if obj is not None and (kind is None or _kind_name(obj) == kind):
+                    out[oid] = obj
+        missing = [oid for oid in wanted if oid not in out and is_object_id(oid)]
+        found = self.backend.get_objects(missing) if missing else {}
+        fresh = []
+        for oid in missing:
+            stored = found.get(oid)
+            if stored is None or (kind is not None and stored.kind != kind):
+                continue
+            try:
+                _, obj = self._verify(stored)
+            except SnapstoreError:
+                continue
+            out[oid] = obj
+            if stored.kind != "chunk":
+                fresh.append((oid, obj))
+        if fresh:
+            with self._lock:
+                for oid, obj in fresh:
+                    self._cache[oid] = obj
+                while len(self._cache) > _CACHE_SIZE:
+                    self._cache.popitem(last=False)
+        return out
+
     def _store(self, objects: NewObjects) -> list[StoredObject]:
         """The objects compressed, ready for :meth:`Backend.write` (which skips those it has)."""
         compress = self.codec.compress
@@ -1281,7 +1314,8 @@ class Repository:
         damaged refs rows ``(name, line)``, and where rows are lost, for fsck.
 
         A backend that can (``reflog_rows``) hands refs, damaged refs rows and all reflog rows of one
-        moment in one read, names without a ref included; another is read ref by ref. A reflog pack
+        moment in one read, names without a ref included; another's reflogs are read together
+        (``Backend.reflogs``), the refs' own only (an earlier name's, when asked). A reflog pack
         that cannot be read is added to ``problems`` naming it and the refs whose rows it held, and
         the scan goes on; the last value says, for each such ref, before which of its rows (by
         position) rows are lost, so its chain is not judged across the gap (see :func:`_reflog_problems`).
@@ -1302,8 +1336,9 @@ class Repository:
                     gaps.setdefault(name, set()).add(before[name])
         else:
             refs = dict(self.backend.list_refs())
+            reflogs = self.backend.reflogs(refs)  # together: a store may hold thousands of conversations
             for ref in refs:
-                entries = self.backend.reflog(ref)
+                entries = reflogs[ref]
                 if entries and entries[-1].new != refs[ref]:  # moved since it was listed?
                     now = self.backend.get_ref(ref)
                     if now is not None and now == entries[-1].new:

@@ -24,9 +24,9 @@ from typing import Any
 from .findings import Finding
 from .audit import link_of, voided_sequences
 from .backends.base import ReflogEntry
-from .errors import CorruptObject, DamagedLogPack, DamagedRecord, SnapstoreError
+from .errors import CorruptObject, DamagedLogPack, DamagedRecord, InvalidInput, SnapstoreError
 from .objects import Chunk, Node, ObjectId, Page, Snapshot, State
-from .refs import conversation_of
+from .refs import conversation_of, ref_name, validate_conversation_id
 from .ozolith import LogEntry, OzolithLog
 from .replay import STRUCTURAL_EVENTS, replay_entries, structure
 from .repository import Repository
@@ -67,6 +67,10 @@ class _Checker:
         self._damaged: set[str] = set()
         # Log entries in packs that could not be read (each named once): not judged missing.
         self.unread: list[tuple[int, int]] = []
+        # Heads and reflogs read for every conversation together (:meth:`read_refs`): a reflog by
+        # conversation, or the error reading it raised; a head by conversation, well-formed ones only.
+        self._reflogs: dict[str, list[ReflogEntry] | DamagedRecord] = {}
+        self._heads: dict[str, ObjectId | None] = {}
 
     def add(self, kind: str, message: str, **where: Any) -> None:
         self.problems.append(Finding(kind, message, **where))
@@ -83,8 +87,28 @@ class _Checker:
         names = sorted([*refs, *(name for name, _ in damaged if isinstance(name, str))])
         return [conv for name in names if (conv := conversation_of(name)) is not None]
 
+    def read_refs(self, conversations: list[str]) -> None:
+        """Read the heads and reflogs of ``conversations`` together, for :meth:`head` and :meth:`reflog`.
+
+        A store may hold thousands of conversations: read one by one, each cost two round trips
+        (three: its reflog was read twice). A refs row that is damaged, or a ref gone since it was
+        listed, is left to :meth:`head` to read on its own, which names it as before; a reflog that
+        cannot be read keeps its error, named when :meth:`reflog` is asked for it.
+        """
+        backend = self.repo.backend
+        rows = getattr(backend, "ref_rows", None)
+        refs = rows()[0] if rows is not None else backend.list_refs()
+        # A name that is no conversation id is left to the reads one by one, which refuse it as before.
+        names = {conv: ref_name(conv) for conv in conversations if _valid(conv)}
+        self._heads = {conv: refs[name] for conv, name in names.items() if name in refs}
+        damaged: dict[str, DamagedRecord] = {}
+        read = backend.reflogs(list(names.values()), damaged=damaged)
+        self._reflogs = {conv: read[name] if name in read else damaged[name] for conv, name in names.items()}
+
     def head(self, conv: str) -> ObjectId | None:
         """``conv``'s head, or None if its refs row is damaged (see :meth:`damaged`)."""
+        if conv in self._heads:
+            return self._heads[conv]
         try:
             return self.repo.head(conv)
         except DamagedRecord as exc:
@@ -93,6 +117,12 @@ class _Checker:
 
     def reflog(self, conv: str) -> list[ReflogEntry]:
         """``conv``'s reflog, or none if a row of it is damaged (see :meth:`damaged`)."""
+        read = self._reflogs.get(conv)
+        if isinstance(read, DamagedRecord):
+            self.damaged(read)
+            return []
+        if read is not None:
+            return read
         try:
             return self.repo.reflog(conv)
         except DamagedRecord as exc:
@@ -289,6 +319,15 @@ def _exists(repo: Repository, conversation: str) -> bool:
         return True
 
 
+def _valid(conversation: str) -> bool:
+    """Whether ``conversation`` is a conversation id (a ref's name may hold anything)."""
+    try:
+        validate_conversation_id(conversation)
+    except InvalidInput:
+        return False
+    return True
+
+
 def _rewrites(repo: Repository, checker: _Checker) -> Rewrites:
     """The prune records, one that cannot be read left out (entries of its conversation are then checked
     against the snapshots they name) and named once (by fsck when it ran, else here)."""
@@ -302,7 +341,10 @@ def _rewrites(repo: Repository, checker: _Checker) -> Rewrites:
 
 def _history(repo: Repository, conversations: Iterable[str], checker: _Checker,
              rewrites: Rewrites) -> dict[str, Snapshot]:
-    """Every snapshot reachable from the conversations' heads and reflogs (reflog values a prune superseded aside)."""
+    """Every snapshot reachable from the conversations' heads and reflogs (reflog values a prune superseded aside),
+    read together (:meth:`_Checker.read_refs`)."""
+    conversations = list(conversations)
+    checker.read_refs(conversations)
     seen: dict[str, Snapshot] = {}
     stack = []
     for conv in conversations:
@@ -311,15 +353,20 @@ def _history(repo: Repository, conversations: Iterable[str], checker: _Checker,
             stack.append(head)
         stack.extend(e.new for e in checker.reflog(conv)
                      if e.new is not None and not rewrites.superseded(conv, e.new))
+    # Read a generation at a time, all of it in one batch: every snapshot a ref has held is in its
+    # reflog, so a few generations cover the history (one read per snapshot before). One that does not
+    # read soundly is read on its own where it is named, which names it, as before.
     while stack:
-        sid = stack.pop()
-        if sid in seen:
-            continue
-        snap = checker.read(sid, "snapshot", snapshot=sid)
-        if snap is None:
-            continue
-        seen[sid] = snap
-        stack.extend(snap.parents)
+        generation, stack = stack, []
+        sound = checker.repo.read_sound([sid for sid in dict.fromkeys(generation) if sid not in seen], "snapshot")
+        for sid in generation:
+            if sid in seen:
+                continue
+            snap = sound.get(sid) or checker.read(sid, "snapshot", snapshot=sid)
+            if snap is None:
+                continue
+            seen[sid] = snap
+            stack.extend(snap.parents)
     return seen
 
 

@@ -191,6 +191,25 @@ def test_the_newest_reflog_rows_are_the_end_of_the_reflog(store):
     assert backend.reflog_newest("conversations/none", 3) == []
 
 
+def test_the_reflogs_of_many_refs_read_together_are_each_ones_reflog(store):
+    """gc, fsck and verify read every conversation's reflog together (``reflogs``): the same rows, in the same
+    order, as each ref's own :meth:`~Backend.reflog` and as the base class's loop, deleted and absent refs too."""
+    backend = store.backend(create=True)
+    previous: dict[str, str | None] = {"conversations/x": None, "conversations/y": None, "conversations/z": None}
+    for i in range(8):
+        name = ("conversations/x", "conversations/y", "conversations/z")[i % 3]
+        a = obj(i, "snapshot")
+        backend.write([a], [RefUpdate(name, previous[name], a.id, f"step {i}", i, "ab" * 32)])
+        previous[name] = a.id
+    backend.write(ref_updates=[RefUpdate("conversations/z", previous["conversations/z"], None, "deleted")])
+    names = ["conversations/y", "conversations/none", "conversations/x", "conversations/z", "conversations/y"]
+    each = {name: backend.reflog(name) for name in names}
+    assert [len(rows) for rows in each.values()] == [3, 0, 3, 3]
+    assert list(backend.reflogs(names).items()) == list(each.items())
+    assert list(Backend.reflogs(backend, names).items()) == list(each.items())
+    assert backend.reflogs([]) == {}
+
+
 def test_list_refs_and_meta(store):
     backend = store.backend(create=True)
     a = obj(1, "snapshot")

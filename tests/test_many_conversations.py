@@ -20,6 +20,7 @@ from collections.abc import Iterator
 import pytest
 
 from snapstore.adapters.sidebar_persistence import SidebarPersistence
+from snapstore.errors import DamagedRecord
 from snapstore.repository import Repository
 from snapstore.startup import RecoveryStatus, Session
 
@@ -81,6 +82,32 @@ class Reads:
             return real(ids)
 
         monkeypatch.setattr(backend, "get_objects", get_objects)
+
+
+class Calls:
+    """Counts the calls of every public method of one backend (a call one of them makes to another, once)."""
+
+    def __init__(self, monkeypatch, backend) -> None:
+        self.count = 0
+        self.names: list[str] = []
+        self.depth = 0
+
+        def counted(name, real):
+            def call(*args, **kwargs):
+                if self.depth == 0:
+                    self.count += 1
+                    self.names.append(name)
+                self.depth += 1
+                try:
+                    return real(*args, **kwargs)
+                finally:
+                    self.depth -= 1
+            return call
+
+        for name in dir(backend):
+            real = getattr(backend, name)
+            if not name.startswith("_") and callable(real) and name != "close":
+                monkeypatch.setattr(backend, name, counted(name, real))
 
 
 def _conversations_reads(monkeypatch, location: str) -> tuple[int, list]:
@@ -262,3 +289,121 @@ def test_reading_every_reflog_of_a_packed_store_goes_through_each_row_once(tmp_p
     assert reads <= 2 * rows, (reads, rows)
     assert {conv: [dataclasses.astuple(e) for e in rows] for conv, rows in read_back.items()} == {
         conv: [dataclasses.astuple(e) for e in rows] for conv, rows in expected.items()}
+
+
+def test_gc_fsck_and_verify_read_every_conversation_in_batches(locations, monkeypatch):
+    """gc, fsck and ``verify --sample`` read every conversation's reflog, and verify its head and snapshots.
+    Each was a round trip per conversation (and verify's a read per snapshot): at 10,000 conversations
+    10,131 backend calls for ``snap gc``, 60,082 for ``snap verify --sample 20``. Now the reflogs are read
+    together (``Backend.reflogs``), the heads in one listing, the snapshots a generation at a time."""
+    from snapstore.gc import collect_garbage
+    from snapstore.storelog import StoreLog
+    from snapstore import verify as verifying
+    from snapstore.verify import verify
+
+    counts: dict[str, dict[int, int]] = {"gc": {}, "fsck": {}, "verify": {}}
+    for n, location in locations.items():
+        _fill(location, n, log_in_store=True)
+        with Repository.open(location) as repo, monkeypatch.context() as patched:
+            calls = Calls(patched, repo.backend)
+            report = collect_garbage(repo)
+            counts["gc"][n] = calls.count
+            assert (report.deleted, report.unreachable) == (0, 0)
+            assert report.reachable == report.objects > 5 * n
+        with Repository.open(location) as repo, monkeypatch.context() as patched:
+            calls = Calls(patched, repo.backend)
+            fsck = repo.fsck()
+            counts["fsck"][n] = calls.count
+            assert fsck.ok and fsck.reachable == fsck.objects, fsck.problems
+        with Repository.open(location) as repo, monkeypatch.context() as patched:
+            log = StoreLog(repo.backend)
+            calls = Calls(patched, repo.backend)
+            # The sampled entries' own reads (a few each, as many as the entries drawn need) are not counted.
+            check = verifying._Checker.check_linked_entry
+
+            def uncounted(checker, *args, _calls=calls, _check=check):
+                _calls.depth += 1
+                try:
+                    return _check(checker, *args)
+                finally:
+                    _calls.depth -= 1
+
+            patched.setattr(verifying._Checker, "check_linked_entry", uncounted)
+            checked = verify(repo, log, sample=2, seed=1)
+            counts["verify"][n] = calls.count
+            # Every conversation's three snapshots checked against the log.
+            assert checked.ok and checked.snapshots == 3 * n, checked.problems
+    # Before: gc 2 + n + ... (a reflog read per conversation), fsck on PostgreSQL the same, verify
+    # 3 reads per conversation and one per snapshot (6 per conversation here).
+    for what, by_size in counts.items():
+        assert by_size[SIZES[0]] == by_size[SIZES[1]], (what, counts)
+
+
+def test_verify_names_a_damaged_reflog_and_a_missing_snapshot_read_in_batches(tmp_path):
+    """Read together, a reflog that cannot be read and a snapshot that is gone are still named each (the
+    reflog once, with the line reading it alone gives), and every other conversation is still checked."""
+    from snapstore.verify import verify
+
+    location = str(tmp_path / "store")
+    _fill(location, 4)
+    with Repository.open(location) as repo:
+        gone = repo.reflog("c002")[0].new
+        with pytest.raises(DamagedRecord) as alone:
+            _damage_reflog_row(repo, "c001")
+            repo.reflog("c001")
+        repo.backend._db.execute("DELETE FROM objects WHERE id = ?", (bytes.fromhex(gone),))
+        report = verify(repo, sample=1, seed=1)
+    kinds = [(p.kind, p.message) for p in report.problems]
+    assert kinds.count(("damaged-row", str(alone.value))) == 1, kinds
+    missing = [p for p in report.problems if p.kind == "missing-object"]
+    assert missing and {p.object for p in missing} == {gone}, kinds
+    # Every snapshot but the one gone is read: c001's through its head's parents.
+    assert report.snapshots == 3 * 4 - 1, report
+
+
+def _damage_reflog_row(repo: Repository, conv: str) -> None:
+    """Make the count of ``conv``'s packed reflog rows 0 (a session packs its rows as it goes): a row
+    that no reader of its reflog takes (it names it)."""
+    db = repo.backend._db
+    changed = db.execute("UPDATE reflog_packed SET count = 0 WHERE name = ?", (f"conversations/{conv}",)).rowcount
+    db.commit()
+    assert changed == 1
+
+
+@pytest.mark.parametrize("damage", ["counts", "pack"])
+def test_reading_reflogs_together_on_a_packed_store_is_reading_each(tmp_path, monkeypatch, damage):
+    """SQLite reads the reflogs of many refs a query per batch of names, each reflog pack once: the same rows as
+    each ref's own read; a reflog that cannot be read raises, or is put aside, with the line its own read gives."""
+    from snapstore import packing
+
+    monkeypatch.setattr(packing, "LOG_PACK_LINES", 4)  # many reflog packs from a small store
+    location = str(tmp_path / "store")
+    _fill(location, 12)
+    with Repository.open(location) as repo:
+        packing.pack(repo)
+        names = [*repo.backend.list_refs(), "conversations/never"]
+        each = {name: repo.backend.reflog(name) for name in names}
+        assert list(repo.backend.reflogs(names).items()) == list(each.items())
+        db = repo.backend._db
+        if damage == "counts":
+            db.execute("UPDATE reflog_packed SET count = 0 WHERE name IN (?, ?)",
+                       ("conversations/c003", "conversations/c007"))
+        else:
+            db.execute("UPDATE reflog_packs SET data = X'00' WHERE first = (SELECT min(first) FROM reflog_packs)")
+        db.commit()
+    with Repository.open(location) as repo:  # nothing cached
+        alone = {}
+        for name in names:
+            try:
+                repo.backend.reflog(name)
+            except DamagedRecord as exc:
+                alone[name] = str(exc)
+    assert len(alone) >= 2
+    with Repository.open(location) as repo:
+        damaged: dict[str, DamagedRecord] = {}
+        read = repo.backend.reflogs(names, damaged=damaged)
+        assert {name: str(exc) for name, exc in damaged.items()} == alone
+        assert read == {name: rows for name, rows in each.items() if name not in alone}
+        with pytest.raises(DamagedRecord) as first:
+            repo.backend.reflogs(names)
+        assert str(first.value) == alone[next(name for name in names if name in alone)]

@@ -6,7 +6,7 @@ import threading
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 
-from ..errors import RefConflict
+from ..errors import DamagedRecord, RefConflict
 from ..objects import ObjectId
 from .base import (
     LOG_KEY_META, AppendedEntry, Backend, LogAppend, RefUpdate, ReflogEntry, StoredObject, check_fence, link,
@@ -79,6 +79,18 @@ class MemoryBackend(Backend):
     def reflog(self, name: str) -> list[ReflogEntry]:
         with self._lock:
             return [e for e in self._reflog if e.name == name]
+
+    def reflogs(self, names: Iterable[str],
+                damaged: dict[str, DamagedRecord] | None = None) -> dict[str, list[ReflogEntry]]:
+        """One pass over the rows for all ``names``: :meth:`reflog` goes through every row of every ref each
+        time, so reading every conversation's reflog that way grew with the square of their number."""
+        out: dict[str, list[ReflogEntry]] = {name: [] for name in names}
+        with self._lock:
+            for e in self._reflog:
+                rows = out.get(e.name)
+                if rows is not None:
+                    rows.append(e)
+        return out
 
     def get_meta(self, key: str) -> str | None:
         with self._lock:

@@ -71,8 +71,8 @@ from datetime import datetime
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from ..errors import (
-    BackendError, CommitOutcomeUnknown, FormatError, InvalidInput, ReadOnlyStore, RefConflict, StoreExists,
-    StoreNotFound,
+    BackendError, CommitOutcomeUnknown, DamagedRecord, FormatError, InvalidInput, ReadOnlyStore, RefConflict,
+    StoreExists, StoreNotFound,
 )
 from ..location import redact, register_url_backend
 from ..objects import ObjectId
@@ -821,6 +821,22 @@ class PostgresBackend(Backend):
             (name,),
         )
         return [ReflogEntry(n, _hex(o), _hex(w), t, r, ls, lh) for n, o, w, t, r, ls, lh in rows]
+
+    def reflogs(self, names: Iterable[str],
+                damaged: dict[str, DamagedRecord] | None = None) -> dict[str, list[ReflogEntry]]:
+        """One query for all ``names`` along the ``(name, seq)`` index: gc, fsck and verify read every
+        conversation's reflog, a round trip each before. The columns' types hold no damaged row (none
+        goes to ``damaged``)."""
+        out: dict[str, list[ReflogEntry]] = {name: [] for name in names}
+        if out:
+            rows = self._read(
+                "SELECT name, old, new, time, reason, log_sequence, log_hash FROM snapstore_reflog "
+                "WHERE name = ANY(%s::text[]) ORDER BY name, seq",
+                (list(out),),
+            )
+            for n, o, w, t, r, ls, lh in rows:
+                out[n].append(ReflogEntry(n, _hex(o), _hex(w), t, r, ls, lh))
+        return out
 
     def reflog_newest(self, name: str, count: int) -> list[ReflogEntry]:
         """The last ``count`` rows only, read backwards along the ``(name, seq)`` index: ``snap log -n N``

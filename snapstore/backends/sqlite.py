@@ -1064,6 +1064,64 @@ class SqliteBackend(Backend):
             entries.extend(loose)
         return entries
 
+    def reflogs(self, names: Iterable[str],
+                damaged: dict[str, DamagedRecord] | None = None) -> dict[str, list[ReflogEntry]]:
+        """:meth:`reflog` of each of ``names``, at one moment: the ``reflog_packed`` counts and the loose rows
+        of a batch of names a query each, every reflog pack gone through once (gc, fsck and verify read
+        every conversation's reflog: three queries a ref before, and every pack looked up for each ref,
+        each pack read again for each once the packs outgrew their cache). Each name is then judged as
+        :meth:`reflog` judges it, in the same order of checks, so a damaged one raises (or goes to
+        ``damaged``) with the same line."""
+        wanted = list(dict.fromkeys(names))
+        out: dict[str, list[ReflogEntry]] = {}
+        with self._lock, self._errors(), self._read_snapshot() as db:  # packs and loose rows of one moment
+            counts: dict[str, object] = {}
+            loose: dict[str, list[tuple]] = {}
+            for start in range(0, len(wanted), _BATCH):
+                batch = wanted[start : start + _BATCH]
+                marks = ",".join("?" * len(batch))
+                if self._has_packs():
+                    counts.update(db.execute(f"SELECT name, count FROM reflog_packed WHERE name IN ({marks})",
+                                             batch).fetchall())
+                with self._as_stored() as stored:  # a column that is not UTF-8 text: named by _checked_reflog_row
+                    for row in stored.execute(
+                            "SELECT seq, name, old, new, time, reason, log_sequence, log_hash FROM reflog "
+                            f"WHERE name IN ({marks}) ORDER BY name, seq", batch):
+                        loose.setdefault(row[1], []).append(row)
+            # Each pack's rows handed to the names that have packed rows, in one pass over the packs.
+            packed: dict[str, list[ReflogEntry]] = {name: [] for name in counts}
+            broken = None  # the first pack that cannot be read: each reflog with packed rows stops there
+            if packed:
+                for first, last in db.execute("SELECT first, last FROM reflog_packs ORDER BY first").fetchall():
+                    try:
+                        pack = self._reflog_pack(first, last)
+                    except DamagedRecord:
+                        broken = (first, last)
+                        break
+                    for entry in pack:
+                        if isinstance(entry.name, str) and (rows := packed.get(entry.name)) is not None:
+                            rows.append(entry)
+            for name in wanted:
+                try:
+                    entries = []
+                    counted = self._checked_packed_count(name, counts[name]) if name in counts else None
+                    if counted is not None:
+                        if broken is not None:
+                            self._reflog_pack(*broken, name)  # raises naming it, as reading this reflog alone
+                        entries.extend(packed[name])
+                        self._check_packed_count(name, counted, len(entries))
+                    rows = [ReflogEntry(*_checked_reflog_row(self.path, row)) for row in loose.get(name, ())]
+                    if counted is None and not (rows and rows[0].old is None):
+                        self._check_unpacked_reflog(db, name)
+                    entries.extend(rows)
+                except DamagedRecord as exc:
+                    if damaged is None:
+                        raise
+                    damaged[name] = exc
+                    continue
+                out[name] = entries
+        return out
+
     def reflog_newest(self, name: str, count: int) -> list[ReflogEntry]:
         if count <= 0:
             return []
@@ -1311,12 +1369,15 @@ class SqliteBackend(Backend):
         if not self._has_packs():
             return None
         row = db.execute("SELECT count FROM reflog_packed WHERE name = ?", (name,)).fetchone()
-        if row is None:
-            return None
-        if type(row[0]) is not int or row[0] < 1:  # packing counts one row at least, and only adds
-            raise DamagedRecord(f"{self.path}: the reflog_packed row of {name!r} counts {row[0]!r:.40} packed rows, "
+        return None if row is None else self._checked_packed_count(name, row[0])
+
+    def _checked_packed_count(self, name: str, count: object) -> int:
+        """The count of ``name``'s ``reflog_packed`` row; :class:`DamagedRecord` naming it unless it is a
+        positive integer (packing counts one row at least, and only adds)."""
+        if type(count) is not int or count < 1:
+            raise DamagedRecord(f"{self.path}: the reflog_packed row of {name!r} counts {count!r:.40} packed rows, "
                                 "not a positive integer: the store is damaged")
-        return row[0]
+        return count
 
     def _check_packed_count(self, name: str, counted: int, found: int) -> None:
         """:class:`DamagedRecord` unless the reflog packs hold ``counted`` rows of ``name`` (``found``)."""
