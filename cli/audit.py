@@ -151,8 +151,11 @@ def verify(settings: Settings, conversation: str | None, log_path: str | None, k
         verdict = click.style("ok", fg="green", bold=True) if report.ok else click.style(
             f"{count} problem{'' if count == 1 else 's'}", fg="red", bold=True)
         scope = "sampled " if report.sampled else ""
+        # Beside a live writer: its entries newer than the refs verify read, judged by the next run.
+        later = (f" ({report.after_view} log entr{'y' if report.after_view == 1 else 'ies'} appended after the "
+                 "store was read: left for the next run)") if report.after_view else ""
         click.echo(f"{scope}{report.entries} log entries, {report.objects} objects, "
-                   f"{report.snapshots} snapshots: {verdict}")
+                   f"{report.snapshots} snapshots: {verdict}{later}")
     if not report.ok:
         click.get_current_context().exit(1)
 

@@ -72,6 +72,10 @@ bound depends on the log:
   while it reads and rolls the log forward (:func:`settling`): what it finds
   pending was left by a writer that is gone. The lock is an ``flock`` on
   ``<log>.ops.lock`` beside the file, dropped by the OS with a killed process.
+  A reader that judges the log beside running replicas (``snap verify``,
+  ``snap status``) holds it exclusively only while it reads the file's last
+  entry, before the refs (:func:`settled_end_now`): an entry past it is a
+  live writer's, not judged.
 """
 
 from __future__ import annotations
@@ -229,6 +233,42 @@ def settling(log: OzolithLog) -> contextlib.AbstractContextManager[None]:
     between its entry and its ref move (:meth:`LinkedLog.operation`), and new ones wait for it; an entry
     still pending then is one whose writer is gone."""
     return _operations_lock(log, exclusive=True)
+
+
+def settled_end_now(log: OzolithLog | StoreLog) -> tuple[int, str] | None:
+    """The log's newest entry, ``(sequence, hash)``, read at a moment when every entry up to it is settled
+    (applied, voided, or left by a writer that is gone); None for an empty log or one whose tail cannot be read.
+
+    A reader that checks the log against the store beside live writers
+    (``snap verify``, ``snap status``) reads this first and the refs after:
+    every entry up to it then had its ref move, if it ever gets one, before
+    the refs were read, and a later entry is one the view of the store may
+    not account for yet (not judged: the next run does). Where the store keeps
+    the log, an entry commits with its ref move: any moment will do. An
+    OZOLITH file's entry is appended before its ref moves, so this waits for
+    the operations in flight (:meth:`LinkedLog.operation`) and holds new ones
+    back only while it reads the file's last line. The lock file is opened
+    read-only and never made: without one no operation ever ran beside this
+    log (an operation makes it), and a reader that may not open it reads
+    without it (a live writer's entry in flight may then be judged pending).
+    """
+    fd = None
+    if isinstance(log, OzolithLog):
+        try:
+            fd = os.open(operations_lock_path(log), os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            fd = None
+    try:
+        if fd is not None:
+            fcntl.flock(fd, fcntl.LOCK_EX)  # flock needs no write access to the file
+        try:
+            last = log.last()
+        except (SnapstoreError, OSError):
+            return None  # a damaged tail: named by the reader's own checks, every entry judged
+    finally:
+        if fd is not None:
+            os.close(fd)  # releases the lock
+    return None if last is None else (last.sequence, last.entry_hash)
 
 
 def link_of(entry: LogEntry) -> dict[str, Any] | None:

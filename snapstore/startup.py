@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from .audit import (CHECKED_KEY, LinkedLog, Recovery, linked_sequences, mark_meta, roll_forward, scan_log,
-                    settled_end, settled_mark, settling)
+                    settled_end, settled_end_now, settled_mark, settling)
 from .errors import InvalidInput, LogError, ReadOnlyStore, SnapstoreError, StoreExists, StoreNotFound
 from .orchestrator import ConversationOrchestrator
 from .packing import shutdown_pack
@@ -191,6 +191,10 @@ def inspect(repo: Repository, log: OzolithLog | StoreLog | None = None, *, conve
             # Replicas sharing an OZOLITH file: wait for their operations between entry and ref move, and hold
             # new ones back, so what is pending below was left by a writer that is gone (audit.settling).
             with settling(log) if repair and isinstance(log, OzolithLog) else contextlib.nullcontext():
+                # Only reading, beside writers it does not hold back: the file's end at a moment no operation
+                # was between its entry and its ref move, read before the refs. An entry past it may be a live
+                # writer's in flight (or committed since), not one a writer left pending: not judged.
+                moment = settled_end_now(log) if not repair and isinstance(log, OzolithLog) else None
                 newest: dict[str, int] | None = linked_sequences(repo)  # read once for both checks below
                 if repair and isinstance(log, OzolithLog):
                     log.flush()  # a writer killed before its fsync: what is rolled forward below must be durable
@@ -209,13 +213,13 @@ def inspect(repo: Repository, log: OzolithLog | StoreLog | None = None, *, conve
                     Recovery(e.sequence, str(link.get("conversation")), str(link.get("snapshot")), "pending",
                              f"log entry {e.sequence} names snapshot {str(link.get('snapshot'))[:12]}, "
                              "which no ref reaches yet")
-                    for e, link in scan.pending
+                    for e, link in scan.pending if moment is None or e.sequence <= moment[0]
                 ] + [
                     Recovery(e.sequence, str(link.get("conversation")), str(link.get("snapshot")), "pending",
                              f"log entry {e.sequence} names snapshot {str(link.get('snapshot'))[:12]}, which no ref "
                              f"reached before conversation {link.get('conversation')} moved on without it (entry "
                              f"{later}): a start voids it")
-                    for e, link, later in scan.orphans
+                    for e, link, later in scan.orphans if moment is None or e.sequence <= moment[0]
                 ]
             behind = log_behind(repo, log, newest)
             if behind is not None:

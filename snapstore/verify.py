@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .findings import Finding
-from .audit import link_of, voided_sequences
+from .audit import link_of, settled_end_now, voided_sequences
 from .backends.base import ReflogEntry
 from .errors import CorruptObject, DamagedLogPack, DamagedRecord, InvalidInput, SnapstoreError
 from .objects import Chunk, Node, ObjectId, Page, Snapshot, State
@@ -44,6 +44,10 @@ class VerifyReport:
     objects: int
     snapshots: int
     sampled: bool = False
+    # Linked log entries appended after verify read the refs (a live writer's, in flight or committed
+    # since): checked against the objects they name, not against the history read before them, which
+    # cannot hold them; the next run judges them.
+    after_view: int = 0
 
     @property
     def ok(self) -> bool:
@@ -55,7 +59,8 @@ class VerifyReport:
     def to_json(self) -> dict[str, Any]:
         return {"ok": self.ok, "problems": [p.to_json() for p in self.problems],
                 "entries_checked": self.entries, "objects_checked": self.objects,
-                "snapshots_checked": self.snapshots, "sampled": self.sampled}
+                "snapshots_checked": self.snapshots, "sampled": self.sampled,
+                "entries_after_view": self.after_view}
 
 
 class _Checker:
@@ -342,9 +347,7 @@ def _rewrites(repo: Repository, checker: _Checker) -> Rewrites:
 def _history(repo: Repository, conversations: Iterable[str], checker: _Checker,
              rewrites: Rewrites) -> dict[str, Snapshot]:
     """Every snapshot reachable from the conversations' heads and reflogs (reflog values a prune superseded aside),
-    read together (:meth:`_Checker.read_refs`)."""
-    conversations = list(conversations)
-    checker.read_refs(conversations)
+    as :meth:`_Checker.read_refs` read them."""
     seen: dict[str, Snapshot] = {}
     stack = []
     for conv in conversations:
@@ -372,15 +375,30 @@ def _history(repo: Repository, conversations: Iterable[str], checker: _Checker,
 
 def verify(repo: Repository, log: OzolithLog | None = None, conversation: str | None = None,
            *, sample: int | None = None, seed: int | None = None) -> VerifyReport:
-    """Check the log, the store and their agreement; ``sample`` spot-checks N entries."""
+    """Check the log, the store and their agreement; ``sample`` spot-checks N entries.
+
+    Live writers may commit while it runs: the store and the log are compared
+    as of one view, the refs read after the log's end (:func:`settled_end_now`)
+    and before its entries. Every entry up to that end had its ref move, if
+    it ever gets one, before the refs were read, so it is judged in full; an
+    entry appended after it is one the refs read may not account for yet,
+    judged only against the objects it names (the next run judges the rest).
+    """
     checker = _Checker(repo, store_checked=sample is None)
     rng = random.Random(seed)
     conversations = [conversation] if conversation else checker.conversation_ids()
     if conversation and not _exists(repo, conversation):
         checker.add("unknown-conversation", f"no conversation {conversation!r} in the store")
+    # The view: the log's end, then the heads and reflogs (read before the log's entries, which then hold
+    # every entry they link; the snapshots they reach are read later, objects being immutable).
+    end = settled_end_now(log) if log is not None else None
+    checker.read_refs(list(conversations))
 
     # 1. chain integrity
     entries: dict[int, LogEntry] = {}
+    # Entries found past the view's end, in the log's order (none if the end was not found: all are judged).
+    past_end: set[int] = set()
+    passed_end = False
     chain = None
     log_read = log is not None  # whether the store can be checked against the log's entries
     if log is not None:
@@ -400,7 +418,10 @@ def verify(repo: Repository, log: OzolithLog | None = None, conversation: str | 
         try:
             # Past a damaged pack too (named above): the entries after it are still compared with the store.
             for entry in log.readable_entries([]) if isinstance(log, StoreLog) else log.entries():
+                if passed_end:
+                    past_end.add(entry.sequence)
                 entries[entry.sequence] = entry
+                passed_end = passed_end or (entry.sequence, entry.entry_hash) == end
         except SnapstoreError as exc:
             if chain is None:
                 log_read = False  # the fault that stopped the chain check (reported): nothing to compare
@@ -426,6 +447,9 @@ def verify(repo: Repository, log: OzolithLog | None = None, conversation: str | 
               and (conversation is None or link.get("conversation") == conversation)
               # a pruned snapshot's entry is checked against its rewrite, or skipped if squashed away
               and (link := rewrites.link(link)) is not None]
+    # Appended after the view and not reached by the history it read: in flight, or committed since. Their
+    # objects are checked (stored before the entry was written); their place in the history is the next run's.
+    unseen = {e.sequence for e, link in linked if e.sequence in past_end and link.get("snapshot") not in snapshots}
     if sample is not None and len(linked) > sample:
         linked = rng.sample(linked, sample)
     for entry, link in sorted(linked, key=lambda pair: pair[0].sequence):
@@ -442,8 +466,10 @@ def verify(repo: Repository, log: OzolithLog | None = None, conversation: str | 
             for change in checker.reflog(conv):
                 if change.log_sequence is not None and change.log_hash is not None:
                     checker.check_named_entry(change.log_sequence, change.log_hash, entries, snapshot=change.new)
-        # Every linked entry must be part of its conversation's history.
+        # Every linked entry must be part of its conversation's history (but those the view cannot know).
         for entry, link in linked:
+            if entry.sequence in unseen:
+                continue
             if link.get("snapshot") not in snapshots and link.get("conversation") in conversations:
                 checker.add("unreachable", f"log entry {entry.sequence} names snapshot "
                             f"{str(link.get('snapshot'))[:12]}, which no history of "
@@ -459,20 +485,37 @@ def verify(repo: Repository, log: OzolithLog | None = None, conversation: str | 
             if link is not None and entry.sequence not in voided:
                 by_conv.setdefault(str(link.get("conversation")), []).append(entry)
         for conv in conversations:
-            if conv not in by_conv or checker.head(conv) is None:
+            head = checker.head(conv)
+            if conv not in by_conv or head is None:
                 continue
             try:
-                stored = structure(repo.load(conv).to_json())
+                stored = structure(repo.load(head).to_json())  # the head the view read, not one committed since
             except SnapstoreError:
                 continue  # already reported by the store check
-            result = replay_entries(by_conv[conv])
+            # Entries appended after the view replayed only up to that head (those past it came since).
+            chain_of_head = _ancestors(head, snapshots) if past_end else set()
+            result = replay_entries([e for e in by_conv[conv] if e.sequence not in past_end
+                                     or str((link_of(e) or {}).get("snapshot")) in chain_of_head])
             for sequence, why in result.skips:  # an entry snapstore linked that its tree cannot have followed
                 checker.add("replay-mismatch", f"{conv}: log entry {sequence} cannot be replayed: {why}",
                             sequence=sequence)
             _compare_structure(checker, conv, structure(result.state(conv)), stored)
 
     checked = chain.entries_checked if chain is not None else 0
-    return VerifyReport(tuple(checker.problems), checked, objects, len(snapshots), sample is not None)
+    return VerifyReport(tuple(checker.problems), checked, objects, len(snapshots), sample is not None, len(unseen))
+
+
+def _ancestors(head: str, snapshots: dict[str, Snapshot]) -> set[str]:
+    """``head`` and every snapshot of ``snapshots`` its parents reach (its conversation's history up to it)."""
+    out: set[str] = set()
+    stack = [head]
+    while stack:
+        sid = stack.pop()
+        if sid in out or sid not in snapshots:
+            continue
+        out.add(sid)
+        stack.extend(snapshots[sid].parents)
+    return out
 
 
 def _said(what: str, value: Any) -> str:
