@@ -21,6 +21,8 @@ Environment written to the env file / passed to the `run` command:
     SNAPSTORE_TEST_S3_URL            http://127.0.0.1:<port>
     SNAPSTORE_TEST_S3_KEY            access key id
     SNAPSTORE_TEST_S3_SECRET         secret access key
+    SNAPSTORE_TEST_S3_RO_KEY         access key id of a second identity that may only read and list
+    SNAPSTORE_TEST_S3_RO_SECRET      its secret access key
     SNAPSTORE_TEST_S3_BUCKET_PREFIX  prefix for bucket names created by tests
 
 Requirements: Debian package `postgresql` (installed with apt-get when missing and
@@ -77,6 +79,8 @@ ENV_PG_URL = "SNAPSTORE_TEST_PG_URL"
 ENV_S3_URL = "SNAPSTORE_TEST_S3_URL"
 ENV_S3_KEY = "SNAPSTORE_TEST_S3_KEY"
 ENV_S3_SECRET = "SNAPSTORE_TEST_S3_SECRET"
+ENV_S3_RO_KEY = "SNAPSTORE_TEST_S3_RO_KEY"
+ENV_S3_RO_SECRET = "SNAPSTORE_TEST_S3_RO_SECRET"
 ENV_S3_BUCKET_PREFIX = "SNAPSTORE_TEST_S3_BUCKET_PREFIX"
 
 
@@ -510,14 +514,21 @@ def start_s3(state_dir: Path, register: Callable[[dict], None]) -> dict:
         (tmp / "config").mkdir()
         key = "SNAP" + secrets.token_hex(8).upper()
         secret = secrets.token_hex(20)
+        # A second identity that may only read and list: what read-only keys handed to ops give.
+        ro_key = "SNAPRO" + secrets.token_hex(7).upper()
+        ro_secret = secrets.token_hex(20)
         cfg = tmp / "s3.json"
         cfg.write_text(json.dumps({"identities": [{
             "name": "snapstore-test",
             "credentials": [{"accessKey": key, "secretKey": secret}],
             "actions": ["Admin", "Read", "List", "Tagging", "Write"],
+        }, {
+            "name": "snapstore-test-read-only",
+            "credentials": [{"accessKey": ro_key, "secretKey": ro_secret}],
+            "actions": ["Read", "List"],
         }]}, indent=2))
         cfg.chmod(0o600)
-        info.update(key=key, secret=secret)
+        info.update(key=key, secret=secret, ro_key=ro_key, ro_secret=ro_secret)
         _spawn_weed(info, tmp, cfg)
         register(info)
         info["version"] = version = weed_version(weed)  # while the server boots
@@ -682,13 +693,16 @@ class Servers:
 
     def env(self) -> dict[str, str]:
         assert self.pg and self.s3
-        return {
+        env = {
             ENV_PG_URL: self.pg["url"],
             ENV_S3_URL: self.s3["url"],
             ENV_S3_KEY: self.s3["key"],
             ENV_S3_SECRET: self.s3["secret"],
             ENV_S3_BUCKET_PREFIX: S3_BUCKET_PREFIX,
         }
+        if "ro_key" in self.s3:  # servers started by an older copy of this script have none
+            env.update({ENV_S3_RO_KEY: self.s3["ro_key"], ENV_S3_RO_SECRET: self.s3["ro_secret"]})
+        return env
 
     def write_env(self) -> None:
         text = "".join(f"export {k}={shlex.quote(v)}\n" for k, v in self.env().items())

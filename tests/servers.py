@@ -26,6 +26,9 @@ ENV_PG_URL = "SNAPSTORE_TEST_PG_URL"
 ENV_S3_URL = "SNAPSTORE_TEST_S3_URL"
 ENV_S3_KEY = "SNAPSTORE_TEST_S3_KEY"
 ENV_S3_SECRET = "SNAPSTORE_TEST_S3_SECRET"
+# A second identity of the test server that may only read and list (scripts/testservers.py).
+ENV_S3_RO_KEY = "SNAPSTORE_TEST_S3_RO_KEY"
+ENV_S3_RO_SECRET = "SNAPSTORE_TEST_S3_RO_SECRET"
 ENV_S3_BUCKET_PREFIX = "SNAPSTORE_TEST_S3_BUCKET_PREFIX"
 
 DEFAULT_BUCKET_PREFIX = "snapstore-test-"
@@ -151,6 +154,15 @@ def require_s3() -> dict:
     except ImportError:
         _missing("S3", "boto3 is not installed: pip install boto3")
     return cfg
+
+
+def require_s3_read_only_keys() -> tuple[str, str]:
+    """The test server's read-only identity: ``(access key, secret)``."""
+    key, secret = os.environ.get(ENV_S3_RO_KEY), os.environ.get(ENV_S3_RO_SECRET)
+    if not (key and secret):
+        _missing("S3", f"{ENV_S3_RO_KEY}/{ENV_S3_RO_SECRET} are not set (servers started before they existed: "
+                       "restart them)")
+    return key, secret  # type: ignore[return-value]
 
 
 def s3_client(cfg: dict):

@@ -31,7 +31,8 @@ from snapstore.startup import Session
 
 from .factories import sample_state
 from .servers import (
-    delete_s3_bucket, drop_pg_database, fresh_pg_database, fresh_s3_bucket, require_pg, require_s3, s3_client,
+    delete_s3_bucket, drop_pg_database, fresh_pg_database, fresh_s3_bucket, require_pg, require_s3,
+    require_s3_read_only_keys, s3_client,
 )
 from .shared_backends import s3_credentials, s3_location, with_query
 
@@ -245,24 +246,25 @@ def test_s3_store_through_a_select_only_role(s3_store, tmp_path):
     assert bodies(cfg, bucket) == before  # refused before any PUT
 
 
-def test_s3_access_denied_on_a_put_is_named_read_only(s3_store, monkeypatch):
-    """Read-only S3 keys cannot be told without writing: the bucket's AccessDenied is named, and the
-    write commits nothing."""
-    from botocore.exceptions import ClientError
-
-    location, _, _, bucket = s3_store
-
-    def denied(**kwargs):
-        raise ClientError({"Error": {"Code": "AccessDenied", "Message": "Access Denied"},
-                           "ResponseMetadata": {"HTTPStatusCode": 403}}, "PutObject")
-
+def test_s3_keys_that_may_only_read_read_and_a_put_they_may_not_make_is_named_read_only(s3_store, tmp_path,
+                                                                                            monkeypatch):
+    """Read-only S3 keys (the test server's second identity may only Read and List) cannot be told without
+    writing: reads work; the bucket's AccessDenied on the first PUT is named, and the write commits nothing."""
+    location, _, cfg, bucket = s3_store
+    key, secret = require_s3_read_only_keys()
+    before = bodies(cfg, bucket)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", key)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", secret)
+    for args in (["show", "demo"], ["verify"], ["log", "demo"]):
+        code, out, err = snap(location, *args)
+        assert code == 0, (args, out, err)
     with Repository.open(location) as repo:
         head = repo.head("demo")
-        monkeypatch.setattr(repo.backend._client, "put_object", denied)
         with pytest.raises(ReadOnlyStore) as raised:
             repo.commit("fresh", sample_state("fresh"))
         message = str(raised.value)
         assert message.startswith(f"{repo.backend.description} is read-only here (these S3 credentials may not "
-                                  f"write to bucket {bucket!r}: AccessDenied: Access Denied): cannot store object")
+                                  f"write to bucket {bucket!r}: AccessDenied"), message
         assert message.endswith("nothing was committed") and "\n" not in message
         assert repo.head("fresh") is None and repo.head("demo") == head
+    assert bodies(cfg, bucket) == before
