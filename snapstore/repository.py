@@ -362,12 +362,7 @@ class Repository:
                 kinds[oid] = stored.kind
                 if stored.kind != "chunk":
                     fresh.append((oid, obj))
-            if fresh:
-                with self._lock:
-                    for oid, obj in fresh:
-                        cache[oid] = obj
-                    while len(cache) > _CACHE_SIZE:
-                        cache.popitem(last=False)
+            self._remember(fresh)
         if kind is not None:
             for oid in wanted:
                 actual_kind = kinds.get(oid) or _kind_name(out[oid])
@@ -379,37 +374,28 @@ class Repository:
         """One verified typed object."""
         return self.read_many([oid], kind)[oid]
 
+    def _remember(self, objects: Iterable[tuple[ObjectId, AnyObject]]) -> None:
+        """Cache verified objects (the caller leaves chunks out: exchanges are read once, by a load)."""
+        objects = list(objects)
+        if objects:
+            with self._lock:
+                cache = self._cache
+                for oid, obj in objects:
+                    cache[oid] = obj
+                while len(cache) > _CACHE_SIZE:
+                    cache.popitem(last=False)
+
     def read_sound(self, ids: Iterable[ObjectId], kind: str | None = None) -> dict[ObjectId, AnyObject]:
         """:meth:`read_many` of the ids that read soundly: one missing, unsound or of another kind is left
         out instead of raising. What a check of many objects reads in one batch (and caches, as
         :meth:`read` does), then reads each one left out on its own, which names its fault as before."""
         wanted = list(dict.fromkeys(ids))
-        out: dict[ObjectId, AnyObject] = {}
         with self._lock:
-            for oid in wanted:
-                obj = self._cache.get(oid)
-                if obj is not None and (kind is None or _kind_name(obj) == kind):
-                    out[oid] = obj
-        missing = [oid for oid in wanted if oid not in out and is_object_id(oid)]
-        found = self.backend.get_objects(missing) if missing else {}
-        fresh = []
-        for oid in missing:
-            stored = found.get(oid)
-            if stored is None or (kind is not None and stored.kind != kind):
-                continue
-            try:
-                _, obj = self._verify(stored)
-            except SnapstoreError:
-                continue
-            out[oid] = obj
-            if stored.kind != "chunk":
-                fresh.append((oid, obj))
-        if fresh:
-            with self._lock:
-                for oid, obj in fresh:
-                    self._cache[oid] = obj
-                while len(self._cache) > _CACHE_SIZE:
-                    self._cache.popitem(last=False)
+            out = {oid: obj for oid in wanted
+                   if (obj := self._cache.get(oid)) is not None and (kind is None or _kind_name(obj) == kind)}
+        fresh = self._read_present([oid for oid in wanted if oid not in out], kind)
+        self._remember((oid, obj) for oid, obj in fresh.items() if _kind_name(obj) != "chunk")
+        out.update(fresh)
         return out
 
     def _store(self, objects: NewObjects) -> list[StoredObject]:
@@ -523,7 +509,8 @@ class Repository:
 
     def _read_present(self, ids: Iterable[ObjectId], kind: str | None = None) -> dict[ObjectId, AnyObject]:
         """Like :meth:`read_many` for guesses: ids missing, unsound or of another kind are left out."""
-        found = self.backend.get_objects([oid for oid in dict.fromkeys(ids) if is_object_id(oid)])
+        wanted = [oid for oid in dict.fromkeys(ids) if is_object_id(oid)]
+        found = self.backend.get_objects(wanted) if wanted else {}
         out: dict[ObjectId, AnyObject] = {}
         for oid, stored in found.items():
             if kind is not None and stored.kind != kind:

@@ -195,6 +195,12 @@ class Backend(ABC):
             raise ReadOnlyStore(f"{self.description} is read-only here ({self.read_only}): {doing} changes "
                                 "the store; nothing was changed")
 
+    def _refuse_write(self) -> None:
+        """:class:`~snapstore.errors.ReadOnlyStore` naming the store, if this process may only read it: what
+        every write path of a backend that can tell calls first (nothing is written)."""
+        if self.read_only is not None:
+            raise ReadOnlyStore(f"{self.description} is read-only here ({self.read_only}): nothing was written")
+
     # -- objects -----------------------------------------------------------
 
     @abstractmethod

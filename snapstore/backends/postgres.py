@@ -643,11 +643,6 @@ class PostgresBackend(Backend):
                 f"lacks {needed[0].name!r} (version {needed[0].version}), which this snapstore reads: open it "
                 "once with a role that may write it (any snap command migrates it); nothing was changed")
 
-    def _refuse_write(self) -> None:
-        """:class:`ReadOnlyStore` naming the store, if this session may only read it (nothing is written)."""
-        if self.read_only is not None:
-            raise ReadOnlyStore(f"{self.description} is read-only here ({self.read_only}): nothing was written")
-
     def _open_store(self, create: bool, meta: Mapping[str, str] | None = None) -> None:
         version = self._live().info.server_version
         if version < _MIN_SERVER_VERSION:

@@ -393,11 +393,6 @@ class SqliteBackend(Backend):
                 f"(a store this process may only read, and which no process had open, is read that way): what "
                 "was read may mix two moments; run the command again")
 
-    def _refuse_write(self) -> None:
-        """:class:`ReadOnlyStore` naming the store, if this process may only read it (nothing is written)."""
-        if self.read_only is not None:
-            raise ReadOnlyStore(f"{self.path} is read-only here ({self.read_only}): nothing was written")
-
     def _begin_write(self, db: sqlite3.Connection) -> None:
         """``BEGIN IMMEDIATE``, refused if the store's file was deleted or replaced since it was opened.
 
