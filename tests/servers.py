@@ -11,13 +11,22 @@ which exports:
 When a variable is missing, ``require_pg()`` / ``require_s3()`` skip the test locally
 but fail it when ``CI=true`` (in CI a missing server is a bug, not a reason to skip).
 
+``pg_standby()`` makes a real hot standby of the PostgreSQL server on demand (about a
+second), for the tests that need one, and removes it after them.
+
 psycopg and boto3 are imported lazily so that importing this module never fails.
 """
 from __future__ import annotations
 
 import functools
+import importlib.util
 import os
+import sys
+import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 import pytest
@@ -124,6 +133,75 @@ def drop_pg_database(url: str) -> None:
             conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
                          "WHERE datname = %s AND pid <> pg_backend_pid()", (name,))
             conn.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(ident))
+
+
+def _testservers():
+    """scripts/testservers.py as a module: it knows how the test server's cluster is run (its
+    binaries, its OS user when the tests run as root), so a standby is made the same way."""
+    name = "snapstore_testservers"
+    if name not in sys.modules:
+        path = Path(__file__).resolve().parent.parent / "scripts" / "testservers.py"
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+@contextmanager
+def pg_standby() -> Iterator[str]:
+    """The URL (the test server's, with the standby's port) of a streaming-replication hot standby of
+    the PostgreSQL test server, made for the caller and stopped, its data removed, on exit.
+
+    A test that needs what only a real standby shows (``pg_is_in_recovery()``, advisory locks of its
+    own, read-only transactions it imposes) uses this rather than a fake: pg_basebackup of a test
+    cluster takes well under a second. Missing binaries skip locally and fail when CI=true; a
+    standby that cannot be made or does not recover is an error naming why.
+    """
+    import psycopg
+
+    url = require_pg()
+    servers = _testservers()
+    with psycopg.connect(url, connect_timeout=10) as conn:
+        major = conn.info.server_version // 10000
+    bindir = servers.pg_bindir_for(major)
+    if bindir is None:
+        _missing("PostgreSQL standby", f"no pg_basebackup, pg_ctl and postgres of PostgreSQL {major} found: "
+                                       "apt-get install postgresql, or set SNAPSTORE_PG_BINDIR")
+    info = servers.start_standby(url, bindir)
+    try:
+        with psycopg.connect(info["url"], connect_timeout=10) as conn:
+            if not conn.execute("SELECT pg_is_in_recovery()").fetchone()[0]:
+                raise RuntimeError(f"the standby on port {info['port']} is not in recovery: "
+                                   f"{servers.tail(info['log'])}")
+        yield info["url"]
+    finally:
+        servers.stop_pg(info)
+
+
+def on_standby(url: str, standby: str) -> str:
+    """The URL of ``url``'s database (made on the primary) read through the standby ``standby``."""
+    return _with_dbname(standby, _dbname(url))
+
+
+def wait_replayed(primary: str, standby: str, timeout: float = 30.0) -> None:
+    """Return once ``standby`` has replayed all the WAL ``primary``'s server had written when called
+    (every transaction committed before), else fail naming both positions."""
+    import psycopg
+
+    with psycopg.connect(primary, autocommit=True, connect_timeout=10) as conn:
+        (target,) = conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()
+    deadline = time.monotonic() + timeout
+    with psycopg.connect(standby, autocommit=True, connect_timeout=10) as conn:
+        while True:
+            done, replayed = conn.execute("SELECT pg_last_wal_replay_lsn() >= %s::pg_lsn, "
+                                          "pg_last_wal_replay_lsn()::text", (target,)).fetchone()
+            if done:
+                return
+            if time.monotonic() >= deadline:
+                raise AssertionError(f"the standby replayed the WAL up to {replayed} only, {timeout:.0f} s after "
+                                     f"the primary wrote it up to {target}")
+            time.sleep(0.01)  # polling the standby's position, not waiting for a guess
 
 
 # --------------------------------------------------------------------------- S3

@@ -7,9 +7,9 @@ the store refuse in one line naming it and why, before any work, and change
 nothing (the tables are compared, as the owner sees them, before and after);
 a :class:`Session` refuses to start. What the check at open cannot see (a
 privilege only gc needs, an AccessDenied from the bucket) is named the same
-way when the server refuses. A standby is simulated on the test server: a
-``pg_is_in_recovery()`` answering true put before ``pg_catalog`` on the
-search path, with every transaction read-only.
+way when the server refuses. The standby is a real one: a hot standby
+streaming from the test server, made for this module (tests/servers.py
+``pg_standby``).
 """
 
 from __future__ import annotations
@@ -31,8 +31,8 @@ from snapstore.startup import Session
 
 from .factories import sample_state
 from .servers import (
-    delete_s3_bucket, drop_pg_database, fresh_pg_database, fresh_s3_bucket, require_pg, require_s3,
-    require_s3_read_only_keys, s3_client,
+    delete_s3_bucket, drop_pg_database, fresh_pg_database, fresh_s3_bucket, on_standby, pg_standby, require_pg,
+    require_s3, require_s3_read_only_keys, s3_client, wait_replayed,
 )
 from .shared_backends import s3_credentials, s3_location, with_query
 
@@ -151,25 +151,37 @@ def test_read_only_transactions_read_and_refuse_writes(database, tmp_path):
                    "default_transaction_read_only is on")
 
 
-def test_a_standby_cannot_tell_whether_a_session_of_the_primary_runs(database, tmp_path):
-    """A standby's advisory locks are its own (never WAL-logged): a running Session's presence lock on the
-    primary is invisible there, so `snap status` reports its session as one it cannot tell, not one that
-    ended without a clean close (audited all the same)."""
+@pytest.fixture(scope="module")
+def standby() -> Iterator[str]:
+    """The URL of a hot standby of the test server (its main database), for this module's tests."""
+    with pg_standby() as url:
+        yield url
+
+
+def test_a_standby_reads_refuses_writes_and_cannot_tell_whether_a_session_of_the_primary_runs(database, standby,
+                                                                                             tmp_path):
+    """Through a hot standby the read commands work and the writing ones refuse, naming the standby. Its
+    advisory locks are its own (never WAL-logged): a running Session's presence lock on the primary is
+    invisible there, so `snap status` reports its session as one it cannot tell, not one that ended without
+    a clean close (audited all the same)."""
     make_store(database, tmp_path)
-    with psycopg.connect(database, autocommit=True) as conn:
-        conn.execute("CREATE SCHEMA standby")
-        conn.execute("CREATE FUNCTION standby.pg_is_in_recovery() RETURNS boolean LANGUAGE sql AS 'SELECT true'")
-    standby = with_query(database, "options=" + quote(
-        "-c default_transaction_read_only=on -c search_path=standby,public,pg_catalog", safe=""))
+    replica = on_standby(database, standby)
+    wait_replayed(database, standby)
+    check_commands(replica, database, tmp_path, "the server is a standby in recovery, which accepts no writes")
+    with Repository.open(replica) as repo:
+        assert repo.backend.read_only == "the server is a standby in recovery, which accepts no writes"
     session = Session(database, create=False, log_in_store=True)
     try:
-        code, out, err = snap(standby, "status", "--json")
+        wait_replayed(database, standby)  # the session's record, read through the standby
+        before = tables(database)
+        code, out, err = snap(replica, "status", "--json")
         assert code == 0, out + err
         report = json.loads(out)
         assert report["status"] == "AUDIT_RECOMMENDED", report
         assert any(c.startswith("1 session this process cannot tell running or ended") for c in report["checks"])
-        code, out, err = snap(standby, "gc")
+        code, out, err = snap(replica, "gc")
         assert code == 1 and "the server is a standby in recovery, which accepts no writes" in err, err
+        assert tables(database) == before
     finally:
         session.close()
 

@@ -8,17 +8,22 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from tests.servers import (
+    _testservers,
     delete_s3_bucket,
     drop_pg_database,
     fresh_pg_database,
     fresh_s3_bucket,
+    on_standby,
+    pg_standby,
     require_pg,
     require_s3,
     s3_client,
+    wait_replayed,
 )
 
 
@@ -79,6 +84,36 @@ def test_pg_drop_disconnects_leftover_sessions():
 def test_pg_drop_refuses_foreign_databases():
     with pytest.raises(ValueError):
         drop_pg_database(require_pg())
+
+
+def test_pg_standby_replays_the_primary_refuses_writes_and_is_removed(pg_db):
+    """pg_standby() is a real hot standby: in recovery, replaying what the primary commits, refusing
+    writes the way a standby does (25006); on exit its postmaster is gone and its directory too."""
+    import psycopg
+
+    with pg_standby() as standby:
+        with psycopg.connect(standby, autocommit=True) as conn:
+            port = conn.info.port
+            (datadir,) = conn.execute("SHOW data_directory").fetchone()
+            assert conn.execute("SELECT pg_is_in_recovery()").fetchone() == (True,)
+        with psycopg.connect(pg_db, autocommit=True) as conn:
+            conn.execute("CREATE TABLE t AS SELECT 42 AS x")
+        wait_replayed(pg_db, standby)
+        with psycopg.connect(on_standby(pg_db, standby), autocommit=True) as conn:
+            assert conn.execute("SELECT x FROM t").fetchone() == (42,)
+            with pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
+                conn.execute("INSERT INTO t VALUES (1)")
+    assert not _testservers().port_open(port)
+    assert not Path(datadir).parent.exists()
+
+
+def test_pg_allow_replication_adds_the_line_only_when_missing(tmp_path):
+    hba = tmp_path / "pg_hba.conf"
+    hba.write_text("host    all    all    127.0.0.1/32    scram-sha-256\n")
+    _testservers()._allow_replication(hba)
+    _testservers()._allow_replication(hba)
+    lines = [line for line in hba.read_text().splitlines() if line.startswith("host replication")]
+    assert lines == ["host replication all 127.0.0.1/32 scram-sha-256"]
 
 
 # --------------------------------------------------------------------------- S3
