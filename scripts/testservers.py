@@ -278,6 +278,31 @@ def _tmp_base(user: pwd.struct_passwd | None) -> str:
     return base
 
 
+def _cluster_folder(prefix: str, bindir: Path) -> tuple[pwd.struct_passwd | None, Path, dict]:
+    """A new folder for a cluster, owned by the OS user PostgreSQL runs as: (that user, folder, info)."""
+    user = pg_os_user()
+    tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=_tmp_base(user)))
+    info: dict = {"tmpdir": str(tmp), "bindir": str(bindir), "pid": None,
+                  "os_user": user.pw_name if user else None}
+    if user is not None:
+        try:
+            os.chown(tmp, user.pw_uid, user.pw_gid)
+        except BaseException:
+            rmtree(tmp)
+            raise
+    return user, tmp, info
+
+
+def _discard_cluster(tmp: Path, info: dict) -> None:
+    """Stop the cluster in ``tmp`` if a postmaster runs there (known to ``info`` or not yet), and remove it."""
+    pid = info.get("pid") or _postmaster_pid(tmp / "data")
+    if pid:
+        info.update(pid=pid, datadir=str(tmp / "data"))
+        with contextlib.suppress(Exception):
+            _stop_pg_processes(info)
+    rmtree(tmp)
+
+
 def _as_user_kwargs(user: pwd.struct_passwd | None) -> dict:
     if user is None:
         return {}
@@ -288,13 +313,8 @@ def start_pg(register: Callable[[dict], None]) -> dict:
     """Create and start a throw-away cluster; `register` is called as soon as it runs."""
     t0 = time.monotonic()
     bindir = ensure_pg_installed()
-    user = pg_os_user()
-    tmp = Path(tempfile.mkdtemp(prefix="snapstore-pg-", dir=_tmp_base(user)))
-    info: dict = {"tmpdir": str(tmp), "bindir": str(bindir), "pid": None,
-                  "os_user": user.pw_name if user else None}
+    user, tmp, info = _cluster_folder("snapstore-pg-", bindir)
     try:
-        if user is not None:
-            os.chown(tmp, user.pw_uid, user.pw_gid)
         data = tmp / "data"
         pglog = tmp / "postgres.log"
         password = secrets.token_hex(16)
@@ -340,12 +360,7 @@ def start_pg(register: Callable[[dict], None]) -> dict:
                               f"--- {pglog} ---\n{tail(pglog)}")
     except BaseException:
         if info.get("pid") is None:  # not registered yet: nobody else will clean up
-            pid = _postmaster_pid(tmp / "data")  # e.g. Ctrl-C during `pg_ctl start`
-            if pid:
-                info.update(pid=pid, datadir=str(tmp / "data"))
-                with contextlib.suppress(Exception):
-                    _stop_pg_processes(info)
-            rmtree(tmp)
+            _discard_cluster(tmp, info)  # e.g. Ctrl-C during `pg_ctl start`
         raise
     info["url"] = f"postgresql://{PG_USER}:{password}@127.0.0.1:{port}/{PG_DB}"
     info["start_seconds"] = round(time.monotonic() - t0, 2)
@@ -425,13 +440,8 @@ def start_standby(primary_url: str, bindir: Path) -> dict:
     """
     t0 = time.monotonic()
     primary = urlsplit(primary_url)
-    user = pg_os_user()
-    tmp = Path(tempfile.mkdtemp(prefix="snapstore-pg-standby-", dir=_tmp_base(user)))
-    info: dict = {"tmpdir": str(tmp), "bindir": str(bindir), "pid": None,
-                  "os_user": user.pw_name if user else None}
+    user, tmp, info = _cluster_folder("snapstore-pg-standby-", bindir)
     try:
-        if user is not None:
-            os.chown(tmp, user.pw_uid, user.pw_gid)
         data = tmp / "data"
         pglog = tmp / "postgres.log"
         env = clean_env(LC_ALL="C", LANG="C", PGPASSWORD=unquote(primary.password or ""), PGCONNECT_TIMEOUT="10")
@@ -460,12 +470,7 @@ def start_standby(primary_url: str, bindir: Path) -> dict:
         pid, port = _pg_ctl_start(bindir, data, pglog, run_kw, info)
         info.update(pid=pid, port=port, datadir=str(data), log=str(pglog))
     except BaseException:
-        pid = info.get("pid") or _postmaster_pid(tmp / "data")
-        if pid:
-            info.update(pid=pid, datadir=str(tmp / "data"))
-            with contextlib.suppress(Exception):
-                _stop_pg_processes(info)
-        rmtree(tmp)
+        _discard_cluster(tmp, info)
         raise
     userinfo = primary.netloc.rpartition("@")[0]
     netloc = f"{userinfo}@127.0.0.1:{port}" if userinfo else f"127.0.0.1:{port}"
