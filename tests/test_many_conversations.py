@@ -339,6 +339,41 @@ def test_gc_fsck_and_verify_read_every_conversation_in_batches(locations, monkey
         assert by_size[SIZES[0]] == by_size[SIZES[1]], (what, counts)
 
 
+
+def test_a_full_verify_reads_the_objects_of_every_linked_entry_together(locations, monkeypatch):
+    """A full verify checks each linked log entry against the snapshot, state and nodes it names: a read
+    per object, three or four per entry (tens of thousands of round trips at 10,000 conversations). They are
+    read ahead a kind at a time for up to 1,024 entries (``verify._prefetch``): the same few calls at any
+    number of entries, and none left for the checks themselves."""
+    from snapstore import verify as verifying
+    from snapstore.storelog import StoreLog
+    from snapstore.verify import verify
+
+    ahead: dict[int, int] = {}
+    inside: dict[int, int] = {}
+    for n, location in locations.items():
+        _fill(location, n, log_in_store=True)
+        with Repository.open(location) as repo, monkeypatch.context() as patched:
+            calls = Calls(patched, repo.backend)
+            prefetch, check = verifying._prefetch, verifying._Checker.check_linked_entry
+
+            def counting(real, into):
+                def run(*args):
+                    before = calls.count
+                    try:
+                        return real(*args)
+                    finally:
+                        into[n] = into.get(n, 0) + calls.count - before
+                return run
+
+            patched.setattr(verifying, "_prefetch", counting(prefetch, ahead))
+            patched.setattr(verifying._Checker, "check_linked_entry", counting(check, inside))
+            report = verify(repo, StoreLog(repo.backend))
+            assert report.ok and report.entries == 3 * n, report.problems
+    assert inside == {n: 0 for n in SIZES}, inside  # every object the checks read was read ahead
+    assert ahead[SIZES[0]] == ahead[SIZES[1]] <= 3, ahead  # snapshots (if not cached yet), states, nodes
+
+
 def test_verify_names_a_damaged_reflog_and_a_missing_snapshot_read_in_batches(tmp_path):
     """Read together, a reflog that cannot be read and a snapshot that is gone are still named each (the
     reflog once, with the line reading it alone gives), and every other conversation is still checked."""
