@@ -23,19 +23,14 @@ import sys
 
 from snapstore.errors import InvalidInput
 from snapstore.merge import MergeConflict
-from snapstore.orchestrator import ConversationOrchestrator
-from snapstore.startup import Session
-from tests.crash.worker import step
+from tests.crash.worker import start, step
 
 
 def main() -> None:
     store, log, seed, conversation = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
     shared = len(sys.argv) > 5 and sys.argv[5] == "1"
     rng = random.Random(seed)
-    session = Session(store, log_in_store=True) if log == "store" else Session(store, ozolith=log)
-    orch = session.resume(conversation) if session.repo.head(conversation) else \
-        ConversationOrchestrator(session.repo, conversation, audit=session._audit)
-    print(f"START {session.report.status.value} {orch.head}", flush=True)
+    session, orch = start(store, log, conversation)  # the session lives (and holds its presence) until killed
     n = 0
     refused = 0
     while True:

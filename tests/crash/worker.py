@@ -68,15 +68,22 @@ def step(orch: ConversationOrchestrator, rng: random.Random) -> str:
     return op
 
 
+def start(store: str, log: str, conversation: str) -> tuple[Session, ConversationOrchestrator]:
+    """Start as the API does and resume ``conversation`` (or begin it), printing the START line the harness
+    waits for. LOG "store": the store keeps the audit log (each operation one transaction); else the
+    OZOLITH file at LOG."""
+    session = Session(store, log_in_store=True) if log == "store" else Session(store, ozolith=log)
+    orch = session.resume(conversation) if session.repo.head(conversation) else \
+        ConversationOrchestrator(session.repo, conversation, audit=session._audit)
+    print(f"START {session.report.status.value} {orch.head}", flush=True)
+    return session, orch
+
+
 def main() -> None:
     store, log, seed = sys.argv[1], sys.argv[2], int(sys.argv[3])
     limit = int(sys.argv[4]) if len(sys.argv) > 4 else None
     rng = random.Random(seed)
-    # LOG "store": the store keeps the audit log (each operation one transaction).
-    session = Session(store, log_in_store=True) if log == "store" else Session(store, ozolith=log)
-    orch = session.resume(CONVERSATION) if session.repo.head(CONVERSATION) else \
-        ConversationOrchestrator(session.repo, CONVERSATION, audit=session._audit)
-    print(f"START {session.report.status.value} {orch.head}", flush=True)
+    session, orch = start(store, log, CONVERSATION)
     n = 0
     while limit is None or n < limit:
         if step(orch, rng) == "skip":
