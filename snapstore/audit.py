@@ -201,11 +201,12 @@ def operations_lock_path(log: OzolithLog) -> str:
 
 
 @contextlib.contextmanager
-def _operations_lock(log: OzolithLog, *, exclusive: bool) -> Iterator[None]:
+def _operations_lock(log: OzolithLog, *, exclusive: bool, create: bool = True) -> Iterator[None]:
     # flock belongs to the open file description: each holder opens its own, so threads of one
-    # process exclude each other as processes do.
+    # process exclude each other as processes do. Without ``create`` (a reader, which may not write
+    # there) the file is opened read-only, which flock allows, and never made.
     path = operations_lock_path(log)
-    flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC
+    flags = (os.O_RDWR | os.O_CREAT if create else os.O_RDONLY) | os.O_CLOEXEC
     try:
         try:
             fd = os.open(path, flags, 0o644)
@@ -252,22 +253,13 @@ def settled_end_now(log: OzolithLog | StoreLog) -> tuple[int, str] | None:
     log (an operation makes it), and a reader that may not open it reads
     without it (a live writer's entry in flight may then be judged pending).
     """
-    fd = None
-    if isinstance(log, OzolithLog):
-        try:
-            fd = os.open(operations_lock_path(log), os.O_RDONLY | os.O_CLOEXEC)
-        except OSError:
-            fd = None
-    try:
-        if fd is not None:
-            fcntl.flock(fd, fcntl.LOCK_EX)  # flock needs no write access to the file
+    held = (_operations_lock(log, exclusive=True, create=False) if isinstance(log, OzolithLog)
+            else contextlib.nullcontext())
+    with held:
         try:
             last = log.last()
         except (SnapstoreError, OSError):
             return None  # a damaged tail: named by the reader's own checks, every entry judged
-    finally:
-        if fd is not None:
-            os.close(fd)  # releases the lock
     return None if last is None else (last.sequence, last.entry_hash)
 
 
