@@ -462,7 +462,9 @@ class TestFocusShortIdsAndExportFolders:
             line = one_line_error(snap(*command, head[:6]))
             assert line.endswith("and 3 more"), line
             assert line.count("(snapshot)") == 5, line
-            assert twins[0][:12] in line and twins[4][:12] in line, line
+            # The first five ids in order: the head shares the prefix, and sorts among its twins by its own digits.
+            listed = ", ".join(f"{oid[:12]} (snapshot)" for oid in sorted([head, *twins])[:5])
+            assert f"is ambiguous: {listed} and 3 more" in line, line
             assert len(line) < 400, line
 
     def test_both_exports_make_missing_folders(self, snap, tmp_path):
